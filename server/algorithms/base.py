@@ -1,0 +1,282 @@
+"""The algorithm interface: what every scheduler, sampler and search policy implements.
+
+Contract (see DESIGN.md, "Algorithm interface"):
+
+* plain Python, no I/O, no clock, no threads, no global RNG: every random draw goes through a
+  ``numpy.random.Generator`` derived from the study seed;
+* deterministic: the same constructor arguments and the same sequence of calls give the same
+  answers, so the service can persist a study as a snapshot plus the log of calls since;
+* metrics arrive already normalised to *lower is better* (the service flips a maximised metric
+  once, at the boundary);
+* ``state()`` returns a JSON-safe dict and ``restore(state)`` continues exactly from it.
+
+A *scheduler* (Hyperband, ASHA, ...) decides how far each trial trains; a *sampler* (random,
+CQR, ...) decides which configuration a new trial gets. Schedulers own a sampler. Both are
+registered by name so the service can build a study's algorithm from its settings.
+"""
+
+from __future__ import annotations
+
+import abc
+import enum
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+from .space import SearchSpace
+
+
+class SettingsError(ValueError):
+    """Invalid algorithm or resource settings. ``field`` names the setting, for the user."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+        self.message = message
+
+
+class Decision(str, enum.Enum):
+    """The answer to a learning-curve point."""
+
+    CONTINUE = "continue"
+    STOP = "stop"
+
+
+class Status(str, enum.Enum):
+    """How a job ended, as the algorithm is told."""
+
+    COMPLETED = "completed"
+    FAILED = "failed"  # the trainer raised: the trial is broken, never retried
+    LOST = "lost"  # the worker vanished and the service gave up retrying the job
+
+
+@dataclass(frozen=True)
+class Job:
+    """One bounded segment of one trial: train ``trial_id`` from ``from_resource`` to
+    ``to_resource``, resuming from the checkpoint at ``from_resource`` when it is > 0.
+
+    ``config`` is set for every job (the service stores it with the trial the first time).
+    ``bracket`` and ``rung`` are informational (events, plots); ``None`` where meaningless.
+    """
+
+    trial_id: int
+    config: dict[str, Any]
+    from_resource: float
+    to_resource: float
+    bracket: int | None = None
+    rung: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> Job:
+        return cls(**d)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """The end of a job. ``value`` is the metric at ``resource`` (lower is better); it is
+    ``None`` unless ``status`` is COMPLETED. ``cost`` is what the segment cost (device seconds
+    by default)."""
+
+    status: Status
+    value: float | None = None
+    resource: float | None = None
+    cost: float | None = None
+
+
+@dataclass(frozen=True)
+class Rung:
+    n: int  # configurations evaluated at this rung
+    r: float  # resource each of them reaches
+
+
+@dataclass(frozen=True)
+class Bracket:
+    s: int
+    rungs: tuple[Rung, ...]
+
+    @property
+    def budget(self) -> float:
+        return sum(r.n * r.r for r in self.rungs)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """A dry run of a study. ``total_resource`` counts every rung in full (no checkpoint
+    reuse), as the papers do; ``incremental_resource`` is what a study that resumes promoted
+    trials from their checkpoints actually trains. ``max_trials`` is ``None`` when unbounded."""
+
+    brackets: tuple[Bracket, ...] = ()
+    total_resource: float | None = None
+    incremental_resource: float | None = None
+    max_trials: int | None = None
+    notes: tuple[str, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "brackets": [
+                {"s": b.s, "rungs": [{"n": r.n, "r": _num(r.r)} for r in b.rungs]}
+                for b in self.brackets
+            ],
+            "total_resource": _num(self.total_resource),
+        }
+
+
+def _num(x: float | None) -> float | int | None:
+    """Integral floats print as ints in JSON plans (81, not 81.0)."""
+    if x is None:
+        return None
+    return int(x) if float(x).is_integer() else x
+
+
+@dataclass(frozen=True)
+class Resource:
+    """The study's resource settings. ``min_resource`` <= ``max_resource``; ``eta`` >= 2."""
+
+    max_resource: float
+    min_resource: float = 1.0
+    eta: int = 3
+    name: str = "epoch"
+
+    def check(self) -> None:
+        if not self.max_resource > 0:
+            raise SettingsError("resource.max_resource", "must be > 0")
+        if not self.min_resource > 0:
+            raise SettingsError("resource.min_resource", "must be > 0")
+        if self.min_resource > self.max_resource:
+            raise SettingsError(
+                "resource.min_resource",
+                f"min resource ({self.min_resource:g}) is greater than max resource "
+                f"({self.max_resource:g}); lower min_resource or raise max_resource",
+            )
+        if int(self.eta) != self.eta or self.eta < 2:
+            raise SettingsError(
+                "resource.eta", f"eta must be a whole number >= 2 (got {self.eta}); 3 is usual"
+            )
+
+
+@dataclass
+class Context:
+    """What an algorithm is built from. ``settings`` holds the algorithm's own options, as the
+    user gave them (unknown keys must be rejected with a SettingsError)."""
+
+    space: SearchSpace
+    resource: Resource
+    seed: int
+    settings: Mapping[str, Any] = field(default_factory=dict)
+    max_trials: int | None = None
+
+
+class Sampler(abc.ABC):
+    """Chooses the configuration of each new trial. Told every learning-curve point."""
+
+    name: str = ""
+
+    @abc.abstractmethod
+    def suggest(self, trial_id: int, pending: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+        """A configuration for new trial ``trial_id``. ``pending`` are the configurations of
+        trials that are running and have no result yet (for samplers that avoid them)."""
+
+    def observe(self, trial_id: int, config: Mapping[str, Any], resource: float,
+                value: float) -> None:
+        """A learning-curve point of a trial (lower is better)."""
+
+    def on_trial_end(self, trial_id: int, config: Mapping[str, Any], status: Status) -> None:
+        """A trial will get no more resource (completed, stopped, failed or lost)."""
+
+    @abc.abstractmethod
+    def state(self) -> dict[str, Any]: ...
+
+    @abc.abstractmethod
+    def restore(self, state: Mapping[str, Any]) -> None: ...
+
+
+class Algorithm(abc.ABC):
+    """One study's policy. The service calls, in any interleaving:
+
+    * ``next_jobs(free)`` when ``free`` workers could take work: return at most ``free`` jobs
+      (fewer, or none, when nothing can run yet, e.g. a synchronous rung is waiting);
+    * ``on_progress(trial, resource, value)`` for each learning-curve point, in increasing
+      resource per trial; answer CONTINUE or STOP (STOP ends the running job early);
+    * ``on_job_end(job, outcome)`` once per job handed out.
+    """
+
+    name: str = ""
+
+    @abc.abstractmethod
+    def next_jobs(self, free: int) -> list[Job]: ...
+
+    @abc.abstractmethod
+    def on_progress(self, trial_id: int, resource: float, value: float) -> Decision: ...
+
+    @abc.abstractmethod
+    def on_job_end(self, job: Job, outcome: Outcome) -> None: ...
+
+    @abc.abstractmethod
+    def plan(self) -> Plan: ...
+
+    @abc.abstractmethod
+    def done(self) -> bool:
+        """True when the algorithm will hand out no more jobs and none is outstanding."""
+
+    @abc.abstractmethod
+    def best(self) -> tuple[int, float] | None:
+        """(trial id, value) of the incumbent by the algorithm's documented rule, or None."""
+
+    @abc.abstractmethod
+    def state(self) -> dict[str, Any]: ...
+
+    @abc.abstractmethod
+    def restore(self, state: Mapping[str, Any]) -> None: ...
+
+
+# --- registries ---------------------------------------------------------------------------
+
+AlgorithmFactory = Callable[[Context], Algorithm]
+SamplerFactory = Callable[[Context, np.random.Generator], Sampler]
+
+ALGORITHMS: dict[str, AlgorithmFactory] = {}
+SAMPLERS: dict[str, SamplerFactory] = {}
+
+
+def register_algorithm(name: str) -> Callable[[AlgorithmFactory], AlgorithmFactory]:
+    def deco(factory: AlgorithmFactory) -> AlgorithmFactory:
+        ALGORITHMS[name] = factory
+        return factory
+
+    return deco
+
+
+def register_sampler(name: str) -> Callable[[SamplerFactory], SamplerFactory]:
+    def deco(factory: SamplerFactory) -> SamplerFactory:
+        SAMPLERS[name] = factory
+        return factory
+
+    return deco
+
+
+def rng_for(seed: int, *path: int) -> np.random.Generator:
+    """A generator derived from the study seed and a path (e.g. a bracket), never global."""
+    return np.random.default_rng(np.random.SeedSequence([int(seed) & (2**63 - 1), *path]))
+
+
+def rng_state(rng: np.random.Generator) -> dict[str, Any]:
+    return rng.bit_generator.state
+
+
+def rng_restore(rng: np.random.Generator, state: Mapping[str, Any]) -> None:
+    rng.bit_generator.state = dict(state)
+
+
+def check_settings(settings: Mapping[str, Any], allowed: Sequence[str], algorithm: str) -> None:
+    """Reject unknown settings by name, so a typo never silently falls back to a default."""
+    unknown = sorted(set(settings) - set(allowed))
+    if unknown:
+        raise SettingsError(
+            f"algorithm.settings.{unknown[0]}",
+            f"unknown setting for {algorithm}; known settings: {sorted(allowed)}",
+        )

@@ -1,0 +1,98 @@
+"""Random search: every trial trains from zero to the maximum resource, no early stopping.
+
+The baseline every multi-fidelity method is measured against (bracket s = 0 of Hyperband is
+exactly this). Settings: ``sampler`` (default ``random``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from .base import (
+    Algorithm,
+    Context,
+    Decision,
+    Job,
+    Outcome,
+    Plan,
+    SettingsError,
+    Status,
+    check_settings,
+    register_algorithm,
+    rng_for,
+)
+from .samplers import make_sampler
+
+
+class RandomSearch(Algorithm):
+    name = "random"
+
+    def __init__(self, ctx: Context) -> None:
+        check_settings(ctx.settings, ["sampler"], self.name)
+        if not ctx.max_trials or ctx.max_trials < 1:
+            raise SettingsError(
+                "max_trials", "random search needs max_trials >= 1 (how many trials to run)"
+            )
+        self.max_trials = int(ctx.max_trials)
+        self.max_resource = ctx.resource.max_resource
+        self.sampler = make_sampler(ctx, rng_for(ctx.seed, 0))
+        self.started = 0
+        self.running: dict[int, dict[str, Any]] = {}
+        self.results: dict[int, float] = {}
+
+    def next_jobs(self, free: int) -> list[Job]:
+        jobs: list[Job] = []
+        while len(jobs) < free and self.started < self.max_trials:
+            tid = self.started
+            config = self.sampler.suggest(tid, list(self.running.values()))
+            self.running[tid] = config
+            self.started += 1
+            jobs.append(Job(tid, config, 0.0, self.max_resource, bracket=0, rung=0))
+        return jobs
+
+    def on_progress(self, trial_id: int, resource: float, value: float) -> Decision:
+        config = self.running.get(trial_id)
+        if config is not None:
+            self.sampler.observe(trial_id, config, resource, value)
+        return Decision.CONTINUE
+
+    def on_job_end(self, job: Job, outcome: Outcome) -> None:
+        config = self.running.pop(job.trial_id, job.config)
+        if outcome.status is Status.COMPLETED and outcome.value is not None:
+            self.results[job.trial_id] = float(outcome.value)
+        self.sampler.on_trial_end(job.trial_id, config, outcome.status)
+
+    def plan(self) -> Plan:
+        return Plan(
+            total_resource=self.max_trials * self.max_resource,
+            incremental_resource=self.max_trials * self.max_resource,
+            max_trials=self.max_trials,
+        )
+
+    def done(self) -> bool:
+        return self.started >= self.max_trials and not self.running
+
+    def best(self) -> tuple[int, float] | None:
+        if not self.results:
+            return None
+        tid = min(self.results, key=lambda t: (self.results[t], t))
+        return tid, self.results[tid]
+
+    def state(self) -> dict[str, Any]:
+        return {
+            "version": 1,
+            "started": self.started,
+            "running": {str(k): v for k, v in self.running.items()},
+            "results": {str(k): v for k, v in self.results.items()},
+            "sampler": self.sampler.state(),
+        }
+
+    def restore(self, state: Mapping[str, Any]) -> None:
+        self.started = int(state["started"])
+        self.running = {int(k): dict(v) for k, v in state["running"].items()}
+        self.results = {int(k): float(v) for k, v in state["results"].items()}
+        self.sampler.restore(state["sampler"])
+
+
+register_algorithm("random")(RandomSearch)
