@@ -37,6 +37,11 @@ class SettingsError(ValueError):
         self.message = message
 
 
+class PreconditionError(RuntimeError):
+    """An operation is valid only in another state of the study (FAILED_PRECONDITION), e.g.
+    raising the maximum resource before the current Hyperband run is complete."""
+
+
 class Decision(str, enum.Enum):
     """The answer to a learning-curve point."""
 
