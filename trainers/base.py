@@ -13,7 +13,7 @@ import abc
 import importlib
 import pkgutil
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 
@@ -28,13 +28,16 @@ class TrainerContext:
     ``max_resource`` is the study's maximum resource: schedules are defined against it, so a
     trial resumed at a higher rung follows the schedule it would have followed uninterrupted.
     ``seed`` is derived from the study seed and the trial id. ``data_dir`` is where the user keeps
-    real data sets (None: use data the trainer generates or a package ships).
+    real data sets (None: use data the trainer generates or a package ships). ``settings`` are
+    the study's ``trainer_settings`` (trainer options that are not searched, e.g. a data set
+    name or, for the analytic trainer, seconds to sleep per step to act like real training).
     """
 
     seed: int
     max_resource: float
     data_dir: str | None = None
     device: str | None = None
+    settings: Mapping[str, Any] = field(default_factory=dict)
 
 
 class Trainer(abc.ABC):

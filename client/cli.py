@@ -1,0 +1,304 @@
+"""The ``hpod`` command line.
+
+    hpod demo                                  # a real study end to end on this machine
+    hpod local --workers 2                     # embedded Redis + server + workers; Ctrl-C stops
+    hpod server --port 50051 --redis-url redis://host:6379/0
+    hpod worker --redis-url ... --trainer mlp --checkpoint-dir /shared/ckpt
+    hpod study create spec.yaml [--watch] | watch ID | show ID | best ID | list | stop ID
+    hpod study raise-max-resource ID
+    hpod plan --algorithm hyperband --max-resource 81 --eta 3 [--min-resource 1] [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from typing import Any
+
+DEFAULT_ADDRESS = os.environ.get("HPOD_ADDRESS", "127.0.0.1:50051")
+DEFAULT_REDIS = os.environ.get("HPOD_REDIS_URL", "redis://127.0.0.1:6379/0")
+
+
+def _setting(text: str) -> tuple[str, Any]:
+    if "=" not in text:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    key, raw = text.split("=", 1)
+    try:
+        return key, json.loads(raw)
+    except json.JSONDecodeError:
+        return key, raw
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="hpod", description="Hyperparameter optimization service")
+    sub = ap.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("server", help="run the gRPC server")
+    p.add_argument("--host", default="0.0.0.0")
+    p.add_argument("--port", type=int, default=50051)
+    p.add_argument("--redis-url", default=DEFAULT_REDIS)
+    p.add_argument("--lease-seconds", type=float, default=10.0,
+                   help="a job whose worker is silent this long is handed to another worker")
+
+    p = sub.add_parser("worker", help="run a trainer worker")
+    p.add_argument("--redis-url", default=DEFAULT_REDIS)
+    p.add_argument("--trainer", action="append", help="trainer name (repeatable; default all)")
+    p.add_argument("--checkpoint-dir", default=os.environ.get("HPOD_CHECKPOINT_DIR",
+                                                              "./hpod-checkpoints"))
+    p.add_argument("--data-dir", default=os.environ.get("HPOD_DATA_DIR"))
+    p.add_argument("--lease-seconds", type=float, default=10.0)
+    p.add_argument("--max-jobs", type=int, default=None, help=argparse.SUPPRESS)
+
+    for name, helptext in (("local", "embedded Redis + server + workers in the foreground"),
+                           ("demo", "run a Hyperband study on the digits MLP end to end")):
+        p = sub.add_parser(name, help=helptext)
+        p.add_argument("--workers", type=int, default=2)
+        p.add_argument("--port", type=int, default=None if name == "demo" else 50051)
+        p.add_argument("--redis-url", default=None, help="use this Redis instead of embedding one")
+        p.add_argument("--workdir", default=None)
+        p.add_argument("--data-dir", default=None)
+        if name == "demo":
+            p.add_argument("--max-resource", type=float, default=27)
+            p.add_argument("--eta", type=int, default=3)
+            p.add_argument("--seed", type=int, default=0)
+
+    p = sub.add_parser("plan", help="print an algorithm's plan (no server needed)")
+    p.add_argument("--algorithm", default="hyperband")
+    p.add_argument("--max-resource", type=float, required=True)
+    p.add_argument("--min-resource", type=float, default=1.0)
+    p.add_argument("--eta", type=int, default=3)
+    p.add_argument("--max-trials", type=int, default=None)
+    p.add_argument("--setting", type=_setting, action="append", default=[],
+                   help="algorithm setting KEY=VALUE (repeatable)")
+    p.add_argument("--json", action="store_true")
+
+    study = sub.add_parser("study", help="manage studies on a server")
+    ssub = study.add_subparsers(dest="study_command", required=True)
+    for name in ("create", "watch", "show", "best", "list", "stop", "raise-max-resource"):
+        sp = ssub.add_parser(name)
+        sp.add_argument("--address", default=DEFAULT_ADDRESS)
+        if name == "create":
+            sp.add_argument("spec", help="YAML or JSON study spec")
+            sp.add_argument("--watch", action="store_true", help="follow it until it ends")
+        elif name != "list":
+            sp.add_argument("study_id")
+        if name in ("show", "best", "list"):
+            sp.add_argument("--json", action="store_true")
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(COMMANDS[args.command](args) or 0)
+    except KeyboardInterrupt:
+        return 130
+    except Exception as e:  # a clear one-line error, not a traceback, for known failures
+        from .sdk import HpodError
+        from .spec import SpecError
+
+        if isinstance(e, (HpodError, SpecError)):
+            print(f"hpod: {e}", file=sys.stderr)
+            return 2
+        raise
+
+
+# ---------------------------------------------------------------- processes
+
+
+def cmd_server(args: argparse.Namespace) -> int:
+    from hpod.server.main import run
+    from hpod.server.manager import Settings
+
+    run(f"{args.host}:{args.port}", Settings(redis_url=args.redis_url,
+                                             lease_seconds=args.lease_seconds))
+    return 0
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    from hpod.trainers.base import load_all
+    from hpod.trainers.worker import main as worker_main
+
+    trainers = args.trainer or sorted(load_all())
+    worker_main(args.redis_url, trainers, args.checkpoint_dir, args.data_dir,
+                args.lease_seconds, args.max_jobs)
+    return 0
+
+
+def cmd_local(args: argparse.Namespace) -> int:
+    from .local import LocalCluster
+
+    cluster = LocalCluster(workers=args.workers, port=args.port, redis_url=args.redis_url,
+                           workdir=args.workdir, data_dir=args.data_dir, quiet=False)
+    with cluster:
+        print(f"hpod local: server {cluster.address}, redis {cluster.redis_url}, "
+              f"{args.workers} workers; Ctrl-C stops all", flush=True)
+        try:
+            while cluster.server and cluster.server.poll() is None:
+                time.sleep(0.5)
+        except KeyboardInterrupt:
+            print("stopping...", flush=True)
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .local import LocalCluster
+
+    spec = {
+        "name": "demo: dropout MLP on digits",
+        "trainer": "mlp",
+        "objective": {"metric": "val_error", "direction": "minimize"},
+        "resource": {"name": "epoch", "max_resource": args.max_resource, "eta": args.eta},
+        "algorithm": {"name": "hyperband"},
+        "seed": args.seed,
+    }
+    started = time.time()
+    with LocalCluster(workers=args.workers, port=args.port, redis_url=args.redis_url,
+                      workdir=args.workdir, data_dir=args.data_dir) as cluster:
+        print(f"hpod demo: embedded Redis {cluster.redis_url}, server {cluster.address}, "
+              f"{args.workers} workers", flush=True)
+        with cluster.client() as client:
+            study = client.create_study(spec)
+            _print_plan(study.info.plan, study.info.spec.resource.name)
+            study.wait(progress=True)
+            _print_trials(study, top=10)
+    print(f"demo finished in {time.time() - started:.1f} s")
+    return 0
+
+
+# ---------------------------------------------------------------- plan
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    from hpod.server.algorithms import Context, Resource, SearchSpace, build
+    from hpod.server.algorithms.space import Float
+
+    ctx = Context(SearchSpace((Float("x", 0.0, 1.0),)),
+                  Resource(args.max_resource, args.min_resource, args.eta), seed=0,
+                  settings=dict(args.setting), max_trials=args.max_trials)
+    try:
+        plan = build(args.algorithm, ctx).plan()
+    except ValueError as e:
+        print(f"hpod plan: {e}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps(plan.to_dict()))
+        return 0
+    from .progress import Console
+
+    console = Console()
+    for b in plan.brackets:
+        rungs = "  ".join(f"{r.n}@{r.r:g}" for r in b.rungs)
+        console.print(f"bracket s={b.s}: {rungs}   (budget {b.budget:g})", highlight=False)
+    console.print(f"total resource {plan.total_resource:g}"
+                  + (f", {plan.incremental_resource:g} with checkpoint resume"
+                     if plan.incremental_resource else ""), highlight=False)
+    return 0
+
+
+def _print_plan(plan: Any, unit: str) -> None:
+    for b in plan.brackets:
+        print(f"  bracket s={b.s}: " + "  ".join(f"{r.n}@{r.r:g}" for r in b.rungs))
+    if plan.total_resource:
+        print(f"  {plan.incremental_resource:g} {unit}s to train with checkpoint resume "
+              f"({plan.total_resource:g} if every rung retrained from scratch)")
+
+
+# ---------------------------------------------------------------- studies
+
+
+def _client(args: argparse.Namespace) -> Any:
+    from .sdk import Client
+
+    client = Client(args.address)
+    client.wait_ready(10)
+    return client
+
+
+def _print_trials(study: Any, top: int | None = None) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    trials = [t for t in study.trials(curves=False) if t.value is not None]
+    maximize = study.info.spec.objective.direction == 2
+    trials.sort(key=lambda t: (-t.value if maximize else t.value, t.id))
+    best = study.best_trial()
+    table = Table(title=f"study {study.id}: best trials "
+                  f"({study.info.spec.objective.metric or 'value'}, "
+                  f"{'max' if maximize else 'min'}imized)")
+    for col in ("trial", "value", study.info.spec.resource.name or "resource", "state",
+                "bracket", "cost s", "config"):
+        table.add_column(col)
+    for t in trials[:top]:
+        mark = " *" if best is not None and t.id == best.id else ""
+        cfg = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"
+                        for k, v in t.config.items())
+        table.add_row(f"{t.id}{mark}", f"{t.value:.4f}", f"{t.resource:g}", t.state,
+                      str(t.bracket), f"{t.cost:.2f}", cfg)
+    Console().print(table)
+    if best is not None:
+        print(f"best trial (algorithm's rule): {best.id} value {best.value:.4f}")
+
+
+def cmd_study(args: argparse.Namespace) -> int:
+    from .spec import load_spec_file
+
+    client = _client(args)
+    sc = args.study_command
+    if sc == "create":
+        study = client.create_study(load_spec_file(args.spec))
+        print(study.id)
+        if args.watch:
+            study.wait(progress=True)
+            _print_trials(study, top=10)
+        return 0
+    if sc == "list":
+        studies = client.list_studies()
+        if args.json:
+            from google.protobuf import json_format
+
+            print(json.dumps([json_format.MessageToDict(s) for s in studies]))
+        for s in studies if not args.json else []:
+            print(f"{s.id}  {s.spec.name or '-':30}  {s.spec.algorithm.name:12} "
+                  f"{STATE_NAMES.get(s.state, s.state):10} {s.trials_finished}/{s.trials_total}")
+        return 0
+    study = client.study(args.study_id)
+    if sc == "watch":
+        study.wait(progress=True)
+        _print_trials(study, top=10)
+    elif sc == "show":
+        if args.json:
+            from google.protobuf import json_format
+
+            print(json_format.MessageToJson(study.info))
+        else:
+            _print_trials(study)
+    elif sc == "best":
+        best = study.best_trial()
+        if best is None:
+            print("no trial has a result yet")
+            return 1
+        out = {"trial": best.id, "value": best.value, "resource": best.resource,
+               "config": best.config}
+        print(json.dumps(out) if args.json else
+              f"trial {best.id} value {best.value:.6g} at {best.resource:g}: {best.config}")
+    elif sc == "stop":
+        study.stop()
+        print(f"stopped {study.id}")
+    elif sc == "raise-max-resource":
+        study.raise_max_resource()
+        print(f"{study.id}: max resource now {study.info.spec.resource.max_resource:g}")
+    return 0
+
+
+STATE_NAMES = {1: "active", 2: "completed", 3: "stopped"}
+
+COMMANDS = {"server": cmd_server, "worker": cmd_worker, "local": cmd_local, "demo": cmd_demo,
+            "plan": cmd_plan, "study": cmd_study}
+
+
+if __name__ == "__main__":
+    sys.exit(main())

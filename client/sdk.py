@@ -1,0 +1,253 @@
+"""The Python SDK: ``from hpod.client import Client``.
+
+    client = Client("127.0.0.1:50051")
+    study = client.create_study({...})           # or client.create_study_from_file("s.yaml")
+    study.wait(progress=True)
+    print(study.best_trial())
+
+Ask/tell, for users who keep their own training loop::
+
+    while (job := study.ask()) is not None:
+        for epoch in range(int(job.from_resource) + 1, int(job.to_resource) + 1):
+            if job.report(epoch, train_one_epoch()):  # True: the algorithm says stop
+                break
+        job.complete(value)
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+from google.protobuf import json_format
+from hpod.v1 import hpod_pb2 as pb
+from hpod.v1 import hpod_pb2_grpc as pb_grpc
+
+from .spec import build_spec, load_spec_file
+
+TRIAL_STATE = {v: k.removeprefix("TRIAL_STATE_").lower()
+               for k, v in pb.TrialState.items()}
+STUDY_STATE = {v: k.removeprefix("STUDY_STATE_").lower() for k, v in pb.StudyState.items()}
+EVENT_KIND = {v: k.lower() for k, v in pb.TrialEvent.Kind.items()}
+
+
+class HpodError(RuntimeError):
+    """A call failed; ``code`` is the gRPC status code, the message says what to fix."""
+
+    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+        super().__init__(f"{code.name}: {message}")
+        self.code = code
+        self.message = message
+
+
+@dataclass
+class Trial:
+    id: int
+    config: dict[str, Any]
+    state: str
+    value: float | None
+    resource: float
+    bracket: int
+    rung: int
+    cost: float
+    curve: list[tuple[float, float]] = field(default_factory=list)
+    lost_jobs: int = 0
+    error: str = ""
+
+
+@dataclass
+class Event:
+    kind: str
+    trial_id: int | None
+    resource: float
+    value: float | None
+    trial: Trial | None
+    study_state: str
+
+
+def _config(msg: Any, int_params: set[str]) -> dict[str, Any]:
+    d = json_format.MessageToDict(msg)
+    # JSON has only doubles: give integer parameters back their type.
+    return {k: int(v) if k in int_params and isinstance(v, float) else v for k, v in d.items()}
+
+
+def trial_from_pb(t: pb.Trial, int_params: set[str]) -> Trial:
+    return Trial(id=t.id, config=_config(t.config, int_params), state=TRIAL_STATE[t.state],
+                 value=t.value if t.has_value else None, resource=t.resource,
+                 bracket=t.bracket, rung=t.rung, cost=t.cost,
+                 curve=[(p.resource, p.value) for p in t.curve], lost_jobs=t.lost_jobs,
+                 error=t.error)
+
+
+class Client:
+    def __init__(self, address: str = "127.0.0.1:50051", timeout: float = 30.0) -> None:
+        self.address = address
+        self.timeout = timeout
+        self.channel = grpc.insecure_channel(address)
+        self.stub = pb_grpc.HpodStub(self.channel)
+
+    def close(self) -> None:
+        self.channel.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def wait_ready(self, timeout: float = 30.0) -> None:
+        try:
+            grpc.channel_ready_future(self.channel).result(timeout=timeout)
+        except grpc.FutureTimeoutError:
+            raise HpodError(grpc.StatusCode.UNAVAILABLE,
+                            f"no hpod server answered at {self.address} within {timeout:g}s; "
+                            "start one with `hpod server` or `hpod local`") from None
+
+    def _call(self, method: str, request: Any) -> Any:
+        try:
+            return getattr(self.stub, method)(request, timeout=self.timeout)
+        except grpc.RpcError as e:
+            raise HpodError(e.code(), e.details() or "") from None
+
+    # ---------------------------------------------------------------- studies
+
+    def create_study(self, spec: Mapping[str, Any] | pb.StudySpec) -> Study:
+        msg = spec if isinstance(spec, pb.StudySpec) else build_spec(spec)
+        study = self._call("CreateStudy", pb.CreateStudyRequest(spec=msg))
+        return Study(self, study.id, study)
+
+    def create_study_from_file(self, path: str) -> Study:
+        return self.create_study(load_spec_file(path))
+
+    def plan(self, spec: Mapping[str, Any] | pb.StudySpec) -> pb.Plan:
+        msg = spec if isinstance(spec, pb.StudySpec) else build_spec(spec)
+        return self._call("PlanStudy", pb.PlanStudyRequest(spec=msg))
+
+    def study(self, study_id: str) -> Study:
+        return Study(self, study_id, self._call("GetStudy", pb.GetStudyRequest(
+            study_id=study_id)))
+
+    def list_studies(self) -> list[pb.Study]:
+        return list(self._call("ListStudies", pb.ListStudiesRequest()).studies)
+
+
+class Study:
+    """A handle on one study; ``info`` is the last fetched ``hpod.v1.Study`` message."""
+
+    def __init__(self, client: Client, study_id: str, info: pb.Study) -> None:
+        self.client = client
+        self.id = study_id
+        self.info = info
+        self._int_params = {p.name for p in info.spec.search_space
+                            if p.WhichOneof("domain") == "int_range"}
+
+    def refresh(self) -> pb.Study:
+        self.info = self.client._call("GetStudy", pb.GetStudyRequest(study_id=self.id))
+        return self.info
+
+    @property
+    def state(self) -> str:
+        return STUDY_STATE[self.info.state]
+
+    def stop(self) -> None:
+        self.info = self.client._call("StopStudy", pb.StopStudyRequest(study_id=self.id))
+
+    def delete(self) -> None:
+        self.client._call("DeleteStudy", pb.DeleteStudyRequest(study_id=self.id))
+
+    def raise_max_resource(self) -> None:
+        self.info = self.client._call("RaiseMaxResource",
+                                      pb.RaiseMaxResourceRequest(study_id=self.id))
+
+    def trials(self, curves: bool = True) -> list[Trial]:
+        resp = self.client._call("ListTrials", pb.ListTrialsRequest(
+            study_id=self.id, include_curves=curves))
+        return [trial_from_pb(t, self._int_params) for t in resp.trials]
+
+    def trial(self, trial_id: int) -> Trial:
+        return trial_from_pb(self.client._call("GetTrial", pb.GetTrialRequest(
+            study_id=self.id, trial_id=trial_id)), self._int_params)
+
+    def best_trial(self) -> Trial | None:
+        try:
+            t = self.client._call("GetBestTrial", pb.GetBestTrialRequest(study_id=self.id))
+        except HpodError as e:
+            if e.code == grpc.StatusCode.NOT_FOUND:
+                return None
+            raise
+        return trial_from_pb(t, self._int_params)
+
+    def watch(self, include_progress: bool = False) -> Iterator[Event]:
+        """Trial events as they happen, until the study ends."""
+        stream = self.client.stub.WatchStudy(pb.WatchStudyRequest(
+            study_id=self.id, include_progress=include_progress))
+        try:
+            for ev in stream:
+                trial = trial_from_pb(ev.trial, self._int_params) if ev.HasField("trial") \
+                    else None
+                yield Event(EVENT_KIND[ev.kind], ev.trial_id if trial else None, ev.resource,
+                            ev.value if trial else None, trial, STUDY_STATE[ev.study_state])
+        except grpc.RpcError as e:
+            raise HpodError(e.code(), e.details() or "") from None
+
+    def wait(self, progress: bool = False, timeout: float | None = None) -> pb.Study:
+        """Block until the study ends; with ``progress`` show a live progress bar."""
+        if progress:
+            from .progress import watch_with_progress
+
+            watch_with_progress(self)
+        deadline = None if timeout is None else time.time() + timeout
+        while self.refresh().state == pb.STUDY_STATE_ACTIVE:
+            if deadline is not None and time.time() > deadline:
+                raise TimeoutError(f"study {self.id} still active after {timeout}s")
+            if not progress:
+                for ev in self.watch():
+                    if ev.kind == "study_ended":
+                        break
+            else:
+                time.sleep(0.2)
+        return self.info
+
+    # ---------------------------------------------------------------- ask/tell
+
+    def ask(self, client_id: str = "", wait: bool = True, poll: float = 0.5) -> AskedJob | None:
+        """The next job, or None when the study is done. With ``wait``, polls while the
+        algorithm has nothing to hand out yet (e.g. a synchronous rung is still running)."""
+        while True:
+            resp = self.client._call("AskJob", pb.AskJobRequest(study_id=self.id,
+                                                                client_id=client_id))
+            if resp.has_job:
+                return AskedJob(self, resp.job)
+            if resp.study_done or not wait:
+                return None
+            time.sleep(resp.retry_after_seconds or poll)
+
+
+class AskedJob:
+    def __init__(self, study: Study, job: pb.Job) -> None:
+        self.study = study
+        self.job = job
+        self.id = job.job_id
+        self.trial_id = job.trial_id
+        self.config = _config(job.config, study._int_params)
+        self.from_resource = job.from_resource
+        self.to_resource = job.to_resource
+        self.max_resource = job.max_resource
+        self.seed = job.seed
+
+    def report(self, resource: float, value: float) -> bool:
+        """Report a learning-curve point; True when the algorithm says stop."""
+        resp = self.study.client._call("ReportProgress", pb.ReportProgressRequest(
+            study_id=self.study.id, job_id=self.id, resource=resource, value=value))
+        return resp.decision == pb.DECISION_STOP
+
+    def complete(self, value: float, resource: float = 0.0, cost: float = 0.0) -> None:
+        self.study.client._call("CompleteJob", pb.CompleteJobRequest(
+            study_id=self.study.id, job_id=self.id, value=value, resource=resource, cost=cost))
+
+    def fail(self, reason: str) -> None:
+        self.study.client._call("FailJob", pb.FailJobRequest(
+            study_id=self.study.id, job_id=self.id, reason=reason))

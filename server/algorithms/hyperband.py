@@ -1,0 +1,464 @@
+"""Synchronous Hyperband (Li et al., JMLR 18(185), 2018, Algorithm 1).
+
+Each bracket s = s_max..0 is one run of successive halving: n configurations start at
+r = R·η^-s; when every trial of a rung has ended, the lowest-loss ones go on to the next rung
+at η times the resource, until the last rung trains at R. Brackets run side by side, so a free
+worker always gets work while any bracket has some.
+
+Arithmetic is exact (``fractions.Fraction``, no float ``log``): s_max is the largest s with
+r_min·η^s <= R, so R=243, η=3 has 6 brackets. R and r_min keep their decimal meaning (0.1 is
+1/10), so R/r_min need not be a power of η and resources may be fractional (R=48, η=3).
+
+Settings (``algorithm.settings``):
+
+* ``rounding``: how many configurations each rung holds.
+  ``paper`` (default): n = ⌈(s_max+1)·η^s/(s+1)⌉, keep ⌊n_i/η⌋ (81, 34, 15, 8, 5; 1902 units);
+  ``ray``: the same n, keep ⌈n_i/η⌉ (rounds of s=3: 34, 12, 4, 2; 2181 units);
+  ``hpbandster``: n = ⌊(s_max+1)/(s+1)⌋·η^s, rung i holds max(⌊n/η^i⌋, 1) (81, 27, 9, 6, 5).
+  Every convention uses the exact s_max; the float-log bugs of the peers are not reproduced.
+* ``resource_rounding``: ``float`` (default, exact R·η^(i-s)), ``int`` (floor), ``round``
+  (Python's round, half to even).
+* ``return_rule``: ``best_at_R`` (default: the lowest loss among trials that reached R) or
+  ``best_any`` (the lowest loss at any rung, the paper's rule).
+* ``iterations``: how many Hyperband iterations (all brackets each) to run; default 1.
+* ``sampler``: which sampler proposes configurations (default ``random``).
+
+Failed and lost trials rank as +inf: they end their rung without stalling it and are never
+promoted (a rung may then hold fewer than its planned n). A promoted trial's job runs from the
+previous rung's resource to the new one: it resumes from its checkpoint.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from fractions import Fraction
+from itertools import pairwise
+from typing import Any
+
+from .base import (
+    Algorithm,
+    Bracket,
+    Context,
+    Decision,
+    Job,
+    Outcome,
+    Plan,
+    Resource,
+    Rung,
+    SettingsError,
+    Status,
+    check_settings,
+    register_algorithm,
+    rng_for,
+)
+from .samplers import make_sampler
+
+ROUNDINGS = ("paper", "ray", "hpbandster")
+RESOURCE_ROUNDINGS = ("float", "int", "round")
+RETURN_RULES = ("best_at_R", "best_any")
+SETTINGS = ("rounding", "resource_rounding", "return_rule", "iterations", "sampler")
+STATE_VERSION = 1
+
+Number = int | float | Fraction
+
+# --- the bracket table: pure arithmetic, no study needed ---------------------------------
+
+
+@dataclass(frozen=True)
+class ExactBracket:
+    """One bracket with exact resources: ``rungs`` are (n_i, r_i) pairs."""
+
+    s: int
+    rungs: tuple[tuple[int, Fraction], ...]
+
+
+def exact(x: Number, where: str) -> Fraction:
+    """A user's number as the decimal it was written as: Fraction(repr(0.1)) is 1/10, while
+    Fraction(0.1) is the nearest binary float, which would put R=24.3, r_min=0.1 a hair
+    below 243 minimum units and lose a bracket."""
+    if isinstance(x, Fraction):
+        return x
+    if isinstance(x, int) and not isinstance(x, bool):
+        return Fraction(x)
+    f = float(x)
+    if not math.isfinite(f):
+        raise SettingsError(where, f"must be a finite number (got {x!r})")
+    return Fraction(repr(f))
+
+
+def s_max_for(ratio: Fraction, eta: int) -> int:
+    """The largest s with η^s <= R/r_min, by exact comparison (never a float log)."""
+    s = 0
+    while eta ** (s + 1) <= ratio:
+        s += 1
+    return s
+
+
+def rung_counts(s: int, s_max: int, eta: int, rounding: str) -> list[int]:
+    """n_0..n_s of bracket s under a rounding convention (see the module docstring)."""
+    if rounding == "hpbandster":
+        # Floor first, then scale: HpBandSter's (and the Python-2 website code's) order.
+        n0 = (s_max + 1) // (s + 1) * eta**s
+        return [max(n0 // eta**i, 1) for i in range(s + 1)]
+    n = -(-(s_max + 1) * eta**s // (s + 1))  # exact ceiling
+    if rounding == "ray":
+        counts = [n]
+        for _ in range(s):
+            counts.append(-(-counts[-1] // eta))
+        return counts
+    # ⌊n/η^i⌋ equals keeping ⌊n_{i-1}/η⌋ each round (floors of floors compose).
+    return [n // eta**i for i in range(s + 1)]
+
+
+def _round_resource(r: Fraction, mode: str) -> Fraction:
+    if mode == "int":
+        return Fraction(math.floor(r))
+    if mode == "round":
+        return Fraction(round(r))
+    return r
+
+
+def _rung_resources(s: int, big_r: Fraction, eta: int, mode: str) -> list[Fraction]:
+    rs = [_round_resource(big_r / eta ** (s - i), mode) for i in range(s + 1)]
+    # Rounding small fractional resources can give 0 or two equal rungs: a job of no length.
+    if rs[0] <= 0 or any(a >= b for a, b in pairwise(rs)):
+        raise SettingsError(
+            "algorithm.settings.resource_rounding",
+            f"{mode!r} rounding turns the rungs of bracket {s} into "
+            f"{[float(r) for r in rs]}, which are not increasing and positive; "
+            "use 'float' or a larger min_resource",
+        )
+    return rs
+
+
+def check_choice(value: Any, allowed: tuple[str, ...], key: str) -> str:
+    if not isinstance(value, str) or value not in allowed:
+        raise SettingsError(
+            f"algorithm.settings.{key}", f"{value!r} is not one of {list(allowed)}"
+        )
+    return value
+
+
+def bracket_table(
+    max_resource: Number,
+    eta: int,
+    min_resource: Number = 1,
+    rounding: str = "paper",
+    resource_rounding: str = "float",
+) -> tuple[ExactBracket, ...]:
+    """The brackets of one Hyperband iteration, most exploratory (s = s_max) first."""
+    Resource(float(max_resource), float(min_resource), eta).check()
+    check_choice(rounding, ROUNDINGS, "rounding")
+    check_choice(resource_rounding, RESOURCE_ROUNDINGS, "resource_rounding")
+    big_r = exact(max_resource, "resource.max_resource")
+    ratio = big_r / exact(min_resource, "resource.min_resource")
+    eta = int(eta)
+    top = s_max_for(ratio, eta)
+    return tuple(
+        ExactBracket(s, tuple(zip(rung_counts(s, top, eta, rounding),
+                                  _rung_resources(s, big_r, eta, resource_rounding),
+                                  strict=True)))
+        for s in range(top, -1, -1)
+    )
+
+
+def _full_cost(b: ExactBracket) -> Fraction:
+    return sum((n * r for n, r in b.rungs), Fraction(0))
+
+
+def _incremental_cost(b: ExactBracket) -> Fraction:
+    """What a bracket trains when promoted trials resume: n_i·(r_i − r_{i−1})."""
+    prev = [Fraction(0)] + [r for _, r in b.rungs[:-1]]
+    return sum((n * (r - p) for (n, r), p in zip(b.rungs, prev, strict=True)), Fraction(0))
+
+
+def plan_from_table(table: tuple[ExactBracket, ...], iterations: int = 1) -> Plan:
+    """The Plan of ``iterations`` Hyperband iterations. Brackets are listed once (they repeat
+    identically each iteration); the totals cover every iteration."""
+    notes: list[str] = []
+    if any(r.denominator != 1 for b in table for _, r in b.rungs):
+        notes.append("resources are fractional (R/min_resource is not a power of eta); "
+                     "resource_rounding='int' or 'round' gives whole units")
+    if iterations > 1:
+        notes.append(f"the {len(table)} brackets run {iterations} times; totals cover all")
+    return Plan(
+        brackets=tuple(Bracket(b.s, tuple(Rung(n, float(r)) for n, r in b.rungs))
+                       for b in table),
+        total_resource=float(iterations * sum(map(_full_cost, table), Fraction(0))),
+        incremental_resource=float(iterations * sum(map(_incremental_cost, table),
+                                                    Fraction(0))),
+        max_trials=iterations * sum(b.rungs[0][0] for b in table),
+        notes=tuple(notes),
+    )
+
+
+def hyperband_plan(
+    max_resource: Number,
+    eta: int,
+    min_resource: Number = 1,
+    *,
+    rounding: str = "paper",
+    resource_rounding: str = "float",
+    iterations: int = 1,
+) -> Plan:
+    """The dry-run plan, without a study (what ``hpod plan --algorithm hyperband`` prints)."""
+    table = bracket_table(max_resource, eta, min_resource, rounding, resource_rounding)
+    return plan_from_table(table, iterations)
+
+
+# --- the scheduler -------------------------------------------------------------------------
+
+
+@dataclass
+class _BracketRun:
+    """Where one bracket's successive halving stands. Only the current rung is open: its
+    ``members`` (rung 0 grows as trials are created), how many of them were handed out, and
+    one result dict per rung reached (trial -> loss, +inf for failed or lost)."""
+
+    s: int
+    rungs: tuple[tuple[int, float], ...]
+    rung: int = 0
+    members: list[int] = field(default_factory=list)
+    issued: int = 0
+    results: list[dict[int, float]] = field(default_factory=lambda: [{}])
+
+    @property
+    def finished(self) -> bool:
+        return self.rung >= len(self.rungs)
+
+    @property
+    def last(self) -> bool:
+        return self.rung == len(self.rungs) - 1
+
+    def target(self) -> int:
+        """Trials the current rung waits for: planned n_0, or the survivors promoted."""
+        return self.rungs[0][0] if self.rung == 0 else len(self.members)
+
+    def runnable(self) -> bool:
+        return not self.finished and self.issued < self.target()
+
+    def complete(self) -> bool:
+        return len(self.results[self.rung]) == self.target()
+
+    def span(self) -> tuple[float, float]:
+        """The current rung's job: from the previous rung's resource (the checkpoint)."""
+        lo = 0.0 if self.rung == 0 else self.rungs[self.rung - 1][1]
+        return lo, self.rungs[self.rung][1]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "rung": self.rung,
+            "members": list(self.members),
+            "issued": self.issued,
+            "results": [[[t, _json_loss(v)] for t, v in res.items()] for res in self.results],
+        }
+
+    def load(self, d: Mapping[str, Any]) -> None:
+        self.rung = int(d["rung"])
+        self.members = [int(t) for t in d["members"]]
+        self.issued = int(d["issued"])
+        self.results = [{int(t): _loss_from_json(v) for t, v in res} for res in d["results"]]
+
+
+def _json_loss(v: float) -> float | None:
+    return v if math.isfinite(v) else None  # JSON has no Infinity
+
+
+def _loss_from_json(v: float | None) -> float:
+    return math.inf if v is None else float(v)
+
+
+def _iterations(settings: Mapping[str, Any]) -> int:
+    v = settings.get("iterations", 1)
+    # Settings may arrive as doubles (protobuf Struct), so 2.0 is accepted as 2.
+    ok = isinstance(v, (int, float)) and not isinstance(v, bool) and v == int(v) and v >= 1
+    if not ok:
+        raise SettingsError("algorithm.settings.iterations",
+                            f"must be a whole number >= 1 (got {v!r})")
+    return int(v)
+
+
+class Hyperband(Algorithm):
+    """Synchronous Hyperband; see the module docstring for settings and conventions."""
+
+    name = "hyperband"
+
+    def __init__(self, ctx: Context) -> None:
+        st = ctx.settings
+        check_settings(st, SETTINGS, self.name)
+        self.rounding = check_choice(st.get("rounding", "paper"), ROUNDINGS, "rounding")
+        self.resource_rounding = check_choice(
+            st.get("resource_rounding", "float"), RESOURCE_ROUNDINGS, "resource_rounding")
+        self.return_rule = check_choice(
+            st.get("return_rule", "best_at_R"), RETURN_RULES, "return_rule")
+        self.iterations = _iterations(st)
+        res = ctx.resource
+        self.table = bracket_table(res.max_resource, res.eta, res.min_resource,
+                                   self.rounding, self.resource_rounding)
+        self.sampler = make_sampler(ctx, rng_for(ctx.seed, 0))
+        self.next_trial = 0
+        self.configs: dict[int, dict[str, Any]] = {}  # live trials only
+        self.running: dict[int, int] = {}  # trial -> index of its bracket in self.brackets
+        self.last_point: dict[int, tuple[float, float]] = {}  # running trial -> (r, value)
+        # Brackets are created when first needed, so many iterations cost nothing up front.
+        self.brackets: list[_BracketRun] = []
+
+    # --- asking ---
+
+    @property
+    def total_brackets(self) -> int:
+        return self.iterations * len(self.table)
+
+    def _bracket(self, idx: int) -> _BracketRun:
+        while len(self.brackets) <= idx:
+            spec = self.table[len(self.brackets) % len(self.table)]
+            rungs = tuple((n, float(r)) for n, r in spec.rungs)
+            self.brackets.append(_BracketRun(spec.s, rungs))
+        return self.brackets[idx]
+
+    def next_jobs(self, free: int) -> list[Job]:
+        jobs: list[Job] = []
+        idx = 0
+        # Earlier brackets (the most exploratory first) get workers first; a later bracket
+        # only starts once the earlier ones have nothing runnable, so nobody idles.
+        while len(jobs) < free and idx < self.total_brackets:
+            b = self._bracket(idx)
+            while len(jobs) < free and b.runnable():
+                jobs.append(self._issue(idx, b))
+            idx += 1
+        return jobs
+
+    def _issue(self, idx: int, b: _BracketRun) -> Job:
+        tid = self._new_trial() if b.rung == 0 else b.members[b.issued]
+        if b.rung == 0:
+            b.members.append(tid)
+        b.issued += 1
+        self.running[tid] = idx
+        lo, hi = b.span()
+        return Job(tid, dict(self.configs[tid]), lo, hi, bracket=b.s, rung=b.rung)
+
+    def _new_trial(self) -> int:
+        tid = self.next_trial
+        self.next_trial += 1
+        pending = [self.configs[t] for t in sorted(self.running)]
+        self.configs[tid] = dict(self.sampler.suggest(tid, pending))
+        return tid
+
+    # --- telling ---
+
+    def on_progress(self, trial_id: int, resource: float, value: float) -> Decision:
+        if trial_id in self.running and math.isfinite(value):
+            self.last_point[trial_id] = (float(resource), float(value))
+            self.sampler.observe(trial_id, self.configs[trial_id], resource, value)
+        return Decision.CONTINUE  # synchronous HB never stops a segment early
+
+    def on_job_end(self, job: Job, outcome: Outcome) -> None:
+        tid = job.trial_id
+        idx = self.running.pop(tid, None)
+        if idx is None:
+            return  # unknown or already applied: a repeat changes nothing
+        b = self.brackets[idx]
+        loss = self._loss(tid, job, outcome)
+        b.results[b.rung][tid] = loss
+        if not math.isfinite(loss):
+            failed = outcome.status if outcome.status is not Status.COMPLETED else Status.FAILED
+            self._end_trial(tid, failed)
+        elif b.last:
+            self._end_trial(tid, Status.COMPLETED)
+        self._advance(b)
+
+    def _loss(self, tid: int, job: Job, outcome: Outcome) -> float:
+        """The rung result; anything but a finite completed value ranks last (+inf)."""
+        point = self.last_point.pop(tid, None)
+        if outcome.status is not Status.COMPLETED:
+            return math.inf
+        value = outcome.value
+        if value is None and point is not None:  # an ask/tell client may complete bare
+            value = point[1]
+        if value is None or not math.isfinite(value):
+            return math.inf
+        at = outcome.resource if outcome.resource is not None else job.to_resource
+        if point is None or point[0] < at:  # the sampler has not seen this point yet
+            self.sampler.observe(tid, self.configs[tid], at, value)
+        return float(value)
+
+    def _advance(self, b: _BracketRun) -> None:
+        # A loop, not an if: a rung left with no survivors is complete at once.
+        while not b.finished and b.complete():
+            if b.last:
+                b.rung += 1
+                return
+            keep = self._survivors(b)
+            for tid, loss in b.results[b.rung].items():
+                if math.isfinite(loss) and tid not in keep:
+                    self._end_trial(tid, Status.COMPLETED)
+            b.rung += 1
+            b.members, b.issued = keep, 0
+            b.results.append({})
+
+    def _survivors(self, b: _BracketRun) -> list[int]:
+        """The planned number of lowest losses, ties by trial id; never a failed trial."""
+        ranked = sorted((v, t) for t, v in b.results[b.rung].items() if math.isfinite(v))
+        return [t for _, t in ranked[: b.rungs[b.rung + 1][0]]]
+
+    def _end_trial(self, tid: int, status: Status) -> None:
+        config = self.configs.pop(tid)
+        self.sampler.on_trial_end(tid, config, status)
+
+    # --- answers ---
+
+    def plan(self) -> Plan:
+        return plan_from_table(self.table, self.iterations)
+
+    def done(self) -> bool:
+        return len(self.brackets) == self.total_brackets and all(
+            b.finished for b in self.brackets)
+
+    def best(self) -> tuple[int, float] | None:
+        found: list[tuple[float, int]] = []
+        for b in self.brackets:
+            for i, res in enumerate(b.results):
+                if self.return_rule == "best_any" or i == len(b.rungs) - 1:
+                    found.extend((v, t) for t, v in res.items() if math.isfinite(v))
+        if not found:
+            return None
+        value, tid = min(found)
+        return tid, value
+
+    # --- persistence ---
+
+    def _fingerprint(self) -> list[Any]:
+        return [self.iterations, [[b.s, [[n, str(r)] for n, r in b.rungs]] for b in self.table]]
+
+    def state(self) -> dict[str, Any]:
+        return {
+            "version": STATE_VERSION,
+            "plan": self._fingerprint(),
+            "next_trial": self.next_trial,
+            "configs": [[t, c] for t, c in self.configs.items()],
+            "running": [[t, i] for t, i in self.running.items()],
+            "last_point": [[t, r, v] for t, (r, v) in self.last_point.items()],
+            "brackets": [b.to_dict() for b in self.brackets],
+            "sampler": self.sampler.state(),
+        }
+
+    def restore(self, state: Mapping[str, Any]) -> None:
+        if state.get("version") != STATE_VERSION:
+            raise ValueError(f"hyperband state version {state.get('version')!r} is not "
+                             f"{STATE_VERSION}")
+        if state["plan"] != self._fingerprint():
+            raise ValueError("hyperband state was saved under other resource or rounding "
+                             "settings than this study's")
+        self.next_trial = int(state["next_trial"])
+        self.configs = {int(t): dict(c) for t, c in state["configs"]}
+        self.running = {int(t): int(i) for t, i in state["running"]}
+        self.last_point = {int(t): (float(r), float(v)) for t, r, v in state["last_point"]}
+        self.brackets = []
+        for i, d in enumerate(state["brackets"]):
+            self._bracket(i).load(d)
+        self.sampler.restore(state["sampler"])
+
+
+register_algorithm("hyperband")(Hyperband)

@@ -1,0 +1,366 @@
+"""One study: its algorithm, its trials and its jobs, as a deterministic state machine.
+
+Every change enters through :meth:`StudyEngine.apply` as an *input* (a small JSON dict: an ask
+for jobs, a worker event, a lost lease, a stop). Inputs are validated before anything changes,
+so an input that raises changed nothing and is not logged. Given the same inputs in the same
+order, two engines built from the same config are identical; the service therefore persists a
+study as a snapshot of :meth:`state` plus the log of inputs since (DESIGN.md, "Persisting an
+algorithm"), and replays that log after a crash.
+
+The engine knows neither Redis nor gRPC. Each applied input leaves :class:`Effect` records in
+``effects`` (jobs to enqueue, trials to write, events to stream, jobs to stop) that the service
+carries out when live and drops when replaying.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from .algorithms import Decision, Job, Outcome, Status
+from .algorithms.base import PreconditionError
+from .study import StudyConfig
+
+
+class EngineError(Exception):
+    """An input the engine refuses. ``code`` is one of invalid, not_found, precondition."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+# Trial and study states (the wire enums are mapped in one place, server/service/convert.py).
+QUEUED, RUNNING, PAUSED, COMPLETED, STOPPED, FAILED, LOST = (
+    "queued", "running", "paused", "completed", "stopped", "failed", "lost")
+FINAL_TRIAL_STATES = {COMPLETED, STOPPED, FAILED, LOST}
+ACTIVE, STUDY_COMPLETED, STUDY_STOPPED = "active", "completed", "stopped"
+
+
+@dataclass
+class TrialRec:
+    id: int
+    config: dict[str, Any]
+    state: str = QUEUED
+    curve: list[list[float]] = field(default_factory=list)  # [resource, raw value]
+    resource: float = 0.0
+    value: float | None = None
+    bracket: int = 0
+    rung: int = 0
+    cost: float = 0.0
+    lost_jobs: int = 0
+    error: str = ""
+
+
+@dataclass
+class JobRec:
+    job_id: str
+    trial_id: int
+    config: dict[str, Any]
+    from_resource: float
+    to_resource: float
+    bracket: int | None
+    rung: int | None
+    attempt: int = 0
+    state: str = QUEUED  # queued | running
+    external: bool = False
+    worker: str = ""
+    stop_requested: bool = False
+
+    def algo_job(self) -> Job:
+        return Job(self.trial_id, self.config, self.from_resource, self.to_resource,
+                   self.bracket, self.rung)
+
+
+@dataclass(frozen=True)
+class Effect:
+    kind: str  # enqueue | trial | event | stop_job | study
+    job: JobRec | None = None
+    trial_id: int | None = None
+    event: str = ""
+    resource: float = 0.0
+    value: float | None = None
+
+
+class StudyEngine:
+    def __init__(self, study_id: str, config: StudyConfig) -> None:
+        self.study_id = study_id
+        self.config = config
+        self.algorithm = config.build_algorithm()
+        self.trials: dict[int, TrialRec] = {}
+        self.jobs: dict[str, JobRec] = {}
+        self.ended_jobs: dict[str, str] = {}  # job id -> how it ended, to tell late reports
+        self.job_seq = 0
+        self.state = ACTIVE
+        self.resource_used = 0.0
+        self.cost_used = 0.0
+        self.inputs = 0
+        self.effects: list[Effect] = []
+
+    # ------------------------------------------------------------------ inputs
+
+    def apply(self, inp: Mapping[str, Any]) -> Any:
+        """Apply one input; returns what the op returns. Raises EngineError, changing nothing."""
+        op = inp["op"]
+        handler = getattr(self, f"_op_{op}", None)
+        if handler is None:
+            raise EngineError("invalid", f"unknown input {op!r}")
+        result = handler(**{k: v for k, v in inp.items() if k != "op"})
+        self.inputs += 1
+        return result
+
+    def _op_ask(self, free: int, external: bool = False, client: str = "") -> list[JobRec]:
+        if self.state != ACTIVE or free <= 0:
+            return []
+        out = []
+        for job in self.algorithm.next_jobs(free):
+            rec = self._new_job(job, external, client)
+            out.append(rec)
+        return out
+
+    def _op_start(self, job_id: str, worker: str = "") -> None:
+        job = self._live_job(job_id)
+        if job.state == RUNNING:
+            return  # a redelivered start changes nothing
+        job.state, job.worker = RUNNING, worker
+        self._set_trial_state(job.trial_id, RUNNING)
+
+    def _op_progress(self, job_id: str, resource: float, value: float) -> str:
+        job = self._live_job(job_id)
+        trial = self.trials[job.trial_id]
+        self._check_point(job, trial, resource, value)
+        self._record_point(trial, resource, value)
+        decision = self.algorithm.on_progress(trial.id, resource, self._normalise(value))
+        if job.state != RUNNING:
+            job.state = RUNNING
+            self._set_trial_state(trial.id, RUNNING)
+        self.effects.append(Effect("event", trial_id=trial.id, event="progress",
+                                   resource=resource, value=value))
+        if decision is Decision.STOP and not job.stop_requested:
+            job.stop_requested = True
+            self.effects.append(Effect("stop_job", job=job))
+        return decision.value
+
+    def _op_complete(self, job_id: str, value: float, resource: float | None = None,
+                     cost: float | None = None) -> None:
+        job = self._live_job(job_id)
+        trial = self.trials[job.trial_id]
+        resource = job.to_resource if not resource else float(resource)
+        if not _finite(value):
+            raise EngineError("invalid", f"value must be a finite number, got {value!r}; "
+                              "report a failure with FailJob instead")
+        if resource > job.to_resource + 1e-9 or resource <= job.from_resource:
+            raise EngineError("invalid", f"resource {resource:g} is outside this job's segment "
+                              f"({job.from_resource:g}, {job.to_resource:g}]")
+        if cost is not None and (not _finite(cost) or cost < 0):
+            raise EngineError("invalid", f"cost must be a finite number >= 0, got {cost!r}")
+        if resource > trial.resource:
+            self._record_point(trial, resource, value)
+            self.algorithm.on_progress(trial.id, resource, self._normalise(value))
+        cost = float(cost or 0.0)
+        trial.cost += cost
+        self.cost_used += cost
+        self.resource_used += resource - job.from_resource
+        self.algorithm.on_job_end(job.algo_job(), Outcome(
+            Status.COMPLETED, self._normalise(value), resource, cost))
+        if job.stop_requested:
+            state = STOPPED
+        elif resource >= self.config.resource.max_resource - 1e-9:
+            state = COMPLETED
+        else:
+            state = PAUSED
+        self._end_job(job, "completed")
+        self._set_trial_state(trial.id, state, resource=resource, value=value)
+        self._maybe_finish()
+
+    def _op_fail(self, job_id: str, reason: str = "") -> None:
+        job = self._live_job(job_id)
+        self.trials[job.trial_id].error = reason[:2000]
+        self.algorithm.on_job_end(job.algo_job(), Outcome(Status.FAILED))
+        self._end_job(job, "failed")
+        self._set_trial_state(job.trial_id, FAILED)
+        self._maybe_finish()
+
+    def _op_lost(self, job_id: str) -> None:
+        """The job's lease expired: hand it on (resuming from the segment's start checkpoint)
+        up to max_retries times, then give up on the trial as LOST."""
+        job = self._live_job(job_id)
+        trial = self.trials[job.trial_id]
+        trial.lost_jobs += 1
+        self._end_job(job, "lost")
+        self.effects.append(Effect("stop_job", job=job))  # in case the worker comes back
+        if job.attempt < self.config.max_retries and not job.stop_requested:
+            retry = self._job_record(job.algo_job(), job.external, "", job.attempt + 1)
+            self._set_trial_state(trial.id, QUEUED, event="resumed")
+            self._emit_job(retry)
+            return
+        self.algorithm.on_job_end(job.algo_job(), Outcome(Status.LOST))
+        self._set_trial_state(trial.id, LOST)
+        self._maybe_finish()
+
+    def _op_stop(self) -> None:
+        if self.state != ACTIVE:
+            return
+        for job in list(self.jobs.values()):
+            self.effects.append(Effect("stop_job", job=job))
+            self._end_job(job, "stopped")
+        self._finish(STUDY_STOPPED)
+
+    def _op_raise_max_resource(self) -> None:
+        raise_r = getattr(self.algorithm, "raise_max_resource", None)
+        if raise_r is None:
+            raise EngineError("precondition", f"algorithm {self.config.algorithm!r} cannot "
+                              "raise its maximum resource; use algorithm 'idhb'")
+        if self.state == STUDY_STOPPED:
+            raise EngineError("precondition", "the study was stopped")
+        try:
+            raise_r()
+        except PreconditionError as e:
+            raise EngineError("precondition", str(e)) from None
+        self.state = ACTIVE
+        self.effects.append(Effect("study"))
+
+    # ------------------------------------------------------------------ helpers
+
+    def _new_job(self, job: Job, external: bool, client: str) -> JobRec:
+        trial = self.trials.get(job.trial_id)
+        if trial is None:
+            trial = TrialRec(job.trial_id, dict(job.config), bracket=job.bracket or 0,
+                             rung=job.rung or 0)
+            self.trials[job.trial_id] = trial
+            event = "created"
+        else:
+            trial.rung = job.rung if job.rung is not None else trial.rung
+            event = "promoted"
+        rec = self._job_record(job, external, client, 0)
+        self._set_trial_state(trial.id, RUNNING if external else QUEUED, event=event)
+        self._emit_job(rec)
+        return rec
+
+    def _job_record(self, job: Job, external: bool, client: str, attempt: int) -> JobRec:
+        self.job_seq += 1
+        rec = JobRec(f"{self.study_id}-j{self.job_seq}", job.trial_id, dict(job.config),
+                     float(job.from_resource), float(job.to_resource), job.bracket, job.rung,
+                     attempt, RUNNING if external else QUEUED, external, client)
+        self.jobs[rec.job_id] = rec
+        return rec
+
+    def _emit_job(self, rec: JobRec) -> None:
+        if not rec.external:
+            self.effects.append(Effect("enqueue", job=rec))
+
+    def _live_job(self, job_id: str) -> JobRec:
+        job = self.jobs.get(job_id)
+        if job is not None:
+            return job
+        ended = self.ended_jobs.get(job_id)
+        if ended is not None:
+            raise EngineError("precondition", f"job {job_id} already ended ({ended}); "
+                              "ask for a new job")
+        raise EngineError("not_found", f"no job {job_id!r} in study {self.study_id}")
+
+    def _check_point(self, job: JobRec, trial: TrialRec, resource: float, value: float) -> None:
+        if not (_finite(resource) and _finite(value)):
+            raise EngineError("invalid", f"resource and value must be finite numbers, got "
+                              f"resource={resource!r} value={value!r}; report a diverged run "
+                              "with FailJob")
+        if resource <= trial.resource:
+            raise EngineError("precondition", f"duplicated report: trial {trial.id} already "
+                              f"has a point at resource {trial.resource:g}; report increasing "
+                              "resources")
+        if resource > job.to_resource + 1e-9:
+            raise EngineError("invalid", f"resource {resource:g} is beyond this job's "
+                              f"to_resource {job.to_resource:g}")
+
+    def _record_point(self, trial: TrialRec, resource: float, value: float) -> None:
+        trial.curve.append([float(resource), float(value)])
+        trial.resource, trial.value = float(resource), float(value)
+
+    def _normalise(self, value: float) -> float:
+        """Algorithms minimise: a maximised metric is flipped here, once."""
+        return -float(value) if self.config.maximize else float(value)
+
+    def _set_trial_state(self, trial_id: int, state: str, *, event: str | None = None,
+                         resource: float = 0.0, value: float | None = None) -> None:
+        trial = self.trials[trial_id]
+        trial.state = state
+        kind = event or {PAUSED: "paused", COMPLETED: "completed", STOPPED: "stopped",
+                         FAILED: "failed", LOST: "lost"}.get(state)
+        self.effects.append(Effect("trial", trial_id=trial_id))
+        if kind:
+            self.effects.append(Effect("event", trial_id=trial_id, event=kind,
+                                       resource=resource or trial.resource,
+                                       value=trial.value if value is None else value))
+
+    def _end_job(self, job: JobRec, how: str) -> None:
+        self.jobs.pop(job.job_id, None)
+        self.ended_jobs[job.job_id] = how
+
+    def _maybe_finish(self) -> None:
+        if self.state == ACTIVE and not self.jobs and self.algorithm.done():
+            self._finish(STUDY_COMPLETED)
+
+    def _finish(self, state: str) -> None:
+        self.state = state
+        final = COMPLETED if state == STUDY_COMPLETED else STOPPED
+        for trial in self.trials.values():
+            if trial.state not in FINAL_TRIAL_STATES:
+                self._set_trial_state(trial.id, final)
+        self.effects.append(Effect("study"))
+        self.effects.append(Effect("event", event="study_ended"))
+
+    # ------------------------------------------------------------------ reads
+
+    def best_trial(self) -> TrialRec | None:
+        best = self.algorithm.best()
+        return self.trials.get(best[0]) if best else None
+
+    def counts(self) -> dict[str, int]:
+        running = sum(1 for t in self.trials.values() if t.state in (QUEUED, RUNNING))
+        finished = sum(1 for t in self.trials.values() if t.state in FINAL_TRIAL_STATES)
+        return {"total": len(self.trials), "running": running, "finished": finished}
+
+    def queued_jobs(self) -> int:
+        return sum(1 for j in self.jobs.values() if j.state == QUEUED and not j.external)
+
+    # ------------------------------------------------------------------ persistence
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "version": 1,
+            "algorithm": self.algorithm.state(),
+            "trials": [asdict(t) for t in self.trials.values()],
+            "jobs": [asdict(j) for j in self.jobs.values()],
+            "ended_jobs": self.ended_jobs,
+            "job_seq": self.job_seq,
+            "state": self.state,
+            "resource_used": self.resource_used,
+            "cost_used": self.cost_used,
+            "inputs": self.inputs,
+        }
+
+    @classmethod
+    def from_state(cls, study_id: str, config: StudyConfig,
+                   state: Mapping[str, Any]) -> StudyEngine:
+        eng = cls(study_id, config)
+        eng.algorithm.restore(state["algorithm"])
+        eng.trials = {t["id"]: TrialRec(**t) for t in state["trials"]}
+        eng.jobs = {j["job_id"]: JobRec(**j) for j in state["jobs"]}
+        eng.ended_jobs = dict(state["ended_jobs"])
+        eng.job_seq = int(state["job_seq"])
+        eng.state = state["state"]
+        eng.resource_used = float(state["resource_used"])
+        eng.cost_used = float(state["cost_used"])
+        eng.inputs = int(state["inputs"])
+        return eng
+
+    def take_effects(self) -> list[Effect]:
+        out, self.effects = self.effects, []
+        return out
+
+
+def _finite(x: Any) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)

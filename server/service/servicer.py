@@ -1,0 +1,185 @@
+"""The gRPC servicer: translates messages to study-manager calls and errors to status codes.
+Nothing else happens here."""
+
+from __future__ import annotations
+
+import functools
+import math
+import time
+from collections.abc import Callable
+from typing import Any
+
+import grpc
+from google.protobuf import timestamp_pb2
+from hpod.v1 import hpod_pb2 as pb
+from hpod.v1 import hpod_pb2_grpc as pb_grpc
+
+from ..algorithms import SettingsError, SpaceError
+from ..engine import EngineError
+from ..manager import StudyManager
+from . import convert
+
+CODES = {"invalid": grpc.StatusCode.INVALID_ARGUMENT, "not_found": grpc.StatusCode.NOT_FOUND,
+         "precondition": grpc.StatusCode.FAILED_PRECONDITION}
+
+
+def rpc(fn: Callable) -> Callable:
+    """Map domain errors to status codes with the message a person can act on."""
+
+    @functools.wraps(fn)
+    async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        try:
+            return await fn(self, request, context)
+        except (SettingsError, SpaceError) as e:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
+        except EngineError as e:
+            await context.abort(CODES[e.code], e.message)
+
+    return wrapper
+
+
+def _need(value: str, field: str) -> None:
+    if not value:
+        raise EngineError("invalid", f"{field} is required")
+
+
+class HpodServicer(pb_grpc.HpodServicer):
+    def __init__(self, manager: StudyManager) -> None:
+        self.m = manager
+
+    # ---------------------------------------------------------------- studies
+
+    @rpc
+    async def CreateStudy(self, request: pb.CreateStudyRequest, context: Any) -> pb.Study:
+        config = convert.config_from_spec(request.spec)
+        live = await self.m.create(config)
+        return convert.study_to_pb(live.engine, live.created)
+
+    @rpc
+    async def PlanStudy(self, request: pb.PlanStudyRequest, context: Any) -> pb.Plan:
+        config = convert.config_from_spec(request.spec)
+        return convert.plan_to_pb(config.build_algorithm().plan())
+
+    @rpc
+    async def GetStudy(self, request: pb.GetStudyRequest, context: Any) -> pb.Study:
+        live = self.m.get(request.study_id)
+        return convert.study_to_pb(live.engine, live.created)
+
+    @rpc
+    async def ListStudies(self, request: pb.ListStudiesRequest, context: Any
+                          ) -> pb.ListStudiesResponse:
+        return pb.ListStudiesResponse(studies=[
+            convert.study_to_pb(lv.engine, lv.created)
+            for lv in sorted(self.m.studies.values(), key=lambda lv: lv.created)])
+
+    @rpc
+    async def StopStudy(self, request: pb.StopStudyRequest, context: Any) -> pb.Study:
+        await self.m.submit(request.study_id, {"op": "stop"})
+        return await self.GetStudy(pb.GetStudyRequest(study_id=request.study_id), context)
+
+    @rpc
+    async def DeleteStudy(self, request: pb.DeleteStudyRequest, context: Any
+                          ) -> pb.DeleteStudyResponse:
+        await self.m.delete(request.study_id)
+        return pb.DeleteStudyResponse()
+
+    @rpc
+    async def RaiseMaxResource(self, request: pb.RaiseMaxResourceRequest, context: Any
+                               ) -> pb.Study:
+        await self.m.submit(request.study_id, {"op": "raise_max_resource"})
+        return await self.GetStudy(pb.GetStudyRequest(study_id=request.study_id), context)
+
+    async def WatchStudy(self, request: pb.WatchStudyRequest, context: Any) -> Any:
+        try:
+            live = self.m.get(request.study_id)
+        except EngineError as e:
+            await context.abort(CODES[e.code], e.message)
+            return
+        eng = live.engine
+        async for eff in self.m.watch(request.study_id):
+            if eff is None:
+                return
+            if eff.event == "progress" and not request.include_progress:
+                continue
+            ts = timestamp_pb2.Timestamp()
+            ts.FromNanoseconds(time.time_ns())
+            ev = pb.TrialEvent(kind=convert.EVENT_KINDS[eff.event], study_id=eng.study_id,
+                               time=ts, study_state=convert.STUDY_STATES[eng.state])
+            if eff.trial_id is not None and eff.trial_id in eng.trials:
+                ev.trial_id = eff.trial_id
+                ev.resource = eff.resource
+                ev.value = eff.value if eff.value is not None else 0.0
+                ev.trial.CopyFrom(convert.trial_to_pb(eng.study_id, eng.trials[eff.trial_id],
+                                                      curve=False))
+            yield ev
+
+    # ---------------------------------------------------------------- trials
+
+    @rpc
+    async def ListTrials(self, request: pb.ListTrialsRequest, context: Any
+                         ) -> pb.ListTrialsResponse:
+        eng = self.m.get(request.study_id).engine
+        return pb.ListTrialsResponse(trials=[
+            convert.trial_to_pb(eng.study_id, t, curve=request.include_curves)
+            for _, t in sorted(eng.trials.items())])
+
+    @rpc
+    async def GetTrial(self, request: pb.GetTrialRequest, context: Any) -> pb.Trial:
+        eng = self.m.get(request.study_id).engine
+        trial = eng.trials.get(request.trial_id)
+        if trial is None:
+            raise EngineError("not_found", f"no trial {request.trial_id} in study "
+                              f"{request.study_id}")
+        return convert.trial_to_pb(eng.study_id, trial)
+
+    @rpc
+    async def GetBestTrial(self, request: pb.GetBestTrialRequest, context: Any) -> pb.Trial:
+        eng = self.m.get(request.study_id).engine
+        best = eng.best_trial()
+        if best is None:
+            raise EngineError("not_found", "no trial has a result yet")
+        return convert.trial_to_pb(eng.study_id, best)
+
+    # ---------------------------------------------------------------- ask/tell
+
+    @rpc
+    async def AskJob(self, request: pb.AskJobRequest, context: Any) -> pb.AskJobResponse:
+        _need(request.study_id, "study_id")
+        live = self.m.get(request.study_id)
+        jobs = await self.m.submit(request.study_id, {
+            "op": "ask", "free": 1, "external": True, "client": request.client_id})
+        if jobs:
+            payload = self.m.job_payload(live.engine, jobs[0])
+            return pb.AskJobResponse(has_job=True, job=convert.job_to_pb(live.engine, payload))
+        done = live.engine.state != "active"
+        return pb.AskJobResponse(has_job=False, study_done=done,
+                                 retry_after_seconds=0.0 if done else 0.5)
+
+    @rpc
+    async def ReportProgress(self, request: pb.ReportProgressRequest, context: Any
+                             ) -> pb.ReportProgressResponse:
+        _need(request.job_id, "job_id")
+        decision = await self.m.submit(request.study_id, {
+            "op": "progress", "job_id": request.job_id, "resource": request.resource,
+            "value": request.value})
+        return pb.ReportProgressResponse(
+            decision=pb.DECISION_STOP if decision == "stop" else pb.DECISION_CONTINUE)
+
+    @rpc
+    async def CompleteJob(self, request: pb.CompleteJobRequest, context: Any
+                          ) -> pb.CompleteJobResponse:
+        _need(request.job_id, "job_id")
+        if not math.isfinite(request.value):
+            raise EngineError("invalid", f"value must be a finite number, got {request.value}; "
+                              "report a diverged run with FailJob")
+        await self.m.submit(request.study_id, {
+            "op": "complete", "job_id": request.job_id, "value": request.value,
+            "resource": request.resource or None, "cost": request.cost or None})
+        return pb.CompleteJobResponse()
+
+    @rpc
+    async def FailJob(self, request: pb.FailJobRequest, context: Any) -> pb.FailJobResponse:
+        _need(request.job_id, "job_id")
+        await self.m.submit(request.study_id, {"op": "fail", "job_id": request.job_id,
+                                               "reason": request.reason})
+        return pb.FailJobResponse()

@@ -1,0 +1,72 @@
+"""Every Redis key name hpod uses. Nothing else in the code base spells a key.
+
+Keys of one study carry the study id as a hash tag (``{<study>}``) so that everything one
+study's transaction touches lives in one slot of a Redis Cluster. The job streams are per
+trainer, shared by studies, and are the one cross-study structure.
+"""
+
+from __future__ import annotations
+
+PREFIX = "hpod:v1"
+
+SERVER_GROUP = "server"  # consumer group of the server on each study's event stream
+WORKER_GROUP = "workers"  # consumer group of the workers on each trainer's job stream
+
+
+def studies() -> str:
+    """SET of study ids."""
+    return f"{PREFIX}:studies"
+
+
+def study(sid: str) -> str:
+    """HASH: config (JSON), state, created, name, summary (JSON)."""
+    return f"{PREFIX}:{{{sid}}}:study"
+
+
+def log(sid: str) -> str:
+    """LIST of the study's engine inputs (JSON), in the order they were applied."""
+    return f"{PREFIX}:{{{sid}}}:log"
+
+
+def snapshot(sid: str) -> str:
+    """STRING: JSON {"inputs": n, "state": engine state after the first n inputs}."""
+    return f"{PREFIX}:{{{sid}}}:snapshot"
+
+
+def trials(sid: str) -> str:
+    """HASH trial id -> trial JSON: a readable view of the trials, rewritten as they change."""
+    return f"{PREFIX}:{{{sid}}}:trials"
+
+
+def events(sid: str) -> str:
+    """STREAM of worker events for the study, read by the server's consumer group."""
+    return f"{PREFIX}:{{{sid}}}:events"
+
+
+def stopped_jobs(sid: str) -> str:
+    """SET of job ids a worker must stop (STOP decision, lost lease, stopped study)."""
+    return f"{PREFIX}:{{{sid}}}:stop"
+
+
+def jobs(trainer: str) -> str:
+    """STREAM of jobs for workers that have ``trainer``; the pending list is the lease table."""
+    return f"{PREFIX}:jobs:{trainer}"
+
+
+def trainers() -> str:
+    """SET of trainer names that have had a job stream (for the lease reaper)."""
+    return f"{PREFIX}:trainers"
+
+
+def workers() -> str:
+    """ZSET worker id -> last heartbeat (unix seconds)."""
+    return f"{PREFIX}:workers"
+
+
+def worker(wid: str) -> str:
+    """HASH: trainers (comma separated), status (idle | busy), job, host, pid."""
+    return f"{PREFIX}:worker:{wid}"
+
+
+def study_keys(sid: str) -> list[str]:
+    return [study(sid), log(sid), snapshot(sid), trials(sid), events(sid), stopped_jobs(sid)]

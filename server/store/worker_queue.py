@@ -1,0 +1,144 @@
+"""The worker's side of the job protocol (sync ``redis-py``; a worker is a plain process).
+
+A job is an entry of its trainer's stream, read through the ``workers`` consumer group; while
+the worker holds it, it sits in the group's pending list, and that pending list is the lease
+table: the worker heartbeats by re-claiming its own entry (``XCLAIM ... JUSTID`` resets the
+idle time), and the server treats an entry idle for longer than the lease as lost. Events go to
+the study's event stream; every report is one round trip that also reads the stop flag.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import redis
+
+from . import keys
+
+
+@dataclass
+class Lease:
+    trainer: str
+    entry_id: str
+    job: dict[str, Any]
+
+    @property
+    def study_id(self) -> str:
+        return self.job["study_id"]
+
+    @property
+    def job_id(self) -> str:
+        return self.job["job_id"]
+
+
+class WorkerQueue:
+    def __init__(self, url: str, worker_id: str, trainers: list[str]) -> None:
+        self.r = redis.Redis.from_url(url, decode_responses=True)
+        self.worker_id = worker_id
+        self.trainers = trainers
+
+    def register(self, status: str = "idle", job: str = "") -> None:
+        with self.r.pipeline(transaction=True) as p:
+            p.hset(keys.worker(self.worker_id), mapping={
+                "trainers": ",".join(self.trainers), "status": status, "job": job,
+                "host": socket.gethostname(), "pid": str(os.getpid())})
+            p.zadd(keys.workers(), {self.worker_id: time.time()})
+            p.execute()
+
+    def unregister(self) -> None:
+        with self.r.pipeline(transaction=True) as p:
+            p.zrem(keys.workers(), self.worker_id)
+            p.delete(keys.worker(self.worker_id))
+            p.execute()
+
+    def ensure_streams(self) -> None:
+        for t in self.trainers:
+            try:
+                self.r.xgroup_create(keys.jobs(t), keys.WORKER_GROUP, id="0", mkstream=True)
+            except redis.ResponseError as e:
+                if "BUSYGROUP" not in str(e):
+                    raise
+
+    def take(self, block_ms: int = 1000) -> Lease | None:
+        """The next job for one of this worker's trainers, or None after ``block_ms``. Jobs of
+        stopped or deleted studies are dropped here instead of being trained."""
+        streams = {keys.jobs(t): ">" for t in self.trainers}
+        resp = self.r.xreadgroup(keys.WORKER_GROUP, self.worker_id, streams, count=1,
+                                 block=block_ms)
+        for stream, entries in resp or []:
+            trainer = stream[len(keys.jobs("")):]
+            for eid, fields in entries:
+                lease = Lease(trainer, eid, json.loads(fields["j"]))
+                if self._still_wanted(lease):
+                    return lease
+                self._drop(lease)
+        return None
+
+    def _still_wanted(self, lease: Lease) -> bool:
+        with self.r.pipeline(transaction=False) as p:
+            p.hget(keys.study(lease.study_id), "state")
+            p.sismember(keys.stopped_jobs(lease.study_id), lease.job_id)
+            state, stopped = p.execute()
+        return state == "active" and not stopped
+
+    def _drop(self, lease: Lease) -> None:
+        with self.r.pipeline(transaction=True) as p:
+            p.xack(keys.jobs(lease.trainer), keys.WORKER_GROUP, lease.entry_id)
+            p.xdel(keys.jobs(lease.trainer), lease.entry_id)
+            p.execute()
+
+    def _event(self, p: Any, lease: Lease, op: str, **fields: Any) -> None:
+        body = {"op": op, "job_id": lease.job_id, **fields}
+        p.xadd(keys.events(lease.study_id), {"e": json.dumps(body, allow_nan=False)})
+
+    def start(self, lease: Lease) -> None:
+        with self.r.pipeline(transaction=True) as p:
+            self._event(p, lease, "start", worker=self.worker_id)
+            p.hset(keys.worker(self.worker_id), mapping={"status": "busy", "job": lease.job_id})
+            p.zadd(keys.workers(), {self.worker_id: time.time()})
+            p.execute()
+
+    def progress(self, lease: Lease, resource: float, value: float) -> bool:
+        """Report one learning-curve point; True when the job must stop. One round trip."""
+        with self.r.pipeline(transaction=False) as p:
+            self._event(p, lease, "progress", resource=resource, value=value)
+            p.sismember(keys.stopped_jobs(lease.study_id), lease.job_id)
+            self._heartbeat(p, lease)
+            out = p.execute()
+        return bool(out[1])
+
+    def heartbeat(self, lease: Lease | None) -> None:
+        with self.r.pipeline(transaction=False) as p:
+            self._heartbeat(p, lease)
+            p.execute()
+
+    def _heartbeat(self, p: Any, lease: Lease | None) -> None:
+        p.zadd(keys.workers(), {self.worker_id: time.time()})
+        if lease is not None:
+            p.xclaim(keys.jobs(lease.trainer), keys.WORKER_GROUP, self.worker_id, 0,
+                     [lease.entry_id], justid=True)
+
+    def finish(self, lease: Lease, op: str, **fields: Any) -> None:
+        """Report the job's end (``complete`` or ``fail``) and release the lease, atomically."""
+        with self.r.pipeline(transaction=True) as p:
+            self._event(p, lease, op, **fields)
+            p.xack(keys.jobs(lease.trainer), keys.WORKER_GROUP, lease.entry_id)
+            p.xdel(keys.jobs(lease.trainer), lease.entry_id)
+            p.hset(keys.worker(self.worker_id), mapping={"status": "idle", "job": ""})
+            p.zadd(keys.workers(), {self.worker_id: time.time()})
+            p.execute()
+
+    def release(self, lease: Lease) -> None:
+        """Give a job back unfinished (SIGTERM drain): the server sees it as lost at once and
+        hands it on, resuming from the segment's start checkpoint."""
+        with self.r.pipeline(transaction=True) as p:
+            # An idle time far beyond any lease makes the reaper take it on its next pass.
+            p.xclaim(keys.jobs(lease.trainer), keys.WORKER_GROUP, self.worker_id, 0,
+                     [lease.entry_id], idle=10**9, justid=True)
+            p.hset(keys.worker(self.worker_id), mapping={"status": "idle", "job": ""})
+            p.execute()

@@ -1,0 +1,148 @@
+"""Helpers shared by the torch trainers: device, seeding, resource steps, schedules, dropout.
+
+Kept out of ``base.py`` on purpose: these are conveniences for our own trainers, not part of the
+interface a worker relies on. The leading underscore keeps ``load_all`` from importing it as a
+trainer module.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+import torch
+from torch import nn
+
+from .base import TrainerContext
+from .device import pick_device
+
+
+def resolve_device(ctx: TrainerContext) -> torch.device:
+    """The worker may pin a device; otherwise ``device.pick_device`` decides (the one place)."""
+    return torch.device(ctx.device) if ctx.device else pick_device()
+
+
+@contextlib.contextmanager
+def seeded(seed: int) -> Iterator[None]:
+    """Run a block (model construction) under a fixed torch seed without touching the global
+    RNG stream of the process: several trainers may live in one worker process."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        yield
+
+
+def make_generator(seed: int, device: torch.device | str = "cpu") -> torch.Generator:
+    g = torch.Generator(device=device)
+    g.manual_seed(seed)
+    return g
+
+
+def whole(r: float, what: str) -> int:
+    """Resources are counted in whole units (epochs, blocks of steps)."""
+    n = round(r)
+    if abs(r - n) > 1e-9:
+        raise ValueError(f"{what}={r} is not a whole number of resource units")
+    return int(n)
+
+
+def resource_steps(done: int, r0: float, r1: float) -> range:
+    """The unit indices (1-based, the resource reached after each) to train for ``[r0, r1]``.
+
+    ``done`` is how far this trainer already is; starting anywhere else would silently train a
+    different trial, so a mismatch is an error (the worker must load the checkpoint first).
+    """
+    start, stop = whole(r0, "r0"), whole(r1, "r1")
+    if start != done:
+        raise ValueError(
+            f"asked to train from r0={r0} but this trainer is at resource {done}; "
+            "load the trial's checkpoint (or start from 0)"
+        )
+    if stop < start:
+        raise ValueError(f"r1={r1} is below r0={r0}")
+    return range(start + 1, stop + 1)
+
+
+def lr_factor(schedule: str, progress: float, warmup: float = 0.0) -> float:
+    """Multiplier of the peak learning rate at ``progress`` in [0, 1] of the study's maximum
+    resource. Defined on the absolute position, not on the segment, so a trial resumed at a
+    higher rung continues exactly the schedule it would have followed uninterrupted.
+
+    ``cosine``: optional linear warm-up then cosine to 0. ``onecycle``: Smith's one cycle (linear
+    up for the first 30 %, then cosine down, as torch's OneCycleLR with ``anneal='cos'`` minus
+    the momentum cycling). ``constant``: warm-up then flat.
+    """
+    p = min(max(progress, 0.0), 1.0)
+    if schedule == "onecycle":
+        warmup = max(warmup, 0.3)
+    if warmup > 0 and p < warmup:
+        start = 0.04 if schedule == "onecycle" else 0.0  # OneCycleLR's default div_factor 25
+        return start + (1.0 - start) * p / warmup
+    if schedule == "constant":
+        return 1.0
+    if schedule in ("cosine", "onecycle"):
+        q = (p - warmup) / (1.0 - warmup) if warmup < 1 else 1.0
+        return 0.5 * (1.0 + math.cos(math.pi * q))
+    raise ValueError(f"unknown schedule {schedule!r}; use cosine, onecycle or constant")
+
+
+def set_lr(optimizer: torch.optim.Optimizer, factor: float) -> None:
+    """Scale every group's own base learning rate (groups may differ, as in muP)."""
+    for group in optimizer.param_groups:
+        group["lr"] = group["base_lr"] * factor
+
+
+class GenDropout(nn.Module):
+    """Dropout drawing its masks from a generator the trainer owns and checkpoints.
+
+    ``nn.Dropout`` draws from the process-wide RNG, which a resumed trial cannot restore
+    without also clobbering other trainers in the same process; with an owned generator, the
+    masks after resuming are exactly the masks an uninterrupted run would have drawn.
+    """
+
+    def __init__(self, p: float, generator: torch.Generator) -> None:
+        super().__init__()
+        if not 0.0 <= p < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {p}")
+        self.p = p
+        self.generator = generator
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0.0:
+            return x
+        keep = 1.0 - self.p
+        mask = torch.empty_like(x).bernoulli_(keep, generator=self.generator)
+        return x * mask / keep
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}"
+
+
+def get_config(config: Mapping[str, Any], defaults: Mapping[str, Any]) -> dict[str, Any]:
+    """Defaults overlaid with the configuration; unknown keys are an error, not a silent no-op
+    (a typo in a fixed setting would otherwise tune the wrong model)."""
+    unknown = sorted(set(config) - set(defaults))
+    if unknown:
+        raise ValueError(f"unknown configuration keys {unknown}; known: {sorted(defaults)}")
+    out = dict(defaults)
+    out.update(config)
+    return out
+
+
+def build_optimizer(
+    params: list[dict[str, Any]], name: str, lr: float, weight_decay: float, momentum: float
+) -> torch.optim.Optimizer:
+    """SGD with Nesterov momentum or AdamW. Each group may carry an ``lr_mult``; its peak rate
+    is stored as ``base_lr`` so that schedules scale it without losing it."""
+    groups = []
+    for g in params:
+        g = dict(g)
+        g["lr"] = g["base_lr"] = lr * g.pop("lr_mult", 1.0)
+        groups.append(g)
+    if name == "sgd":
+        return torch.optim.SGD(groups, lr=lr, momentum=momentum, nesterov=True,
+                               weight_decay=weight_decay)
+    if name == "adamw":
+        return torch.optim.AdamW(groups, lr=lr, weight_decay=weight_decay)
+    raise ValueError(f"unknown optimizer {name!r}; use sgd or adamw")

@@ -1,0 +1,153 @@
+"""The trainer worker process (``hpod worker``): take a job, train its segment, report.
+
+A worker never decides what to train next. For each job it builds the trainer from the
+configuration, loads the trial's checkpoint at ``from_resource`` (a promotion or a retried job
+resumes, it does not retrain), trains to ``to_resource`` reporting every resource step (each
+report also tells it whether to stop), saves a checkpoint where it stopped, and reports the
+device seconds it spent. A heartbeat thread keeps its lease while it trains.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import threading
+import time
+import traceback
+import uuid
+from pathlib import Path
+from typing import Any
+
+import torch
+from hpod.server.store.worker_queue import Lease, WorkerQueue
+
+from .base import TrainerContext, get_trainer, load_all
+from .device import pick_device, synchronize
+
+log = logging.getLogger("hpod.worker")
+
+
+def checkpoint_path(root: str | os.PathLike, study: str, trial: int, resource: float) -> Path:
+    return Path(root) / study / str(trial) / f"r{float(resource):.6g}.pt"
+
+
+def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
+    """Write then rename, so a crash never leaves a half-written checkpoint behind."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".tmp{os.getpid()}")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+class Worker:
+    def __init__(self, redis_url: str, trainers: list[str], checkpoint_dir: str,
+                 data_dir: str | None = None, worker_id: str | None = None,
+                 lease_seconds: float = 10.0) -> None:
+        known = load_all()
+        unknown = [t for t in trainers if t not in known]
+        if unknown:
+            raise SystemExit(f"unknown trainer(s) {unknown}; known: {sorted(known)}")
+        self.worker_id = worker_id or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        self.q = WorkerQueue(redis_url, self.worker_id, trainers)
+        self.checkpoint_dir = checkpoint_dir
+        self.data_dir = data_dir
+        self.lease_seconds = lease_seconds
+        self.device = pick_device()
+        self.lease: Lease | None = None
+        self.draining = threading.Event()
+        self.jobs_done = 0
+
+    # ---------------------------------------------------------------- main loop
+
+    def run(self, max_jobs: int | None = None) -> None:
+        self.q.ensure_streams()
+        self.q.register()
+        beat = threading.Thread(target=self._heartbeats, daemon=True, name="heartbeat")
+        beat.start()
+        log.info("worker %s ready (trainers %s, device %s)", self.worker_id,
+                 ",".join(self.q.trainers), self.device)
+        try:
+            while not self.draining.is_set():
+                if max_jobs is not None and self.jobs_done >= max_jobs:
+                    break
+                lease = self.q.take(block_ms=500)
+                if lease is not None:
+                    self.run_job(lease)
+        finally:
+            self.draining.set()
+            self.q.unregister()
+
+    def _heartbeats(self) -> None:
+        while not self.draining.wait(self.lease_seconds / 4):
+            try:
+                self.q.heartbeat(self.lease)
+            except Exception:  # Redis blips are survived; the lease is generous
+                log.warning("heartbeat failed", exc_info=True)
+
+    def drain(self, *_: Any) -> None:
+        """SIGTERM: finish the current segment (it ends at a checkpoint), then exit."""
+        self.draining.set()
+
+    # ---------------------------------------------------------------- one job
+
+    def run_job(self, lease: Lease) -> None:
+        job = lease.job
+        self.lease = lease
+        self.q.start(lease)
+        log.info("job %s: trial %s %s -> %s", lease.job_id, job["trial_id"],
+                 job["from_resource"], job["to_resource"])
+        try:
+            outcome = self._train(job, lease)
+        except Exception as e:
+            log.exception("job %s failed", lease.job_id)
+            reason = f"{type(e).__name__}: {e}\n{traceback.format_exc(limit=5)}"
+            self.q.finish(lease, "fail", reason=reason)
+        else:
+            self.q.finish(lease, "complete", **outcome)
+        finally:
+            self.lease = None
+            self.jobs_done += 1
+
+    def _train(self, job: dict[str, Any], lease: Lease) -> dict[str, Any]:
+        cls = get_trainer(job["trainer"])
+        settings = job.get("trainer_settings") or {}
+        ctx = TrainerContext(seed=int(job["seed"]), max_resource=float(job["max_resource"]),
+                             data_dir=self.data_dir or settings.get("data_dir"),
+                             device=str(self.device), settings=settings)
+        trainer = cls(job["config"], ctx)
+        r0, r1 = float(job["from_resource"]), float(job["to_resource"])
+        if r0 > 0:
+            trainer.load_state_dict(self._load(job, r0))
+        synchronize(self.device)
+        start = time.perf_counter()
+        last: tuple[float, float] | None = None
+        for resource, value in trainer.train(r0, r1):
+            last = (float(resource), float(value))
+            if self.q.progress(lease, *last):
+                break  # STOP decision, lost lease or stopped study
+        synchronize(self.device)
+        cost = time.perf_counter() - start
+        if last is None:
+            raise RuntimeError(f"trainer {job['trainer']} reported no step between {r0} and {r1}")
+        save_checkpoint(checkpoint_path(self.checkpoint_dir, job["study_id"], job["trial_id"],
+                                        last[0]), trainer.state_dict())
+        return {"value": last[1], "resource": last[0], "cost": cost}
+
+    def _load(self, job: dict[str, Any], resource: float) -> dict[str, Any]:
+        path = checkpoint_path(self.checkpoint_dir, job["study_id"], job["trial_id"], resource)
+        if not path.exists():
+            raise FileNotFoundError(
+                f"checkpoint {path} is missing: workers must share one checkpoint directory "
+                "(--checkpoint-dir on a shared volume) to resume promoted trials")
+        return torch.load(path, map_location=self.device, weights_only=False)
+
+
+def main(redis_url: str, trainers: list[str], checkpoint_dir: str, data_dir: str | None,
+         lease_seconds: float, max_jobs: int | None = None) -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    worker = Worker(redis_url, trainers, checkpoint_dir, data_dir, lease_seconds=lease_seconds)
+    signal.signal(signal.SIGTERM, worker.drain)
+    signal.signal(signal.SIGINT, worker.drain)
+    worker.run(max_jobs)
