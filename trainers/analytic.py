@@ -24,6 +24,7 @@ to carry between segments.
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -99,7 +100,12 @@ class AnalyticTrainer(Trainer):
 
     def train(self, r0: float, r1: float) -> Iterator[tuple[float, float]]:
         a, b = curve_params(self.config)
+        # trainer_settings.step_seconds makes a step take wall time like real training does
+        # (for fault-injection tests and demos of a slow trainer); it changes no value.
+        pause = float(self.ctx.settings.get("step_seconds", 0.0))
         for epoch in resource_steps(self.epoch, r0, r1):
+            if pause > 0:
+                time.sleep(pause)
             curve = a * epoch**-b
             loss = value(self.config, epoch) + self._noise(epoch, curve)
             self.epoch = epoch  # before the yield: the worker may stop iterating right here

@@ -172,8 +172,9 @@ class GrokkingTrainer(Trainer):
         n_train = int(round(len(seqs) * float(cfg["train_fraction"])))
         if not 0 < n_train < len(seqs):
             raise ValueError(f"train_fraction {cfg['train_fraction']} leaves an empty split")
-        self.x_train, self.y_train = seqs[:n_train].to(self.device), answers[:n_train].to(self.device)
-        self.x_val, self.y_val = seqs[n_train:].to(self.device), answers[n_train:].to(self.device)
+        seqs, answers = seqs.to(self.device), answers.to(self.device)
+        self.x_train, self.y_train = seqs[:n_train], answers[:n_train]
+        self.x_val, self.y_val = seqs[n_train:], answers[n_train:]
         self.batch_size = min(int(cfg["batch_size"]), max(1, n_train // 2))  # as in the paper
 
         self.data_rng = make_generator(ctx.seed)

@@ -126,7 +126,9 @@ class MLPTrainer(Trainer):
         self.total_steps = max(1, round(ctx.max_resource * self.steps_per_epoch))
         self.epoch = 0
         self.step = 0
+        self.samples_seen = 0  # for the worker's samples-per-second report
         self.last_train_loss = math.nan
+        self.last_val_loss = math.nan
 
     def train_epoch(self) -> float:
         """One pass over the training data in a seeded order; returns the mean training loss."""
@@ -147,6 +149,7 @@ class MLPTrainer(Trainer):
                 self.model.apply_max_norm(float(self.cfg["max_norm"]))
             self.step += 1
             total += loss.detach() * len(idx)
+        self.samples_seen += len(order)
         return float(total) / len(order)  # one device sync per epoch, not per batch
 
     @torch.no_grad()
@@ -170,6 +173,7 @@ class MLPTrainer(Trainer):
             "optimizer": self.optimizer.state_dict(),
             "epoch": self.epoch,
             "step": self.step,
+            "samples_seen": self.samples_seen,
             "data_rng": self.data_rng.get_state(),
             "dropout_rng": self.dropout_rng.get_state(),
         }
@@ -179,5 +183,6 @@ class MLPTrainer(Trainer):
         self.optimizer.load_state_dict(state["optimizer"])
         self.epoch = int(state["epoch"])
         self.step = int(state["step"])
+        self.samples_seen = int(state["samples_seen"])
         self.data_rng.set_state(state["data_rng"].cpu())
         self.dropout_rng.set_state(state["dropout_rng"].cpu())

@@ -38,10 +38,11 @@ results:
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any
 
@@ -291,12 +292,14 @@ class Group:
 def group_observations(obs: Sequence[Obs]) -> list[Group]:
     """Merge observations whose inputs are all close, in order of first appearance."""
     groups: list[Group] = []
+    reps = np.empty((len(obs), len(obs[0].x) if obs else 0))
     for o in obs:
-        for g in groups:
-            if np.allclose(g.x, o.x, rtol=1e-5, atol=1e-8):
-                g.members.append(o)
-                break
+        k = len(groups)
+        close = np.flatnonzero(np.all(np.isclose(reps[:k], o.x, rtol=1e-5, atol=1e-8), axis=1))
+        if close.size:
+            groups[close[0]].members.append(o)
         else:
+            reps[k] = o.x
             groups.append(Group([o]))
     return groups
 
@@ -367,7 +370,9 @@ def cost_threshold(rng: np.random.Generator, low: float, high: float,
     log_low, log_high = math.log(low), math.log(high)
     if cap is not None:
         log_high = min(log_high, math.log(cap))
-    return math.exp(rng.uniform(log_low, log_high))
+    # A cap below the cheapest front cost: draw between the two, as the reference's
+    # random.uniform does with swapped bounds (numpy refuses them).
+    return math.exp(rng.uniform(min(log_low, log_high), max(log_low, log_high)))
 
 
 def clamp_reference(pareto_ref: np.ndarray, value_at_threshold: float) -> np.ndarray:
@@ -501,6 +506,18 @@ class Surrogates:
                 "pareto": self.pareto_at(logcost), "p_success": p_success}
 
 
+@contextlib.contextmanager
+def _torch_single_thread() -> Iterator[None]:
+    """These GPs are a few hundred points: torch's thread pool only adds overhead (and on a
+    loaded machine, a lot of it). Restored afterwards so the process setting is untouched."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def _cholesky(cov: np.ndarray) -> np.ndarray:
     jitter = 1e-9 * max(float(np.mean(np.diag(cov))), 1e-12)
     for _ in range(8):
@@ -544,7 +561,7 @@ class CarbsCore:
     def _center(self) -> np.ndarray:
         given = self.cfg.search_center
         center = []
-        for d, lo, hi in zip(self.dims, self.lo, self.hi):
+        for d, lo, hi in zip(self.dims, self.lo, self.hi, strict=True):
             if d.name in given:
                 u = float(d.to_basic(given[d.name]))
             elif math.isfinite(lo) and math.isfinite(hi):
@@ -560,7 +577,7 @@ class CarbsCore:
     # conversions
 
     def to_config(self, x: np.ndarray) -> dict[str, Any]:
-        return {d.name: d.to_param(float(u)) for d, u in zip(self.dims, x)}
+        return {d.name: d.to_param(float(u)) for d, u in zip(self.dims, x, strict=True)}
 
     def to_basic(self, config: Mapping[str, Any]) -> np.ndarray:
         return np.array([float(d.to_basic(float(config[d.name]))) for d in self.dims])
@@ -572,7 +589,8 @@ class CarbsCore:
 
     def suggest(self, trial: int) -> tuple[dict[str, Any], dict[str, Any]]:
         """A configuration for ``trial`` (remembered as pending) and what led to it."""
-        x, info = self._choose()
+        with _torch_single_thread():
+            x, info = self._choose()
         config = self.to_config(x)
         # Pending points sit exactly where their observation will, so a restored study (which
         # keeps configurations, not basic vectors) fits the very same models.

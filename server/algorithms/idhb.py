@@ -25,10 +25,12 @@ The ``variant`` setting decides how the earlier run's promotions are treated in 
   Hyperband(eta*R) selects on the same configurations.
 
 Automatic deepening: with ``auto_raise_threshold`` set, a complete run raises R by itself while
-the best value at R improves on the best value at R/eta by more than that relative amount, as
-long as eta*R stays within ``max_resource_ceiling`` (required then; it does not limit explicit
-raises). Failed or lost trials rank last (+inf) and are never re-run. Brackets run side by
-side, so no worker waits for another bracket's rung.
+the incumbent still improves between the two highest rungs (the best trial at R against its own
+result at R/eta) by more than that relative amount, as long as eta*R stays within
+``max_resource_ceiling`` (required then; it does not limit explicit raises).
+
+Failed or lost trials rank last (+inf) and are never re-run. Brackets run side by side, so no
+worker waits for another bracket's rung.
 """
 
 from __future__ import annotations
@@ -303,7 +305,8 @@ class IDHyperband(Algorithm):
             else:
                 survivors = self._select(br)
                 br.selections.append(survivors)
-                ended = [t for t in br.current if t not in survivors]
+                kept = set(survivors)
+                ended = [t for t in br.current if t not in kept]
                 br.current, br.round = survivors, br.round + 1
             for tid in ended:
                 if not self.trials[tid].failed:
@@ -328,12 +331,13 @@ class IDHyperband(Algorithm):
 
         if self.variant == "efficient":
             auto = [t for t in br.current if len(self.trials[t].values) > i + 1]
-            rest = rank([t for t in br.current if t not in auto])
+            rest = rank([t for t in br.current if len(self.trials[t].values) <= i + 1])
             return auto + rest[:max(0, k - len(auto))]
         candidates = list(br.current)
         if self.variant == "preserving":
+            listed = set(br.current)
             candidates += [t for t in br.pool
-                           if t not in br.current and len(self.trials[t].values) > i]
+                           if t not in listed and len(self.trials[t].values) > i]
         return rank(candidates)[:k]
 
     # --- deepening --------------------------------------------------------------------------
@@ -366,12 +370,25 @@ class IDHyperband(Algorithm):
             self._advance(j)
 
     def improvement(self) -> float | None:
-        """Relative improvement of the best value at R over the best value at R/eta (None
-        while either level has no result)."""
-        at_top, below = self._best_at(self.R), self._best_at(self.R / self.eta)
-        if at_top is None or below is None:
+        """Relative improvement of the incumbent between the two highest rungs: among the
+        trials with results at both R/eta and R, the best at R against its own value at R/eta.
+        Comparing one trial's two results measures what more resource bought, not what more
+        sampling found. None while no trial has both."""
+        both = [(at_top, below, tid) for tid in self.trials
+                if (at_top := self._value_at(tid, self.R)) is not None
+                and (below := self._value_at(tid, self.R / self.eta)) is not None]
+        if not both:
             return None
-        return (below[0] - at_top[0]) / max(abs(below[0]), 1e-12)
+        at_top, below, _ = min(both)
+        return (below - at_top) / max(abs(below), 1e-12)
+
+    def _value_at(self, tid: int, level: Fraction) -> float | None:
+        trial = self.trials[tid]
+        br = self.brackets[trial.bracket]
+        for i, v in enumerate(trial.values):
+            if br.level(i, self.eta) == level:
+                return v
+        return None
 
     def _should_auto_raise(self) -> bool:
         if self.threshold is None or self.ceiling is None or not self.run_complete():
@@ -390,9 +407,6 @@ class IDHyperband(Algorithm):
                 if level not in best or (v, tid) < best[level]:
                     best[level] = (v, tid)
         return best
-
-    def _best_at(self, level: Fraction) -> tuple[float, int] | None:
-        return self._levels().get(level)
 
     # --- reading ----------------------------------------------------------------------------
 
