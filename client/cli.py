@@ -87,6 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
             sp.add_argument("study_id")
         if name in ("show", "best", "list"):
             sp.add_argument("--json", action="store_true")
+    _add_simulate_parser(sub)
     return ap
 
 
@@ -299,6 +300,81 @@ STATE_NAMES = {1: "active", 2: "completed", 3: "stopped"}
 COMMANDS = {"server": cmd_server, "worker": cmd_worker, "local": cmd_local, "demo": cmd_demo,
             "plan": cmd_plan, "study": cmd_study}
 
+
+
+# ---------------------------------------------------------------- simulate (issue 7)
+
+
+def _add_simulate_parser(sub: Any) -> None:
+    p = sub.add_parser("simulate", help="run a study on a simulated cluster (no server)")
+    p.add_argument("--problem", default="branin-curve",
+                   help="branin-curve, branin-mf, hartmann6-mf or module:attribute")
+    p.add_argument("--algorithm", default="hyperband")
+    p.add_argument("--workers", type=int, default=16)
+    p.add_argument("--max-trials", type=int, default=1000)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--max-resource", type=float, default=None)
+    p.add_argument("--min-resource", type=float, default=None)
+    p.add_argument("--eta", type=int, default=None)
+    p.add_argument("--setting", type=_setting, action="append", default=[],
+                   help="algorithm setting KEY=VALUE (repeatable)")
+    p.add_argument("--trace", action="store_true", help="with --json: include the trace")
+    p.add_argument("--json", action="store_true")
+    p = sub.add_parser("bench", help="benchmarks from a source checkout (bench/)",
+                       add_help=False)
+    p.add_argument("bench_args", nargs=argparse.REMAINDER,
+                   help="compare [options]: see `hpod bench compare --help`")
+
+
+def cmd_simulate(args: argparse.Namespace) -> int:
+    from hpod.server.simulator import simulate
+
+    try:
+        res = simulate(args.problem, args.algorithm, args.workers, args.max_trials, args.seed,
+                       dict(args.setting), args.max_resource, args.min_resource, args.eta)
+    except ValueError as e:  # SettingsError, SpaceError and unknown problems are ValueErrors
+        print(f"hpod simulate: {e}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps(res.to_dict(with_trace=args.trace)))
+        return 0
+    best = "-" if res.best_value is None else f"{res.best_value:.6g} (trial {res.best_trial})"
+    regret = "" if res.regret is None else f", regret {res.regret:.4g}"
+    print(f"{res.algorithm} on {res.problem}: {res.trials} trials, {res.jobs} jobs, "
+          f"{res.workers} workers, study {res.study_state}")
+    print(f"  best {best}{regret}")
+    print(f"  simulated {res.simulated_seconds / 3600:.2f} h, utilisation "
+          f"{res.utilisation:.1%}, resource used {res.resource_used:g}")
+    print(f"  {res.events} events in {res.wall_seconds:.2f} s: engine "
+          f"{res.overhead_us_per_event:.1f} us/event, simulator "
+          f"{res.simulator_us_per_event:.1f} us/event")
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    """Runs bench/<name>.py of the source checkout this package is installed from (the
+    benchmarks are scripts, not part of the installed package)."""
+    import runpy
+    from pathlib import Path
+
+    import hpod.server
+
+    rest = list(args.bench_args)
+    names = {"compare": "compare.py"}
+    if not rest or rest[0] not in names:
+        print(f"usage: hpod bench {{{','.join(names)}}} [options]", file=sys.stderr)
+        return 2
+    script = Path(hpod.server.__path__[0]).parent / "bench" / names[rest[0]]
+    if not script.exists():
+        print(f"hpod bench: {script} not found; run it from a source checkout "
+              "(pip install -e .)", file=sys.stderr)
+        return 2
+    module = runpy.run_path(str(script), run_name="hpod_bench")
+    return int(module["main"](rest[1:]) or 0)
+
+
+COMMANDS["simulate"] = cmd_simulate
+COMMANDS["bench"] = cmd_bench
 
 if __name__ == "__main__":
     sys.exit(main())

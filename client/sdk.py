@@ -32,6 +32,7 @@ TRIAL_STATE = {v: k.removeprefix("TRIAL_STATE_").lower()
                for k, v in pb.TrialState.items()}
 STUDY_STATE = {v: k.removeprefix("STUDY_STATE_").lower() for k, v in pb.StudyState.items()}
 EVENT_KIND = {v: k.lower() for k, v in pb.TrialEvent.Kind.items()}
+READS = {"GetStudy", "ListStudies", "ListTrials", "GetTrial", "GetBestTrial", "PlanStudy"}
 
 
 class HpodError(RuntimeError):
@@ -107,10 +108,16 @@ class Client:
                             "start one with `hpod server` or `hpod local`") from None
 
     def _call(self, method: str, request: Any) -> Any:
-        try:
-            return getattr(self.stub, method)(request, timeout=self.timeout)
-        except grpc.RpcError as e:
-            raise HpodError(e.code(), e.details() or "") from None
+        # Reads are retried while the server is briefly unavailable (restarting, or reloading a
+        # study after a storage error); writes are not, so a report is never sent twice.
+        deadline = time.time() + (self.timeout if method in READS else 0)
+        while True:
+            try:
+                return getattr(self.stub, method)(request, timeout=self.timeout)
+            except grpc.RpcError as e:
+                if e.code() != grpc.StatusCode.UNAVAILABLE or time.time() > deadline:
+                    raise HpodError(e.code(), e.details() or "") from None
+                time.sleep(0.2)
 
     # ---------------------------------------------------------------- studies
 

@@ -50,6 +50,7 @@ class Live:
     watchers: set[asyncio.Queue] = field(default_factory=set)
     external_seen: dict[str, float] = field(default_factory=dict)
     idle_ask_at: int = -1  # engine.inputs after the last ask that returned nothing
+    stale: bool = False  # a commit failed: memory may differ from Redis until reloaded
 
 
 class StudyManager:
@@ -66,7 +67,7 @@ class StudyManager:
         await self.store.ping()
         for sid in await self.store.study_ids():
             await self._recover(sid)
-        await self._apply_pending()
+        await self._apply_pending(list(self.studies))
         self._tasks = [asyncio.create_task(self._loop(self._apply_once), name="apply"),
                        asyncio.create_task(self._loop(self._dispatch_once), name="dispatch"),
                        asyncio.create_task(self._loop(self._reap_once, 1.0), name="reap")]
@@ -111,9 +112,9 @@ class StudyManager:
         await self.store.ensure_event_group(sid)
         log.info("recovered study %s: %d inputs replayed after snapshot", sid, len(tail))
 
-    async def _apply_pending(self) -> None:
+    async def _apply_pending(self, sids: list[str] | None = None) -> None:
         """Events read before a crash but not acknowledged: apply them first, in order."""
-        sids = list(self.studies)
+        sids = list(self.studies) if sids is None else sids
         while True:
             got = await self.store.read_events(sids, self.settings.consumer, 1000, 0, True)
             if not any(entries for _, entries in got):
@@ -140,6 +141,9 @@ class StudyManager:
         if live is None:
             raise EngineError("not_found", f"no study {sid!r}; list studies with "
                               "`hpod study list`")
+        if live.stale:
+            raise EngineError("unavailable", f"study {sid} is reloading after a storage "
+                              "error; retry in a moment")
         return live
 
     async def delete(self, sid: str) -> None:
@@ -156,6 +160,9 @@ class StudyManager:
         """Apply one input from an RPC (ask/tell, stop, raise R) and commit it."""
         live = self.get(sid)
         async with live.lock:
+            if live.stale:
+                raise EngineError("unavailable", f"study {sid} is reloading after a storage "
+                                  "error; retry in a moment")
             result = await self._mutate(sid, live, inp)
         if inp["op"] == "ask":
             for job in result:
@@ -186,12 +193,27 @@ class StudyManager:
         try:
             await self.store.commit(sid, batch)
         except Exception:
+            # Memory may now be ahead of Redis (or not: EXEC may have run before the connection
+            # broke). Redis is the truth: reload the study from it, now or once Redis is back.
             log.exception("commit for study %s failed; reloading it from Redis", sid)
-            self.studies.pop(sid, None)
-            with contextlib.suppress(Exception):
-                await self._recover(sid)
+            live.stale = True
+            await self._reload(sid)
             raise
         self._publish(live, effects)
+
+    async def _reload(self, sid: str) -> None:
+        old = self.studies.get(sid)
+        try:
+            await self._recover(sid)
+        except Exception:
+            log.warning("study %s could not be reloaded yet; will retry", sid)
+            return
+        new = self.studies.get(sid)
+        if old is not None and new is not None and new is not old:
+            new.watchers = old.watchers
+        # Events of the failed batch are still pending for this consumer: apply them now
+        # (applying an event twice changes nothing, so an overlap with the apply loop is safe).
+        await self._apply_pending([sid])
 
     def _add_effect(self, eng: StudyEngine, batch: Batch, eff: Effect) -> None:
         if eff.kind == "trial" and eff.trial_id is not None:
@@ -229,7 +251,8 @@ class StudyManager:
     # ---------------------------------------------------------------- apply loop
 
     async def _apply_once(self) -> None:
-        sids = [sid for sid, lv in self.studies.items() if lv.engine.state == ACTIVE]
+        sids = [sid for sid, lv in self.studies.items()
+                if lv.engine.state == ACTIVE and not lv.stale]
         if not sids:
             await asyncio.sleep(0.1)
             return
@@ -241,7 +264,7 @@ class StudyManager:
 
     async def _apply_events(self, sid: str, entries: list[tuple[str, dict]]) -> None:
         live = self.studies.get(sid)
-        if live is None:
+        if live is None or live.stale:
             return
         async with live.lock:
             applied = []
@@ -264,7 +287,7 @@ class StudyManager:
     async def _dispatch_once(self) -> None:
         by_trainer: dict[str, list[str]] = {}
         for sid, lv in self.studies.items():
-            if lv.engine.state == ACTIVE and lv.engine.config.trainer:
+            if lv.engine.state == ACTIVE and lv.engine.config.trainer and not lv.stale:
                 by_trainer.setdefault(lv.engine.config.trainer, []).append(sid)
         if not by_trainer:
             return
@@ -283,7 +306,7 @@ class StudyManager:
 
     async def _ask(self, sid: str, free: int) -> int:
         live = self.studies.get(sid)
-        if live is None:
+        if live is None or live.stale:
             return 0
         async with live.lock:
             eng = live.engine
@@ -296,6 +319,8 @@ class StudyManager:
     # ---------------------------------------------------------------- leases
 
     async def _reap_once(self) -> None:
+        for sid in [sid for sid, lv in self.studies.items() if lv.stale]:
+            await self._reload(sid)
         lease = self.settings.lease_seconds
         for trainer, eid, job in await self.store.expired_jobs(lease):
             live = self.studies.get(job["study_id"]) if job else None

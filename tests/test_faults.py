@@ -68,3 +68,31 @@ def test_server_killed_and_restarted_mid_study_continues(tmp_path) -> None:
         info = study.wait(timeout=180)
         assert info.state == 2
         assert_nothing_lost_or_doubled(study, info)
+
+
+def test_redis_killed_with_aof_loses_no_accepted_result(tmp_path) -> None:
+    import time
+
+    from hpod.server.store.embedded import EmbeddedRedis
+
+    data = str(tmp_path / "redis")
+    store = EmbeddedRedis(data, fsync_always=True).start()
+    try:
+        with LocalCluster(workers=2, trainers=("analytic",), redis_url=store.url,
+                          workdir=str(tmp_path), lease_seconds=3.0) as cluster, \
+                cluster.client() as client:
+            study = client.create_study(slow_spec(seed=3))
+            wait_for(lambda: study.refresh().trials_finished >= 3, what="three finished trials")
+            accepted = {t.id: t.curve for t in study.trials()}
+            store.proc.kill()
+            store.proc.wait()
+            time.sleep(1.0)
+            store = EmbeddedRedis(data, port=store.port, fsync_always=True).start()
+            info = study.wait(timeout=180)
+            assert info.state == 2
+            after = {t.id: t.curve for t in study.trials()}
+            for tid, curve in accepted.items():
+                assert after[tid][:len(curve)] == curve
+            assert_nothing_lost_or_doubled(study, info)
+    finally:
+        store.stop()

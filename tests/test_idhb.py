@@ -192,7 +192,7 @@ def raised(variant: str, seed: int = 0) -> tuple[IDHyperband, dict[int, int]]:
 
 
 def test_variants_differ_as_section_2_says() -> None:
-    eid, before = raised("efficient")
+    eid, before = raised("efficient")  # the first run is the same SH in every variant
     pid, _ = raised("preserving")
     did, _ = raised("discarding")
     # eID never wastes a paid evaluation, the others pay a little more.

@@ -9,6 +9,7 @@ from __future__ import annotations
 import gzip
 import io
 import math
+import pickle
 import struct
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -18,14 +19,16 @@ import numpy as np
 import pytest
 import torch
 from hpod.server.algorithms.space import SearchSpace
-from hpod.trainers import analytic
+from hpod.trainers import analytic, data
 from hpod.trainers.base import DataError, Trainer, TrainerContext, get_trainer, load_all
 
 CPU = "cpu"
 
 
-def ctx(seed: int = 0, max_resource: float = 4, data_dir: str | None = None) -> TrainerContext:
-    return TrainerContext(seed=seed, max_resource=max_resource, data_dir=data_dir, device=CPU)
+def ctx(seed: int = 0, max_resource: float = 4, data_dir: str | None = None,
+        settings: Mapping[str, Any] | None = None) -> TrainerContext:
+    return TrainerContext(seed=seed, max_resource=max_resource, data_dir=data_dir, device=CPU,
+                          settings=dict(settings or {}))
 
 
 def run(trainer: Trainer, r0: float, r1: float) -> list[tuple[float, float]]:
@@ -72,7 +75,9 @@ def assert_resume_identical(
 
 def test_trainers_registered_with_valid_default_spaces() -> None:
     trainers = load_all()
-    assert {"analytic", "mlp"} <= set(trainers)
+    assert {"analytic", "mlp", "grokking", "mup_mlp", "densenet", "preact_resnet"} <= set(
+        trainers
+    )
     for name, cls in trainers.items():
         assert get_trainer(name) is cls
         space = SearchSpace.from_dict(cls.default_space())  # must not raise
@@ -198,6 +203,18 @@ def test_wrong_start_is_refused() -> None:
 def test_unknown_config_key_is_refused() -> None:
     with pytest.raises(ValueError, match="unknown configuration keys"):
         get_trainer("mlp")({"widht": 32}, ctx())
+    with pytest.raises(ValueError, match="unknown trainer_settings keys"):
+        get_trainer("mlp")({}, ctx(settings={"widht": 32}))
+
+
+def test_trainer_settings_fix_options_the_search_does_not() -> None:
+    """trainer_settings overlay the defaults, the searched configuration overlays both; numbers
+    may arrive as floats (protobuf Struct) and data_dir is the worker's, not an option."""
+    mlp = get_trainer("mlp")
+    t = mlp({"width": 48.0}, ctx(settings={"width": 64, "depth": 1.0, "data_dir": "/x"}))
+    assert t.cfg["depth"] == 1.0 and t.cfg["width"] == 48.0  # type: ignore[attr-defined]
+    assert t.model.hidden[0].out_features == 48  # type: ignore[attr-defined]
+    assert len(run(t, 0, 1)) == 1
 
 
 # ---------------------------------------------------------------- MLP
@@ -277,3 +294,210 @@ def test_mlp_data_errors(tmp_path: Path) -> None:
     write_idx(mismatch / "train-labels-idx1-ubyte", np.zeros(7))
     with pytest.raises(DataError, match="60 images but 7 labels"):
         mlp({}, ctx(data_dir=str(mismatch)))
+
+
+# ---------------------------------------------------------------- CIFAR layout and augmentation
+
+
+def write_cifar10(root: Path, per_batch: int = 4, seed: int = 0) -> Path:
+    """The CIFAR-10 python layout in miniature: five pickled training batches."""
+    d = root / "cifar-10-batches-py"
+    d.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    for i in range(1, 6):
+        labels = [int(v) for v in rng.integers(0, 10, per_batch)]
+        data = rng.integers(0, 100, (per_batch, 3072), dtype=np.uint8)
+        data[:, :1024] += np.array(labels, dtype=np.uint8)[:, None] * 15  # learnable: red = label
+        with open(d / f"data_batch_{i}", "wb") as f:
+            pickle.dump({b"data": data, b"labels": labels, b"batch_label": b"x"}, f)
+    return d
+
+
+def write_cifar100(root: Path, n: int = 20) -> Path:
+    d = root / "cifar-100-python"
+    d.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(1)
+    with open(d / "train", "wb") as f:
+        pickle.dump({b"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8),
+                     b"fine_labels": [int(v) for v in rng.integers(0, 100, n)],
+                     b"coarse_labels": [0] * n}, f)
+    return d
+
+
+def test_cifar_readers(tmp_path: Path) -> None:
+    write_cifar10(tmp_path)
+    c10 = data.load_cifar(str(tmp_path), "cifar10")
+    assert c10.x_train.shape == (18, 3, 32, 32) and c10.x_train.dtype == torch.uint8
+    assert c10.x_val.shape == (2, 3, 32, 32) and c10.num_classes == 10
+    # Channel-major rows: the first 1024 bytes of a row are the red plane.
+    with open(tmp_path / "cifar-10-batches-py" / "data_batch_1", "rb") as f:
+        row = pickle.load(f, encoding="bytes")[b"data"][0]
+    assert torch.equal(c10.x_train[0, 0].flatten(), torch.from_numpy(row[:1024]))
+    write_cifar100(tmp_path)
+    c100 = data.load_cifar(str(tmp_path / "cifar-100-python"), "cifar100")
+    assert c100.num_classes == 100 and len(c100.x_train) == 18
+
+
+def test_cifar_layout_errors(tmp_path: Path) -> None:
+    with pytest.raises(DataError, match="cifar-10-batches-py"):
+        data.load_cifar(str(tmp_path), "cifar10")
+    d = write_cifar10(tmp_path / "missing")
+    (d / "data_batch_3").unlink()
+    with pytest.raises(DataError, match="data_batch_3: file not found"):
+        data.load_cifar(str(tmp_path / "missing"), "cifar10")
+    d = write_cifar10(tmp_path / "garbage")
+    (d / "data_batch_2").write_bytes(b"\x00not a pickle")
+    with pytest.raises(DataError, match="data_batch_2: not a readable pickle"):
+        data.load_cifar(str(tmp_path / "garbage"), "cifar10")
+    d = write_cifar10(tmp_path / "keys")
+    with open(d / "data_batch_1", "wb") as f:
+        pickle.dump({b"images": b""}, f)
+    with pytest.raises(DataError, match=r"data_batch_1: expected a dict with b'data'"):
+        data.load_cifar(str(tmp_path / "keys"), "cifar10")
+    d = write_cifar10(tmp_path / "shape")
+    with open(d / "data_batch_4", "wb") as f:
+        pickle.dump({b"data": np.zeros((4, 1024), np.uint8), b"labels": [0] * 4}, f)
+    with pytest.raises(DataError, match=r"data_batch_4: b'data' is uint8 of shape \(4, 1024\)"):
+        data.load_cifar(str(tmp_path / "shape"), "cifar10")
+    # The trainers say what they need when no data directory is given at all.
+    with pytest.raises(DataError, match="cifar-10-batches-py"):
+        get_trainer("densenet")({}, ctx())
+
+
+def test_crop_flip() -> None:
+    x = torch.arange(2 * 3 * 5 * 5, dtype=torch.float32).view(2, 3, 5, 5)
+    centre = torch.full((2, 2), 2)
+    no, yes = torch.zeros(2, dtype=torch.bool), torch.ones(2, dtype=torch.bool)
+    assert torch.equal(data.crop_flip(x, centre, no, pad=2), x)
+    assert torch.equal(data.crop_flip(x, centre, yes, pad=2), x.flip(3))
+    corner = data.crop_flip(x, torch.zeros(2, 2, dtype=torch.long), no, pad=2)
+    assert torch.equal(corner[:, :, 2:, 2:], x[:, :, :3, :3])
+    assert corner[:, :, :2].abs().sum() == 0  # zero padding came in from the top
+    offsets, flips = data.draw_crop_flip(1000, torch.Generator().manual_seed(0))
+    assert offsets.min() == 0 and offsets.max() == 8 and 400 < int(flips.sum()) < 600
+
+
+# ---------------------------------------------------------------- issue 6 models, tiny
+
+TINY: dict[str, dict[str, Any]] = {
+    "densenet": {"depth": 10, "growth_rate": 4, "batch_size": 8},
+    "preact_resnet": {"depth": 8, "block": "basic", "batch_size": 8},
+    "grokking": {"p": 11, "width": 16, "heads": 2, "layers": 1, "operation": "x+y"},
+    "mup_mlp": {"width": 32, "depth": 2},
+}
+
+
+@pytest.fixture(scope="module")
+def cifar_dir(tmp_path_factory: pytest.TempPathFactory) -> str:
+    root = tmp_path_factory.mktemp("cifar")
+    write_cifar10(root)
+    return str(root)
+
+
+@pytest.mark.parametrize("name", sorted(TINY))
+def test_model_resume_is_bit_identical(name: str, cifar_dir: str) -> None:
+    cls = get_trainer(name)
+    full = assert_resume_identical(
+        lambda: cls(TINY[name], ctx(seed=5, max_resource=3, data_dir=cifar_dir)), 1, 3
+    )
+    assert [r for r, _ in full] == [1.0, 2.0, 3.0]
+    assert all(math.isfinite(m) for _, m in full)
+
+
+@pytest.mark.parametrize("name, extra", [
+    # Tiny batches of 8 make SGD at CIFAR rates erratic; AdamW shows the descent in 18 steps.
+    ("densenet", {"augment": False, "optimizer": "adamw", "lr": 0.03, "schedule": "constant"}),
+    ("preact_resnet", {"augment": False, "optimizer": "adamw", "lr": 3e-3,
+                       "schedule": "constant"}),
+    ("preact_resnet", {"depth": 11, "block": "bottleneck", "augment": False,
+                       "optimizer": "adamw", "lr": 3e-3, "schedule": "constant"}),
+    ("grokking", {"lr": 3e-3, "weight_decay": 0.1}),
+    ("mup_mlp", {}),
+])
+def test_model_loss_goes_down(name: str, extra: dict[str, Any], cifar_dir: str) -> None:
+    t = get_trainer(name)({**TINY[name], **extra}, ctx(seed=0, max_resource=6,
+                                                       data_dir=cifar_dir))
+    losses = []
+    for _ in t.train(0, 1):
+        losses.append(t.last_train_loss)  # type: ignore[attr-defined]
+    for _ in t.train(1, 6):
+        losses.append(t.last_train_loss)  # type: ignore[attr-defined]
+    assert len(losses) == 6 and losses[-1] < 0.8 * losses[0], losses
+    assert t.samples_seen > 0  # type: ignore[attr-defined]
+
+
+def test_default_models_build() -> None:
+    """The documented defaults: DenseNet-BC L=100 k=12 has 0.8 M parameters, pre-act
+    ResNet-164 1.7 M (the papers' tables)."""
+    from hpod.trainers.densenet import DenseNetBC
+    from hpod.trainers.preact_resnet import PreActResNet
+
+    def count(m: torch.nn.Module) -> float:
+        return sum(p.numel() for p in m.parameters()) / 1e6
+
+    assert count(DenseNetBC(100, 12)) == pytest.approx(0.8, abs=0.05)
+    assert count(PreActResNet(164, "bottleneck")) == pytest.approx(1.7, abs=0.05)
+    assert count(PreActResNet(110, "basic")) == pytest.approx(1.7, abs=0.05)
+    with pytest.raises(ValueError, match="6n\\+4"):
+        DenseNetBC(50, 12)
+
+
+def test_grokking_tables() -> None:
+    from hpod.trainers.grokking import OPERATIONS, make_table
+
+    for op, (_, nonzero) in OPERATIONS.items():
+        seqs, answers = make_table(op, 7, 0)
+        assert len(seqs) == 7 * (6 if nonzero else 7)
+        assert int(answers.min()) >= 0 and int(answers.max()) < 7
+        assert (seqs[:, 1] == 7).all() and (seqs[:, 3] == 8).all()
+    seqs, answers = make_table("x/y", 13, 0)
+    assert ((answers * seqs[:, 2]) % 13 == seqs[:, 0]).all()  # division really inverts
+    with pytest.raises(ValueError, match="prime"):
+        make_table("x+y", 12, 0)
+
+
+def test_grokking_splits_are_nested_and_disjoint() -> None:
+    cls = get_trainer("grokking")
+    small = cls({**TINY["grokking"], "train_fraction": 0.3}, ctx())
+    big = cls({**TINY["grokking"], "train_fraction": 0.6}, ctx())
+    assert torch.equal(big.x_train[:len(small.x_train)], small.x_train)
+    train = {tuple(r) for r in big.x_train.tolist()}
+    assert not train & {tuple(r) for r in big.x_val.tolist()}
+
+
+def best_lr(width: int, parameterization: str) -> float:
+    """The learning rate with the lowest training loss after 2 epochs on digits, refined
+    between grid points by a parabola through the best point and its neighbours (log2 lr)."""
+    lrs = [1e-3 * 2**k for k in range(10)]
+    losses = []
+    for lr in lrs:
+        t = get_trainer("mup_mlp")(
+            {"lr": lr, "width": width, "depth": 2, "parameterization": parameterization,
+             "schedule": "constant"}, ctx(seed=0, max_resource=2))
+        run(t, 0, 2)
+        losses.append(t.last_train_loss)  # type: ignore[attr-defined]
+    b = int(np.argmin(losses))
+    if 0 < b < len(lrs) - 1:
+        y0, y1, y2 = losses[b - 1:b + 2]
+        return float(lrs[b] * 2 ** (0.5 * (y0 - y2) / (y0 - 2 * y1 + y2)))
+    return lrs[b]
+
+
+def test_mup_learning_rate_transfers_across_widths() -> None:
+    """What muP exists for: widening 32 -> 512 moves the best learning rate by less than a
+    factor of 2, while in the standard parameterisation it moves much more."""
+    mup = best_lr(512, "mup") / best_lr(32, "mup")
+    sp = best_lr(512, "sp") / best_lr(32, "sp")
+    assert 0.5 < mup < 2.0, mup
+    assert sp < 0.25, sp  # SP wants a much smaller rate when wide
+
+
+def test_throughput_measurement() -> None:
+    from hpod.trainers.throughput import measure
+
+    mlp = measure("mlp", {"width": 32}, units=1)
+    assert mlp.samples_per_second > 0 and mlp.seconds_per_unit > 0
+    assert mlp.flops_per_unit and mlp.flops_per_unit > 0 and mlp.achieved_flops
+    cnn = measure("preact_resnet", settings={"depth": 8, "block": "basic", "batch_size": 16},
+                  units=1, synthetic_images=50)
+    assert cnn.resource_unit == "epoch" and cnn.samples_per_second > 0

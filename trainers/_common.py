@@ -119,15 +119,27 @@ class GenDropout(nn.Module):
         return f"p={self.p}"
 
 
-def get_config(config: Mapping[str, Any], defaults: Mapping[str, Any]) -> dict[str, Any]:
-    """Defaults overlaid with the configuration; unknown keys are an error, not a silent no-op
-    (a typo in a fixed setting would otherwise tune the wrong model)."""
-    unknown = sorted(set(config) - set(defaults))
-    if unknown:
-        raise ValueError(f"unknown configuration keys {unknown}; known: {sorted(defaults)}")
-    out = dict(defaults)
-    out.update(config)
-    return out
+SHARED_SETTINGS = frozenset({"data_dir"})
+"""``trainer_settings`` keys that are the worker's business, not a trainer option."""
+
+
+def get_config(
+    config: Mapping[str, Any], defaults: Mapping[str, Any],
+    settings: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The trainer's options: its defaults, overlaid by the study's ``trainer_settings`` (fixed,
+    not searched: a data set, a model size), overlaid by the trial's configuration (searched).
+
+    Unknown keys are an error, not a silent no-op: a typo in a fixed setting would otherwise
+    tune the wrong model. Numbers may arrive as floats (protobuf Struct has no integers);
+    trainers cast where they use them.
+    """
+    settings = {k: v for k, v in (settings or {}).items() if k not in SHARED_SETTINGS}
+    for what, given in (("trainer_settings", settings), ("configuration", config)):
+        unknown = sorted(set(given) - set(defaults))
+        if unknown:
+            raise ValueError(f"unknown {what} keys {unknown}; known: {sorted(defaults)}")
+    return {**defaults, **settings, **config}
 
 
 def build_optimizer(

@@ -48,7 +48,15 @@ optimum: float = BRANIN_MIN
 argmin: dict[str, float] = {"x1": math.pi, "x2": 2.275, "lr": 10**-1.5}
 """A configuration whose value tends to :data:`optimum`, and fastest among the minimisers."""
 
-DEFAULTS: dict[str, Any] = {"x1": 2.5, "x2": 7.5, "lr": 0.01, "noise": 0.1}
+DEFAULTS: dict[str, Any] = {
+    "x1": 2.5,
+    "x2": 7.5,
+    "lr": 0.01,
+    "noise": 0.1,  # noise std as a fraction of the curve term
+    # Wall-clock seconds each step pretends to take, like real training (fault-injection tests,
+    # demos of a slow trainer); usually a trainer_setting. It changes no value.
+    "step_seconds": 0.0,
+}
 
 
 def branin(x1: float, x2: float) -> float:
@@ -89,7 +97,7 @@ class AnalyticTrainer(Trainer):
         ]
 
     def __init__(self, config: Mapping[str, Any], ctx: TrainerContext) -> None:
-        self.config = get_config(config, DEFAULTS)
+        self.config = get_config(config, DEFAULTS, ctx.settings)
         self.ctx = ctx
         self.epoch = 0
 
@@ -100,9 +108,7 @@ class AnalyticTrainer(Trainer):
 
     def train(self, r0: float, r1: float) -> Iterator[tuple[float, float]]:
         a, b = curve_params(self.config)
-        # trainer_settings.step_seconds makes a step take wall time like real training does
-        # (for fault-injection tests and demos of a slow trainer); it changes no value.
-        pause = float(self.ctx.settings.get("step_seconds", 0.0))
+        pause = float(self.config["step_seconds"])
         for epoch in resource_steps(self.epoch, r0, r1):
             if pause > 0:
                 time.sleep(pause)

@@ -164,7 +164,7 @@ class GrokkingTrainer(Trainer):
         ]
 
     def __init__(self, config: Mapping[str, Any], ctx: TrainerContext) -> None:
-        self.cfg = cfg = get_config(config, DEFAULTS)
+        self.cfg = cfg = get_config(config, DEFAULTS, ctx.settings)
         self.ctx = ctx
         self.device = resolve_device(ctx)
         p = int(cfg["p"])

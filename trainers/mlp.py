@@ -96,7 +96,7 @@ class MLPTrainer(Trainer):
         ]
 
     def __init__(self, config: Mapping[str, Any], ctx: TrainerContext) -> None:
-        self.cfg = get_config(config, DEFAULTS)
+        self.cfg = get_config(config, DEFAULTS, ctx.settings)
         self.ctx = ctx
         self.device = resolve_device(ctx)
         data: Dataset = load_mnist_or_digits(ctx.data_dir, str(self.cfg["dataset"]))

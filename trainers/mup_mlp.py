@@ -123,7 +123,7 @@ class MuPMLPTrainer(Trainer):
         ]
 
     def __init__(self, config: Mapping[str, Any], ctx: TrainerContext) -> None:
-        self.cfg = cfg = get_config(config, DEFAULTS)
+        self.cfg = cfg = get_config(config, DEFAULTS, ctx.settings)
         if cfg["parameterization"] not in ("mup", "sp"):
             raise ValueError(f"unknown parameterization {cfg['parameterization']!r}; mup or sp")
         self.ctx = ctx

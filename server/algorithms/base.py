@@ -186,11 +186,13 @@ class Sampler(abc.ABC):
         """A configuration for new trial ``trial_id``. ``pending`` are the configurations of
         trials that are running and have no result yet (for samplers that avoid them)."""
 
-    def observe(self, trial_id: int, config: Mapping[str, Any], resource: float,
+    def observe(self, trial_id: int, config: Mapping[str, Any], resource: float,  # noqa: B027
                 value: float) -> None:
         """A learning-curve point of a trial (lower is better)."""
 
-    def on_trial_end(self, trial_id: int, config: Mapping[str, Any], status: Status) -> None:
+    def on_trial_end(  # noqa: B027 (optional hook: samplers without a model ignore it)
+        self, trial_id: int, config: Mapping[str, Any], status: Status
+    ) -> None:
         """A trial will get no more resource (completed, stopped, failed or lost)."""
 
     @abc.abstractmethod

@@ -344,9 +344,13 @@ def expected_improvement(mu: np.ndarray, var: np.ndarray, ref: np.ndarray,
     Written as σφ(z)(1 + z·erfcx(−z/√2)·√(π/2)), the reference's Faddeeva form (erfcx is the
     real part of wofz on the imaginary axis), which stays finite for z ≪ 0."""
     sigma = np.sqrt(np.maximum(var, 1e-18))
-    z = (mu - ref - bias) / sigma
-    phi = np.exp(-0.5 * z * z) / math.sqrt(2 * math.pi)
-    return sigma * phi * (1.0 + z * erfcx(-z / math.sqrt(2)) * math.sqrt(math.pi / 2))
+    z = np.asarray((mu - ref - bias) / sigma, dtype=float)
+    with np.errstate(under="ignore", over="ignore"):
+        phi = np.exp(-0.5 * z * z) / math.sqrt(2 * math.pi)
+        # erfcx(-z/√2) overflows for large positive z, where the plain form is exact anyway.
+        neg = np.minimum(z, 0.0)
+        tail = phi * (1.0 + neg * erfcx(-neg / math.sqrt(2)) * math.sqrt(math.pi / 2))
+        return sigma * np.where(z < 0, tail, phi + z * ndtr(z))
 
 
 def success_probability(mean: np.ndarray, var: np.ndarray, compat: bool) -> np.ndarray:
@@ -392,14 +396,32 @@ def acquisition(ei: np.ndarray, prior: np.ndarray, p_success: np.ndarray,
 
 def _gp(x: np.ndarray, y: np.ndarray, kernel: str, cfg: CarbsConfig) -> Any:
     """A SingleTaskGP with the reference's kernel and initial hyperparameters (noise 0.01,
-    zero mean, no outcome transform: targets are already normalised)."""
+    zero mean, no outcome transform: targets are already normalised). With ``gp_fit: mll`` the
+    hyperparameters are then fitted; a failed fit keeps the fixed ones."""
+    from botorch.exceptions.errors import ModelFittingError
     from botorch.fit import fit_gpytorch_mll
+    from gpytorch.mlls import ExactMarginalLogLikelihood
+
+    model = _gp_fixed(x, y, kernel, cfg)
+    if cfg.gp_fit == "mll":
+        try:
+            # fit_gpytorch_mll may draw restarts from torch's global RNG: isolate and seed it.
+            with warnings.catch_warnings(), torch.random.fork_rng():
+                warnings.simplefilter("ignore")
+                torch.manual_seed(0)
+                fit_gpytorch_mll(ExactMarginalLogLikelihood(model.likelihood, model))
+        except ModelFittingError:
+            model = _gp_fixed(x, y, kernel, cfg)
+    model.eval()
+    return model
+
+
+def _gp_fixed(x: np.ndarray, y: np.ndarray, kernel: str, cfg: CarbsConfig) -> Any:
     from botorch.models import SingleTaskGP
     from gpytorch.kernels import LinearKernel, MaternKernel, RBFKernel, ScaleKernel
     from gpytorch.likelihoods import GaussianLikelihood
     from gpytorch.means import ZeroMean
-    from gpytorch.mlls import ExactMarginalLogLikelihood
-    from gpytorch.priors import LogNormalPrior
+    from gpytorch.priors import GammaPrior, LogNormalPrior
 
     tx = torch.as_tensor(x, dtype=torch.float64)
     ty = torch.as_tensor(y, dtype=torch.float64).reshape(-1, 1)
@@ -408,7 +430,10 @@ def _gp(x: np.ndarray, y: np.ndarray, kernel: str, cfg: CarbsConfig) -> Any:
         covar.base_kernel.lengthscale = 1.0
         covar.outputscale = 1.0
     else:
-        linear, matern = LinearKernel(), ScaleKernel(MaternKernel(nu=1.5, ard_num_dims=x.shape[1]))
+        # The prior only matters to an mll fit: an unbounded linear variance makes L-BFGS
+        # diverge.
+        linear = LinearKernel(variance_prior=GammaPrior(2.0, 2.0))
+        matern = ScaleKernel(MaternKernel(nu=1.5, ard_num_dims=x.shape[1]))
         linear.variance = 1.0
         matern.outputscale = 1.0
         matern.base_kernel.lengthscale = cfg.search_radius
@@ -417,15 +442,8 @@ def _gp(x: np.ndarray, y: np.ndarray, kernel: str, cfg: CarbsConfig) -> Any:
     lik.noise = 1e-2
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        model = SingleTaskGP(tx, ty, likelihood=lik, covar_module=covar, mean_module=ZeroMean(),
-                             outcome_transform=None).to(torch.float64)
-        if cfg.gp_fit == "mll":
-            # fit_gpytorch_mll may draw restarts from torch's global RNG: isolate and seed it.
-            with torch.random.fork_rng():
-                torch.manual_seed(0)
-                fit_gpytorch_mll(ExactMarginalLogLikelihood(lik, model))
-    model.eval()
-    return model
+        return SingleTaskGP(tx, ty, likelihood=lik, covar_module=covar, mean_module=ZeroMean(),
+                            outcome_transform=None).to(torch.float64)
 
 
 def _predict(model: Any, x: np.ndarray, full_cov: bool = False) -> tuple[np.ndarray, np.ndarray]:

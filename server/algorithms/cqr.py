@@ -145,8 +145,8 @@ class CQRSettings:
         _at_least("num_candidates", self.num_candidates, 1)
         if self.max_fit_samples is not None:
             _at_least("max_fit_samples", self.max_fit_samples, 2)
-        for name in ("highest_rung_min_points", "local_top", "n_estimators", "max_depth",
-                     "min_samples_leaf"):
+        _at_least("highest_rung_min_points", self.highest_rung_min_points, 2)
+        for name in ("local_top", "n_estimators", "max_depth", "min_samples_leaf"):
             _at_least(name, getattr(self, name), 1)
         for name in ("pending_radius", "local_scale", "learning_rate"):
             if not getattr(self, name) > 0:
@@ -254,11 +254,14 @@ class QuantileModel:
     levels: list[float]
     models: list[GradientBoostingRegressor]
     corrections: np.ndarray
-    n_calibration: int = 0
+    calibration_rows: np.ndarray  # indices of the rows held out for calibration
+
+    def predict_raw(self, x: np.ndarray) -> np.ndarray:
+        return np.column_stack([m.predict(x) for m in self.models])
 
     def predict(self, x: np.ndarray) -> np.ndarray:
         """Corrected quantiles, one column per level (the median is never corrected)."""
-        out = np.column_stack([m.predict(x) for m in self.models])
+        out = self.predict_raw(x)
         k = len(self.levels)
         for j, q in enumerate(self.corrections):
             out[:, j] -= q
@@ -279,9 +282,9 @@ def fit_quantile_model(x: np.ndarray, y: np.ndarray, cfg: CQRSettings,
     perm = rng.permutation(n)
     cal, train = perm[:n_cal], perm[n_cal:]
     models = [_gbm(q, cfg, rng).fit(x[train], y[train]) for q in levels]
-    model = QuantileModel(levels, models, np.zeros(len(levels) // 2), n_cal)
+    model = QuantileModel(levels, models, np.zeros(len(levels) // 2), np.sort(cal))
     if conformalise:
-        raw = model.predict(x[cal])
+        raw = model.predict_raw(x[cal])
         model.corrections = np.array([
             conformal_correction(
                 np.maximum(raw[:, j] - y[cal], y[cal] - raw[:, -1 - j]), c, cfg.conformal)
@@ -343,7 +346,8 @@ def column_config(space: SearchSpace, cols: Columns, i: int) -> dict[str, Any]:
         elif isinstance(p, Int):
             out[p.name] = int(round(float(v)))
         else:
-            out[p.name] = float(v)
+            # exp(log(low)) can land one ulp outside the bounds; the space must contain it.
+            out[p.name] = min(max(float(v), p.low), p.high)
     return out
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Union
+from typing import Any
 
 import numpy as np
 
@@ -119,7 +119,7 @@ class Int:
         )
 
 
-Choice = Union[str, int, float, bool]
+Choice = str | int | float | bool
 
 
 @dataclass(frozen=True)
@@ -144,7 +144,7 @@ class Categorical:
         return value in self.choices
 
 
-Param = Union[Float, Int, Categorical]
+Param = Float | Int | Categorical
 
 
 @dataclass(frozen=True)

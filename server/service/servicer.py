@@ -13,6 +13,7 @@ import grpc
 from google.protobuf import timestamp_pb2
 from hpod.v1 import hpod_pb2 as pb
 from hpod.v1 import hpod_pb2_grpc as pb_grpc
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from ..algorithms import SettingsError, SpaceError
 from ..engine import EngineError
@@ -20,7 +21,8 @@ from ..manager import StudyManager
 from . import convert
 
 CODES = {"invalid": grpc.StatusCode.INVALID_ARGUMENT, "not_found": grpc.StatusCode.NOT_FOUND,
-         "precondition": grpc.StatusCode.FAILED_PRECONDITION}
+         "precondition": grpc.StatusCode.FAILED_PRECONDITION,
+         "unavailable": grpc.StatusCode.UNAVAILABLE}
 
 
 def rpc(fn: Callable) -> Callable:
@@ -34,6 +36,9 @@ def rpc(fn: Callable) -> Callable:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
         except EngineError as e:
             await context.abort(CODES[e.code], e.message)
+        except RedisConnectionError:
+            await context.abort(grpc.StatusCode.UNAVAILABLE,
+                                "the server cannot reach Redis right now; retry shortly")
 
     return wrapper
 

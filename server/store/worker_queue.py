@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import redis
+from redis.backoff import ExponentialBackoff
+from redis.retry import Retry
 
 from . import keys
 
@@ -38,7 +40,12 @@ class Lease:
 
 class WorkerQueue:
     def __init__(self, url: str, worker_id: str, trainers: list[str]) -> None:
-        self.r = redis.Redis.from_url(url, decode_responses=True)
+        # Retry through Redis restarts: a re-sent report after a lost reply is a duplicate the
+        # server recognises and ignores, so retrying is safe for every call the worker makes.
+        self.r = redis.Redis.from_url(
+            url, decode_responses=True,
+            retry=Retry(ExponentialBackoff(cap=2.0, base=0.05), retries=60),
+            retry_on_error=[redis.ConnectionError, redis.TimeoutError])
         self.worker_id = worker_id
         self.trainers = trainers
 

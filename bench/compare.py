@@ -1,0 +1,314 @@
+"""Optimisation quality against peers (issue 7 §2), on the simulated cluster.
+
+    python bench/compare.py --problem branin-mf,hartmann6-mf --algorithms hyperband,asha \
+        --peers optuna --seeds 5 --workers 4 --budget 100 [--json]
+    hpod bench compare ...                       # the same, from a source checkout
+
+Every method gets the same problems, seeds, number of workers and budget, measured as resource
+trained (``--budget`` is in units of the problem's maximum resource R: 100 means as much as 100
+full trainings). hpod's algorithms run in :mod:`hpod.server.simulator` (the real engine); peers
+run against the same problems, cost model and simulated clock through their own ask/tell APIs,
+with the same number of concurrent trials. Each run yields the best value observed so far as a
+function of resource consumed and of simulated time.
+
+Output: normalised regret at 25 / 50 / 100 % of the budget (mean and a 95 % normal-approximation
+interval over seeds) and the average rank per method. Normalised regret is
+``(best - optimum) / (reference - optimum)``, the reference being the mean value of 1,000 fixed
+random configurations at R: 0 is the optimum, 1 is an average random configuration.
+
+Peers: Optuna (HyperbandPruner and SuccessiveHalvingPruner, with RandomSampler and TPESampler);
+Syne Tune and Ray Tune are listed and skipped, with the reason, when not installed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import heapq
+import importlib.util
+import json
+import math
+import statistics
+import sys
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from hpod.server.algorithms import SearchSpace
+from hpod.server.problems import Problem, get_problem
+from hpod.server.simulator import simulate
+
+FRACTIONS = (0.25, 0.5, 1.0)
+Trace = list[tuple[float, float, float]]  # (simulated seconds, resource consumed, best so far)
+
+
+@dataclass
+class Run:
+    method: str
+    problem: str
+    seed: int
+    trace: Trace
+    regret: dict[float, float] = field(default_factory=dict)  # fraction -> normalised regret
+    wall_seconds: float = 0.0
+
+
+# ------------------------------------------------------------------ hpod
+
+
+def hpod_method(algorithm: str) -> Callable[[Problem, int, int, float], Trace]:
+    def run(problem: Problem, workers: int, seed: int, budget: float) -> Trace:
+        r_min = float(getattr(problem, "min_resource", 1.0))
+        settings: dict[str, Any] = {}
+        if algorithm == "hyperband":  # enough iterations to spend the budget
+            settings["iterations"] = math.ceil(budget / problem.max_resource) + 1
+        trials = math.ceil(budget / r_min) + 1  # an upper bound: the budget stops the run
+        return simulate(problem, algorithm, workers, trials, seed, settings,
+                        budget=budget).trace
+    return run
+
+
+# ------------------------------------------------------------------ Optuna
+
+
+def _optuna_distributions(space: list[dict[str, Any]]) -> dict[str, Any]:
+    import optuna.distributions as d
+
+    out: dict[str, Any] = {}
+    for p in space:
+        if p["type"] == "float":
+            out[p["name"]] = d.FloatDistribution(p["low"], p["high"], log=p.get("log", False))
+        elif p["type"] == "int":
+            out[p["name"]] = d.IntDistribution(p["low"], p["high"], log=p.get("log", False))
+        else:
+            out[p["name"]] = d.CategoricalDistribution(p["choices"])
+    return out
+
+
+def optuna_method(pruner: str, sampler: str) -> Callable[[Problem, int, int, float], Trace]:
+    """Optuna's ask/tell API on the simulated clock: ``workers`` trials run at once, each
+    reports every resource unit and asks ``should_prune`` as an Optuna objective would."""
+
+    def run(problem: Problem, workers: int, seed: int, budget: float) -> Trace:
+        import optuna
+
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        r_min, r_max = int(getattr(problem, "min_resource", 1)), int(problem.max_resource)
+        eta = int(getattr(problem, "eta", 3))
+        pr = (optuna.pruners.HyperbandPruner(r_min, r_max, eta) if pruner == "hyperband"
+              else optuna.pruners.SuccessiveHalvingPruner(r_min, eta))
+        sa = (optuna.samplers.TPESampler(seed=seed) if sampler == "tpe"
+              else optuna.samplers.RandomSampler(seed=seed))
+        study = optuna.create_study(sampler=sa, pruner=pr)
+        return _OptunaSim(problem, study, _optuna_distributions(problem.space), r_max,
+                          budget).run(workers)
+    return run
+
+
+class _OptunaSim:
+    def __init__(self, problem: Problem, study: Any, dists: dict[str, Any], r_max: int,
+                 budget: float) -> None:
+        self.problem, self.study, self.dists = problem, study, dists
+        self.r_max, self.budget = r_max, budget
+        self.heap: list[tuple[float, int, Any, int, float]] = []  # time, seq, trial, r, start
+        self.seq, self.consumed, self.best = 0, 0.0, math.inf
+        self.trace: Trace = []
+
+    def _start(self, now: float) -> None:
+        trial = self.study.ask(self.dists)
+        self._push(trial, 1, now)
+
+    def _push(self, trial: Any, r: int, start: float) -> None:
+        self.seq += 1
+        at = start + self.problem.cost(trial.params, r)
+        heapq.heappush(self.heap, (at, self.seq, trial, r, start))
+
+    def run(self, workers: int) -> Trace:
+        for _ in range(workers):
+            self._start(0.0)
+        while self.heap and self.consumed < self.budget:
+            now, _, trial, r, start = heapq.heappop(self.heap)
+            value = float(self.problem.evaluate(trial.params, r))
+            self.consumed += 1
+            if value < self.best:
+                self.best = value
+                self.trace.append((now, self.consumed, value))
+            trial.report(value, r)
+            if trial.should_prune():
+                self.study.tell(trial, state=_pruned())
+            elif r >= self.r_max:
+                self.study.tell(trial, value)
+            else:
+                self._push(trial, r + 1, start)
+                continue
+            self._start(now)
+        return self.trace
+
+
+def _pruned() -> Any:
+    import optuna
+
+    return optuna.trial.TrialState.PRUNED
+
+
+# ------------------------------------------------------------------ methods and peers
+
+OPTUNA = {f"optuna-{p}-{s}": (p, s) for p in ("hyperband", "sha") for s in ("random", "tpe")}
+PEER_PACKAGES = {"optuna": "optuna", "syne-tune": "syne_tune", "ray-tune": "ray"}
+PEER_INSTALL = {"optuna": "optuna", "syne-tune": "syne-tune", "ray-tune": "'ray[tune]'"}
+
+
+def methods(algorithms: list[str], peers: list[str]
+            ) -> tuple[dict[str, Callable[..., Trace]], dict[str, str]]:
+    """The methods to run, and the peers skipped with the reason."""
+    out: dict[str, Callable[..., Trace]] = {f"hpod-{a}": hpod_method(a) for a in algorithms}
+    skipped: dict[str, str] = {}
+    for peer in peers:
+        package = PEER_PACKAGES.get(peer)
+        if package is None:
+            skipped[peer] = f"unknown peer; known: {sorted(PEER_PACKAGES)}"
+        elif importlib.util.find_spec(package) is None:
+            skipped[peer] = f"not installed (pip install {PEER_INSTALL[peer]})"
+        elif peer == "optuna":
+            out.update({name: optuna_method(p, s) for name, (p, s) in OPTUNA.items()})
+        else:
+            skipped[peer] = "installed, but no adapter in this suite yet"
+    return out, skipped
+
+
+# ------------------------------------------------------------------ scoring
+
+
+def reference_value(problem: Problem, n: int = 1000) -> float:
+    """Mean value of n fixed random configurations at R: the 'average guess' of regret 1."""
+    space = SearchSpace.from_dict(problem.space)
+    rng = np.random.default_rng(12345)
+    return statistics.fmean(problem.evaluate(space.sample(rng), problem.max_resource)
+                            for _ in range(n))
+
+
+def regret_at(trace: Trace, spent: float, optimum: float, ref: float) -> float:
+    best = min((v for _, c, v in trace if c <= spent + 1e-9), default=math.inf)
+    if not math.isfinite(best):
+        return 1.0  # nothing observed yet: no better than an average guess
+    return max(best - optimum, 0.0) / (ref - optimum)
+
+
+def interval(xs: list[float]) -> tuple[float, float]:
+    """Mean and the half-width of a 95 % normal-approximation interval."""
+    mean = statistics.fmean(xs)
+    half = 1.96 * statistics.stdev(xs) / math.sqrt(len(xs)) if len(xs) > 1 else 0.0
+    return mean, half
+
+
+def average_ranks(runs: list[Run], fraction: float) -> dict[str, float]:
+    """Rank of each method within each (problem, seed) at a budget fraction, averaged."""
+    groups: dict[tuple[str, int], list[Run]] = {}
+    for r in runs:
+        groups.setdefault((r.problem, r.seed), []).append(r)
+    ranks: dict[str, list[float]] = {}
+    for group in groups.values():
+        for r in group:
+            mine = r.regret[fraction]
+            better = sum(1 for o in group if o.regret[fraction] < mine)
+            equal = sum(1 for o in group if o.regret[fraction] == mine)  # itself included
+            ranks.setdefault(r.method, []).append(1 + better + (equal - 1) / 2)
+    return {m: statistics.fmean(v) for m, v in sorted(ranks.items())}
+
+
+def summarise(runs: list[Run]) -> dict[str, Any]:
+    table: dict[str, dict[str, Any]] = {}
+    for problem in sorted({r.problem for r in runs}):
+        for method in sorted({r.method for r in runs}):
+            mine = [r for r in runs if r.problem == problem and r.method == method]
+            if not mine:
+                continue
+            row = {}
+            for f in FRACTIONS:
+                mean, half = interval([r.regret[f] for r in mine])
+                row[f"{int(f * 100)}%"] = {"mean": mean, "ci95": half}
+            row["wall_seconds"] = statistics.fmean(r.wall_seconds for r in mine)
+            table.setdefault(problem, {})[method] = row
+    return {"regret": table,
+            "average_rank": {f"{int(f * 100)}%": average_ranks(runs, f) for f in FRACTIONS}}
+
+
+# ------------------------------------------------------------------ main
+
+
+def compare(problems: list[str], algorithms: list[str], peers: list[str], seeds: int,
+            workers: int, budget_r: float, log: Callable[[str], None] = lambda s: None
+            ) -> dict[str, Any]:
+    todo, skipped = methods(algorithms, peers)
+    runs: list[Run] = []
+    for name in problems:
+        problem = get_problem(name)
+        optimum = problem.optimum
+        if optimum is None:
+            raise ValueError(f"problem {name!r} has no known optimum; regret needs one")
+        ref = reference_value(problem)
+        budget = budget_r * problem.max_resource
+        for method, fn in todo.items():
+            for seed in range(seeds):
+                t0 = time.perf_counter()
+                trace = fn(problem, workers, seed, budget)
+                run = Run(method, problem.name, seed, trace,
+                          {f: regret_at(trace, f * budget, optimum, ref) for f in FRACTIONS},
+                          time.perf_counter() - t0)
+                runs.append(run)
+                log(f"{problem.name} {method} seed {seed}: regret@100% "
+                    f"{run.regret[1.0]:.4f} ({run.wall_seconds:.1f} s)")
+    return {"setup": {"problems": problems, "seeds": seeds, "workers": workers,
+                      "budget_in_R": budget_r, "fractions": list(FRACTIONS)},
+            "skipped": skipped, **summarise(runs),
+            "plots": "skipped: matplotlib is not installed" if importlib.util.find_spec(
+                "matplotlib") is None else "not implemented yet"}
+
+
+def print_report(res: Mapping[str, Any]) -> None:
+    for problem, rows in res["regret"].items():
+        print(f"\n{problem}: normalised regret (mean ± 95% CI over {res['setup']['seeds']} "
+              f"seeds), budget {res['setup']['budget_in_R']:g} R, "
+              f"{res['setup']['workers']} workers")
+        print(f"{'method':28}" + "".join(f"{k:>18}" for k in ("25%", "50%", "100%")))
+        for method, row in rows.items():
+            cells = "".join(f"{row[k]['mean']:10.4f} ±{row[k]['ci95']:6.4f}"
+                            for k in ("25%", "50%", "100%"))
+            print(f"{method:28}{cells}")
+    print("\naverage rank at 100% of the budget (1 is best):")
+    for method, rank in sorted(res["average_rank"]["100%"].items(), key=lambda kv: kv[1]):
+        print(f"  {rank:5.2f}  {method}")
+    for peer, why in res["skipped"].items():
+        print(f"skipped {peer}: {why}")
+    print(f"plots: {res['plots']}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="hpod bench compare",
+                                 description="optimisation quality against peers")
+    ap.add_argument("--problem", default="branin-mf,hartmann6-mf,branin-curve",
+                    help="comma-separated problem names or module:attribute")
+    ap.add_argument("--algorithms", default="hyperband,asha,async-hyperband,random")
+    ap.add_argument("--peers", default="optuna,syne-tune,ray-tune")
+    ap.add_argument("--seeds", type=int, default=5)
+    ap.add_argument("--workers", type=int, default=4)
+    ap.add_argument("--budget", type=float, default=100.0, help="in units of max resource R")
+    ap.add_argument("--json", action="store_true")
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    split = [s for s in args.peers.split(",") if s]
+    res = compare(args.problem.split(","), args.algorithms.split(","), split, args.seeds,
+                  args.workers, args.budget,
+                  (lambda s: None) if args.json else (lambda s: print(s, file=sys.stderr)))
+    if args.json:
+        print(json.dumps(res))
+    else:
+        print_report(res)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

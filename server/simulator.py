@@ -1,0 +1,249 @@
+"""A simulated cluster: the real :class:`StudyEngine` (the same algorithm objects, the same
+inputs the live server applies) driven by N simulated workers on a simulated clock.
+
+Workers follow the job protocol of ``trainers/worker.py``: a free worker takes a job (the
+engine's answer to ``{"op": "ask", "free": k}``), reports ``start``, one ``progress`` point per
+resource unit at the simulated time the problem's cost model says it is reached, and
+``complete`` with the last point and the segment's cost; a STOP answer ends the job after that
+point, as a real worker does. Worker events go through the server's own translation
+(``manager._event_to_input``) into ``engine.apply``, so nothing here re-implements a scheduler.
+
+The clock is an event heap keyed by (simulated time, sequence number): each running job holds
+exactly one entry (its next point), so the heap never grows beyond the number of workers and
+equal times resolve in a fixed order, which keeps a run deterministic given its seed.
+
+Idle workers ask again after each job end, which is when a scheduler can release work (a rung
+completes, a trial pauses); asking after every progress point would multiply the asks while a
+synchronous rung waits, and no algorithm here releases work on a progress point.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from .algorithms import Resource, SearchSpace
+from .engine import ACTIVE, JobRec, StudyEngine
+from .manager import _event_to_input
+from .problems import Problem, get_problem
+from .study import StudyConfig
+
+
+@dataclass
+class SimResult:
+    problem: str
+    algorithm: str
+    workers: int
+    seed: int
+    trials: int
+    jobs: int
+    events: int  # inputs applied to the engine: worker events and asks
+    worker_events: int
+    simulated_seconds: float
+    busy_seconds: float
+    utilisation: float
+    resource_used: float  # resource of ended jobs, as the engine counts it
+    consumed: float  # resource trained, counted at each reported point
+    best_value: float | None  # the algorithm's incumbent, by its own rule
+    best_trial: int | None
+    best_observed: float | None  # the lowest value any learning-curve point reached
+    optimum: float | None
+    regret: float | None  # best_value - optimum
+    study_state: str
+    wall_seconds: float
+    engine_seconds: float
+    overhead_us_per_event: float  # real seconds of engine work per input, in microseconds
+    simulator_us_per_event: float  # everything else (heap, problem, bookkeeping)
+    # (simulated seconds, resource consumed, best observed so far) at each improvement
+    trace: list[tuple[float, float, float]] = field(default_factory=list)
+
+    def to_dict(self, with_trace: bool = False) -> dict[str, Any]:
+        out = dict(self.__dict__)
+        if not with_trace:
+            out.pop("trace")
+        return out
+
+
+@dataclass
+class _Run:
+    """One job on one worker: its remaining resource steps and where its clock started."""
+
+    job: JobRec
+    worker: int
+    start: float  # simulated time the job started
+    base_cost: float  # problem.cost(config, from_resource): what the checkpoint already paid
+    steps: list[float]
+    index: int = 0
+
+
+def resource_steps(r0: float, r1: float) -> list[float]:
+    """The points a worker reports for a segment: each whole unit above r0, then r1 itself
+    (so fractional rung resources such as 1/3 or 26.7 are reported exactly)."""
+    first = math.floor(r0 + 1e-9) + 1
+    steps = [float(r) for r in range(first, math.ceil(r1 - 1e-9))]
+    return [*steps, float(r1)]
+
+
+def study_config(problem: Problem, algorithm: str, max_trials: int, seed: int,
+                 settings: Mapping[str, Any] | None = None, max_resource: float | None = None,
+                 min_resource: float | None = None, eta: int | None = None) -> StudyConfig:
+    """The StudyConfig the simulator runs: the problem's space and resource range, with the
+    command line's overrides. Synchronous Hyperband has no trial count, only iterations: it
+    gets as many iterations as it takes to start ``max_trials`` trials."""
+    res = Resource(float(max_resource or problem.max_resource),
+                   float(min_resource or getattr(problem, "min_resource", 1.0)),
+                   int(eta or getattr(problem, "eta", 3)))
+    settings = dict(settings or {})
+    space = SearchSpace.from_dict(problem.space)
+    if algorithm == "hyperband" and "iterations" not in settings:
+        one = StudyConfig(space, res, algorithm, settings, seed).build_algorithm().plan()
+        per = one.max_trials or 1
+        settings["iterations"] = max(1, -(-max_trials // per))
+    return StudyConfig(space, res, algorithm, settings, seed, max_trials=max_trials,
+                       name=f"simulate {problem.name}", trainer="simulated", max_retries=0)
+
+
+class Simulator:
+    def __init__(self, problem: Problem, config: StudyConfig, workers: int,
+                 budget: float | None = None) -> None:
+        if workers < 1:
+            raise ValueError("workers must be >= 1")
+        self.problem = problem
+        self.config = config
+        self.engine = StudyEngine("sim", config)
+        self.n_workers = workers
+        self.budget = budget  # stop once this much resource was trained (bench compare)
+        self.consumed = 0.0
+        self.idle = list(range(workers - 1, -1, -1))  # a stack: worker 0 is taken first
+        self.names = [f"w{i}" for i in range(workers)]
+        self.heap: list[tuple[float, int, _Run]] = []
+        self.seq = 0
+        self.now = 0.0
+        self.busy = 0.0
+        self.jobs = 0
+        self.worker_events = 0
+        self.engine_seconds = 0.0
+        self.best_observed = math.inf
+        self.trace: list[tuple[float, float, float]] = []
+        self.idle_ask_at = -1  # engine.inputs after the last ask that returned nothing
+
+    # ------------------------------------------------------------------ the engine
+
+    def _apply(self, inp: Mapping[str, Any]) -> Any:
+        t0 = time.perf_counter()
+        result = self.engine.apply(inp)
+        self.engine.take_effects()  # the live server turns these into Redis writes
+        self.engine_seconds += time.perf_counter() - t0
+        return result
+
+    def _event(self, ev: dict[str, Any]) -> Any:
+        """A worker event, translated into an input exactly as the server does."""
+        self.worker_events += 1
+        inp = _event_to_input(ev)
+        assert inp is not None, ev
+        return self._apply(inp)
+
+    # ------------------------------------------------------------------ workers
+
+    def _dispatch(self) -> None:
+        if not self.idle or self.engine.state != ACTIVE:
+            return
+        if self.idle_ask_at == self.engine.inputs:
+            return  # nothing happened since the engine last had nothing to give
+        jobs: list[JobRec] = self._apply({"op": "ask", "free": len(self.idle)})
+        self.idle_ask_at = -1 if jobs else self.engine.inputs
+        for job in jobs:
+            self._start(job, self.idle.pop())
+
+    def _start(self, job: JobRec, worker: int) -> None:
+        self.jobs += 1
+        self._event({"op": "start", "job_id": job.job_id, "worker": self.names[worker]})
+        base = self.problem.cost(job.config, job.from_resource) if job.from_resource else 0.0
+        run = _Run(job, worker, self.now, base, resource_steps(job.from_resource,
+                                                                 job.to_resource))
+        self._schedule(run)
+
+    def _schedule(self, run: _Run) -> None:
+        r = run.steps[run.index]
+        at = run.start + self.problem.cost(run.job.config, r) - run.base_cost
+        self.seq += 1
+        heapq.heappush(self.heap, (at, self.seq, run))
+
+    def _step(self, run: _Run) -> None:
+        """The next learning-curve point of a running job; its end if it was the last one or
+        the engine said stop."""
+        r = run.steps[run.index]
+        self.consumed += r - (run.steps[run.index - 1] if run.index else run.job.from_resource)
+        value = float(self.problem.evaluate(run.job.config, r))
+        job_id = run.job.job_id
+        decision = self._event({"op": "progress", "job_id": job_id, "resource": r,
+                                "value": value})
+        if value < self.best_observed:
+            self.best_observed = value
+            self.trace.append((self.now, self.consumed, value))
+        run.index += 1
+        if decision != "stop" and run.index < len(run.steps):
+            self._schedule(run)
+            return
+        cost = self.now - run.start
+        self._event({"op": "complete", "job_id": job_id, "value": value, "resource": r,
+                     "cost": cost})
+        self.busy += cost
+        self.idle.append(run.worker)
+
+    # ------------------------------------------------------------------ the clock
+
+    def run(self) -> None:
+        self._dispatch()
+        while self.heap and self.engine.state == ACTIVE and not self._spent():
+            at, _, run = heapq.heappop(self.heap)
+            self.now = at
+            free_before = len(self.idle)
+            self._step(run)
+            if len(self.idle) > free_before:
+                self._dispatch()
+
+    def _spent(self) -> bool:
+        return self.budget is not None and self.consumed >= self.budget
+
+    def result(self, wall: float) -> SimResult:
+        eng = self.engine
+        best = eng.best_trial()
+        best_value = best.value if best is not None else None
+        optimum = getattr(self.problem, "optimum", None)
+        inputs = max(eng.inputs, 1)
+        span = self.now * self.n_workers
+        return SimResult(
+            problem=self.problem.name, algorithm=self.config.algorithm,
+            workers=self.n_workers, seed=self.config.seed, trials=len(eng.trials),
+            jobs=self.jobs, events=eng.inputs, worker_events=self.worker_events,
+            simulated_seconds=self.now, busy_seconds=self.busy,
+            utilisation=self.busy / span if span > 0 else 0.0,
+            resource_used=eng.resource_used, consumed=self.consumed, best_value=best_value,
+            best_trial=best.id if best is not None else None,
+            best_observed=self.best_observed if self.trace else None, optimum=optimum,
+            regret=None if best_value is None or optimum is None else best_value - optimum,
+            study_state=eng.state, wall_seconds=wall, engine_seconds=self.engine_seconds,
+            overhead_us_per_event=1e6 * self.engine_seconds / inputs,
+            simulator_us_per_event=1e6 * max(wall - self.engine_seconds, 0.0) / inputs,
+            trace=self.trace)
+
+
+def simulate(problem: str | Problem, algorithm: str, workers: int, max_trials: int,
+             seed: int = 0, settings: Mapping[str, Any] | None = None,
+             max_resource: float | None = None, min_resource: float | None = None,
+             eta: int | None = None, budget: float | None = None) -> SimResult:
+    """Run one simulated study to its end (or until ``budget`` resource was trained) and
+    summarise it."""
+    prob = get_problem(problem) if isinstance(problem, str) else problem
+    config = study_config(prob, algorithm, max_trials, seed, settings, max_resource,
+                          min_resource, eta)
+    config.check()
+    started = time.perf_counter()
+    sim = Simulator(prob, config, workers, budget)
+    sim.run()
+    return sim.result(time.perf_counter() - started)

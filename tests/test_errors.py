@@ -1,0 +1,121 @@
+"""Bad input gets a status code and a message that says what is wrong; the server keeps serving."""
+
+from __future__ import annotations
+
+import grpc
+import pytest
+from hpod.client import Client, HpodError
+from hpod.client.local import LocalCluster
+
+BASE = {"resource": {"max_resource": 9, "eta": 3}, "algorithm": {"name": "hyperband"},
+        "search_space": {"x": {"type": "float", "low": 0.0, "high": 1.0}}}
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    """A server with no workers: ask/tell clients are the only trainers."""
+    with LocalCluster(workers=0, workdir=str(tmp_path_factory.mktemp("errors"))) as c:
+        yield c
+
+
+def spec(**changes) -> dict:
+    out = {**BASE, **changes}
+    return out
+
+
+BAD_SPECS = [
+    ("empty search space", spec(search_space={}), "search_space", "empty"),
+    ("low > high", spec(search_space={"x": {"type": "float", "low": 2.0, "high": 1.0}}),
+     "search_space.x", "greater than high"),
+    ("log with low <= 0", spec(search_space={"x": {"type": "float", "low": 0.0, "high": 1.0,
+                                                   "log": True}}),
+     "search_space.x", "log scale needs low > 0"),
+    ("unknown algorithm", spec(algorithm={"name": "hyperbandd"}), "algorithm.name",
+     "unknown algorithm"),
+    ("eta < 2", spec(resource={"max_resource": 9, "eta": 1}), "resource.eta", ">= 2"),
+    ("min resource > max resource", spec(resource={"max_resource": 9, "min_resource": 27}),
+     "resource.min_resource", "greater than max resource"),
+    ("no max resource", spec(resource={"eta": 3}), "resource.max_resource", "> 0"),
+]
+
+
+@pytest.mark.parametrize("name,bad,field,phrase", BAD_SPECS, ids=[b[0] for b in BAD_SPECS])
+def test_bad_study_is_invalid_argument_naming_the_field(server, name, bad, field, phrase):
+    with Client(server.address) as client:
+        for call in (client.create_study, client.plan):
+            with pytest.raises(HpodError) as err:
+                call(bad)
+            assert err.value.code == grpc.StatusCode.INVALID_ARGUMENT
+            assert field in err.value.message and phrase in err.value.message
+        # ... and the server keeps serving.
+        assert client.plan(BASE).max_trials == 17
+
+
+def ask_job(client: Client):
+    study = client.create_study({**BASE, "algorithm": {"name": "random"}, "max_trials": 2})
+    return study, study.ask()
+
+
+def test_nan_and_infinite_metrics_are_rejected(server):
+    with Client(server.address) as client:
+        study, job = ask_job(client)
+        for bad in (float("nan"), float("inf"), float("-inf")):
+            with pytest.raises(HpodError) as err:
+                job.report(1, bad)
+            assert err.value.code == grpc.StatusCode.INVALID_ARGUMENT
+            assert "finite" in err.value.message
+            with pytest.raises(HpodError) as err:
+                job.complete(bad)
+            assert err.value.code == grpc.StatusCode.INVALID_ARGUMENT
+        assert job.report(1, 0.5) is False  # a good report still works afterwards
+        assert study.trial(job.trial_id).curve == [(1.0, 0.5)]
+
+
+def test_duplicated_report_and_reports_for_finished_jobs(server):
+    with Client(server.address) as client:
+        study, job = ask_job(client)
+        job.report(1, 0.5)
+        with pytest.raises(HpodError) as err:
+            job.report(1, 0.4)
+        assert err.value.code == grpc.StatusCode.FAILED_PRECONDITION
+        assert "duplicated report" in err.value.message
+        job.complete(0.3, resource=9)
+        with pytest.raises(HpodError) as err:
+            job.complete(0.3, resource=9)
+        assert err.value.code == grpc.StatusCode.FAILED_PRECONDITION
+        assert "already ended" in err.value.message
+        with pytest.raises(HpodError) as err:
+            job.report(2, 0.3)
+        assert err.value.code == grpc.StatusCode.FAILED_PRECONDITION
+        # The accepted result is intact.
+        assert study.trial(job.trial_id).value == 0.3
+
+
+def test_unknown_study_and_job_are_not_found(server):
+    with Client(server.address) as client:
+        with pytest.raises(HpodError) as err:
+            client.study("nope")
+        assert err.value.code == grpc.StatusCode.NOT_FOUND
+        study, job = ask_job(client)
+        job.id = "nope-j1"
+        with pytest.raises(HpodError) as err:
+            job.report(1, 0.5)
+        assert err.value.code == grpc.StatusCode.NOT_FOUND
+        assert "no job" in err.value.message
+
+
+def test_report_outside_the_job_segment_is_invalid(server):
+    with Client(server.address) as client:
+        _study, job = ask_job(client)
+        with pytest.raises(HpodError) as err:
+            job.report(job.to_resource + 1, 0.5)
+        assert err.value.code == grpc.StatusCode.INVALID_ARGUMENT
+        assert "beyond" in err.value.message
+
+
+def test_raise_max_resource_needs_idhb(server):
+    with Client(server.address) as client:
+        study = client.create_study(BASE)
+        with pytest.raises(HpodError) as err:
+            study.raise_max_resource()
+        assert err.value.code == grpc.StatusCode.FAILED_PRECONDITION
