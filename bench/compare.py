@@ -1,6 +1,6 @@
 """Optimisation quality against peers (issue 7 §2), on the simulated cluster.
 
-    python bench/compare.py --problem branin-mf,hartmann6-mf --algorithms hyperband,asha \
+    python bench/compare.py --problem branin-mf,hartmann6-mf --algorithms hyperband,asha@cqr \
         --peers optuna --seeds 5 --workers 4 --budget 100 [--json]
     hpod bench compare ...                       # the same, from a source checkout
 
@@ -56,10 +56,13 @@ class Run:
 # ------------------------------------------------------------------ hpod
 
 
-def hpod_method(algorithm: str) -> Callable[[Problem, int, int, float], Trace]:
+def hpod_method(name: str) -> Callable[[Problem, int, int, float], Trace]:
+    """``algorithm`` or ``algorithm@sampler`` (e.g. ``asha@cqr``: ASHA with the CQR sampler)."""
+    algorithm, _, sampler = name.partition("@")
+
     def run(problem: Problem, workers: int, seed: int, budget: float) -> Trace:
         r_min = float(getattr(problem, "min_resource", 1.0))
-        settings: dict[str, Any] = {}
+        settings: dict[str, Any] = {"sampler": sampler} if sampler else {}
         if algorithm == "hyperband":  # enough iterations to spend the budget
             settings["iterations"] = math.ceil(budget / problem.max_resource) + 1
         trials = math.ceil(budget / r_min) + 1  # an upper bound: the budget stops the run

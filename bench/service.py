@@ -13,6 +13,9 @@ trainer workers):
   256 concurrent simulated workers, each writing ``progress`` events in the worker's own format
   and pipeline (``XADD`` to the study's stream plus the stop-flag read), as fast as the
   server's answers allow; the rate counts events the server has applied and acknowledged.
+  On a small machine the writers themselves can be the limit, so a *burst* follows: many
+  events (round robin over the same jobs) written at once, and the time until the server has
+  applied them all, which is the server's own capacity.
 
 Medians and p99 in microseconds, and the ratio of each median to the floor.
 """
@@ -219,12 +222,42 @@ async def _events_run(redis_url: str, sid: str, job_ids: list[str], seconds: flo
             "applied_per_s": total / (end - t0), "drain_after_writers_s": end - sent_at}
 
 
-def bench_events(client: Any, redis_url: str, workers: int, seconds: float) -> dict[str, float]:
+async def _burst_run(redis_url: str, sid: str, job_ids: list[str], total: int
+                     ) -> dict[str, float]:
+    """The server's capacity: ``total`` events (round robin over the jobs) written in large
+    pipelines, far faster than the server applies them, then the time until all are applied."""
+    import redis.asyncio as aioredis
+    from hpod.server.store import keys
+
+    r = aioredis.Redis.from_url(redis_url, decode_responses=True)
+    stream, n, last = keys.events(sid), len(job_ids), "0-0"
+    start_at = 10**6  # above the paced run's resources: every event is a new curve point
+    try:
+        t0 = time.perf_counter()
+        for lo in range(0, total, 1000):
+            async with r.pipeline(transaction=False) as p:
+                for i in range(lo, min(lo + 1000, total)):
+                    body = {"op": "progress", "job_id": job_ids[i % n],
+                            "resource": start_at + i // n, "value": 0.5}
+                    p.xadd(stream, {"e": json.dumps(body)})
+                last = (await p.execute())[-1]
+        written = time.perf_counter()
+        end = await _drained(r, sid, last, 300)
+    finally:
+        await r.aclose()
+    return {"burst_events": total, "burst_written_per_s": total / (written - t0),
+            "burst_applied_per_s": total / (end - t0)}
+
+
+def bench_events(client: Any, redis_url: str, workers: int, seconds: float,
+                 burst: int) -> dict[str, float]:
     study = client.create_study(external_spec(workers, 1e9))
     jobs = [study.ask(wait=False) for _ in range(workers)]
     job_ids = [j.id for j in jobs if j is not None]
     assert len(job_ids) == workers
     out = asyncio.run(_events_run(redis_url, study.id, job_ids, seconds))
+    if burst:
+        out.update(asyncio.run(_burst_run(redis_url, study.id, job_ids, burst)))
     trial = study.trial(jobs[0].trial_id)  # type: ignore[union-attr]
     # Every event was applied, not just acknowledged: the first job's curve holds all of its.
     out["curve_points_job0"] = len(trial.curve)
@@ -246,7 +279,8 @@ def ratios(results: dict[str, Any]) -> dict[str, float]:
             "report_vs_echo_plus_ping": h["report_progress"]["median_us"] / (echo + ping)}
 
 
-def run(rounds: int, seconds: float, workers: list[int], log: Callable[[str], None]) -> dict:
+def run(rounds: int, seconds: float, workers: list[int], burst: int,
+        log: Callable[[str], None]) -> dict:
     from hpod.client.local import LocalCluster
 
     results: dict[str, Any] = {"machine": machine(), "rounds": rounds}
@@ -264,7 +298,7 @@ def run(rounds: int, seconds: float, workers: list[int], log: Callable[[str], No
             for n in workers:
                 log(f"events applied, {n} workers ...")
                 results["events"].append(bench_events(client, str(cluster.redis_url), n,
-                                                       seconds))
+                                                       seconds, burst))
     results["ratios"] = ratios(results)
     return results
 
@@ -282,10 +316,12 @@ def print_table(res: dict[str, Any]) -> None:
         print(f"{name:24}{s['median_us']:12.0f}{s['p99_us']:12.0f}")
     for k, v in res["ratios"].items():
         print(f"  {k}: {v:.2f}x")
-    print(f"{'workers':>8}{'events':>10}{'sent/s':>10}{'applied/s':>11}")
+    print(f"{'workers':>8}{'events':>10}{'sent/s':>10}{'applied/s':>11}"
+          f"{'burst applied/s':>17}")
     for e in res["events"]:
+        burst = f"{e['burst_applied_per_s']:17.0f}" if "burst_applied_per_s" in e else ""
         print(f"{e['workers']:8}{e['events']:10}{e['sent_per_s']:10.0f}"
-              f"{e['applied_per_s']:11.0f}")
+              f"{e['applied_per_s']:11.0f}{burst}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -294,13 +330,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rounds", type=int, default=500)
     ap.add_argument("--seconds", type=float, default=3.0, help="writing time per worker count")
     ap.add_argument("--workers", default="1,16,256", help="concurrent simulated workers")
+    ap.add_argument("--burst", type=int, default=10000,
+                    help="events written at once per worker count to measure the server's "
+                    "capacity (0: skip)")
     ap.add_argument("--serve-echo", type=int, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.serve_echo:
         serve_echo(args.serve_echo)
         return 0
     quiet = args.json
-    res = run(args.rounds, args.seconds, [int(w) for w in args.workers.split(",")],
+    res = run(args.rounds, args.seconds, [int(w) for w in args.workers.split(",")], args.burst,
               lambda s: None if quiet else print(s, file=sys.stderr, flush=True))
     if args.json:
         print(json.dumps(res))

@@ -50,6 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
                                                               "./hpod-checkpoints"))
     p.add_argument("--data-dir", default=os.environ.get("HPOD_DATA_DIR"))
     p.add_argument("--lease-seconds", type=float, default=10.0)
+    p.add_argument("--threads", type=int, default=None,
+                   help="CPU threads for torch (default: torch's own choice)")
     p.add_argument("--max-jobs", type=int, default=None, help=argparse.SUPPRESS)
 
     for name, helptext in (("local", "embedded Redis + server + workers in the foreground"),
@@ -125,7 +127,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
     trainers = args.trainer or sorted(load_all())
     worker_main(args.redis_url, trainers, args.checkpoint_dir, args.data_dir,
-                args.lease_seconds, args.max_jobs)
+                args.lease_seconds, args.max_jobs, args.threads)
     return 0
 
 

@@ -70,6 +70,8 @@ class LocalCluster:
             args += ["--trainer", t]
         if self.data_dir:
             args += ["--data-dir", self.data_dir]
+        share = max(1, (os.cpu_count() or 1) // max(1, self.n_workers))
+        args += ["--threads", str(share)]
         proc = self._spawn(*args, log_name=f"worker{len(self.workers)}")
         self.workers.append(proc)
         return proc

@@ -53,12 +53,13 @@ def test_regret_at_reads_the_trace_by_budget() -> None:
 def test_service_bench_runs(tmp_path: Path) -> None:
     out = subprocess.run(
         [sys.executable, str(BENCH / "service.py"), "--json", "--rounds", "20", "--seconds",
-         "0.3", "--workers", "1,4"], capture_output=True, text=True, timeout=240, check=True)
+         "0.3", "--workers", "1,4", "--burst", "300"],
+        capture_output=True, text=True, timeout=240, check=True)
     res = json.loads(out.stdout)
     for name in ("grpc_echo", "redis_ping"):
         assert res["floor"][name]["median_us"] > 0
     for name in ("ask", "complete", "ask_tell_round", "report_progress"):
         assert res["hpod"][name]["p99_us"] >= res["hpod"][name]["median_us"] > 0
     assert [e["workers"] for e in res["events"]] == [1, 4]
-    assert all(e["applied_per_s"] > 0 for e in res["events"])
+    assert all(e["applied_per_s"] > 0 and e["burst_applied_per_s"] > 0 for e in res["events"])
     assert res["ratios"]["ask_vs_echo"] > 0

@@ -25,6 +25,17 @@ from hpod.trainers.base import DataError, Trainer, TrainerContext, get_trainer, 
 CPU = "cpu"
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread() -> Any:
+    """These models are tiny: one intra-op thread is as fast as two, and it does not collapse
+    when the machine is oversubscribed (spinning OpenMP threads on busy cores can make a step
+    a hundred times slower)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def ctx(seed: int = 0, max_resource: float = 4, data_dir: str | None = None,
         settings: Mapping[str, Any] | None = None) -> TrainerContext:
     return TrainerContext(seed=seed, max_resource=max_resource, data_dir=data_dir, device=CPU,

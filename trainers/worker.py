@@ -145,8 +145,12 @@ class Worker:
 
 
 def main(redis_url: str, trainers: list[str], checkpoint_dir: str, data_dir: str | None,
-         lease_seconds: float, max_jobs: int | None = None) -> None:
+         lease_seconds: float, max_jobs: int | None = None, threads: int | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    if threads:
+        # Several CPU workers on one machine: give each its share of the cores instead of
+        # letting every process spin a full-size thread pool against the others.
+        torch.set_num_threads(threads)
     worker = Worker(redis_url, trainers, checkpoint_dir, data_dir, lease_seconds=lease_seconds)
     signal.signal(signal.SIGTERM, worker.drain)
     signal.signal(signal.SIGINT, worker.drain)

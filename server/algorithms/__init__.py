@@ -1,10 +1,14 @@
 """Pure search algorithms. Every module in this package registers itself on import; the
-service builds a study's policy with :func:`build` and never imports a policy by name."""
+service builds a study's policy with :func:`build` and never imports a policy by name.
+
+Modules are imported on first use (CQR pulls in scikit-learn, CARBS torch and BoTorch), so a
+server or CLI that never builds them starts in a fraction of a second. A new module adds its
+names to ``MODULES``; ``test_registry`` checks that the table and the registrations agree.
+"""
 
 from __future__ import annotations
 
 import importlib
-import pkgutil
 
 from .base import (
     ALGORITHMS,
@@ -22,22 +26,41 @@ from .base import (
 )
 from .space import SearchSpace, SpaceError
 
-for _mod in pkgutil.iter_modules(__path__):
-    importlib.import_module(f"{__name__}.{_mod.name}")
+# name -> module that registers it, for algorithms and for samplers.
+MODULES: dict[str, str] = {
+    "random": "random_search", "hyperband": "hyperband", "asha": "asha",
+    "async-hyperband": "asha", "idhb": "idhb", "cqr": "cqr", "carbs": "carbs",
+}
+SAMPLER_MODULES: dict[str, str] = {"random": "samplers", "cqr": "cqr", "carbs": "carbs"}
+
+
+def load(name: str, sampler: bool = False) -> bool:
+    """Import the module that registers ``name``; False if no module does."""
+    module = (SAMPLER_MODULES if sampler else MODULES).get(name)
+    if module is None:
+        return False
+    importlib.import_module(f"{__name__}.{module}")
+    return True
+
+
+def load_all() -> None:
+    for module in sorted(set(MODULES.values()) | set(SAMPLER_MODULES.values())):
+        importlib.import_module(f"{__name__}.{module}")
 
 
 def build(name: str, ctx: Context) -> Algorithm:
     """The algorithm ``name`` for a study, or a SettingsError naming what is wrong."""
     ctx.resource.check()
-    factory = ALGORITHMS.get(name)
-    if factory is None:
+    load(name)
+    if name not in ALGORITHMS:
         raise SettingsError(
-            "algorithm.name", f"unknown algorithm {name!r}; choose one of {sorted(ALGORITHMS)}"
+            "algorithm.name", f"unknown algorithm {name!r}; choose one of {sorted(MODULES)}"
         )
-    return factory(ctx)
+    return ALGORITHMS[name](ctx)
 
 
 __all__ = [
     "ALGORITHMS", "SAMPLERS", "Algorithm", "Context", "Decision", "Job", "Outcome", "Plan",
     "Resource", "Sampler", "SearchSpace", "SettingsError", "SpaceError", "Status", "build",
+    "load", "load_all", "MODULES", "SAMPLER_MODULES",
 ]

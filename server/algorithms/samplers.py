@@ -34,13 +34,15 @@ register_sampler("random")(RandomSampler)
 
 def make_sampler(ctx: Context, rng: np.random.Generator, default: str = "random") -> Sampler:
     """The sampler a study's settings name (``settings["sampler"]``), built on ``rng``."""
+    from . import SAMPLER_MODULES, load
     from .base import SAMPLERS
 
     name = str(ctx.settings.get("sampler", default))
+    load(name, sampler=True)
     factory = SAMPLERS.get(name)
     if factory is None:
         raise SettingsError(
             "algorithm.settings.sampler",
-            f"unknown sampler {name!r}; choose one of {sorted(SAMPLERS)}",
+            f"unknown sampler {name!r}; choose one of {sorted(SAMPLER_MODULES)}",
         )
     return factory(ctx, rng)
