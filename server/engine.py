@@ -168,7 +168,7 @@ class StudyEngine:
             Status.COMPLETED, self._normalise(value), resource, cost))
         if job.stop_requested:
             state = STOPPED
-        elif resource >= self.config.resource.max_resource - 1e-9:
+        elif resource >= self.max_resource() - 1e-9:
             state = COMPLETED
         else:
             state = PAUSED
@@ -313,6 +313,11 @@ class StudyEngine:
         self.effects.append(Effect("event", event="study_ended"))
 
     # ------------------------------------------------------------------ reads
+
+    def max_resource(self) -> float:
+        """The current maximum: an algorithm that can raise it (ID-HB) says what it is now."""
+        current = getattr(self.algorithm, "max_resource", None)
+        return float(current) if current is not None else self.config.resource.max_resource
 
     def best_trial(self) -> TrialRec | None:
         best = self.algorithm.best()

@@ -229,7 +229,7 @@ class StudyManager:
                 "config": job.config, "from_resource": job.from_resource,
                 "to_resource": job.to_resource, "bracket": job.bracket, "rung": job.rung,
                 "attempt": job.attempt, "trainer": cfg.trainer,
-                "max_resource": cfg.resource.max_resource,
+                "max_resource": eng.max_resource(),
                 "seed": (cfg.seed * 1_000_003 + job.trial_id) % (2**63),
                 "trainer_settings": dict(cfg.trainer_settings)}
 

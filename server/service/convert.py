@@ -152,7 +152,9 @@ def study_to_pb(eng: StudyEngine, created: float) -> pb.Study:
     counts = eng.counts()
     ts = timestamp_pb2.Timestamp()
     ts.FromNanoseconds(int(created * 1e9))
-    msg = pb.Study(id=eng.study_id, spec=spec_to_pb(eng.config), state=STUDY_STATES[eng.state],
+    spec = spec_to_pb(eng.config)
+    spec.resource.max_resource = eng.max_resource()  # ID-HB may have raised it
+    msg = pb.Study(id=eng.study_id, spec=spec, state=STUDY_STATES[eng.state],
                    create_time=ts, trials_total=counts["total"],
                    trials_running=counts["running"], trials_finished=counts["finished"],
                    resource_used=eng.resource_used, cost_used=eng.cost_used,
