@@ -42,9 +42,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--redis-url", default=DEFAULT_REDIS)
     p.add_argument("--lease-seconds", type=float, default=10.0,
                    help="a job whose worker is silent this long is handed to another worker")
+    from hpod.server.options import add_arguments as add_server_options
+
+    add_server_options(p)  # TLS, tokens, limits, metrics, log format (issue 8)
 
     p = sub.add_parser("worker", help="run a trainer worker")
     p.add_argument("--redis-url", default=DEFAULT_REDIS)
+    p.add_argument("--log-format", choices=("text", "json"),
+                   default=os.environ.get("HPOD_LOG_FORMAT", "text"))
     p.add_argument("--trainer", action="append", help="trainer name (repeatable; default all)")
     p.add_argument("--checkpoint-dir", default=os.environ.get("HPOD_CHECKPOINT_DIR",
                                                               "./hpod-checkpoints"))
@@ -115,9 +120,11 @@ def main(argv: list[str] | None = None) -> int:
 def cmd_server(args: argparse.Namespace) -> int:
     from hpod.server.main import run
     from hpod.server.manager import Settings
+    from hpod.server.options import from_arguments
 
     run(f"{args.host}:{args.port}", Settings(redis_url=args.redis_url,
-                                             lease_seconds=args.lease_seconds))
+                                             lease_seconds=args.lease_seconds),
+        from_arguments(args))
     return 0
 
 
@@ -127,7 +134,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
     trainers = args.trainer or sorted(load_all())
     worker_main(args.redis_url, trainers, args.checkpoint_dir, args.data_dir,
-                args.lease_seconds, args.max_jobs, args.threads)
+                args.lease_seconds, args.max_jobs, args.threads, args.log_format)
     return 0
 
 

@@ -22,7 +22,9 @@ class LocalCluster:
     def __init__(self, workers: int = 2, trainers: tuple[str, ...] = ("mlp", "analytic"),
                  port: int | None = None, redis_url: str | None = None,
                  workdir: str | None = None, data_dir: str | None = None,
-                 lease_seconds: float = 10.0, quiet: bool = True) -> None:
+                 lease_seconds: float = 10.0, quiet: bool = True,
+                 server_args: tuple[str, ...] = (),
+                 client_options: dict | None = None) -> None:
         self.n_workers = workers
         self.trainers = trainers
         self.port = port or free_port()
@@ -32,6 +34,8 @@ class LocalCluster:
         self.data_dir = data_dir
         self.lease_seconds = lease_seconds
         self.quiet = quiet
+        self.server_args = server_args  # extra `hpod server` flags (TLS, tokens, limits, ...)
+        self.client_options = client_options or {}  # Client(...) keywords: token, tls_ca, ...
         self.server: subprocess.Popen | None = None
         self.workers: list[subprocess.Popen] = []
 
@@ -59,8 +63,9 @@ class LocalCluster:
     def start_server(self) -> None:
         self.server = self._spawn("server", "--port", str(self.port), "--redis-url",
                                   str(self.redis_url), "--lease-seconds",
-                                  str(self.lease_seconds), log_name="server")
-        with Client(self.address) as c:
+                                  str(self.lease_seconds), *self.server_args,
+                                  log_name="server")
+        with Client(self.address, **self.client_options) as c:
             c.wait_ready(60)
 
     def add_worker(self) -> subprocess.Popen:
@@ -77,7 +82,7 @@ class LocalCluster:
         return proc
 
     def client(self) -> Client:
-        return Client(self.address)
+        return Client(self.address, **self.client_options)
 
     def stop(self) -> None:
         for proc in [*self.workers, self.server]:

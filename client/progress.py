@@ -24,7 +24,7 @@ def watch_with_progress(study: Study, console: Console | None = None) -> None:
     unit = study.info.spec.resource.name or "resource"
     if not console.is_terminal:
         for ev in study.watch():
-            if ev.kind in ("completed", "failed", "lost", "stopped", "study_ended"):
+            if ev.kind in ("paused", "completed", "failed", "lost", "stopped", "study_ended"):
                 info = study.refresh()
                 console.print(f"[{ev.kind}] trial {ev.trial_id} "
                               f"{'' if ev.value is None else f'value {ev.value:.4g} '}"

@@ -16,6 +16,7 @@ Ask/tell, for users who keep their own training loop::
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -26,7 +27,7 @@ from google.protobuf import json_format
 from hpod.v1 import hpod_pb2 as pb
 from hpod.v1 import hpod_pb2_grpc as pb_grpc
 
-from .spec import build_spec, load_spec_file
+from .spec import build_spec, int_params, load_spec_file
 
 TRIAL_STATE = {v: k.removeprefix("TRIAL_STATE_").lower()
                for k, v in pb.TrialState.items()}
@@ -67,6 +68,7 @@ class Event:
     value: float | None
     trial: Trial | None
     study_state: str
+    time: float = 0.0  # server clock, seconds since the epoch
 
 
 def _config(msg: Any, int_params: set[str]) -> dict[str, Any]:
@@ -84,10 +86,17 @@ def trial_from_pb(t: pb.Trial, int_params: set[str]) -> Trial:
 
 
 class Client:
-    def __init__(self, address: str = "127.0.0.1:50051", timeout: float = 30.0) -> None:
+    """``token`` (default ``$HPOD_TOKEN``) is sent as ``authorization: Bearer``; ``tls_ca``
+    (default ``$HPOD_TLS_CA``) turns on TLS, trusting that PEM CA (``tls=True`` alone trusts
+    the system roots); ``tls_cert``/``tls_key`` present a client certificate (mutual TLS)."""
+
+    def __init__(self, address: str = "127.0.0.1:50051", timeout: float = 30.0, *,
+                 token: str | None = None, tls: bool | None = None, tls_ca: str | None = None,
+                 tls_cert: str | None = None, tls_key: str | None = None,
+                 server_name: str | None = None) -> None:
         self.address = address
         self.timeout = timeout
-        self.channel = grpc.insecure_channel(address)
+        self.channel = _channel(address, token, tls, tls_ca, tls_cert, tls_key, server_name)
         self.stub = pb_grpc.HpodStub(self.channel)
 
     def close(self) -> None:
@@ -141,6 +150,48 @@ class Client:
         return list(self._call("ListStudies", pb.ListStudiesRequest()).studies)
 
 
+def _read(path: str | None) -> bytes | None:
+    if not path:
+        return None
+    with open(path, "rb") as f:
+        return f.read()
+
+
+def _channel(address: str, token: str | None, tls: bool | None, tls_ca: str | None,
+             tls_cert: str | None, tls_key: str | None, server_name: str | None
+             ) -> grpc.Channel:
+    token = os.environ.get("HPOD_TOKEN") if token is None else token
+    tls_ca = os.environ.get("HPOD_TLS_CA") if tls_ca is None else tls_ca
+    if tls is None:
+        tls = bool(tls_ca or tls_cert)
+    if not tls:
+        if token:
+            # gRPC sends call credentials only over a secure channel; a plaintext channel with
+            # a token is for a loopback or mesh-encrypted hop, so attach the header directly.
+            return grpc.intercept_channel(grpc.insecure_channel(address), _Bearer(token))
+        return grpc.insecure_channel(address)
+    creds = grpc.ssl_channel_credentials(_read(tls_ca), _read(tls_key), _read(tls_cert))
+    if token:
+        creds = grpc.composite_channel_credentials(
+            creds, grpc.access_token_call_credentials(token))
+    options = [("grpc.ssl_target_name_override", server_name)] if server_name else []
+    return grpc.secure_channel(address, creds, options=options)
+
+
+class _Bearer(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClientInterceptor):
+    def __init__(self, token: str) -> None:
+        self.header = ("authorization", f"Bearer {token}")
+
+    def _add(self, details: Any) -> Any:
+        return details._replace(metadata=[*(details.metadata or ()), self.header])
+
+    def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
+        return continuation(self._add(details), request)
+
+    def intercept_unary_stream(self, continuation: Any, details: Any, request: Any) -> Any:
+        return continuation(self._add(details), request)
+
+
 class Study:
     """A handle on one study; ``info`` is the last fetched ``hpod.v1.Study`` message."""
 
@@ -148,8 +199,7 @@ class Study:
         self.client = client
         self.id = study_id
         self.info = info
-        self._int_params = {p.name for p in info.spec.search_space
-                            if p.WhichOneof("domain") == "int_range"}
+        self._int_params = int_params(info.spec)
 
     def refresh(self) -> pb.Study:
         self.info = self.client._call("GetStudy", pb.GetStudyRequest(study_id=self.id))
@@ -196,7 +246,8 @@ class Study:
                 trial = trial_from_pb(ev.trial, self._int_params) if ev.HasField("trial") \
                     else None
                 yield Event(EVENT_KIND[ev.kind], ev.trial_id if trial else None, ev.resource,
-                            ev.value if trial else None, trial, STUDY_STATE[ev.study_state])
+                            ev.value if trial else None, trial, STUDY_STATE[ev.study_state],
+                            ev.time.ToNanoseconds() / 1e9)
         except grpc.RpcError as e:
             raise HpodError(e.code(), e.details() or "") from None
 

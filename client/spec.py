@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -69,26 +70,78 @@ def parameter(name: str, spec: Mapping[str, Any]) -> pb.Parameter:
 
 
 def space_items(space: Any) -> list[tuple[str, Mapping[str, Any]]]:
-    """Accept {name: spec}, [{name: ..., ...}] or Optuna distributions."""
+    """Accept {name: spec}, [{name: ..., ...}] or {name: Optuna distribution}."""
     if isinstance(space, Mapping):
-        return [(str(k), _param_dict(v)) for k, v in space.items()]
+        return [(str(k), _param_dict(str(k), v)) for k, v in space.items()]
     if isinstance(space, list):
         return [(str(item["name"]), item) for item in space]
     raise SpecError("search_space must be a mapping of name to parameter or a list")
 
 
-def _param_dict(v: Any) -> Mapping[str, Any]:
+def _optuna_kind(v: Any) -> str | None:
+    # By class name along the MRO, so optuna is never imported here and its deprecated
+    # subclasses (UniformDistribution, IntLogUniformDistribution, ...) convert too.
+    names = {c.__name__ for c in type(v).__mro__}
+    for kind in ("FloatDistribution", "IntDistribution", "CategoricalDistribution"):
+        if kind in names:
+            return kind
+    return None
+
+
+def _param_dict(name: str, v: Any) -> Mapping[str, Any]:
     if isinstance(v, Mapping):
         return v
-    # Optuna distributions, converted exactly (by duck typing: no import needed).
-    name = type(v).__name__
-    if name == "FloatDistribution":
-        return {"type": "float", "low": v.low, "high": v.high, "log": v.log}
-    if name == "IntDistribution":
-        return {"type": "int", "low": v.low, "high": v.high, "log": v.log}
-    if name == "CategoricalDistribution":
+    kind = _optuna_kind(v)
+    if kind == "CategoricalDistribution":
         return {"type": "categorical", "choices": list(v.choices)}
-    raise SpecError(f"cannot read parameter {v!r}")
+    if kind is None:
+        raise SpecError(f"search_space.{name}: cannot read parameter {v!r}; give a mapping "
+                        "such as {type: float, low: 0, high: 1} or an Optuna distribution")
+    is_int = kind == "IntDistribution"
+    step = getattr(v, "step", None)
+    if step is not None and not (is_int and step == 1):
+        # The wire API has no step, and a categorical grid would lose the order that model-
+        # based samplers use, so this is the caller's choice to make, not a silent rewrite.
+        raise SpecError(f"search_space.{name}: {v!r} has step={step}, which hpod's search "
+                        "space cannot express (ranges are continuous floats or all integers "
+                        "in [low, high]); drop the step, or pass hpod.client.spec.grid(dist) to "
+                        f"search its {len(grid_values(v))} values as an unordered categorical")
+    return {"type": "int" if is_int else "float", "low": int(v.low) if is_int else
+            float(v.low), "high": int(v.high) if is_int else float(v.high), "log": bool(v.log)}
+
+
+def grid_values(dist: Any) -> list[int | float]:
+    """The values a stepped Optuna distribution can take: low, low + step, ... <= high."""
+    if dist.step is None:
+        raise SpecError(f"{dist!r} has no step, so it has no finite grid")
+    if _optuna_kind(dist) == "IntDistribution":
+        return list(range(int(dist.low), int(dist.high) + 1, int(dist.step)))
+    low, step = Decimal(repr(dist.low)), Decimal(repr(dist.step))
+    n = int((Decimal(repr(dist.high)) - low) / step + Decimal("1e-9"))
+    # Decimal arithmetic, so 0.1-steps give 0.3 and not 0.30000000000000004.
+    return [float(low + i * step) for i in range(n + 1)]
+
+
+def grid(dist: Any) -> dict[str, Any]:
+    """A stepped Optuna distribution as a categorical parameter over its grid values."""
+    return {"type": "categorical", "choices": grid_values(dist)}
+
+
+def int_params(spec: pb.StudySpec) -> set[str]:
+    """Parameters whose values are integers: JSON carries them as doubles, so the SDK turns
+    them back into ints (int ranges, and categoricals whose numeric choices are all whole,
+    as the server reads them)."""
+    out = set()
+    for p in spec.search_space:
+        kind = p.WhichOneof("domain")
+        if kind == "int_range":
+            out.add(p.name)
+        elif kind == "categorical":
+            nums = [c.number_value for c in p.categorical.choices
+                    if c.WhichOneof("kind") == "number_value"]
+            if nums and all(float(x).is_integer() for x in nums):
+                out.add(p.name)
+    return out
 
 
 def build_spec(d: Mapping[str, Any]) -> pb.StudySpec:

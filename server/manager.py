@@ -24,6 +24,7 @@ from collections.abc import AsyncIterator, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from . import metrics, tenancy
 from .engine import ACTIVE, Effect, EngineError, JobRec, StudyEngine
 from .store.redis_store import SNAPSHOT_EVERY, Batch, RedisStore, dumps
 from .study import StudyConfig
@@ -110,7 +111,8 @@ class StudyManager:
         if config.trainer:
             await self.store.ensure_job_stream(config.trainer)
         await self.store.ensure_event_group(sid)
-        log.info("recovered study %s: %d inputs replayed after snapshot", sid, len(tail))
+        log.info("recovered study %s: %d inputs replayed after snapshot", sid, len(tail),
+                 extra={"study_id": sid})
 
     async def _apply_pending(self, sids: list[str] | None = None) -> None:
         """Events read before a crash but not acknowledged: apply them first, in order."""
@@ -134,11 +136,14 @@ class StudyManager:
         self.studies[sid] = live
         async with live.lock:
             await self._commit(sid, live, [], [])
+        log.info("created study %s (%s, tenant %r)", sid, config.algorithm, config.tenant,
+                 extra={"study_id": sid})
         return live
 
     def get(self, sid: str) -> Live:
         live = self.studies.get(sid)
-        if live is None:
+        # Another tenant's study is reported exactly like a missing one: ids do not leak.
+        if live is None or not tenancy.visible(live.engine.config.tenant):
             raise EngineError("not_found", f"no study {sid!r}; list studies with "
                               "`hpod study list`")
         if live.stale:
@@ -195,7 +200,8 @@ class StudyManager:
         except Exception:
             # Memory may now be ahead of Redis (or not: EXEC may have run before the connection
             # broke). Redis is the truth: reload the study from it, now or once Redis is back.
-            log.exception("commit for study %s failed; reloading it from Redis", sid)
+            log.exception("commit for study %s failed; reloading it from Redis", sid,
+                          extra={"study_id": sid})
             live.stale = True
             await self._reload(sid)
             raise
@@ -281,6 +287,7 @@ class StudyManager:
                     continue
                 applied.append(inp)
             await self._commit(sid, live, applied, [eid for eid, _ in entries])
+            metrics.EVENTS_APPLIED.inc(len(applied))
 
     # ---------------------------------------------------------------- dispatch
 
@@ -335,7 +342,10 @@ class StudyManager:
                     inputs = [inp]
                 except EngineError:
                     inputs = []  # already ended: only the stale lease entry remains
-                log.warning("job %s lost with its worker", job["job_id"])
+                metrics.LEASE_EXPIRIES.inc()
+                log.warning("job %s lost with its worker", job["job_id"],
+                            extra={"study_id": job["study_id"], "job_id": job["job_id"],
+                                   "trial_id": job.get("trial_id")})
                 await self._commit(job["study_id"], live, inputs, [], [(trainer, eid)])
         now = time.time()
         for sid, live in list(self.studies.items()):

@@ -25,6 +25,7 @@ class StudyConfig:
     trainer: str = ""
     trainer_settings: Mapping[str, Any] = field(default_factory=dict)
     max_retries: int = 2
+    tenant: str = ""  # the owner; "" when the server runs without authentication
 
     def check(self) -> None:
         """Raise SettingsError/SpaceError naming the field; builds the algorithm to validate
@@ -58,6 +59,7 @@ class StudyConfig:
             "trainer": self.trainer,
             "trainer_settings": dict(self.trainer_settings),
             "max_retries": self.max_retries,
+            "tenant": self.tenant,
         }
 
     @classmethod
@@ -77,4 +79,5 @@ class StudyConfig:
             trainer=d.get("trainer", ""),
             trainer_settings=dict(d.get("trainer_settings", {})),
             max_retries=int(d.get("max_retries", 2)),
+            tenant=str(d.get("tenant", "")),
         )

@@ -29,6 +29,10 @@ from .device import pick_device, synchronize
 log = logging.getLogger("hpod.worker")
 
 
+class Released(Exception):
+    """SIGTERM arrived mid-segment: stop at this step and hand the job back."""
+
+
 def checkpoint_path(root: str | os.PathLike, study: str, trial: int, resource: float) -> Path:
     return Path(root) / study / str(trial) / f"r{float(resource):.6g}.pt"
 
@@ -87,7 +91,10 @@ class Worker:
                 log.warning("heartbeat failed", exc_info=True)
 
     def drain(self, *_: Any) -> None:
-        """SIGTERM: finish the current segment (it ends at a checkpoint), then exit."""
+        """SIGTERM: stop at the next resource step, give the job back (the server hands it on
+        at once, from the segment's start checkpoint), then exit. Waiting for the segment to
+        end could outlast the container's grace period and leave the job to the lease
+        timeout."""
         self.draining.set()
 
     # ---------------------------------------------------------------- one job
@@ -97,9 +104,13 @@ class Worker:
         self.lease = lease
         self.q.start(lease)
         log.info("job %s: trial %s %s -> %s", lease.job_id, job["trial_id"],
-                 job["from_resource"], job["to_resource"])
+                 job["from_resource"], job["to_resource"], extra=_ids(lease))
         try:
             outcome = self._train(job, lease)
+        except Released:
+            log.info("job %s released on SIGTERM", lease.job_id, extra=_ids(lease))
+            self.lease = None  # the heartbeat thread must not renew a released lease
+            self.q.release(lease)
         except Exception as e:
             log.exception("job %s failed", lease.job_id)
             reason = f"{type(e).__name__}: {e}\n{traceback.format_exc(limit=5)}"
@@ -127,6 +138,8 @@ class Worker:
             last = (float(resource), float(value))
             if self.q.progress(lease, *last):
                 break  # STOP decision, lost lease or stopped study
+            if self.draining.is_set() and last[0] < r1:
+                raise Released
         synchronize(self.device)
         cost = time.perf_counter() - start
         if last is None:
@@ -144,9 +157,17 @@ class Worker:
         return torch.load(path, map_location=self.device, weights_only=False)
 
 
+def _ids(lease: Lease) -> dict[str, Any]:
+    return {"study_id": lease.study_id, "job_id": lease.job_id,
+            "trial_id": lease.job.get("trial_id")}
+
+
 def main(redis_url: str, trainers: list[str], checkpoint_dir: str, data_dir: str | None,
-         lease_seconds: float, max_jobs: int | None = None, threads: int | None = None) -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+         lease_seconds: float, max_jobs: int | None = None, threads: int | None = None,
+         log_format: str = "text") -> None:
+    from hpod.server import logs
+
+    logs.setup(log_format)
     if threads:
         # Several CPU workers on one machine: give each its share of the cores instead of
         # letting every process spin a full-size thread pool against the others.

@@ -3,6 +3,7 @@ Nothing else happens here."""
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 import time
@@ -15,14 +16,18 @@ from hpod.v1 import hpod_pb2 as pb
 from hpod.v1 import hpod_pb2_grpc as pb_grpc
 from redis.exceptions import ConnectionError as RedisConnectionError
 
+from .. import metrics, tenancy
 from ..algorithms import SettingsError, SpaceError
 from ..engine import EngineError
 from ..manager import StudyManager
+from ..options import Limits
+from ..study import StudyConfig
 from . import convert
 
 CODES = {"invalid": grpc.StatusCode.INVALID_ARGUMENT, "not_found": grpc.StatusCode.NOT_FOUND,
          "precondition": grpc.StatusCode.FAILED_PRECONDITION,
-         "unavailable": grpc.StatusCode.UNAVAILABLE}
+         "unavailable": grpc.StatusCode.UNAVAILABLE,
+         "exhausted": grpc.StatusCode.RESOURCE_EXHAUSTED}
 
 
 def rpc(fn: Callable) -> Callable:
@@ -48,15 +53,31 @@ def _need(value: str, field: str) -> None:
         raise EngineError("invalid", f"{field} is required")
 
 
+def _check_size(spec: pb.StudySpec, config: StudyConfig, limits: Limits) -> None:
+    """Refuse a study larger than the server allows, before anything is stored."""
+    if len(spec.search_space) > limits.max_parameters:
+        raise EngineError("invalid", f"search_space has {len(spec.search_space)} parameters; "
+                          f"this server allows at most {limits.max_parameters}")
+    planned = config.build_algorithm().plan().max_trials
+    if not planned or planned > limits.max_trials:
+        raise EngineError("invalid", f"this study would create {planned or 'unboundedly many'} "
+                          f"trials; this server allows at most {limits.max_trials} per study: "
+                          "set max_trials or a smaller max_resource")
+
+
 class HpodServicer(pb_grpc.HpodServicer):
-    def __init__(self, manager: StudyManager) -> None:
+    def __init__(self, manager: StudyManager, limits: Limits | None = None) -> None:
         self.m = manager
+        self.limits = limits or Limits()
+        self.watches: dict[str, int] = {}  # open WatchStudy streams per tenant
 
     # ---------------------------------------------------------------- studies
 
     @rpc
     async def CreateStudy(self, request: pb.CreateStudyRequest, context: Any) -> pb.Study:
         config = convert.config_from_spec(request.spec)
+        _check_size(request.spec, config, self.limits)
+        config = dataclasses.replace(config, tenant=tenancy.owner_for_new_study())
         live = await self.m.create(config)
         return convert.study_to_pb(live.engine, live.created)
 
@@ -75,7 +96,8 @@ class HpodServicer(pb_grpc.HpodServicer):
                           ) -> pb.ListStudiesResponse:
         return pb.ListStudiesResponse(studies=[
             convert.study_to_pb(lv.engine, lv.created)
-            for lv in sorted(self.m.studies.values(), key=lambda lv: lv.created)])
+            for lv in sorted(self.m.studies.values(), key=lambda lv: lv.created)
+            if tenancy.visible(lv.engine.config.tenant)])
 
     @rpc
     async def StopStudy(self, request: pb.StopStudyRequest, context: Any) -> pb.Study:
@@ -91,6 +113,9 @@ class HpodServicer(pb_grpc.HpodServicer):
     @rpc
     async def RaiseMaxResource(self, request: pb.RaiseMaxResourceRequest, context: Any
                                ) -> pb.Study:
+        if len(self.m.get(request.study_id).engine.trials) >= self.limits.max_trials:
+            raise EngineError("exhausted", f"the study has {self.limits.max_trials} trials, "
+                              "the most this server allows per study")
         await self.m.submit(request.study_id, {"op": "raise_max_resource"})
         return await self.GetStudy(pb.GetStudyRequest(study_id=request.study_id), context)
 
@@ -100,6 +125,22 @@ class HpodServicer(pb_grpc.HpodServicer):
         except EngineError as e:
             await context.abort(CODES[e.code], e.message)
             return
+        tenant = tenancy.caller.get() or ""
+        if self.watches.get(tenant, 0) >= self.limits.max_watches:
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                                f"{self.limits.max_watches} watches are open already, the most "
+                                "this server allows per tenant; close one first")
+            return
+        self.watches[tenant] = self.watches.get(tenant, 0) + 1
+        metrics.WATCHES.inc()
+        try:
+            async for ev in self._events(live, request):
+                yield ev
+        finally:
+            self.watches[tenant] -= 1
+            metrics.WATCHES.dec()
+
+    async def _events(self, live: Any, request: pb.WatchStudyRequest) -> Any:
         eng = live.engine
         async for eff in self.m.watch(request.study_id):
             if eff is None:

@@ -41,19 +41,23 @@ def free_port() -> int:
 class EmbeddedRedis:
     """A redis-server child process. ``appendonly`` turns on AOF persistence (fsync every
     write when ``fsync_always``), so a restarted server on the same ``data_dir`` loses
-    nothing that was acknowledged."""
+    nothing that was acknowledged. ``requirepass`` makes clients authenticate (the URL then
+    carries the password: ``redis://:PASSWORD@host:port/0``)."""
 
     def __init__(self, data_dir: str | None = None, port: int | None = None,
-                 appendonly: bool = True, fsync_always: bool = False) -> None:
+                 appendonly: bool = True, fsync_always: bool = False,
+                 requirepass: str = "") -> None:
         self.data_dir = Path(data_dir or tempfile.mkdtemp(prefix="hpod-redis-"))
         self.port = port or free_port()
         self.appendonly = appendonly
         self.fsync_always = fsync_always
+        self.requirepass = requirepass
         self.proc: subprocess.Popen | None = None
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        auth = f":{self.requirepass}@" if self.requirepass else ""
+        return f"redis://{auth}127.0.0.1:{self.port}/0"
 
     def start(self, timeout: float = 10.0) -> EmbeddedRedis:
         self.data_dir.mkdir(parents=True, exist_ok=True)
@@ -62,8 +66,10 @@ class EmbeddedRedis:
                 "--appendonly", "yes" if self.appendonly else "no",
                 "--appendfsync", "always" if self.fsync_always else "everysec",
                 "--logfile", str(self.data_dir / "redis.log")]
+        if self.requirepass:
+            args += ["--requirepass", self.requirepass]
         self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        client = redis.Redis(port=self.port)
+        client = redis.Redis(port=self.port, password=self.requirepass or None)
         deadline = time.time() + timeout
         while time.time() < deadline:
             if self.proc.poll() is not None:

@@ -165,6 +165,21 @@ class RedisStore:
                     idle[t] = idle.get(t, 0) + 1
         return idle
 
+    async def worker_status(self, lease_s: float) -> dict[str, int]:
+        """Live workers by status (``idle`` | ``busy``), for the metrics."""
+        ids = await self.r.zrangebyscore(keys.workers(), time.time() - lease_s, "+inf")
+        if not ids:
+            return {}
+        async with self.r.pipeline(transaction=False) as p:
+            for wid in ids:
+                p.hget(keys.worker(wid), "status")
+            rows = await p.execute()
+        out: dict[str, int] = {}
+        for status in rows:
+            if status:
+                out[status] = out.get(status, 0) + 1
+        return out
+
     async def worker_count(self, lease_s: float) -> int:
         return int(await self.r.zcount(keys.workers(), time.time() - lease_s, "+inf"))
 

@@ -1,0 +1,103 @@
+"""Server options beyond the study manager's: TLS, tokens, limits, metrics and log format.
+
+Each has a command-line flag on ``hpod server`` and an environment variable (the flag wins), so
+a container is configured by environment alone (see ``deploy/``).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+def env(name: str, default: str = "") -> str:
+    return os.environ.get(name, default)
+
+
+def env_int(name: str, default: int) -> int:
+    raw = os.environ.get(name, "")
+    return int(raw) if raw.strip() else default
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one client may ask of the server, so that no client can exhaust it."""
+
+    max_message_bytes: int = 16 * 1024 * 1024
+    max_parameters: int = 256  # search-space parameters per study
+    max_trials: int = 100_000  # trials one study may create
+    max_watches: int = 64  # concurrent WatchStudy streams per tenant
+
+    @classmethod
+    def from_env(cls) -> Limits:
+        d = cls()
+        return cls(env_int("HPOD_MAX_MESSAGE_BYTES", d.max_message_bytes),
+                   env_int("HPOD_MAX_PARAMETERS", d.max_parameters),
+                   env_int("HPOD_MAX_TRIALS", d.max_trials),
+                   env_int("HPOD_MAX_WATCHES", d.max_watches))
+
+
+@dataclass(frozen=True)
+class TLS:
+    cert: str  # PEM server certificate (chain)
+    key: str  # PEM private key
+    client_ca: str = ""  # PEM CA bundle: when set, clients must present a certificate it signed
+
+    def credentials(self) -> object:
+        import grpc
+
+        ca = Path(self.client_ca).read_bytes() if self.client_ca else None
+        pair = [(Path(self.key).read_bytes(), Path(self.cert).read_bytes())]
+        return grpc.ssl_server_credentials(pair, root_certificates=ca,
+                                           require_client_auth=ca is not None)
+
+
+@dataclass(frozen=True)
+class ServerOptions:
+    tls: TLS | None = None
+    tokens_file: str = ""  # see server/service/auth.py for the format; HPOD_TOKENS works too
+    limits: Limits = field(default_factory=Limits)
+    metrics_port: int = 0  # 0: no metrics endpoint
+    log_format: str = "text"  # text | json
+
+    @classmethod
+    def from_env(cls) -> ServerOptions:
+        cert, key = env("HPOD_TLS_CERT"), env("HPOD_TLS_KEY")
+        tls = TLS(cert, key, env("HPOD_TLS_CLIENT_CA")) if cert and key else None
+        return cls(tls=tls, tokens_file=env("HPOD_TOKENS_FILE"), limits=Limits.from_env(),
+                   metrics_port=env_int("HPOD_METRICS_PORT", 0),
+                   log_format=env("HPOD_LOG_FORMAT", "text"))
+
+
+def add_arguments(p: Any) -> None:
+    """The ``hpod server`` flags for these options; each defaults to its environment variable."""
+    d = ServerOptions.from_env()
+    p.add_argument("--tls-cert", default=env("HPOD_TLS_CERT"), help="PEM server certificate")
+    p.add_argument("--tls-key", default=env("HPOD_TLS_KEY"), help="PEM private key")
+    p.add_argument("--tls-client-ca", default=env("HPOD_TLS_CLIENT_CA"),
+                   help="PEM CA: require client certificates it signed (mutual TLS)")
+    p.add_argument("--tokens-file", default=d.tokens_file,
+                   help="hashed tokens, one '<sha256> <tenant> <role>' a line (auth on)")
+    p.add_argument("--metrics-port", type=int, default=d.metrics_port,
+                   help="serve Prometheus metrics on this port (0: off)")
+    p.add_argument("--log-format", choices=("text", "json"), default=d.log_format)
+    p.add_argument("--max-message-bytes", type=int, default=d.limits.max_message_bytes)
+    p.add_argument("--max-parameters", type=int, default=d.limits.max_parameters,
+                   help="search-space parameters per study")
+    p.add_argument("--max-trials-per-study", type=int, default=d.limits.max_trials)
+    p.add_argument("--max-watches", type=int, default=d.limits.max_watches,
+                   help="concurrent WatchStudy streams per tenant")
+
+
+def from_arguments(a: Any) -> ServerOptions:
+    if bool(a.tls_cert) != bool(a.tls_key):
+        raise SystemExit("--tls-cert and --tls-key go together")
+    if a.tls_client_ca and not a.tls_cert:
+        raise SystemExit("--tls-client-ca (mutual TLS) needs --tls-cert and --tls-key")
+    tls = TLS(a.tls_cert, a.tls_key, a.tls_client_ca) if a.tls_cert else None
+    limits = Limits(a.max_message_bytes, a.max_parameters, a.max_trials_per_study,
+                    a.max_watches)
+    return ServerOptions(tls=tls, tokens_file=a.tokens_file, limits=limits,
+                         metrics_port=a.metrics_port, log_format=a.log_format)
