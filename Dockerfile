@@ -1,19 +1,25 @@
 # One image that runs the hpod server or a trainer worker.
 #
-#   docker build -t hpod .
+#   docker build -t hpod .                                   # server and CPU workers
+#   docker build -t hpod-gpu \
+#     --build-arg TORCH_INDEX=https://download.pytorch.org/whl/cu128 .   # GPU workers
 #   docker run -p 50051:50051 hpod server --redis-url redis://redis:6379/0
-#   docker run hpod worker --redis-url redis://redis:6379/0 --checkpoint-dir /ckpt
+#   docker run --gpus 1 hpod-gpu worker --redis-url redis://redis:6379/0 --checkpoint-dir /ckpt
 #
-# CPU torch by default; for a GPU worker build with
-#   --build-arg TORCH_INDEX=https://download.pytorch.org/whl/cu124 (any CUDA wheel index).
-FROM python:3.11-slim
+# The CUDA wheels of PyTorch bundle the CUDA runtime, so the GPU image needs only the host's
+# NVIDIA driver (NVIDIA container toolkit / the Kubernetes device plugin), not a CUDA base.
+# Configuration is by environment (HPOD_REDIS_URL, HPOD_TLS_*, HPOD_TOKENS_FILE, ...): see
+# docker-compose.yml and deploy/.
+FROM python:3.11.11-slim-bookworm
 
 ARG TORCH_VERSION=2.13.0
 ARG TORCH_INDEX=https://download.pytorch.org/whl/cpu
 
-ENV PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
+ENV PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    HPOD_PORT=50051
 
-RUN useradd --create-home --uid 10001 hpod
+# The checkpoint mount point belongs to the user, so a fresh named volume is writable too.
+RUN useradd --create-home --uid 10001 hpod && mkdir /ckpt && chown 10001:10001 /ckpt
 WORKDIR /app
 
 # torch first, from the chosen index: a bare torch requirement would pull the default build.
@@ -27,11 +33,11 @@ COPY client ./client
 COPY trainers ./trainers
 RUN pip install .
 
-USER hpod
-EXPOSE 50051
+# Numeric, so that Kubernetes' runAsNonRoot can verify it without reading /etc/passwd.
+USER 10001
+EXPOSE 50051 9100
+# gRPC health checking, over TLS when HPOD_TLS_CERT is set (see server/healthcheck.py).
 HEALTHCHECK --interval=15s --timeout=5s --start-period=30s \
-    CMD python -c "import grpc,sys; from grpc_health.v1 import health_pb2 as h, health_pb2_grpc as g; \
-s=g.HealthStub(grpc.insecure_channel('127.0.0.1:50051')); \
-sys.exit(0 if s.Check(h.HealthCheckRequest(), timeout=3).status == 1 else 1)" || exit 1
+    CMD ["python", "-m", "hpod.server.healthcheck"]
 ENTRYPOINT ["hpod"]
 CMD ["server", "--port", "50051"]

@@ -94,6 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
             sp.add_argument("study_id")
         if name in ("show", "best", "list"):
             sp.add_argument("--json", action="store_true")
+    _add_ecosystem_parsers(ssub)
     _add_simulate_parser(sub)
     return ap
 
@@ -276,6 +277,8 @@ def cmd_study(args: argparse.Namespace) -> int:
                   f"{STATE_NAMES.get(s.state, s.state):10} {s.trials_finished}/{s.trials_total}")
         return 0
     study = client.study(args.study_id)
+    if sc in STUDY_ECOSYSTEM:
+        return STUDY_ECOSYSTEM[sc](study, args)
     if sc == "watch":
         study.wait(progress=True)
         _print_trials(study, top=10)
@@ -384,6 +387,47 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 COMMANDS["simulate"] = cmd_simulate
 COMMANDS["bench"] = cmd_bench
+
+
+# ---------------------------------------------------------------- Optuna export, plots (issue 9)
+
+
+def _add_ecosystem_parsers(ssub: Any) -> None:
+    sp = ssub.add_parser("export", help="write the study's trials into an Optuna storage")
+    sp.add_argument("study_id")
+    sp.add_argument("--address", default=DEFAULT_ADDRESS)
+    sp.add_argument("--optuna-storage", required=True, help="an RDB URL (sqlite:///hpod.db) "
+                    "or a journal file path (journal:PATH or any path without ://)")
+    sp.add_argument("--follow", action="store_true",
+                    help="mirror live, as trials change, until the study ends")
+    sp = ssub.add_parser("plot", help="PNG plots of the study")
+    sp.add_argument("study_id")
+    sp.add_argument("--address", default=DEFAULT_ADDRESS)
+    sp.add_argument("--out", required=True, help="directory for the PNG files")
+    sp.add_argument("--optuna-storage", default=None,
+                    help="a live mirror's storage: gives the plots against wall time")
+
+
+def cmd_study_export(study: Any, args: argparse.Namespace) -> int:
+    from .optuna_export import export_study
+
+    def show(ev: Any) -> None:
+        if ev.kind not in ("progress", "study_ended"):
+            print(f"[{ev.kind}] trial {ev.trial_id}", flush=True)
+
+    mirror = export_study(study, args.optuna_storage, follow=args.follow, on_event=show)
+    print(f"study {study.id}: {len(mirror.trials)} trials in Optuna study {mirror.name!r} "
+          f"at {args.optuna_storage}")
+    return 0
+
+
+def cmd_study_plot(study: Any, args: argparse.Namespace) -> int:
+    for path in study.plot(args.out, args.optuna_storage):
+        print(path)
+    return 0
+
+
+STUDY_ECOSYSTEM = {"export": cmd_study_export, "plot": cmd_study_plot}
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -158,7 +158,7 @@ class OptunaMirror:
             if hid is None:
                 continue
             out[int(hid)] = _Mirrored(
-                ft.trial_id, ft.state.is_finished(), set(ft.intermediate_values),
+                ft._trial_id, ft.state.is_finished(), set(ft.intermediate_values),
                 list(ft.user_attrs.get("step_times", [])),
                 list(ft.user_attrs.get("segments", [])))
         return out

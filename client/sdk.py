@@ -269,6 +269,20 @@ class Study:
                 time.sleep(0.2)
         return self.info
 
+    def export_optuna(self, storage: Any, follow: bool = False) -> Any:
+        """Mirror into an Optuna storage (URL or journal path), live with ``follow``; see
+        ``hpod.client.optuna_export``."""
+        from .optuna_export import export_study
+
+        return export_study(self, storage, follow)
+
+    def plot(self, out_dir: str, storage: Any = None) -> list[Any]:
+        """PNG plots into ``out_dir`` (``storage``: a live Optuna mirror, for wall time); see
+        ``hpod.client.plots``."""
+        from .plots import plot_study
+
+        return plot_study(self, out_dir, storage)
+
     # ---------------------------------------------------------------- ask/tell
 
     def ask(self, client_id: str = "", wait: bool = True, poll: float = 0.5) -> AskedJob | None:

@@ -99,6 +99,7 @@ class StudyEngine:
         self.cost_used = 0.0
         self.inputs = 0
         self.effects: list[Effect] = []
+        self.state_counts: dict[str, int] = {}  # trials per state, kept as states change
 
     # ------------------------------------------------------------------ inputs
 
@@ -231,6 +232,7 @@ class StudyEngine:
             trial = TrialRec(job.trial_id, dict(job.config), bracket=job.bracket or 0,
                              rung=job.rung or 0)
             self.trials[job.trial_id] = trial
+            self.state_counts[trial.state] = self.state_counts.get(trial.state, 0) + 1
             event = "created"
         else:
             trial.rung = job.rung if job.rung is not None else trial.rung
@@ -286,6 +288,8 @@ class StudyEngine:
     def _set_trial_state(self, trial_id: int, state: str, *, event: str | None = None,
                          resource: float = 0.0, value: float | None = None) -> None:
         trial = self.trials[trial_id]
+        self.state_counts[trial.state] -= 1
+        self.state_counts[state] = self.state_counts.get(state, 0) + 1
         trial.state = state
         kind = event or {PAUSED: "paused", COMPLETED: "completed", STOPPED: "stopped",
                          FAILED: "failed", LOST: "lost"}.get(state)
@@ -324,8 +328,9 @@ class StudyEngine:
         return self.trials.get(best[0]) if best else None
 
     def counts(self) -> dict[str, int]:
-        running = sum(1 for t in self.trials.values() if t.state in (QUEUED, RUNNING))
-        finished = sum(1 for t in self.trials.values() if t.state in FINAL_TRIAL_STATES)
+        c = self.state_counts
+        running = c.get(QUEUED, 0) + c.get(RUNNING, 0)
+        finished = sum(c.get(s, 0) for s in FINAL_TRIAL_STATES)
         return {"total": len(self.trials), "running": running, "finished": finished}
 
     def queued_jobs(self) -> int:
@@ -353,6 +358,8 @@ class StudyEngine:
         eng = cls(study_id, config)
         eng.algorithm.restore(state["algorithm"])
         eng.trials = {t["id"]: TrialRec(**t) for t in state["trials"]}
+        for t in eng.trials.values():
+            eng.state_counts[t.state] = eng.state_counts.get(t.state, 0) + 1
         eng.jobs = {j["job_id"]: JobRec(**j) for j in state["jobs"]}
         eng.ended_jobs = dict(state["ended_jobs"])
         eng.job_seq = int(state["job_seq"])

@@ -1,0 +1,288 @@
+"""PNG plots of one study: ``hpod study plot STUDY --out DIR`` or ``plot_study(study, dir)``.
+
+    learning_curves.png   every trial's curve, coloured by the rung it reached
+    best_vs_resource.png  best value so far against resource consumed
+    best_vs_time.png      best value so far against wall time
+    occupancy.png         jobs per bracket and rung over time; trials per rung against the plan
+    workers.png           jobs in flight (= busy hpod workers) over time
+    importance.png        parameter importance (Optuna's fANOVA on the exported study)
+
+Wall time comes from a live Optuna mirror (``hpod study export --follow``, which records when
+each curve point and job segment happened); pass its storage. Without one, the order of the
+curve points is approximated (trial by trial, in id order), ``best_vs_time`` is drawn against
+cumulative device seconds (the cost workers measure) and ``workers`` shows device seconds per
+trial against resource trained; the titles say so.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from hpod.v1 import hpod_pb2 as pb
+
+from .optuna_export import OptunaMirror
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+    from optuna.storages import BaseStorage
+
+    from .sdk import Study, Trial
+
+
+@dataclass
+class Point:
+    """One curve point in the order it was reported."""
+
+    trial: int
+    resource: float  # the trial's resource after it
+    added: float     # resource this point consumed
+    value: float
+    time: float      # wall-clock seconds since the first point, or cumulative device seconds
+    at_max: bool
+
+
+@dataclass
+class StudyData:
+    info: pb.Study
+    trials: list[Trial]
+    mirror: OptunaMirror
+    timed: bool  # wall-clock times were recorded by a live mirror
+
+    @property
+    def maximize(self) -> bool:
+        return self.info.spec.objective.direction == pb.DIRECTION_MAXIMIZE
+
+    @property
+    def unit(self) -> str:
+        return self.info.spec.resource.name or "resource"
+
+    @property
+    def metric(self) -> str:
+        return self.info.spec.objective.metric or "value"
+
+
+def load(study: Study, storage: str | BaseStorage | None = None) -> StudyData:
+    """The study's trials and, from a mirror's storage, their times (in-memory if none)."""
+    from optuna.storages import InMemoryStorage
+
+    mirror = OptunaMirror(study, storage if storage is not None else InMemoryStorage())
+    mirror.sync_all()
+    timed = any(m.step_times for m in mirror.trials.values()) and storage is not None
+    return StudyData(study.info, study.trials(curves=True), mirror, timed)
+
+
+def points(data: StudyData) -> list[Point]:
+    max_r = data.info.spec.resource.max_resource
+    per_unit = {t.id: t.cost / t.resource if t.resource else 0.0 for t in data.trials}
+    raw: list[tuple[float, int, float, float]] = []  # (order key, trial, resource, value)
+    for t in data.trials:
+        times = {r: s for r, s in data.mirror.trials[t.id].step_times} if data.timed else {}
+        for r, v in t.curve:
+            # Untimed: trial by trial in id order (then by resource, as the tuple sorts).
+            raw.append((times.get(r, math.inf) if data.timed else float(t.id), t.id, r, v))
+    raw.sort()
+    start = raw[0][0] if raw and data.timed else 0.0
+    last: dict[int, float] = {}
+    out, clock = [], 0.0
+    for key, tid, r, v in raw:
+        added = r - last.get(tid, 0.0)
+        last[tid] = r
+        if not data.timed:
+            clock += added * per_unit[tid]  # the trial's device seconds, spread evenly
+        elif math.isfinite(key):
+            clock = key - start  # a point the mirror has no time for keeps the last clock
+        out.append(Point(tid, r, added, v, clock, r >= max_r - 1e-9))
+    return out
+
+
+def _better(a: float, b: float, maximize: bool) -> bool:
+    return a > b if maximize else a < b
+
+
+def best_so_far(pts: Sequence[Point], maximize: bool, at_max_only: bool) -> list[float]:
+    best, out = math.nan, []
+    for p in pts:
+        if (p.at_max or not at_max_only) and (math.isnan(best) or _better(p.value, best,
+                                                                             maximize)):
+            best = p.value
+        out.append(best)
+    return out
+
+
+def _log_if_wide(ax: Axes, values: Sequence[float], axis: str) -> None:
+    # A log scale only when the values are positive and span more than a decade and a half.
+    vals = [v for v in values if math.isfinite(v)]
+    if vals and min(vals) > 0 and max(vals) / min(vals) > 30:
+        (ax.set_yscale if axis == "y" else ax.set_xscale)("log")
+
+
+# ---------------------------------------------------------------- the plots
+
+
+def plot_curves(data: StudyData, ax: Axes) -> None:
+    import matplotlib.pyplot as plt
+
+    rungs = sorted({t.rung for t in data.trials})
+    cmap = plt.get_cmap("viridis", max(2, len(rungs)))
+    for t in sorted(data.trials, key=lambda t: t.rung):
+        if t.curve:
+            ax.plot([r for r, _ in t.curve], [v for _, v in t.curve], marker=".", lw=1,
+                    color=cmap(rungs.index(t.rung)), alpha=0.8)
+    for r in sorted({r.r for b in data.info.plan.brackets for r in b.rungs}):
+        ax.axvline(r, color="grey", ls=":", lw=0.8)
+    for i, rung in enumerate(rungs):
+        ax.plot([], [], color=cmap(i), label=f"reached rung {rung}")
+    ax.legend(fontsize=8)
+    ax.set_xlabel(f"{data.unit}s trained")
+    ax.set_ylabel(data.metric)
+    ax.set_title(f"learning curves of {len(data.trials)} trials (dotted: rung resources)")
+    _log_if_wide(ax, [r for t in data.trials for r, _ in t.curve], "x")
+    _log_if_wide(ax, [v for t in data.trials for _, v in t.curve], "y")
+
+
+def plot_best(data: StudyData, pts: list[Point], ax: Axes, against: str) -> None:
+    x: list[float] = []
+    total = 0.0
+    for p in pts:
+        total += p.added
+        x.append(total if against == "resource" else p.time)
+    ax.step(x, best_so_far(pts, data.maximize, True), where="post", lw=2.5,
+            label="best at max resource (hpod's incumbent)")
+    ax.step(x, best_so_far(pts, data.maximize, False), where="post", ls="--",
+            label="best at any resource")
+    ax.legend(fontsize=8)
+    ax.set_ylabel(f"best {data.metric} so far")
+    _log_if_wide(ax, [p.value for p in pts], "y")
+    if against == "resource":
+        ax.set_xlabel(f"{data.unit}s consumed (all trials)")
+        ax.set_title("best value against resource consumed"
+                     + ("" if data.timed else " (order approximated: trials in id order)"))
+    elif data.timed:
+        ax.set_xlabel("wall time since the first result (s)")
+        ax.set_title("best value against wall time")
+    else:
+        ax.set_xlabel("cumulative device seconds (no wall-clock timeline recorded)")
+        ax.set_title("best value against device time (mirror live for wall time)")
+
+
+def _segments(data: StudyData) -> list[tuple[float, float, int, int]]:
+    """(start, end, bracket, rung) of every job segment a live mirror saw."""
+    bracket = {t.id: t.bracket for t in data.trials}
+    out = [(s, e, bracket.get(tid, 0), int(rung)) for tid, m in data.mirror.trials.items()
+           for s, e, rung in m.segments]
+    t0 = min((s for s, *_ in out), default=0.0)
+    return [(s - t0, e - t0, b, r) for s, e, b, r in out]
+
+
+def _in_flight(segs: Sequence[tuple[float, float, int, int]], times: Sequence[float],
+               key: tuple[int, int] | None = None) -> list[int]:
+    return [sum(1 for s, e, b, r in segs if s <= t < e and (key is None or (b, r) == key))
+            for t in times]
+
+
+def _grid(segs: Sequence[tuple[float, float, int, int]]) -> list[float]:
+    end = max((e for _, e, *_ in segs), default=1.0)
+    return [end * i / 400 for i in range(401)]
+
+
+def plot_occupancy(data: StudyData, ax_time: Axes, ax_plan: Axes) -> None:
+    segs = _segments(data)
+    if segs:
+        times = _grid(segs)
+        keys = sorted({(b, r) for _, _, b, r in segs})
+        ax_time.stackplot(times, *[_in_flight(segs, times, k) for k in keys],
+                          labels=[f"bracket {b} rung {r}" for b, r in keys], step="post")
+        ax_time.legend(fontsize=7, ncol=2)
+        ax_time.set_xlabel("wall time (s)")
+    else:
+        ax_time.text(0.5, 0.5, "no timeline recorded:\nmirror the study live\n"
+                     "(hpod study export --follow)", ha="center", va="center")
+    ax_time.set_ylabel("jobs running")
+    ax_time.set_title("bracket and rung occupancy over time")
+    labels, planned, reached = [], [], []
+    for b in data.info.plan.brackets:
+        for i, rung in enumerate(b.rungs):
+            labels.append(f"s={b.s}\nr={rung.r:g}")
+            planned.append(rung.n)
+            reached.append(sum(1 for t in data.trials if t.bracket == b.s and t.rung >= i))
+    xs = range(len(labels))
+    ax_plan.bar([x - 0.2 for x in xs], planned, width=0.4, label="planned", color="lightgrey")
+    ax_plan.bar([x + 0.2 for x in xs], reached, width=0.4, label="reached")
+    ax_plan.set_xticks(list(xs), labels, fontsize=7)
+    ax_plan.set_xlabel(f"bracket s, rung resource r ({data.unit}s)")
+    ax_plan.set_ylabel("trials")
+    ax_plan.set_title("trials per rung against the plan")
+    ax_plan.legend(fontsize=8)
+
+
+def plot_workers(data: StudyData, ax: Axes) -> None:
+    segs = _segments(data)
+    if segs:
+        times = _grid(segs)
+        busy = _in_flight(segs, times)
+        ax.step(times, busy, where="post")
+        mean = sum(busy) / len(busy)
+        ax.axhline(mean, color="grey", ls="--", label=f"mean {mean:.2f}")
+        ax.legend(fontsize=8)
+        ax.set_xlabel("wall time (s)")
+        ax.set_ylabel("jobs in flight (busy workers)")
+        ax.set_title("worker utilisation over time (hpod hands jobs only to idle workers, "
+                     "so jobs in flight = busy workers)", fontsize=9)
+        return
+    ax.scatter([t.resource for t in data.trials], [t.cost for t in data.trials], s=12)
+    ax.set_xlabel(f"{data.unit}s trained by the trial")
+    ax.set_ylabel("device seconds spent (cost)")
+    ax.set_title("no timeline recorded: cost per trial against resource (mirror live for "
+                 "utilisation over time)", fontsize=9)
+
+
+def plot_importance(data: StudyData, ax: Axes) -> None:
+    import optuna
+    from optuna.importance import FanovaImportanceEvaluator
+
+    try:
+        scores = optuna.importance.get_param_importances(
+            data.mirror.optuna_study, evaluator=FanovaImportanceEvaluator(seed=0))
+    except (ValueError, RuntimeError) as e:  # too few finished trials to fit a forest
+        ax.text(0.5, 0.5, f"no importance: {e}", ha="center", va="center", wrap=True)
+        scores = {}
+    names = list(scores)[::-1]
+    ax.barh(names, [scores[n] for n in names])
+    ax.set_xlabel("importance (fANOVA, share of variance; trials at the max resource)")
+    ax.set_title("parameter importance (Optuna)")
+
+
+def plot_study(study: Study, out_dir: str | Path,
+               storage: str | BaseStorage | None = None) -> list[Path]:
+    """Write the PNGs into ``out_dir``; returns their paths."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only: no display needed
+    import matplotlib.pyplot as plt
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    data = load(study, storage)
+    pts = points(data)
+    figures: list[tuple[str, Any]] = [
+        ("learning_curves", lambda f: plot_curves(data, f.subplots())),
+        ("best_vs_resource", lambda f: plot_best(data, pts, f.subplots(), "resource")),
+        ("best_vs_time", lambda f: plot_best(data, pts, f.subplots(), "time")),
+        ("occupancy", lambda f: plot_occupancy(data, *f.subplots(1, 2))),
+        ("workers", lambda f: plot_workers(data, f.subplots())),
+        ("importance", lambda f: plot_importance(data, f.subplots())),
+    ]
+    paths = []
+    for name, draw in figures:
+        fig = plt.figure(figsize=(12, 5) if name == "occupancy" else (8, 5))
+        draw(fig)
+        fig.suptitle(f"hpod study {study.id} ({data.info.spec.algorithm.name})", fontsize=9)
+        fig.tight_layout()
+        paths.append(out / f"{name}.png")
+        fig.savefig(paths[-1], dpi=100)
+        plt.close(fig)
+    return paths
