@@ -235,7 +235,8 @@ def _print_trials(study: Any, top: int | None = None) -> None:
 
     trials = [t for t in study.trials(curves=False) if t.value is not None]
     maximize = study.info.spec.objective.direction == 2
-    trials.sort(key=lambda t: (-t.value if maximize else t.value, t.id))
+    # Furthest-trained first: a value at 3 epochs does not compete with one at 27.
+    trials.sort(key=lambda t: (-t.resource, -t.value if maximize else t.value, t.id))
     best = study.best_trial()
     table = Table(title=f"study {study.id}: best trials "
                   f"({study.info.spec.objective.metric or 'value'}, "
@@ -249,7 +250,10 @@ def _print_trials(study: Any, top: int | None = None) -> None:
                         for k, v in t.config.items())
         table.add_row(f"{t.id}{mark}", f"{t.value:.4f}", f"{t.resource:g}", t.state,
                       str(t.bracket), f"{t.cost:.2f}", cfg)
-    Console().print(table)
+    console = Console()
+    if not console.is_terminal:
+        console = Console(width=160)  # logs and pipes: one row per trial, no wrapping
+    console.print(table)
     if best is not None:
         print(f"best trial (algorithm's rule): {best.id} value {best.value:.4f}")
 

@@ -38,7 +38,7 @@ def watch_with_progress(study: Study, console: Console | None = None) -> None:
                               f"{'' if ev.value is None else f'value {ev.value:.4g} '}"
                               f"| {info.resource_used:g}/{total or 0:g} {unit} | "
                               f"{info.trials_finished}/{info.trials_total} trials | "
-                              f"{_best(study)}", highlight=False)
+                              f"{_best(study)}", highlight=False, markup=False)
         return
     LiveView(study, console).run()
 
