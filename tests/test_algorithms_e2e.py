@@ -57,3 +57,15 @@ def test_async_hyperband_runs_on_workers(cluster: LocalCluster, mode: str) -> No
             assert any(t.state == "stopped" for t in trials)
         best = study.best_trial()
         assert best is not None and best.resource == 9
+
+
+def test_asha_cqr_study_runs_on_workers(cluster: LocalCluster) -> None:
+    with cluster.client() as client:
+        study = client.create_study(spec("asha-cqr", 9, max_trials=10, algo={
+            "settings": {"cqr": {"num_candidates": 200}}}))
+        info = study.wait(timeout=180)
+        trials = study.trials()
+        assert info.state == 2 and len(trials) == 10
+        assert_each_step_trained_once(trials)
+        # Distinct configurations: pending trials are excluded from the candidates.
+        assert len({tuple(sorted(t.config.items())) for t in trials}) == 10

@@ -29,7 +29,8 @@ from .space import SearchSpace, SpaceError
 # name -> module that registers it, for algorithms and for samplers.
 MODULES: dict[str, str] = {
     "random": "random_search", "hyperband": "hyperband", "asha": "asha",
-    "async-hyperband": "asha", "idhb": "idhb", "cqr": "cqr", "carbs": "carbs",
+    "async-hyperband": "asha", "idhb": "idhb", "cqr": "cqr", "asha-cqr": "cqr",
+    "carbs": "carbs",
 }
 SAMPLER_MODULES: dict[str, str] = {"random": "samplers", "cqr": "cqr", "carbs": "carbs"}
 

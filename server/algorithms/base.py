@@ -281,6 +281,9 @@ def rng_restore(rng: np.random.Generator, state: Mapping[str, Any]) -> None:
 
 def check_settings(settings: Mapping[str, Any], allowed: Sequence[str], algorithm: str) -> None:
     """Reject unknown settings by name, so a typo never silently falls back to a default."""
+    allowed = list(allowed)
+    if "sampler" in allowed and isinstance(settings.get("sampler"), str):
+        allowed.append(settings["sampler"])  # the sampler's own options, e.g. {"cqr": {...}}
     unknown = sorted(set(settings) - set(allowed))
     if unknown:
         raise SettingsError(

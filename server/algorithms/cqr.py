@@ -61,6 +61,7 @@ from typing import Any
 import numpy as np
 from sklearn.ensemble import GradientBoostingRegressor
 
+from .asha import ASHA
 from .base import (
     Context,
     Decision,
@@ -578,3 +579,21 @@ class CQRSearch(RandomSearch):
 
 
 register_algorithm("cqr")(CQRSearch)
+
+
+class ASHACQR(ASHA):
+    """Multi-fidelity CQR (the paper's ASHA-CQR): asynchronous successive halving decides how
+    far each trial trains; the cqr sampler, fitted on each trial's last observed value,
+    proposes new trials. Stopping mode by default, as in the paper; every ASHA setting works."""
+
+    name = "asha-cqr"
+
+    def __init__(self, ctx: Context) -> None:
+        if ctx.settings.get("sampler", "cqr") != "cqr":
+            raise SettingsError("algorithm.settings.sampler", "asha-cqr always uses the cqr "
+                                "sampler; use algorithm asha for another sampler")
+        super().__init__(dataclasses.replace(
+            ctx, settings={"mode": "stopping", **ctx.settings, "sampler": "cqr"}))
+
+
+register_algorithm("asha-cqr")(ASHACQR)

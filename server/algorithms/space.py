@@ -62,8 +62,10 @@ class Float:
         u = min(max(u, 0.0), 1.0)
         if self.log:
             lo, hi = math.log(self.low), math.log(self.high)
-            return float(math.exp(lo + u * (hi - lo)))
-        return float(self.low + u * (self.high - self.low))
+            v = math.exp(lo + u * (hi - lo))
+        else:
+            v = self.low + u * (self.high - self.low)
+        return float(min(max(v, self.low), self.high))  # exp(log(x)) may round past a bound
 
     def contains(self, value: Any) -> bool:
         return isinstance(value, (int, float)) and self.low <= value <= self.high
