@@ -32,7 +32,9 @@ MODULES: dict[str, str] = {
     "async-hyperband": "asha", "idhb": "idhb", "cqr": "cqr", "asha-cqr": "cqr",
     "carbs": "carbs",
 }
-SAMPLER_MODULES: dict[str, str] = {"random": "samplers", "cqr": "cqr", "carbs": "carbs"}
+SAMPLER_MODULES: dict[str, str] = {
+    "random": "samplers", "cqr": "cqr", "carbs": "carbs", "tpe": "tpe",
+}
 
 
 def load(name: str, sampler: bool = False) -> bool:

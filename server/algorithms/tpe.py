@@ -1,0 +1,117 @@
+"""Optuna's TPE as a sampler for the Hyperband family (BOHB-like).
+
+Each suggestion builds a fresh in-memory Optuna study from the history, fitted on the results
+at the highest resource level that has enough points (as BOHB does), and asks it through
+Optuna's ask/tell interface. The Optuna sampler is seeded from the study seed and the number
+of suggestions so far, so the sampler's only state is its history: a restored server replays
+it and proposes exactly what an uninterrupted one would.
+
+Settings (``settings["tpe"]``): ``min_points`` (points a level needs before TPE is fitted on
+it; default: number of parameters + 2, BOHB's rule), ``n_startup_trials`` (Optuna's, default
+10), ``multivariate`` (default true), ``constant_liar`` (pending trials get the worst value so
+parallel asks spread out; default true).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from .base import Context, Sampler, SettingsError, Status, register_sampler
+from .space import Categorical, Float, SearchSpace
+
+DEFAULTS = {"n_startup_trials": 10, "multivariate": True, "constant_liar": True}
+
+
+def _distributions(space: SearchSpace) -> dict[str, Any]:
+    import optuna.distributions as d
+
+    out: dict[str, Any] = {}
+    for p in space.params:
+        if isinstance(p, Float):
+            out[p.name] = d.FloatDistribution(p.low, p.high, log=p.log)
+        elif isinstance(p, Categorical):
+            out[p.name] = d.CategoricalDistribution(list(p.choices))
+        else:
+            out[p.name] = d.IntDistribution(p.low, p.high, log=p.log)
+    return out
+
+
+class TPESampler(Sampler):
+    name = "tpe"
+
+    def __init__(self, ctx: Context, rng: np.random.Generator) -> None:
+        self.space = ctx.space
+        opts = dict(ctx.settings.get("tpe") or {})
+        unknown = sorted(set(opts) - {*DEFAULTS, "min_points"})
+        if unknown:
+            raise SettingsError(f"algorithm.settings.tpe.{unknown[0]}",
+                                f"unknown TPE setting; known: {sorted([*DEFAULTS, 'min_points'])}")
+        self.opts = {**DEFAULTS, **opts}
+        self.min_points = int(opts.get("min_points", len(self.space) + 2))
+        if self.min_points < 1:
+            raise SettingsError("algorithm.settings.tpe.min_points", "must be >= 1")
+        # One draw from the study's generator fixes this sampler's seed for good.
+        self.seed = int(rng.integers(2**31 - 1))
+        self.suggested = 0
+        self.points: dict[int, dict[str, Any]] = {}  # trial -> {"config", "curve": {r: v}}
+
+    def suggest(self, trial_id: int, pending: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+        import optuna
+
+        optuna.logging.set_verbosity(logging.WARNING)
+        sampler = optuna.samplers.TPESampler(
+            seed=(self.seed + 7919 * self.suggested) % (2**31 - 1),
+            n_startup_trials=int(self.opts["n_startup_trials"]),
+            multivariate=bool(self.opts["multivariate"]),
+            constant_liar=bool(self.opts["constant_liar"]))
+        study = optuna.create_study(sampler=sampler, study_name="hpod-tpe")
+        dists = _distributions(self.space)
+        for config, value in self._history():
+            study.add_trial(optuna.trial.create_trial(params=config, distributions=dists,
+                                                      value=value))
+        for config in pending:  # running trials: constant liar treats them as bad
+            study.enqueue_trial(dict(config))
+            study.ask(dists)
+        trial = study.ask(dists)
+        self.suggested += 1
+        return {name: trial.params[name] for name in self.space.names}
+
+    def _history(self) -> list[tuple[dict[str, Any], float]]:
+        """(config, value) at the highest resource with at least ``min_points`` results."""
+        levels: dict[float, list[tuple[dict[str, Any], float]]] = {}
+        for tid in sorted(self.points):
+            entry = self.points[tid]
+            for r, v in entry["curve"].items():
+                if math.isfinite(v):
+                    levels.setdefault(float(r), []).append((entry["config"], v))
+        for r in sorted(levels, reverse=True):
+            if len(levels[r]) >= self.min_points:
+                return levels[r]
+        return []
+
+    def observe(self, trial_id: int, config: Mapping[str, Any], resource: float,
+                value: float) -> None:
+        entry = self.points.setdefault(trial_id, {"config": dict(config), "curve": {}})
+        entry["curve"][repr(float(resource))] = float(value)
+
+    def on_trial_end(self, trial_id: int, config: Mapping[str, Any], status: Status) -> None:
+        return None
+
+    def state(self) -> dict[str, Any]:
+        return {"seed": self.seed, "suggested": self.suggested, "points": {
+            str(t): {"config": e["config"], "curve": dict(e["curve"])}
+            for t, e in self.points.items()}}
+
+    def restore(self, state: Mapping[str, Any]) -> None:
+        self.seed = int(state["seed"])
+        self.suggested = int(state["suggested"])
+        self.points = {int(t): {"config": dict(e["config"]), "curve": dict(e["curve"])}
+                       for t, e in state["points"].items()}
+
+
+register_sampler("tpe")(TPESampler)
