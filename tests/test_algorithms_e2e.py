@@ -69,3 +69,27 @@ def test_asha_cqr_study_runs_on_workers(cluster: LocalCluster) -> None:
         assert_each_step_trained_once(trials)
         # Distinct configurations: pending trials are excluded from the candidates.
         assert len({tuple(sorted(t.config.items())) for t in trials}) == 10
+
+
+def test_idhb_raised_twice_with_a_server_restart_between_matches_an_uninterrupted_run(
+        tmp_path) -> None:
+    def run(restart: bool) -> list[tuple]:
+        with LocalCluster(workers=2, trainers=("analytic",), workdir=str(tmp_path / str(restart)),
+                          lease_seconds=3.0) as c, c.client() as client:
+            study = client.create_study(spec("idhb", 1, algo={"settings": {"sampler": "tpe"}}))
+            study.wait(timeout=120)
+            study.raise_max_resource()
+            study.wait(timeout=120)
+            if restart:
+                c.server.kill()
+                c.server.wait()
+                c.start_server()
+            study.raise_max_resource()
+            info = study.wait(timeout=180)
+            assert info.state == 2 and info.spec.resource.max_resource == 9
+            trials = study.trials()
+            assert_each_step_trained_once(trials)  # 0 retrained segments
+            return sorted((t.id, t.resource, round(t.value, 9),
+                           tuple(sorted(t.config.items()))) for t in trials)
+
+    assert run(restart=True) == run(restart=False)
