@@ -1,7 +1,7 @@
 """Optimisation quality against peers (issue 7 §2), on the simulated cluster.
 
     python bench/compare.py --problem branin-mf,hartmann6-mf --algorithms hyperband,asha@cqr \
-        --peers optuna --seeds 5 --workers 4 --budget 100 [--json]
+        --peers optuna --seeds 5 --workers 4 --budget 100 [--plots DIR] [--json]
     hpod bench compare ...                       # the same, from a source checkout
 
 Every method gets the same problems, seeds, number of workers and budget, measured as resource
@@ -12,7 +12,8 @@ with the same number of concurrent trials. Each run yields the best value observ
 function of resource consumed and of simulated time.
 
 Output: normalised regret at 25 / 50 / 100 % of the budget (mean and a 95 % normal-approximation
-interval over seeds) and the average rank per method. Normalised regret is
+interval over seeds), the average rank per method and, with ``--plots DIR``, one PNG per problem
+of regret against resource consumed and against simulated time. Normalised regret is
 ``(best - optimum) / (reference - optimum)``, the reference being the mean value of 1,000 fixed
 random configurations at R: 0 is the optimum, 1 is an average random configuration.
 
@@ -102,7 +103,10 @@ def optuna_method(pruner: str, sampler: str) -> Callable[[Problem, int, int, flo
               else optuna.pruners.SuccessiveHalvingPruner(r_min, eta))
         sa = (optuna.samplers.TPESampler(seed=seed) if sampler == "tpe"
               else optuna.samplers.RandomSampler(seed=seed))
-        study = optuna.create_study(sampler=sa, pruner=pr)
+        # A fixed name: HyperbandPruner picks a trial's bracket from a hash of the study name,
+        # and a random default name would make runs differ for the same seed.
+        study = optuna.create_study(sampler=sa, pruner=pr,
+                                    study_name=f"hpod-bench-{problem.name}-{seed}")
         return _OptunaSim(problem, study, _optuna_distributions(problem.space), r_max,
                           budget).run(workers)
     return run
@@ -190,8 +194,10 @@ def reference_value(problem: Problem, n: int = 1000) -> float:
                             for _ in range(n))
 
 
-def regret_at(trace: Trace, spent: float, optimum: float, ref: float) -> float:
-    best = min((v for _, c, v in trace if c <= spent + 1e-9), default=math.inf)
+def regret_at(trace: Trace, spent: float, optimum: float, ref: float, axis: int = 1) -> float:
+    """Normalised regret of the best value seen once ``spent`` resource (axis 1) or simulated
+    seconds (axis 0) were used."""
+    best = min((p[2] for p in trace if p[axis] <= spent + 1e-9), default=math.inf)
     if not math.isfinite(best):
         return 1.0  # nothing observed yet: no better than an average guess
     return max(best - optimum, 0.0) / (ref - optimum)
@@ -236,14 +242,60 @@ def summarise(runs: list[Run]) -> dict[str, Any]:
             "average_rank": {f"{int(f * 100)}%": average_ranks(runs, f) for f in FRACTIONS}}
 
 
+# ------------------------------------------------------------------ plots
+
+
+def _mean_curve(traces: list[Trace], xs: np.ndarray, axis: int, optimum: float,
+                ref: float) -> np.ndarray:
+    """Mean normalised regret over seeds of the best-so-far at each x (resource or time)."""
+    return np.array([statistics.fmean(regret_at(tr, x, optimum, ref, axis) for tr in traces)
+                     for x in xs])
+
+
+def plot(runs: list[Run], problems: dict[str, tuple[float, float, float]], out_dir: str
+         ) -> list[str]:
+    """One PNG per problem: regret against resource consumed and against simulated time."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only, no display
+    from pathlib import Path
+
+    import matplotlib.pyplot as plt
+
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
+    paths = []
+    for name, (optimum, ref, budget) in problems.items():
+        mine = [r for r in runs if r.problem == name]
+        t_max = max((p[0] for r in mine for p in r.trace), default=1.0)
+        fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+        for method in sorted({r.method for r in mine}):
+            traces = [r.trace for r in mine if r.method == method]
+            for ax, axis, top in ((axes[0], 1, budget), (axes[1], 0, t_max)):
+                xs = np.linspace(top / 200, top, 200)
+                ax.plot(xs, _mean_curve(traces, xs, axis, optimum, ref), label=method)
+        for ax, label in zip(axes, ("resource consumed", "simulated seconds"), strict=True):
+            ax.set_xlabel(label)
+            ax.set_ylabel("normalised regret (mean over seeds)")
+            ax.set_yscale("log")
+        axes[0].legend(fontsize=7)
+        fig.suptitle(name)
+        fig.tight_layout()
+        path = str(Path(out_dir) / f"regret-{name}.png")
+        fig.savefig(path, dpi=90)
+        plt.close(fig)
+        paths.append(path)
+    return paths
+
+
 # ------------------------------------------------------------------ main
 
 
 def compare(problems: list[str], algorithms: list[str], peers: list[str], seeds: int,
-            workers: int, budget_r: float, log: Callable[[str], None] = lambda s: None
-            ) -> dict[str, Any]:
+            workers: int, budget_r: float, log: Callable[[str], None] = lambda s: None,
+            plots: str | None = None) -> dict[str, Any]:
     todo, skipped = methods(algorithms, peers)
     runs: list[Run] = []
+    scales: dict[str, tuple[float, float, float]] = {}  # problem -> optimum, reference, budget
     for name in problems:
         problem = get_problem(name)
         optimum = problem.optimum
@@ -251,6 +303,7 @@ def compare(problems: list[str], algorithms: list[str], peers: list[str], seeds:
             raise ValueError(f"problem {name!r} has no known optimum; regret needs one")
         ref = reference_value(problem)
         budget = budget_r * problem.max_resource
+        scales[problem.name] = (optimum, ref, budget)
         for method, fn in todo.items():
             for seed in range(seeds):
                 t0 = time.perf_counter()
@@ -261,11 +314,15 @@ def compare(problems: list[str], algorithms: list[str], peers: list[str], seeds:
                 runs.append(run)
                 log(f"{problem.name} {method} seed {seed}: regret@100% "
                     f"{run.regret[1.0]:.4f} ({run.wall_seconds:.1f} s)")
+    if plots is None:
+        drawn: Any = "not asked for (--plots DIR)"
+    elif importlib.util.find_spec("matplotlib") is None:
+        drawn = "skipped: matplotlib is not installed"
+    else:
+        drawn = plot(runs, scales, plots)
     return {"setup": {"problems": problems, "seeds": seeds, "workers": workers,
                       "budget_in_R": budget_r, "fractions": list(FRACTIONS)},
-            "skipped": skipped, **summarise(runs),
-            "plots": "skipped: matplotlib is not installed" if importlib.util.find_spec(
-                "matplotlib") is None else "not implemented yet"}
+            "skipped": skipped, **summarise(runs), "plots": drawn}
 
 
 def print_report(res: Mapping[str, Any]) -> None:
@@ -296,6 +353,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--seeds", type=int, default=5)
     ap.add_argument("--workers", type=int, default=4)
     ap.add_argument("--budget", type=float, default=100.0, help="in units of max resource R")
+    ap.add_argument("--plots", default=None, metavar="DIR",
+                    help="write regret plots (PNG) against resource and simulated time here")
     ap.add_argument("--json", action="store_true")
     return ap
 
@@ -305,7 +364,8 @@ def main(argv: list[str] | None = None) -> int:
     split = [s for s in args.peers.split(",") if s]
     res = compare(args.problem.split(","), args.algorithms.split(","), split, args.seeds,
                   args.workers, args.budget,
-                  (lambda s: None) if args.json else (lambda s: print(s, file=sys.stderr)))
+                  (lambda s: None) if args.json else (lambda s: print(s, file=sys.stderr)),
+                  args.plots)
     if args.json:
         print(json.dumps(res))
     else:

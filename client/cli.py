@@ -6,6 +6,7 @@
     hpod worker --redis-url ... --trainer mlp --checkpoint-dir /shared/ckpt
     hpod study create spec.yaml [--watch] | watch ID | show ID | best ID | list | stop ID
     hpod study raise-max-resource ID
+    hpod study pareto ID [--json] [--plot DIR]   # cost/value front and scaling fits (carbs)
     hpod plan --algorithm hyperband --max-resource 81 --eta 3 [--min-resource 1] [--json]
 """
 
@@ -17,6 +18,8 @@ import os
 import sys
 import time
 from typing import Any
+
+from . import pareto  # stdlib-only at import: keeps `hpod` startup light
 
 DEFAULT_ADDRESS = os.environ.get("HPOD_ADDRESS", "127.0.0.1:50051")
 DEFAULT_REDIS = os.environ.get("HPOD_REDIS_URL", "redis://127.0.0.1:6379/0")
@@ -57,6 +60,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lease-seconds", type=float, default=10.0)
     p.add_argument("--threads", type=int, default=None,
                    help="CPU threads for torch (default: torch's own choice)")
+    p.add_argument("--slots", type=int, default=1,
+                   help="jobs run at once in this process, one per thread, each its own worker "
+                        "to the server: for models far too small to fill the device")
     p.add_argument("--max-jobs", type=int, default=None, help=argparse.SUPPRESS)
 
     for name, helptext in (("local", "embedded Redis + server + workers in the foreground"),
@@ -95,6 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
         if name in ("show", "best", "list"):
             sp.add_argument("--json", action="store_true")
     _add_ecosystem_parsers(ssub)
+    pareto.add_parser(ssub, DEFAULT_ADDRESS)
     _add_simulate_parser(sub)
     return ap
 
@@ -135,7 +142,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
     trainers = args.trainer or sorted(load_all())
     worker_main(args.redis_url, trainers, args.checkpoint_dir, args.data_dir,
-                args.lease_seconds, args.max_jobs, args.threads, args.log_format)
+                args.lease_seconds, args.max_jobs, args.threads, args.log_format, args.slots)
     return 0
 
 
@@ -339,7 +346,7 @@ def _add_simulate_parser(sub: Any) -> None:
     p = sub.add_parser("bench", help="benchmarks from a source checkout (bench/)",
                        add_help=False)
     p.add_argument("bench_args", nargs=argparse.REMAINDER,
-                   help="compare [options]: see `hpod bench compare --help`")
+                   help="compare|trainers [options]: see `hpod bench compare --help`")
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
@@ -376,7 +383,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     import hpod.server
 
     rest = list(args.bench_args)
-    names = {"compare": "compare.py"}
+    names = {"compare": "compare.py", "trainers": "trainers.py"}
     if not rest or rest[0] not in names:
         print(f"usage: hpod bench {{{','.join(names)}}} [options]", file=sys.stderr)
         return 2
@@ -431,7 +438,8 @@ def cmd_study_plot(study: Any, args: argparse.Namespace) -> int:
     return 0
 
 
-STUDY_ECOSYSTEM = {"export": cmd_study_export, "plot": cmd_study_plot}
+STUDY_ECOSYSTEM = {"export": cmd_study_export, "plot": cmd_study_plot,
+                   "pareto": pareto.cmd_study_pareto}
 
 if __name__ == "__main__":
     sys.exit(main())

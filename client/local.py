@@ -24,8 +24,9 @@ class LocalCluster:
                  workdir: str | None = None, data_dir: str | None = None,
                  lease_seconds: float = 10.0, quiet: bool = True,
                  server_args: tuple[str, ...] = (),
-                 client_options: dict | None = None) -> None:
+                 client_options: dict | None = None, slots: int = 1) -> None:
         self.n_workers = workers
+        self.slots = slots  # jobs each worker process runs at once (`hpod worker --slots`)
         self.trainers = trainers
         self.port = port or free_port()
         self.workdir = Path(workdir or tempfile.mkdtemp(prefix="hpod-local-"))
@@ -75,8 +76,10 @@ class LocalCluster:
             args += ["--trainer", t]
         if self.data_dir:
             args += ["--data-dir", self.data_dir]
-        share = max(1, (os.cpu_count() or 1) // max(1, self.n_workers))
+        share = max(1, (os.cpu_count() or 1) // max(1, self.n_workers * self.slots))
         args += ["--threads", str(share)]
+        if self.slots != 1:
+            args += ["--slots", str(self.slots)]
         proc = self._spawn(*args, log_name=f"worker{len(self.workers)}")
         self.workers.append(proc)
         return proc

@@ -23,6 +23,7 @@ the mirror follows ``WatchStudy`` and reads trials through the public API.
 from __future__ import annotations
 
 import datetime as dt
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -195,12 +196,13 @@ class OptunaMirror:
         return attrs
 
     def sync_trial(self, trial: Trial, now: float | None = None) -> None:
-        """Bring the Optuna twin of ``trial`` (with its curve) up to date."""
+        """Bring the Optuna twin of ``trial`` (with its curve) up to date; ``now`` (live
+        mirrors only) timestamps curve points that no progress event timed."""
         m = self.trials.get(trial.id)
         if m is None:
             self._create(trial, now)
         elif not m.finished:
-            self._update(trial, m)
+            self._update(trial, m, now)
 
     def _create(self, trial: Trial, now: float | None) -> None:
         from optuna.trial import TrialState, create_trial
@@ -222,12 +224,14 @@ class OptunaMirror:
         m.optuna_id = self.storage.create_new_trial(self.optuna_study_id, template_trial=ft)
         self.trials[trial.id] = m
 
-    def _update(self, trial: Trial, m: _Mirrored) -> None:
+    def _update(self, trial: Trial, m: _Mirrored, now: float | None = None) -> None:
         for r, v in trial.curve:
             step = self._step(r)
             if step not in m.steps:
                 self.storage.set_trial_intermediate_value(m.optuna_id, step, v)
                 m.steps.add(step)
+                if now is not None:
+                    m.step_times.append([r, now])
         for key, value in self._user_attrs(trial, m).items():
             self.storage.set_trial_user_attr(m.optuna_id, key, value)
         state = self._final_state(trial)
@@ -236,12 +240,12 @@ class OptunaMirror:
             self.storage.set_trial_state_values(m.optuna_id, state, values)
             m.finished = True
 
-    def sync_all(self) -> int:
+    def sync_all(self, now: float | None = None) -> int:
         """Mirror every trial as it is now; returns how many trials the study has."""
         self.study.refresh()
         trials = self.study.trials(curves=True)
         for t in trials:
-            self.sync_trial(t)
+            self.sync_trial(t, now)
         return len(trials)
 
     # ------------------------------------------------------------ live
@@ -256,6 +260,9 @@ class OptunaMirror:
         if m is None:
             self.sync_trial(self.study.trial(ev.trial_id), now=ev.time)
             m = self.trials[ev.trial_id]
+            # The trial was read after the event: its points' own progress events follow in
+            # the stream and time them, so the creation time must not stand in for theirs.
+            m.step_times = []
         if m.finished:
             return
         if ev.kind in SEGMENT_START:
@@ -271,19 +278,20 @@ class OptunaMirror:
                 start, rung = m.open_segment
                 m.segments.append([start, ev.time, rung])
                 m.open_segment = None
-            self._update(self.study.trial(ev.trial_id), m)
+            self._update(self.study.trial(ev.trial_id), m, ev.time)
 
     def follow(self, on_event: Callable[[Event], None] | None = None) -> int:
         """Mirror the study live until it ends; returns how many trials it has."""
         events = self.study.watch(include_progress=True)
         # Trials so far first; what happens before the stream is open is caught up at the
-        # next segment end of each trial (it is read again) and by the final sync.
-        self.sync_all()
+        # next segment end of each trial (it is read again) and by the final sync. Points no
+        # progress event timed get the time the mirror first saw them.
+        self.sync_all(now=time.time())
         for ev in events:
             self.on_event(ev)
             if on_event is not None:
                 on_event(ev)
-        return self.sync_all()
+        return self.sync_all(now=time.time())
 
 
 def export_study(study: Study, storage: str | BaseStorage, follow: bool = False,

@@ -4,7 +4,7 @@
     best_vs_resource.png  best value so far against resource consumed
     best_vs_time.png      best value so far against wall time
     occupancy.png         jobs per bracket and rung over time; trials per rung against the plan
-    workers.png           jobs in flight (= busy hpod workers) over time
+    workers.png           busy workers (jobs training) over time
     importance.png        parameter importance (Optuna's fANOVA on the exported study)
 
 Wall time comes from a live Optuna mirror (``hpod study export --follow``, which records when
@@ -19,6 +19,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from itertools import pairwise
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -169,11 +170,26 @@ def plot_best(data: StudyData, pts: list[Point], ax: Axes, against: str) -> None
         ax.set_title("best value against device time (mirror live for wall time)")
 
 
+def _typical_step(data: StudyData) -> float:
+    """The median wall time between two curve points of one job: one step's duration."""
+    gaps = sorted(b - a for m in data.mirror.trials.values() for start, end, _ in m.segments
+                  for a, b in pairwise(sorted(t for _, t in m.step_times if start <= t <= end)))
+    return gaps[len(gaps) // 2] if gaps else 0.0
+
+
 def _segments(data: StudyData) -> list[tuple[float, float, int, int]]:
-    """(start, end, bracket, rung) of every job segment a live mirror saw."""
+    """(start, end, bracket, rung) of every job segment a live mirror saw.
+
+    A segment opens when its job is handed out, which may be before a worker takes it (queued);
+    so it is taken to start one typical step before its first curve point, if that is later.
+    """
     bracket = {t.id: t.bracket for t in data.trials}
-    out = [(s, e, bracket.get(tid, 0), int(rung)) for tid, m in data.mirror.trials.items()
-           for s, e, rung in m.segments]
+    step = _typical_step(data)
+    out = []
+    for tid, m in data.mirror.trials.items():
+        for s, e, rung in m.segments:
+            first = min((t for _, t in m.step_times if s <= t <= e), default=s)
+            out.append((max(s, first - step), e, bracket.get(tid, 0), int(rung)))
     t0 = min((s for s, *_ in out), default=0.0)
     return [(s - t0, e - t0, b, r) for s, e, b, r in out]
 
@@ -230,8 +246,8 @@ def plot_workers(data: StudyData, ax: Axes) -> None:
         ax.legend(fontsize=8)
         ax.set_xlabel("wall time (s)")
         ax.set_ylabel("jobs in flight (busy workers)")
-        ax.set_title("worker utilisation over time (hpod hands jobs only to idle workers, "
-                     "so jobs in flight = busy workers)", fontsize=9)
+        ax.set_title("workers busy over time (a job counts from one typical step before its "
+                     "first curve point until it ends)", fontsize=9)
         return
     ax.scatter([t.resource for t in data.trials], [t.cost for t in data.trials], s=12)
     ax.set_xlabel(f"{data.unit}s trained by the trial")

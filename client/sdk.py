@@ -33,7 +33,8 @@ TRIAL_STATE = {v: k.removeprefix("TRIAL_STATE_").lower()
                for k, v in pb.TrialState.items()}
 STUDY_STATE = {v: k.removeprefix("STUDY_STATE_").lower() for k, v in pb.StudyState.items()}
 EVENT_KIND = {v: k.lower() for k, v in pb.TrialEvent.Kind.items()}
-READS = {"GetStudy", "ListStudies", "ListTrials", "GetTrial", "GetBestTrial", "PlanStudy"}
+READS = {"GetStudy", "ListStudies", "ListTrials", "GetTrial", "GetBestTrial", "PlanStudy",
+         "GetParetoFront"}
 
 
 class HpodError(RuntimeError):
@@ -58,6 +59,31 @@ class Trial:
     curve: list[tuple[float, float]] = field(default_factory=list)
     lost_jobs: int = 0
     error: str = ""
+    samples_per_second: float = 0.0  # training throughput of its latest job (0: not reported)
+
+
+@dataclass
+class ParetoPoint:
+    """A point of the cost/value front; ``cost`` and ``value`` are means over ``trial_ids``
+    (the configuration and its resamples), ``value`` as the trainer reports it."""
+
+    trial_id: int
+    cost: float
+    value: float
+    config: dict[str, Any]
+    trial_ids: list[int] = field(default_factory=list)
+
+
+@dataclass
+class ScalingFit:
+    """T(param) = exponent * log10(cost) + intercept over the front; for a log parameter,
+    param = coefficient * cost ** exponent."""
+
+    parameter: str
+    exponent: float
+    intercept: float
+    coefficient: float
+    transform: str
 
 
 @dataclass
@@ -82,7 +108,7 @@ def trial_from_pb(t: pb.Trial, int_params: set[str]) -> Trial:
                  value=t.value if t.has_value else None, resource=t.resource,
                  bracket=t.bracket, rung=t.rung, cost=t.cost,
                  curve=[(p.resource, p.value) for p in t.curve], lost_jobs=t.lost_jobs,
-                 error=t.error)
+                 error=t.error, samples_per_second=t.samples_per_second)
 
 
 class Client:
@@ -268,6 +294,20 @@ class Study:
             else:
                 time.sleep(0.2)
         return self.info
+
+    def _pareto(self) -> pb.ParetoFront:
+        return self.client._call("GetParetoFront", pb.GetParetoFrontRequest(study_id=self.id))
+
+    def pareto_front(self) -> list[ParetoPoint]:
+        """The cost/value Pareto front, cheapest first (``carbs`` studies; FAILED_PRECONDITION
+        for the others)."""
+        return [ParetoPoint(p.trial_id, p.cost, p.value, _config(p.config, self._int_params),
+                            list(p.trial_ids)) for p in self._pareto().points]
+
+    def scaling_fit(self) -> dict[str, ScalingFit]:
+        """Each parameter against cost over the front (empty until two distinct costs)."""
+        return {f.parameter: ScalingFit(f.parameter, f.exponent, f.intercept, f.coefficient,
+                                        f.transform) for f in self._pareto().fits}
 
     def export_optuna(self, storage: Any, follow: bool = False) -> Any:
         """Mirror into an Optuna storage (URL or journal path), live with ``follow``; see

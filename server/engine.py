@@ -53,6 +53,9 @@ class TrialRec:
     cost: float = 0.0
     lost_jobs: int = 0
     error: str = ""
+    # Training throughput of its latest job, as the worker measured it (0: not reported).
+    # Defaulted so that snapshots saved before the field existed still load.
+    samples_per_second: float = 0.0
 
 
 @dataclass
@@ -146,7 +149,8 @@ class StudyEngine:
         return decision.value
 
     def _op_complete(self, job_id: str, value: float, resource: float | None = None,
-                     cost: float | None = None) -> None:
+                     cost: float | None = None,
+                     samples_per_second: float | None = None) -> None:
         job = self._live_job(job_id)
         trial = self.trials[job.trial_id]
         resource = job.to_resource if not resource else float(resource)
@@ -163,10 +167,18 @@ class StudyEngine:
             self.algorithm.on_progress(trial.id, resource, self._normalise(value))
         cost = float(cost or 0.0)
         trial.cost += cost
+        # Informational only: a bad figure is dropped rather than failing a finished job.
+        if samples_per_second is not None and _finite(samples_per_second) \
+                and samples_per_second >= 0:
+            trial.samples_per_second = float(samples_per_second)
         self.cost_used += cost
         self.resource_used += resource - job.from_resource
+        # The trial keeps the measured device seconds; the algorithm sees the study's chosen
+        # cost. Read from the stored config, so a replay derives the same cost again.
+        algo_cost = (resource - job.from_resource
+                     if self.config.cost_source == "resource" else cost)
         self.algorithm.on_job_end(job.algo_job(), Outcome(
-            Status.COMPLETED, self._normalise(value), resource, cost))
+            Status.COMPLETED, self._normalise(value), resource, algo_cost))
         if job.stop_requested:
             state = STOPPED
         elif resource >= self.max_resource() - 1e-9:

@@ -387,7 +387,8 @@ def _event_to_input(ev: Mapping[str, Any]) -> dict[str, Any] | None:
                 "value": ev["value"]}
     if op == "complete":
         return {"op": "complete", "job_id": ev["job_id"], "value": ev["value"],
-                "resource": ev.get("resource"), "cost": ev.get("cost")}
+                "resource": ev.get("resource"), "cost": ev.get("cost"),
+                "samples_per_second": ev.get("samples_per_second")}
     if op == "fail":
         return {"op": "fail", "job_id": ev["job_id"], "reason": ev.get("reason", "")}
     return None

@@ -8,7 +8,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .algorithms import Algorithm, Context, Resource, SearchSpace, build
-from .algorithms.base import SettingsError
+from .algorithms.base import SERVICE_SETTINGS, SettingsError
+
+# What a trial's cost is for the algorithm. Workers report only the objective, so a user metric
+# as cost has no channel yet; ``resource`` makes cost deterministic (replays, seeded tests).
+COST_SOURCES = ("device_seconds", "resource")
 
 
 @dataclass(frozen=True)
@@ -39,8 +43,22 @@ class StudyConfig:
                 raise SettingsError(f"resource.{name}", "must be a finite number")
         self.build_algorithm()
 
+    @property
+    def cost_source(self) -> str:
+        """What becomes a trial's cost for the algorithm (``algorithm.settings.cost_source``)."""
+        source = self.settings.get("cost_source", "device_seconds")
+        if source not in COST_SOURCES:
+            raise SettingsError("algorithm.settings.cost_source",
+                                f"{source!r} is not one of {list(COST_SOURCES)} (device_seconds: "
+                                "what the workers measure; resource: what the job trained)")
+        return str(source)
+
     def build_algorithm(self) -> Algorithm:
-        ctx = Context(self.space, self.resource, self.seed, dict(self.settings), self.max_trials)
+        self.cost_source  # noqa: B018 (validates the service's own key before building)
+        # Service-level keys are the service's business: the algorithm never sees them, so
+        # algorithms that build their settings with ``cls(**settings)`` need not know them.
+        settings = {k: v for k, v in self.settings.items() if k not in SERVICE_SETTINGS}
+        ctx = Context(self.space, self.resource, self.seed, settings, self.max_trials)
         return build(self.algorithm, ctx)
 
     def to_dict(self) -> dict[str, Any]:

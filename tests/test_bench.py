@@ -63,3 +63,15 @@ def test_service_bench_runs(tmp_path: Path) -> None:
     assert [e["workers"] for e in res["events"]] == [1, 4]
     assert all(e["applied_per_s"] > 0 and e["burst_applied_per_s"] > 0 for e in res["events"])
     assert res["ratios"]["ask_vs_echo"] > 0
+
+
+def test_compare_is_deterministic_for_a_seed() -> None:
+    compare = _load("compare")
+
+    def regrets() -> dict:
+        res = compare.compare(["branin-mf"], ["hyperband"], ["optuna"], seeds=1, workers=3,
+                              budget_r=3)
+        return {m: {k: v for k, v in row.items() if k != "wall_seconds"}
+                for m, row in res["regret"]["branin-mf"].items()}
+
+    assert regrets() == regrets()

@@ -4,7 +4,19 @@ A worker never decides what to train next. For each job it builds the trainer fr
 configuration, loads the trial's checkpoint at ``from_resource`` (a promotion or a retried job
 resumes, it does not retrain), trains to ``to_resource`` reporting every resource step (each
 report also tells it whether to stop), saves a checkpoint where it stopped, and reports the
-device seconds it spent. A heartbeat thread keeps its lease while it trains.
+device seconds it spent and the samples per second it trained at. A heartbeat thread keeps its
+lease while it trains.
+
+Slots (``--slots N``): one process may run up to N jobs at once, one per thread, for models far
+too small to fill a device (the grokking transformer, the MLP), where a single job leaves a GPU
+mostly idle waiting on Python and kernel launches. Each slot is a full worker as the server sees
+it (its own worker id, consumer, lease and heartbeat), so the server needs no notion of slots:
+it counts N idle workers and hands out N jobs. The trade-off: slots share the device and the
+process, so each job runs slower than it would alone and its reported device seconds are the
+wall time of a shared device (a cost-aware search sees every trial slowed alike, which keeps
+comparisons fair but inflates absolute cost); all slots share one CUDA context and host memory,
+and one process crashing loses all N jobs (each is then retried after its lease expires). On a
+CPU, give each slot its share of the cores (``--threads``), or the slots fight over them.
 """
 
 from __future__ import annotations
@@ -27,6 +39,13 @@ from .base import TrainerContext, get_trainer, load_all
 from .device import pick_device, synchronize
 
 log = logging.getLogger("hpod.worker")
+
+
+# Trainers seed their model's initialisation through torch's process-wide CPU generator
+# (``_common.seeded`` forks and re-seeds it); two slots constructing at once would interleave
+# their draws and build different models than the seed says. Construction is short, training
+# (which draws only from generators each trainer owns) runs concurrently.
+_BUILD_LOCK = threading.Lock()
 
 
 class Released(Exception):
@@ -62,6 +81,9 @@ class Worker:
         self.lease: Lease | None = None
         self.draining = threading.Event()
         self.jobs_done = 0
+        # Its own CUDA stream per slot, so that the kernels of concurrent slots may overlap
+        # instead of queueing on the device's one default stream (None on the CPU).
+        self.stream: torch.cuda.Stream | None = None
 
     # ---------------------------------------------------------------- main loop
 
@@ -106,7 +128,11 @@ class Worker:
         log.info("job %s: trial %s %s -> %s", lease.job_id, job["trial_id"],
                  job["from_resource"], job["to_resource"], extra=_ids(lease))
         try:
-            outcome = self._train(job, lease)
+            if self.stream is not None:
+                with torch.cuda.stream(self.stream):
+                    outcome = self._train(job, lease)
+            else:
+                outcome = self._train(job, lease)
         except Released:
             log.info("job %s released on SIGTERM", lease.job_id, extra=_ids(lease))
             self.lease = None  # the heartbeat thread must not renew a released lease
@@ -127,11 +153,15 @@ class Worker:
         ctx = TrainerContext(seed=int(job["seed"]), max_resource=float(job["max_resource"]),
                              data_dir=self.data_dir or settings.get("data_dir"),
                              device=str(self.device), settings=settings)
-        trainer = cls(job["config"], ctx)
+        with _BUILD_LOCK:
+            trainer = cls(job["config"], ctx)
         r0, r1 = float(job["from_resource"]), float(job["to_resource"])
         if r0 > 0:
             trainer.load_state_dict(self._load(job, r0))
-        synchronize(self.device)
+        # Trainers that count their samples (every torch one) get a samples/s report; the
+        # count comes from the checkpoint, so subtract where this segment started.
+        seen0 = getattr(trainer, "samples_seen", None)
+        self._sync()
         start = time.perf_counter()
         last: tuple[float, float] | None = None
         for resource, value in trainer.train(r0, r1):
@@ -140,13 +170,25 @@ class Worker:
                 break  # STOP decision, lost lease or stopped study
             if self.draining.is_set() and last[0] < r1:
                 raise Released
-        synchronize(self.device)
+        self._sync()
         cost = time.perf_counter() - start
         if last is None:
             raise RuntimeError(f"trainer {job['trainer']} reported no step between {r0} and {r1}")
         save_checkpoint(checkpoint_path(self.checkpoint_dir, job["study_id"], job["trial_id"],
                                         last[0]), trainer.state_dict())
-        return {"value": last[1], "resource": last[0], "cost": cost}
+        outcome: dict[str, Any] = {"value": last[1], "resource": last[0], "cost": cost}
+        if seen0 is not None and cost > 0:
+            # Over the whole segment (evaluation and reports included): what a job achieves,
+            # not the peak of the training loop alone (bench/trainers.py measures that).
+            outcome["samples_per_second"] = (trainer.samples_seen - seen0) / cost
+        return outcome
+
+    def _sync(self) -> None:
+        """Wait for this slot's kernels only: other slots' work is not this job's time."""
+        if self.stream is not None:
+            self.stream.synchronize()
+        else:
+            synchronize(self.device)
 
     def _load(self, job: dict[str, Any], resource: float) -> dict[str, Any]:
         path = checkpoint_path(self.checkpoint_dir, job["study_id"], job["trial_id"], resource)
@@ -162,9 +204,24 @@ def _ids(lease: Lease) -> dict[str, Any]:
             "trial_id": lease.job.get("trial_id")}
 
 
+def run_slots(workers: list[Worker], max_jobs: int | None = None) -> None:
+    """Run each worker (slot) in its own thread until all have drained. The main thread only
+    waits, so that it stays free to run the SIGTERM handler, which drains every slot."""
+    for w in workers:
+        if w.device.type == "cuda":
+            w.stream = torch.cuda.Stream(w.device)
+    threads = [threading.Thread(target=w.run, args=(max_jobs,), name=f"slot{i}", daemon=True)
+               for i, w in enumerate(workers)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        while t.is_alive():
+            t.join(0.5)
+
+
 def main(redis_url: str, trainers: list[str], checkpoint_dir: str, data_dir: str | None,
          lease_seconds: float, max_jobs: int | None = None, threads: int | None = None,
-         log_format: str = "text") -> None:
+         log_format: str = "text", slots: int = 1) -> None:
     from hpod.server import logs
 
     logs.setup(log_format)
@@ -172,7 +229,23 @@ def main(redis_url: str, trainers: list[str], checkpoint_dir: str, data_dir: str
         # Several CPU workers on one machine: give each its share of the cores instead of
         # letting every process spin a full-size thread pool against the others.
         torch.set_num_threads(threads)
-    worker = Worker(redis_url, trainers, checkpoint_dir, data_dir, lease_seconds=lease_seconds)
-    signal.signal(signal.SIGTERM, worker.drain)
-    signal.signal(signal.SIGINT, worker.drain)
-    worker.run(max_jobs)
+    if slots < 1:
+        raise SystemExit(f"--slots must be at least 1, got {slots}")
+    if slots == 1:
+        worker = Worker(redis_url, trainers, checkpoint_dir, data_dir,
+                        lease_seconds=lease_seconds)
+        signal.signal(signal.SIGTERM, worker.drain)
+        signal.signal(signal.SIGINT, worker.drain)
+        worker.run(max_jobs)
+        return
+    base = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+    workers = [Worker(redis_url, trainers, checkpoint_dir, data_dir, worker_id=f"{base}-s{i}",
+                      lease_seconds=lease_seconds) for i in range(slots)]
+
+    def drain_all(*_: Any) -> None:
+        for w in workers:
+            w.drain()
+
+    signal.signal(signal.SIGTERM, drain_all)
+    signal.signal(signal.SIGINT, drain_all)
+    run_slots(workers, max_jobs)

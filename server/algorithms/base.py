@@ -279,9 +279,14 @@ def rng_restore(rng: np.random.Generator, state: Mapping[str, Any]) -> None:
     rng.bit_generator.state = dict(state)
 
 
+SERVICE_SETTINGS = frozenset({"cost_source"})
+"""Keys of ``algorithm.settings`` that the service reads (not the algorithm): every algorithm
+accepts them, so a study-level choice never needs each algorithm's cooperation."""
+
+
 def check_settings(settings: Mapping[str, Any], allowed: Sequence[str], algorithm: str) -> None:
     """Reject unknown settings by name, so a typo never silently falls back to a default."""
-    allowed = list(allowed)
+    allowed = [*allowed, *SERVICE_SETTINGS]
     if "sampler" in allowed and isinstance(settings.get("sampler"), str):
         allowed.append(settings["sampler"])  # the sampler's own options, e.g. {"cqr": {...}}
     unknown = sorted(set(settings) - set(allowed))

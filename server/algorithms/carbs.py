@@ -887,6 +887,11 @@ class Carbs(Algorithm):
     def pareto_front(self) -> list[tuple[int, float, float]]:
         return self.core.pareto_front()
 
+    def pareto_groups(self) -> list[list[int]]:
+        """The trials of each front point (a configuration and its resamples), in the order
+        of ``pareto_front()``: so a reader can match a mean cost to the trials behind it."""
+        return [[o.trial for o in g.members] for g in self.core.front_groups(False)]
+
     def scaling_fit(self) -> dict[str, dict[str, float]]:
         return self.core.scaling_fit()
 

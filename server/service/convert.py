@@ -10,7 +10,7 @@ from hpod.v1 import hpod_pb2 as pb
 
 from ..algorithms import Plan, Resource, SearchSpace, SettingsError
 from ..algorithms.space import Categorical, Float, Int, Param, SpaceError
-from ..engine import StudyEngine, TrialRec
+from ..engine import EngineError, StudyEngine, TrialRec
 from ..study import StudyConfig
 
 TRIAL_STATES = {
@@ -113,7 +113,8 @@ def trial_to_pb(sid: str, t: TrialRec, curve: bool = True) -> pb.Trial:
     msg = pb.Trial(study_id=sid, id=t.id, config=dict_to_struct(t.config),
                    state=TRIAL_STATES[t.state], resource=t.resource,
                    has_value=t.value is not None, value=t.value or 0.0, bracket=t.bracket,
-                   rung=t.rung, cost=t.cost, lost_jobs=t.lost_jobs, error=t.error)
+                   rung=t.rung, cost=t.cost, lost_jobs=t.lost_jobs, error=t.error,
+                   samples_per_second=t.samples_per_second)
     if curve:
         msg.curve.extend(pb.CurvePoint(resource=r, value=v) for r, v in t.curve)
     return msg
@@ -162,6 +163,32 @@ def study_to_pb(eng: StudyEngine, created: float) -> pb.Study:
     best = eng.best_trial()
     if best is not None:
         msg.best_trial.CopyFrom(trial_to_pb(eng.study_id, best, curve=False))
+    return msg
+
+
+def pareto_to_pb(eng: StudyEngine) -> pb.ParetoFront:
+    """The algorithm's cost/value front and scaling fits. FAILED_PRECONDITION (EngineError) for
+    an algorithm that keeps no front."""
+    alg = eng.algorithm
+    if not (hasattr(alg, "pareto_front") and hasattr(alg, "scaling_fit")):
+        raise EngineError("precondition", f"algorithm {eng.config.algorithm!r} keeps no "
+                          "cost/value Pareto front; only 'carbs' does")
+    front = alg.pareto_front()
+    groups = alg.pareto_groups() if hasattr(alg, "pareto_groups") else [[t] for t, _, _ in front]
+    msg = pb.ParetoFront(cost_source=eng.config.cost_source)
+    for (tid, cost, value), members in zip(front, groups, strict=True):
+        trial = eng.trials.get(tid)
+        msg.points.append(pb.ParetoPoint(
+            trial_id=tid, cost=cost,
+            # Algorithms minimise; the wire shows the metric as the trainer reported it.
+            value=-value if eng.config.maximize else value,
+            config=dict_to_struct(trial.config if trial else {}), trial_ids=members))
+    for name, fit in alg.scaling_fit().items():
+        log_param = fit.get("transform") == "log"
+        msg.fits.append(pb.ScalingFit(
+            parameter=name, exponent=fit["exponent"], intercept=fit["intercept"],
+            coefficient=10.0 ** fit["intercept"] if log_param else 0.0,
+            transform=str(fit.get("transform", ""))))
     return msg
 
 

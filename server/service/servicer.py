@@ -186,6 +186,11 @@ class HpodServicer(pb_grpc.HpodServicer):
             raise EngineError("not_found", "no trial has a result yet")
         return convert.trial_to_pb(eng.study_id, best)
 
+    @rpc
+    async def GetParetoFront(self, request: pb.GetParetoFrontRequest, context: Any
+                             ) -> pb.ParetoFront:
+        return convert.pareto_to_pb(self.m.get(request.study_id).engine)
+
     # ---------------------------------------------------------------- ask/tell
 
     @rpc

@@ -271,7 +271,7 @@ class CurvePoint(_message.Message):
     def __init__(self, resource: _Optional[float] = ..., value: _Optional[float] = ...) -> None: ...
 
 class Trial(_message.Message):
-    __slots__ = ("study_id", "id", "config", "state", "curve", "resource", "has_value", "value", "bracket", "rung", "cost", "lost_jobs", "error")
+    __slots__ = ("study_id", "id", "config", "state", "curve", "resource", "has_value", "value", "bracket", "rung", "cost", "lost_jobs", "error", "samples_per_second")
     STUDY_ID_FIELD_NUMBER: _ClassVar[int]
     ID_FIELD_NUMBER: _ClassVar[int]
     CONFIG_FIELD_NUMBER: _ClassVar[int]
@@ -285,6 +285,7 @@ class Trial(_message.Message):
     COST_FIELD_NUMBER: _ClassVar[int]
     LOST_JOBS_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
+    SAMPLES_PER_SECOND_FIELD_NUMBER: _ClassVar[int]
     study_id: str
     id: int
     config: _struct_pb2.Struct
@@ -298,7 +299,8 @@ class Trial(_message.Message):
     cost: float
     lost_jobs: int
     error: str
-    def __init__(self, study_id: _Optional[str] = ..., id: _Optional[int] = ..., config: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., state: _Optional[_Union[TrialState, str]] = ..., curve: _Optional[_Iterable[_Union[CurvePoint, _Mapping]]] = ..., resource: _Optional[float] = ..., has_value: _Optional[bool] = ..., value: _Optional[float] = ..., bracket: _Optional[int] = ..., rung: _Optional[int] = ..., cost: _Optional[float] = ..., lost_jobs: _Optional[int] = ..., error: _Optional[str] = ...) -> None: ...
+    samples_per_second: float
+    def __init__(self, study_id: _Optional[str] = ..., id: _Optional[int] = ..., config: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., state: _Optional[_Union[TrialState, str]] = ..., curve: _Optional[_Iterable[_Union[CurvePoint, _Mapping]]] = ..., resource: _Optional[float] = ..., has_value: _Optional[bool] = ..., value: _Optional[float] = ..., bracket: _Optional[int] = ..., rung: _Optional[int] = ..., cost: _Optional[float] = ..., lost_jobs: _Optional[int] = ..., error: _Optional[str] = ..., samples_per_second: _Optional[float] = ...) -> None: ...
 
 class ListTrialsRequest(_message.Message):
     __slots__ = ("study_id", "include_curves")
@@ -473,3 +475,47 @@ class FailJobRequest(_message.Message):
 class FailJobResponse(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
+
+class GetParetoFrontRequest(_message.Message):
+    __slots__ = ("study_id",)
+    STUDY_ID_FIELD_NUMBER: _ClassVar[int]
+    study_id: str
+    def __init__(self, study_id: _Optional[str] = ...) -> None: ...
+
+class ParetoPoint(_message.Message):
+    __slots__ = ("trial_id", "cost", "value", "config", "trial_ids")
+    TRIAL_ID_FIELD_NUMBER: _ClassVar[int]
+    COST_FIELD_NUMBER: _ClassVar[int]
+    VALUE_FIELD_NUMBER: _ClassVar[int]
+    CONFIG_FIELD_NUMBER: _ClassVar[int]
+    TRIAL_IDS_FIELD_NUMBER: _ClassVar[int]
+    trial_id: int
+    cost: float
+    value: float
+    config: _struct_pb2.Struct
+    trial_ids: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, trial_id: _Optional[int] = ..., cost: _Optional[float] = ..., value: _Optional[float] = ..., config: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., trial_ids: _Optional[_Iterable[int]] = ...) -> None: ...
+
+class ScalingFit(_message.Message):
+    __slots__ = ("parameter", "exponent", "coefficient", "intercept", "transform")
+    PARAMETER_FIELD_NUMBER: _ClassVar[int]
+    EXPONENT_FIELD_NUMBER: _ClassVar[int]
+    COEFFICIENT_FIELD_NUMBER: _ClassVar[int]
+    INTERCEPT_FIELD_NUMBER: _ClassVar[int]
+    TRANSFORM_FIELD_NUMBER: _ClassVar[int]
+    parameter: str
+    exponent: float
+    coefficient: float
+    intercept: float
+    transform: str
+    def __init__(self, parameter: _Optional[str] = ..., exponent: _Optional[float] = ..., coefficient: _Optional[float] = ..., intercept: _Optional[float] = ..., transform: _Optional[str] = ...) -> None: ...
+
+class ParetoFront(_message.Message):
+    __slots__ = ("points", "fits", "cost_source")
+    POINTS_FIELD_NUMBER: _ClassVar[int]
+    FITS_FIELD_NUMBER: _ClassVar[int]
+    COST_SOURCE_FIELD_NUMBER: _ClassVar[int]
+    points: _containers.RepeatedCompositeFieldContainer[ParetoPoint]
+    fits: _containers.RepeatedCompositeFieldContainer[ScalingFit]
+    cost_source: str
+    def __init__(self, points: _Optional[_Iterable[_Union[ParetoPoint, _Mapping]]] = ..., fits: _Optional[_Iterable[_Union[ScalingFit, _Mapping]]] = ..., cost_source: _Optional[str] = ...) -> None: ...

@@ -89,6 +89,11 @@ class HpodStub:
                 request_serializer=hpod_dot_v1_dot_hpod__pb2.GetBestTrialRequest.SerializeToString,
                 response_deserializer=hpod_dot_v1_dot_hpod__pb2.Trial.FromString,
                 _registered_method=True)
+        self.GetParetoFront = channel.unary_unary(
+                '/hpod.v1.Hpod/GetParetoFront',
+                request_serializer=hpod_dot_v1_dot_hpod__pb2.GetParetoFrontRequest.SerializeToString,
+                response_deserializer=hpod_dot_v1_dot_hpod__pb2.ParetoFront.FromString,
+                _registered_method=True)
         self.AskJob = channel.unary_unary(
                 '/hpod.v1.Hpod/AskJob',
                 request_serializer=hpod_dot_v1_dot_hpod__pb2.AskJobRequest.SerializeToString,
@@ -184,6 +189,14 @@ class HpodServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetParetoFront(self, request, context):
+        """The cost/value Pareto front and each parameter's scaling with cost (cost-aware algorithms
+        only: FAILED_PRECONDITION for the others).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def AskJob(self, request, context):
         """Ask/tell for external trainers, in any language.
         """
@@ -266,6 +279,11 @@ def add_HpodServicer_to_server(servicer, server):
                     servicer.GetBestTrial,
                     request_deserializer=hpod_dot_v1_dot_hpod__pb2.GetBestTrialRequest.FromString,
                     response_serializer=hpod_dot_v1_dot_hpod__pb2.Trial.SerializeToString,
+            ),
+            'GetParetoFront': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetParetoFront,
+                    request_deserializer=hpod_dot_v1_dot_hpod__pb2.GetParetoFrontRequest.FromString,
+                    response_serializer=hpod_dot_v1_dot_hpod__pb2.ParetoFront.SerializeToString,
             ),
             'AskJob': grpc.unary_unary_rpc_method_handler(
                     servicer.AskJob,
@@ -585,6 +603,33 @@ class Hpod:
             '/hpod.v1.Hpod/GetBestTrial',
             hpod_dot_v1_dot_hpod__pb2.GetBestTrialRequest.SerializeToString,
             hpod_dot_v1_dot_hpod__pb2.Trial.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetParetoFront(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/hpod.v1.Hpod/GetParetoFront',
+            hpod_dot_v1_dot_hpod__pb2.GetParetoFrontRequest.SerializeToString,
+            hpod_dot_v1_dot_hpod__pb2.ParetoFront.FromString,
             options,
             channel_credentials,
             insecure,

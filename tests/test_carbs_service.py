@@ -1,0 +1,175 @@
+"""CARBS through the real service (issue 10): cost measured by real worker processes, the
+study's ``cost_source``, the Pareto front and scaling fits by RPC, SDK and CLI, and the same
+suggestions for the same seed, also across a server restart mid-study."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+from hpod.client.local import LocalCluster
+from hpod.client.sdk import HpodError, Study
+from hpod.trainers import analytic
+
+STEP_SECONDS = 0.02  # the analytic trainer sleeps this per epoch: a cost the workers measure
+EPOCHS = 3
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory) -> Iterator[LocalCluster]:
+    with LocalCluster(workers=2, trainers=("analytic",), lease_seconds=3.0,
+                      workdir=str(tmp_path_factory.mktemp("carbs"))) as c:
+        yield c
+
+
+def worker_spec(cost_source: str | None = None, trials: int = 8) -> dict:
+    settings: dict = {"num_random_samples": 3}
+    if cost_source is not None:
+        settings["cost_source"] = cost_source
+    return {"trainer": "analytic", "trainer_settings": {"step_seconds": STEP_SECONDS},
+            "resource": {"max_resource": EPOCHS}, "max_trials": trials, "seed": 3,
+            "algorithm": {"name": "carbs", "settings": settings}}
+
+
+def assert_front_matches_trials(study: Study, expected_cost: dict[int, float]) -> None:
+    """Every front point is a configuration's trials: its cost and value are their means."""
+    trials = {t.id: t for t in study.trials(curves=False)}
+    points = study.pareto_front()
+    assert points, "a finished carbs study has a front"
+    costs = [p.cost for p in points]
+    assert costs == sorted(costs)  # cheapest first
+    for p in points:
+        assert p.trial_id == p.trial_ids[0]
+        members = [trials[t] for t in p.trial_ids]
+        assert all(t.state == "completed" for t in members)
+        assert p.cost == pytest.approx(sum(expected_cost[t.id] for t in members) / len(members),
+                                       rel=1e-9)
+        assert p.value == pytest.approx(sum(t.value for t in members) / len(members), rel=1e-9)
+        assert p.config == trials[p.trial_id].config
+
+
+def test_carbs_study_on_workers_uses_measured_cost_and_serves_its_front(
+        cluster: LocalCluster, tmp_path: Path) -> None:
+    with cluster.client() as client:
+        # Two studies side by side: the default cost (device seconds) and the resource.
+        measured = client.create_study(worker_spec())
+        by_resource = client.create_study(worker_spec("resource"))
+        for study in (measured, by_resource):
+            info = study.wait(timeout=120)
+            assert info.state == 2 and info.trials_finished == 8
+
+        trials = measured.trials(curves=False)
+        assert len(trials) == 8 and all(t.resource == EPOCHS for t in trials)
+        # Workers timed the jobs: at least the sleeps, and not the resource (3 epochs) that the
+        # algorithm would fall back to if no cost had arrived.
+        assert all(EPOCHS * STEP_SECONDS <= t.cost < EPOCHS for t in trials)
+        assert_front_matches_trials(measured, {t.id: t.cost for t in trials})
+        assert measured._pareto().cost_source == "device_seconds"
+
+        # cost_source: resource: the front's costs are the epochs trained, while the trials
+        # still show the device seconds their workers measured.
+        resource_trials = by_resource.trials(curves=False)
+        assert all(0 < t.cost < EPOCHS for t in resource_trials)
+        assert_front_matches_trials(by_resource, {t.id: float(EPOCHS) for t in resource_trials})
+        assert by_resource._pareto().cost_source == "resource"
+
+        # The CLI: JSON equal to the SDK's answer, and PNGs of the front (and fits, if any).
+        out = subprocess.run([sys.executable, "-m", "hpod.client.cli", "study", "pareto",
+                              measured.id, "--json", "--plot", str(tmp_path), "--address",
+                              cluster.address], capture_output=True, text=True, check=True)
+        data = json.loads(out.stdout.splitlines()[0])
+        assert [p["trial_id"] for p in data["points"]] == \
+            [p.trial_id for p in measured.pareto_front()]
+        assert set(data["fits"]) == set(measured.scaling_fit())
+        assert (tmp_path / "pareto_front.png").stat().st_size > 1000
+        text = subprocess.run([sys.executable, "-m", "hpod.client.cli", "study", "pareto",
+                               measured.id, "--address", cluster.address],
+                              capture_output=True, text=True, check=True).stdout
+        assert "Pareto front" in text
+
+
+def test_front_needs_a_cost_aware_algorithm_and_cost_source_is_checked(
+        cluster: LocalCluster) -> None:
+    with cluster.client() as client:
+        study = client.create_study({"resource": {"max_resource": 3}, "max_trials": 2,
+                                     "algorithm": {"name": "random"},
+                                     "search_space": {"x": {"type": "float", "low": 0,
+                                                            "high": 1}}})
+        with pytest.raises(HpodError) as e:
+            study.pareto_front()
+        assert e.value.code == grpc.StatusCode.FAILED_PRECONDITION
+        assert "carbs" in e.value.message
+        with pytest.raises(HpodError) as e:
+            client.create_study(worker_spec("metric"))
+        assert e.value.code == grpc.StatusCode.INVALID_ARGUMENT
+        assert "algorithm.settings.cost_source" in e.value.message
+        # Every algorithm accepts the service's own setting.
+        client.create_study({**worker_spec("resource"), "algorithm": {
+            "name": "hyperband", "settings": {"cost_source": "resource"}}}).stop()
+
+
+# ---------------------------------------------------------------- determinism
+
+ASK_TELL_SPEC = {
+    "resource": {"name": "epoch", "max_resource": 9}, "max_trials": 12, "seed": 11,
+    "algorithm": {"name": "carbs", "settings": {"cost_source": "resource",
+                                                "num_random_samples": 3}},
+    "search_space": {
+        "x1": {"type": "float", "low": -5.0, "high": 10.0},
+        "x2": {"type": "float", "low": 0.0, "high": 15.0},
+        "lr": {"type": "float", "low": 1e-4, "high": 1.0, "log": True},
+        # The resource is searched, as in the paper: a trial trains to its own epoch count.
+        "epoch": {"type": "int", "low": 1, "high": 9},
+    },
+}
+
+
+def run_ask_tell(workdir: Path, restart_at: int | None) -> tuple[list, list]:
+    """Ask two jobs, complete both, repeat; with ``restart_at``, kill and restart the server
+    while the jobs of that round are still pending. Ask/tell fixes the order of the inputs
+    (with workers, whether an ask sees the previous trial pending or finished is a race, and
+    CARBS rightly answers those two cases differently); the reported cost is wall-clock noise,
+    which ``cost_source: resource`` must ignore."""
+    with LocalCluster(workers=0, trainers=("analytic",), workdir=str(workdir),
+                      lease_seconds=30.0) as c:
+        client = c.client()
+        study = client.create_study(ASK_TELL_SPEC)
+        configs: list = []
+        for round_ in range(6):
+            jobs = [study.ask(wait=False), study.ask(wait=False)]
+            assert all(j is not None for j in jobs)
+            if round_ == restart_at:
+                c.server.kill()
+                c.server.wait()
+                c.start_server()
+                client.close()
+                client = c.client()
+                study = client.study(study.id)
+            for job in jobs:
+                assert job is not None
+                job.study = study
+                configs.append((job.trial_id, job.to_resource, sorted(job.config.items())))
+                job.complete(analytic.value(job.config, job.to_resource),
+                             cost=time.perf_counter() % 1.0 + 0.01)
+        assert study.ask(wait=False) is None
+        assert study.refresh().state == 2
+        front = [(p.trial_id, p.cost, p.value) for p in study.pareto_front()]
+        client.close()
+        return sorted(configs), front
+
+
+def test_same_seed_same_suggestions_twice_and_across_a_server_restart(tmp_path: Path) -> None:
+    configs, front = run_ask_tell(tmp_path / "a", restart_at=None)
+    assert [c[0] for c in configs] == list(range(12))
+    assert all(to == dict(cfg)["epoch"] for _, to, cfg in configs)  # trained to its own epoch
+    # cost = epochs trained, whatever cost the client reported
+    assert all(cost == dict(next(c for c in configs if c[0] == t)[2])["epoch"]
+               for t, cost, _ in front)
+    assert run_ask_tell(tmp_path / "b", restart_at=None) == (configs, front)
+    assert run_ask_tell(tmp_path / "c", restart_at=2) == (configs, front)
