@@ -117,7 +117,7 @@ def test_front_needs_a_cost_aware_algorithm_and_cost_source_is_checked(
 # ---------------------------------------------------------------- determinism
 
 ASK_TELL_SPEC = {
-    "resource": {"name": "epoch", "max_resource": 9}, "max_trials": 12, "seed": 11,
+    "resource": {"name": "epoch", "max_resource": 9}, "max_trials": 10, "seed": 11,
     "algorithm": {"name": "carbs", "settings": {"cost_source": "resource",
                                                 "num_random_samples": 3}},
     "search_space": {
@@ -130,46 +130,47 @@ ASK_TELL_SPEC = {
 }
 
 
-def run_ask_tell(workdir: Path, restart_at: int | None) -> tuple[list, list]:
+def run_ask_tell(c: LocalCluster, restart_at: int | None) -> tuple[list, list]:
     """Ask two jobs, complete both, repeat; with ``restart_at``, kill and restart the server
     while the jobs of that round are still pending. Ask/tell fixes the order of the inputs
     (with workers, whether an ask sees the previous trial pending or finished is a race, and
     CARBS rightly answers those two cases differently); the reported cost is wall-clock noise,
     which ``cost_source: resource`` must ignore."""
-    with LocalCluster(workers=0, trainers=("analytic",), workdir=str(workdir),
-                      lease_seconds=30.0) as c:
-        client = c.client()
-        study = client.create_study(ASK_TELL_SPEC)
-        configs: list = []
-        for round_ in range(6):
-            jobs = [study.ask(wait=False), study.ask(wait=False)]
-            assert all(j is not None for j in jobs)
-            if round_ == restart_at:
-                c.server.kill()
-                c.server.wait()
-                c.start_server()
-                client.close()
-                client = c.client()
-                study = client.study(study.id)
-            for job in jobs:
-                assert job is not None
-                job.study = study
-                configs.append((job.trial_id, job.to_resource, sorted(job.config.items())))
-                job.complete(analytic.value(job.config, job.to_resource),
-                             cost=time.perf_counter() % 1.0 + 0.01)
-        assert study.ask(wait=False) is None
-        assert study.refresh().state == 2
-        front = [(p.trial_id, p.cost, p.value) for p in study.pareto_front()]
-        client.close()
-        return sorted(configs), front
+    client = c.client()
+    study = client.create_study(ASK_TELL_SPEC)
+    configs: list = []
+    for round_ in range(5):
+        jobs = [study.ask(wait=False), study.ask(wait=False)]
+        if round_ == restart_at:
+            c.server.kill()
+            c.server.wait()
+            c.start_server()
+            client.close()
+            client = c.client()
+            study = client.study(study.id)
+        for job in jobs:
+            assert job is not None
+            job.study = study
+            configs.append((job.trial_id, job.to_resource, sorted(job.config.items())))
+            job.complete(analytic.value(job.config, job.to_resource),
+                         cost=time.perf_counter() % 1.0 + 0.01)
+    assert study.ask(wait=False) is None
+    assert study.refresh().state == 2
+    front = [(p.trial_id, p.cost, p.value) for p in study.pareto_front()]
+    client.close()
+    return sorted(configs), front
 
 
 def test_same_seed_same_suggestions_twice_and_across_a_server_restart(tmp_path: Path) -> None:
-    configs, front = run_ask_tell(tmp_path / "a", restart_at=None)
-    assert [c[0] for c in configs] == list(range(12))
-    assert all(to == dict(cfg)["epoch"] for _, to, cfg in configs)  # trained to its own epoch
-    # cost = epochs trained, whatever cost the client reported
-    assert all(cost == dict(next(c for c in configs if c[0] == t)[2])["epoch"]
-               for t, cost, _ in front)
-    assert run_ask_tell(tmp_path / "b", restart_at=None) == (configs, front)
-    assert run_ask_tell(tmp_path / "c", restart_at=2) == (configs, front)
+    # One cluster, three studies with the same spec and seed: the third is interrupted by a
+    # server restart while two of its trials are pending (their Thompson fantasies included).
+    with LocalCluster(workers=0, trainers=("analytic",), workdir=str(tmp_path),
+                      lease_seconds=30.0) as c:
+        configs, front = run_ask_tell(c, restart_at=None)
+        assert [t for t, _, _ in configs] == list(range(10))
+        assert all(to == dict(cfg)["epoch"] for _, to, cfg in configs)  # its own epoch count
+        # cost = epochs trained, whatever cost the client reported
+        epochs = {t: dict(cfg)["epoch"] for t, _, cfg in configs}
+        assert all(cost == epochs[t] for t, cost, _ in front)
+        assert run_ask_tell(c, restart_at=None) == (configs, front)
+        assert run_ask_tell(c, restart_at=2) == (configs, front)

@@ -105,6 +105,7 @@ def test_grokking_study_reports_validation_accuracy_curves(slotted: LocalCluster
         study = client.create_study(spec)
         info = study.wait(timeout=120)
         trials = study.trials()
+        best = study.best_trial()
     assert info.state == 2
     assert len(trials) == info.plan.max_trials
     for t in trials:
@@ -114,5 +115,4 @@ def test_grokking_study_reports_validation_accuracy_curves(slotted: LocalCluster
         assert all(math.isfinite(a) and 0.0 <= a <= 1.0 for a in accuracy)
         assert t.samples_per_second > 0
     assert any(t.resource == 3 and t.bracket == 1 for t in trials), "a promoted trial"
-    best = study.best_trial()
     assert best is not None and 1.0 - best.value > 3 / 31  # well above chance
