@@ -21,7 +21,7 @@ import logging
 import secrets
 import time
 from collections.abc import AsyncIterator, Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 from . import metrics, tenancy
@@ -69,7 +69,8 @@ class StudyManager:
         for sid in await self.store.study_ids():
             await self._recover(sid)
         await self._apply_pending(list(self.studies))
-        self._tasks = [asyncio.create_task(self._loop(self._apply_once), name="apply"),
+        # The apply loop needs no pause: its XREADGROUP BLOCK is the wait when idle.
+        self._tasks = [asyncio.create_task(self._loop(self._apply_once, 0.0), name="apply"),
                        asyncio.create_task(self._loop(self._dispatch_once), name="dispatch"),
                        asyncio.create_task(self._loop(self._reap_once, 1.0), name="reap")]
 
@@ -223,7 +224,7 @@ class StudyManager:
 
     def _add_effect(self, eng: StudyEngine, batch: Batch, eff: Effect) -> None:
         if eff.kind == "trial" and eff.trial_id is not None:
-            batch.trials[eff.trial_id] = dumps(asdict(eng.trials[eff.trial_id]))
+            batch.trials[eff.trial_id] = dumps(vars(eng.trials[eff.trial_id]))
         elif eff.kind == "enqueue" and eff.job is not None:
             batch.jobs.append((eng.config.trainer, dumps(self.job_payload(eng, eff.job))))
         elif eff.kind == "stop_job" and eff.job is not None:
