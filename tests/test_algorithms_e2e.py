@@ -76,7 +76,10 @@ def test_idhb_raised_twice_with_a_server_restart_between_matches_an_uninterrupte
     def run(restart: bool) -> list[tuple]:
         with LocalCluster(workers=2, trainers=("analytic",), workdir=str(tmp_path / str(restart)),
                           lease_seconds=3.0) as c, c.client() as client:
-            study = client.create_study(spec("idhb", 1, algo={"settings": {"sampler": "tpe"}}))
+            # The random sampler: its draws do not depend on when results arrive. A model-based
+            # sampler sees results in the order the server applied them, which real workers
+            # make timing-dependent; restart-exactness for those is the engine replay test.
+            study = client.create_study(spec("idhb", 1))
             study.wait(timeout=120)
             study.raise_max_resource()
             study.wait(timeout=120)

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 from hpod.client.local import LocalCluster
-from hpod.client.sdk import Client, Study
+from hpod.client.sdk import Client, HpodError, Study
 from hpod.trainers import analytic
 
 SPACE = [
@@ -59,7 +59,13 @@ def drive(cluster: LocalCluster, client: Client, algorithm: str,
                 assert cluster.server is not None
                 cluster.server.kill()
                 cluster.server.wait()
-                cluster.start_server()
+                try:
+                    cluster.start_server()
+                except HpodError:
+                    # A loaded machine: the replay (CQR refits) or gRPC's reconnect backoff can
+                    # outlast start_server's 60 s; the process is up, so give it longer.
+                    with cluster.client() as probe:
+                        probe.wait_ready(120)
                 # A new channel: the old one may sit in its reconnect backoff for a second.
                 client = cluster.client()
                 job.study = study = client.study(study.id)
