@@ -1,6 +1,7 @@
 """Conformal quantile regression search against its baselines (issue 5, "Must show").
 
-    python bench/cqr.py [--seeds 10] [--mlp-seeds 5] [--budget 20] [--workers 4] [--jobs 2]
+    python bench/cqr.py [--seeds 10] [--mlp-seeds 3] [--budget 20] [--mlp-budget 10]
+                        [--max-resource 9] [--workers 4] [--jobs 2]
                         [--problems branin-curve,branin-mf,hartmann6-mf,mlp-digits]
                         [--out bench/results] [--quick]
 
@@ -21,7 +22,7 @@ configuration free, as a checkpoint would.
 
 Normalised regret = (best value observed so far − optimum) / (reference − optimum); the
 reference is the mean value at R of fixed random configurations (1,000 for the analytic
-functions, 20 for the MLP): 0 is the optimum, 1 an average random guess. The MLP's optimum is
+functions, 10 for the MLP): 0 is the optimum, 1 an average random guess. The MLP's optimum is
 unknown, so it is the lowest validation error any run of this benchmark observed (regret 0 is
 "as good as the best this benchmark found"). Reported: median and interquartile range over
 seeds at 25 / 50 / 100 % of the budget, a JSON file, a Markdown table and a PNG plot of median
@@ -303,12 +304,12 @@ def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description="cqr vs random and asha-cqr vs asha")
     ap.add_argument("--problems", default=",".join((*ANALYTIC, "mlp-digits")))
     ap.add_argument("--seeds", type=int, default=10)
-    ap.add_argument("--mlp-seeds", type=int, default=5)
+    ap.add_argument("--mlp-seeds", type=int, default=3)
     ap.add_argument("--budget", type=float, default=20.0, help="in multiples of R")
     ap.add_argument("--mlp-budget", type=float, default=10.0,
                     help="the MLP's budget, in multiples of its R (real training)")
     ap.add_argument("--workers", type=int, default=4, help="simulated concurrent workers")
-    ap.add_argument("--max-resource", type=float, default=27.0,
+    ap.add_argument("--max-resource", type=float, default=9.0,
                     help="R of the analytic problems (eta 3, min 1); the MLP uses 9 epochs")
     ap.add_argument("--jobs", type=int, default=max(1, min(2, os.cpu_count() or 1)),
                     help="benchmark processes")

@@ -98,7 +98,10 @@ def run(names: list[str], quick: bool, images: int, units: int | None, count_flo
             # Training and validation both scale linearly with the number of images.
             row["cifar10_epoch_seconds"] = tp.seconds_per_unit * CIFAR10_IMAGES / images
         rows.append(row)
-        print(f"  measured {name} in {row['wall_seconds']:.1f} s", file=sys.stderr, flush=True)
+        # Progress on stderr, with the headline figures: a long CPU run cut short keeps them.
+        print(f"  measured {name} in {row['wall_seconds']:.1f} s: {tp.seconds_per_unit:.3g} s "
+              f"per {tp.resource_unit}, {tp.samples_per_second:,.0f} samples/s",
+              file=sys.stderr, flush=True)
     return rows
 
 

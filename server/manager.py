@@ -194,7 +194,10 @@ class StudyManager:
             self._add_effect(eng, batch, eff)
         batch.study_fields = {"state": eng.state, "summary": dumps(self.summary(live))}
         before = eng.inputs - len(inputs)
-        if eng.inputs // SNAPSHOT_EVERY != before // SNAPSHOT_EVERY:
+        # A snapshot every SNAPSHOT_EVERY inputs, and one when the study ends, so a restarted
+        # server replays nothing for finished studies (a model-based sampler refits on replay).
+        if (eng.inputs // SNAPSHOT_EVERY != before // SNAPSHOT_EVERY
+                or (inputs and eng.state != ACTIVE)):
             batch.snapshot = dumps({"inputs": eng.inputs, "state": eng.state_dict()})
         try:
             await self.store.commit(sid, batch)
