@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ._common import (
+    TorchState,
     build_optimizer,
     get_config,
     lr_factor,
@@ -66,7 +67,7 @@ def kaiming_init(model: nn.Module) -> None:
             nn.init.zeros_(m.bias)
 
 
-class CifarTrainer(Trainer):
+class CifarTrainer(TorchState, Trainer):
     resource_unit = "epoch"
     metric = "val_error"
     direction = "minimize"
@@ -172,21 +173,3 @@ class CifarTrainer(Trainer):
             val_error, self.last_val_loss = self.evaluate()
             self.epoch = epoch  # before the yield: the worker may stop iterating right here
             yield float(epoch), val_error
-
-    def state_dict(self) -> dict[str, Any]:
-        return {
-            "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "epoch": self.epoch,
-            "step": self.step,
-            "samples_seen": self.samples_seen,
-            "data_rng": self.data_rng.get_state(),
-        }
-
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.epoch = int(state["epoch"])
-        self.step = int(state["step"])
-        self.samples_seen = int(state["samples_seen"])
-        self.data_rng.set_state(state["data_rng"].cpu())

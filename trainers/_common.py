@@ -158,3 +158,30 @@ def build_optimizer(
     if name == "adamw":
         return torch.optim.AdamW(groups, lr=lr, weight_decay=weight_decay)
     raise ValueError(f"unknown optimizer {name!r}; use sgd or adamw")
+
+
+class TorchState:
+    """``state_dict``/``load_state_dict`` for a trainer with ``model`` and ``optimizer``: the
+    integer counters named in ``COUNTERS`` and the torch generators named in ``GENERATORS``
+    are saved beside them, so a resumed segment continues bit for bit. Mixed in before
+    ``Trainer`` so that it provides the two abstract methods."""
+
+    COUNTERS: tuple[str, ...] = ("epoch", "step", "samples_seen")
+    GENERATORS: tuple[str, ...] = ("data_rng",)
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+
+    def state_dict(self) -> dict[str, Any]:
+        state: dict[str, Any] = {"model": self.model.state_dict(),
+                                 "optimizer": self.optimizer.state_dict()}
+        state.update({name: getattr(self, name) for name in self.COUNTERS})
+        state.update({name: getattr(self, name).get_state() for name in self.GENERATORS})
+        return state
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        for name in self.COUNTERS:
+            setattr(self, name, int(state[name]))
+        for name in self.GENERATORS:
+            getattr(self, name).set_state(state[name].cpu())

@@ -29,6 +29,7 @@ from torch import nn
 
 from ._common import (
     GenDropout,
+    TorchState,
     build_optimizer,
     get_config,
     lr_factor,
@@ -148,8 +149,10 @@ class GrokTransformer(nn.Module):
 
 
 @register_trainer
-class GrokkingTrainer(Trainer):
+class GrokkingTrainer(TorchState, Trainer):
     name = "grokking"
+    COUNTERS = ("units", "step", "samples_seen")
+    GENERATORS = ("data_rng", "dropout_rng")
     resource_unit = "100 steps"
     metric = "val_error"
     direction = "minimize"
@@ -232,23 +235,3 @@ class GrokkingTrainer(Trainer):
             val_error = self.error(self.x_val, self.y_val)
             self.units = unit  # before the yield: the worker may stop iterating right here
             yield float(unit), val_error
-
-    def state_dict(self) -> dict[str, Any]:
-        return {
-            "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "units": self.units,
-            "step": self.step,
-            "samples_seen": self.samples_seen,
-            "data_rng": self.data_rng.get_state(),
-            "dropout_rng": self.dropout_rng.get_state(),
-        }
-
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.units = int(state["units"])
-        self.step = int(state["step"])
-        self.samples_seen = int(state["samples_seen"])
-        self.data_rng.set_state(state["data_rng"].cpu())
-        self.dropout_rng.set_state(state["dropout_rng"].cpu())

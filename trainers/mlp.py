@@ -23,6 +23,7 @@ from torch import nn
 
 from ._common import (
     GenDropout,
+    TorchState,
     build_optimizer,
     get_config,
     lr_factor,
@@ -79,8 +80,9 @@ class DropoutMLP(nn.Module):
 
 
 @register_trainer
-class MLPTrainer(Trainer):
+class MLPTrainer(TorchState, Trainer):
     name = "mlp"
+    GENERATORS = ("data_rng", "dropout_rng")
     resource_unit = "epoch"
     metric = "val_error"
     direction = "minimize"
@@ -166,23 +168,3 @@ class MLPTrainer(Trainer):
             val_error, self.last_val_loss = self.evaluate()
             self.epoch = epoch  # before the yield: the worker may stop iterating right here
             yield float(epoch), val_error
-
-    def state_dict(self) -> dict[str, Any]:
-        return {
-            "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "epoch": self.epoch,
-            "step": self.step,
-            "samples_seen": self.samples_seen,
-            "data_rng": self.data_rng.get_state(),
-            "dropout_rng": self.dropout_rng.get_state(),
-        }
-
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.epoch = int(state["epoch"])
-        self.step = int(state["step"])
-        self.samples_seen = int(state["samples_seen"])
-        self.data_rng.set_state(state["data_rng"].cpu())
-        self.dropout_rng.set_state(state["dropout_rng"].cpu())

@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ._common import (
+    TorchState,
     build_optimizer,
     get_config,
     lr_factor,
@@ -109,7 +110,7 @@ def param_groups(model: MuMLP, mult: float, mup: bool, optimizer: str) -> list[d
 
 
 @register_trainer
-class MuPMLPTrainer(Trainer):
+class MuPMLPTrainer(TorchState, Trainer):
     name = "mup_mlp"
     resource_unit = "epoch"
     metric = "val_loss"
@@ -188,21 +189,3 @@ class MuPMLPTrainer(Trainer):
                 val_loss = 1e6
             self.epoch = epoch  # before the yield: the worker may stop iterating right here
             yield float(epoch), val_loss
-
-    def state_dict(self) -> dict[str, Any]:
-        return {
-            "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "epoch": self.epoch,
-            "step": self.step,
-            "samples_seen": self.samples_seen,
-            "data_rng": self.data_rng.get_state(),
-        }
-
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.epoch = int(state["epoch"])
-        self.step = int(state["step"])
-        self.samples_seen = int(state["samples_seen"])
-        self.data_rng.set_state(state["data_rng"].cpu())
