@@ -45,6 +45,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--redis-url", default=DEFAULT_REDIS)
     p.add_argument("--lease-seconds", type=float, default=10.0,
                    help="a job whose worker is silent this long is handed to another worker")
+    p.add_argument("--handoff-seconds", type=float,
+                   default=float(os.environ.get("HPOD_HANDOFF_SECONDS", "1.0")),
+                   help="how long a trial's next segment waits for the idle worker that holds "
+                        "its model before any worker may take it from the checkpoint "
+                        "(0: no affinity)")
     from hpod.server.options import add_arguments as add_server_options
 
     add_server_options(p)  # TLS, tokens, limits, metrics, log format (issue 8)
@@ -63,6 +68,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--slots", type=int, default=1,
                    help="jobs run at once in this process, one per thread, each its own worker "
                         "to the server: for models far too small to fill the device")
+    p.add_argument("--keep-models", type=int,
+                   default=int(os.environ.get("HPOD_KEEP_MODELS", "1")),
+                   help="models kept in memory after their segment (the N most recent), to "
+                        "continue from when the server hands this worker the same trial's next "
+                        "segment instead of reading the checkpoint (0: keep none)")
     p.add_argument("--max-jobs", type=int, default=None, help=argparse.SUPPRESS)
 
     for name, helptext in (("local", "embedded Redis + server + workers in the foreground"),
@@ -131,7 +141,8 @@ def cmd_server(args: argparse.Namespace) -> int:
     from hpod.server.options import from_arguments
 
     run(f"{args.host}:{args.port}", Settings(redis_url=args.redis_url,
-                                             lease_seconds=args.lease_seconds),
+                                             lease_seconds=args.lease_seconds,
+                                             handoff_seconds=args.handoff_seconds),
         from_arguments(args))
     return 0
 
@@ -142,7 +153,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
     trainers = args.trainer or sorted(load_all())
     worker_main(args.redis_url, trainers, args.checkpoint_dir, args.data_dir,
-                args.lease_seconds, args.max_jobs, args.threads, args.log_format, args.slots)
+                args.lease_seconds, args.max_jobs, args.threads, args.log_format, args.slots,
+                args.keep_models)
     return 0
 
 

@@ -24,7 +24,8 @@ class LocalCluster:
                  workdir: str | None = None, data_dir: str | None = None,
                  lease_seconds: float = 10.0, quiet: bool = True,
                  server_args: tuple[str, ...] = (),
-                 client_options: dict | None = None, slots: int = 1) -> None:
+                 client_options: dict | None = None, slots: int = 1,
+                 worker_args: tuple[str, ...] = ()) -> None:
         self.n_workers = workers
         self.slots = slots  # jobs each worker process runs at once (`hpod worker --slots`)
         self.trainers = trainers
@@ -36,6 +37,7 @@ class LocalCluster:
         self.lease_seconds = lease_seconds
         self.quiet = quiet
         self.server_args = server_args  # extra `hpod server` flags (TLS, tokens, limits, ...)
+        self.worker_args = worker_args  # extra `hpod worker` flags (--keep-models, ...)
         self.client_options = client_options or {}  # Client(...) keywords: token, tls_ca, ...
         self.server: subprocess.Popen | None = None
         self.workers: list[subprocess.Popen] = []
@@ -80,7 +82,7 @@ class LocalCluster:
         args += ["--threads", str(share)]
         if self.slots != 1:
             args += ["--slots", str(self.slots)]
-        proc = self._spawn(*args, log_name=f"worker{len(self.workers)}")
+        proc = self._spawn(*args, *self.worker_args, log_name=f"worker{len(self.workers)}")
         self.workers.append(proc)
         return proc
 

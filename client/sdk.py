@@ -60,6 +60,7 @@ class Trial:
     lost_jobs: int = 0
     error: str = ""
     samples_per_second: float = 0.0  # training throughput of its latest job (0: not reported)
+    warm_resumes: int = 0  # segments continued from a worker's memory, not the checkpoint
 
 
 @dataclass
@@ -108,7 +109,8 @@ def trial_from_pb(t: pb.Trial, int_params: set[str]) -> Trial:
                  value=t.value if t.has_value else None, resource=t.resource,
                  bracket=t.bracket, rung=t.rung, cost=t.cost,
                  curve=[(p.resource, p.value) for p in t.curve], lost_jobs=t.lost_jobs,
-                 error=t.error, samples_per_second=t.samples_per_second)
+                 error=t.error, samples_per_second=t.samples_per_second,
+                 warm_resumes=t.warm_resumes)
 
 
 class Client:

@@ -56,6 +56,10 @@ class TrialRec:
     # Training throughput of its latest job, as the worker measured it (0: not reported).
     # Defaulted so that snapshots saved before the field existed still load.
     samples_per_second: float = 0.0
+    # The worker that trained its latest segment (where a continuation goes first, as that
+    # worker may still hold the model), and how many segments continued from that memory.
+    worker: str = ""
+    warm_resumes: int = 0
 
 
 @dataclass
@@ -150,7 +154,7 @@ class StudyEngine:
 
     def _op_complete(self, job_id: str, value: float, resource: float | None = None,
                      cost: float | None = None,
-                     samples_per_second: float | None = None) -> None:
+                     samples_per_second: float | None = None, warm: bool = False) -> None:
         job = self._live_job(job_id)
         trial = self.trials[job.trial_id]
         resource = job.to_resource if not resource else float(resource)
@@ -171,6 +175,8 @@ class StudyEngine:
         if samples_per_second is not None and _finite(samples_per_second) \
                 and samples_per_second >= 0:
             trial.samples_per_second = float(samples_per_second)
+        trial.worker = job.worker
+        trial.warm_resumes += 1 if warm else 0
         self.cost_used += cost
         self.resource_used += resource - job.from_resource
         # The trial keeps the measured device seconds; the algorithm sees the study's chosen
@@ -203,6 +209,7 @@ class StudyEngine:
         job = self._live_job(job_id)
         trial = self.trials[job.trial_id]
         trial.lost_jobs += 1
+        trial.worker = ""  # gone with its memory
         self._end_job(job, "lost")
         self.effects.append(Effect("stop_job", job=job))  # in case the worker comes back
         if job.attempt < self.config.max_retries and not job.stop_requested:

@@ -5,7 +5,15 @@ Three loops run beside the gRPC servicer on one asyncio event loop:
 * *apply*: reads worker events in batches from every active study's stream, applies them to
   the engine and commits inputs, effects and acknowledgements in one transaction per study;
 * *dispatch*: counts idle workers per trainer and asks the studies for that many jobs;
-* *reap*: jobs whose worker stopped heartbeating become a ``lost`` input (and are retried).
+* *reap*: jobs whose worker stopped heartbeating become a ``lost`` input (and are retried);
+  handoff jobs their worker did not take in time go back to the shared stream.
+
+Continuation affinity: a job that continues a trial (a promotion, the next segment after a
+raise of R) goes to the worker that trained the trial's last segment when that worker is idle,
+through its own handoff stream, so that it continues from the model it still holds in memory
+instead of reading the checkpoint. Any other worker would do as well, only slower; so if the
+preferred worker does not take the job within ``handoff_seconds`` (it took another job in the
+meantime, or died), the reaper puts the job back on the shared stream.
 
 Every engine mutation and its commit happen under the study's lock, so the log order is the
 order the engine saw. If a commit fails, the study is reloaded from Redis, so memory never runs
@@ -39,6 +47,8 @@ class Settings:
     event_batch: int = 500
     tick_seconds: float = 0.05
     consumer: str = "server-1"
+    # How long a continuation waits for the idle worker that holds its model (0: no affinity).
+    handoff_seconds: float = 1.0
 
 
 @dataclass
@@ -61,6 +71,9 @@ class StudyManager:
         self.studies: dict[str, Live] = {}
         self._tasks: list[asyncio.Task] = []
         self._rr = 0
+        # Idle workers per trainer as the current dispatch pass saw them, minus those already
+        # handed a job in it: where a continuation may go to the worker that holds its model.
+        self._idle: dict[str, set[str]] = {}
 
     # ---------------------------------------------------------------- life cycle
 
@@ -229,9 +242,22 @@ class StudyManager:
         if eff.kind == "trial" and eff.trial_id is not None:
             batch.trials[eff.trial_id] = dumps(vars(eng.trials[eff.trial_id]))
         elif eff.kind == "enqueue" and eff.job is not None:
-            batch.jobs.append((eng.config.trainer, dumps(self.job_payload(eng, eff.job))))
+            batch.jobs.append((eng.config.trainer, self._handoff_to(eng, eff.job),
+                               dumps(self.job_payload(eng, eff.job))))
         elif eff.kind == "stop_job" and eff.job is not None:
             batch.stop_jobs.append(eff.job.job_id)
+
+    def _handoff_to(self, eng: StudyEngine, job: JobRec) -> str:
+        """The idle worker that trained this trial's last segment, or "" (any worker)."""
+        if self.settings.handoff_seconds <= 0 or job.from_resource <= 0 or job.attempt:
+            return ""
+        wid = eng.trials[job.trial_id].worker
+        idle = self._idle.get(eng.config.trainer, set())
+        if not wid or wid not in idle:
+            return ""
+        idle.discard(wid)  # one job per idle worker and pass
+        metrics.HANDOFFS.inc()
+        return wid
 
     def job_payload(self, eng: StudyEngine, job: JobRec) -> dict[str, Any]:
         cfg = eng.config
@@ -292,6 +318,7 @@ class StudyManager:
                 applied.append(inp)
             await self._commit(sid, live, applied, [eid for eid, _ in entries])
             metrics.EVENTS_APPLIED.inc(len(applied))
+            metrics.WARM_RESUMES.inc(sum(1 for i in applied if i.get("warm")))
 
     # ---------------------------------------------------------------- dispatch
 
@@ -303,10 +330,11 @@ class StudyManager:
         if not by_trainer:
             return
         idle = await self.store.idle_workers(self.settings.lease_seconds)
+        self._idle = {t: set(ids) for t, ids in idle.items()}
         self._rr += 1
         for trainer, sids in by_trainer.items():
             queued = sum(self.studies[s].engine.queued_jobs() for s in sids if s in self.studies)
-            free = idle.get(trainer, 0) - queued
+            free = len(idle.get(trainer, ())) - queued
             if free <= 0:
                 continue
             order = sids[self._rr % len(sids):] + sids[:self._rr % len(sids)]
@@ -333,11 +361,14 @@ class StudyManager:
         for sid in [sid for sid, lv in self.studies.items() if lv.stale]:
             await self._reload(sid)
         lease = self.settings.lease_seconds
-        for trainer, eid, job in await self.store.expired_jobs(lease):
+        if self.settings.handoff_seconds > 0:
+            metrics.HANDOFFS_RETURNED.inc(
+                await self.store.return_handoffs(self.settings.handoff_seconds, lease))
+        for queue, eid, job in await self.store.expired_jobs(lease):
             live = self.studies.get(job["study_id"]) if job else None
             if live is None:
                 await self.store.commit(job["study_id"] if job else "_",
-                                        Batch(job_acks=[(trainer, eid)]))
+                                        Batch(job_acks=[(queue, eid)]))
                 continue
             async with live.lock:
                 inp = {"op": "lost", "job_id": job["job_id"]}
@@ -350,7 +381,7 @@ class StudyManager:
                 log.warning("job %s lost with its worker", job["job_id"],
                             extra={"study_id": job["study_id"], "job_id": job["job_id"],
                                    "trial_id": job.get("trial_id")})
-                await self._commit(job["study_id"], live, inputs, [], [(trainer, eid)])
+                await self._commit(job["study_id"], live, inputs, [], [(queue, eid)])
         now = time.time()
         for sid, live in list(self.studies.items()):
             stale = [j for j, seen in live.external_seen.items() if now - seen > lease]
@@ -390,9 +421,12 @@ def _event_to_input(ev: Mapping[str, Any]) -> dict[str, Any] | None:
         return {"op": "progress", "job_id": ev["job_id"], "resource": ev["resource"],
                 "value": ev["value"]}
     if op == "complete":
-        return {"op": "complete", "job_id": ev["job_id"], "value": ev["value"],
-                "resource": ev.get("resource"), "cost": ev.get("cost"),
-                "samples_per_second": ev.get("samples_per_second")}
+        inp = {"op": "complete", "job_id": ev["job_id"], "value": ev["value"],
+               "resource": ev.get("resource"), "cost": ev.get("cost"),
+               "samples_per_second": ev.get("samples_per_second")}
+        if ev.get("warm"):
+            inp["warm"] = True
+        return inp
     if op == "fail":
         return {"op": "fail", "job_id": ev["job_id"], "reason": ev.get("reason", "")}
     return None

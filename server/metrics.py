@@ -57,10 +57,17 @@ if prom is not None:
     UTILISATION = prom.Gauge("hpod_worker_utilisation", "Busy workers / live workers",
                              registry=REGISTRY)
     WATCHES = prom.Gauge("hpod_watches", "Open WatchStudy streams", registry=REGISTRY)
+    HANDOFFS = prom.Counter("hpod_handoffs", "Continuations handed to the idle worker that "
+                            "holds the trial's model", registry=REGISTRY)
+    HANDOFFS_RETURNED = prom.Counter("hpod_handoffs_returned", "Handoffs not taken in time, "
+                                     "put back for any worker", registry=REGISTRY)
+    WARM_RESUMES = prom.Counter("hpod_warm_resumes", "Segments a worker continued from the "
+                                "model in its memory instead of the checkpoint",
+                                registry=REGISTRY)
 else:
     REGISTRY = None
     EVENTS_APPLIED = LEASE_EXPIRIES = RPC_SECONDS = RPCS = WORKERS = UTILISATION = WATCHES = \
-        _Noop()
+        HANDOFFS = HANDOFFS_RETURNED = WARM_RESUMES = _Noop()
 
 
 class StudyCollector:

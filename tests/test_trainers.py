@@ -64,7 +64,8 @@ def assert_resume_identical(
     make: Callable[[], Trainer], split: int, end: int
 ) -> list[tuple[float, float]]:
     """train(0, end) in one go == train(0, split); save; new instance; load; train(split, end):
-    the same metrics and the same parameters, bit for bit."""
+    the same metrics and the same parameters, bit for bit. And the same again when the first
+    instance, after saving, simply goes on (a worker continuing the model it kept in memory)."""
     whole = make()
     full = run(whole, 0, end)
     first = make()
@@ -74,10 +75,14 @@ def assert_resume_identical(
     second.load_state_dict(state)
     tail = run(second, split, end)
     assert head + tail == full
-    a, b = params_of(whole), params_of(second)
-    assert a.keys() == b.keys()
-    for k in a:
-        assert torch.equal(a[k], b[k]), k
+    warm = run(first, split, end)
+    assert head + warm == full
+    a = params_of(whole)
+    for other in (second, first):
+        b = params_of(other)
+        assert a.keys() == b.keys()
+        for k in a:
+            assert torch.equal(a[k], b[k]), k
     return full
 
 

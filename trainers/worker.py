@@ -7,6 +7,14 @@ report also tells it whether to stop), saves a checkpoint where it stopped, and 
 device seconds it spent and the samples per second it trained at. A heartbeat thread keeps its
 lease while it trains.
 
+Memory (``--keep-models N``, default 1): after a segment the worker keeps the trained model in
+memory, up to the N most recent (on a GPU they hold device memory: raise N for small models).
+When the server hands it the same trial's next segment (it routes a continuation to the idle
+worker that trained the trial last), the worker continues from that model instead of building
+a new one and reading the checkpoint. The result is the same either way (the resume tests
+check that a checkpoint restores everything a trainer holds), only faster. The completion says
+``warm``, and the trial counts its warm resumes.
+
 Slots (``--slots N``): one process may run up to N jobs at once, one per thread, for models far
 too small to fill a device (the grokking transformer, the MLP), where a single job leaves a GPU
 mostly idle waiting on Python and kernel launches. Each slot is a full worker as the server sees
@@ -29,6 +37,7 @@ import threading
 import time
 import traceback
 import uuid
+from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
@@ -67,7 +76,7 @@ def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
 class Worker:
     def __init__(self, redis_url: str, trainers: list[str], checkpoint_dir: str,
                  data_dir: str | None = None, worker_id: str | None = None,
-                 lease_seconds: float = 10.0) -> None:
+                 lease_seconds: float = 10.0, keep_models: int = 1) -> None:
         known = load_all()
         unknown = [t for t in trainers if t not in known]
         if unknown:
@@ -84,6 +93,9 @@ class Worker:
         # Its own CUDA stream per slot, so that the kernels of concurrent slots may overlap
         # instead of queueing on the device's one default stream (None on the CPU).
         self.stream: torch.cuda.Stream | None = None
+        self.keep_models = keep_models
+        # The last trained models, oldest first: identity -> (resource reached, trainer).
+        self.kept: OrderedDict[tuple, tuple[float, Any]] = OrderedDict()
 
     # ---------------------------------------------------------------- main loop
 
@@ -147,17 +159,30 @@ class Worker:
             self.lease = None
             self.jobs_done += 1
 
-    def _train(self, job: dict[str, Any], lease: Lease) -> dict[str, Any]:
-        cls = get_trainer(job["trainer"])
+    def _trainer(self, job: dict[str, Any]) -> tuple[Any, bool]:
+        """The trainer for this job, and whether it is a model kept in memory (warm) rather
+        than one built and loaded from the checkpoint."""
+        identity = _identity(job)
+        r0 = float(job["from_resource"])
+        kept = self.kept.pop(identity, None)
+        if kept is not None and r0 > 0 and kept[0] == r0:
+            return kept[1], True
+        # Make room before building: on a GPU the kept models hold device memory.
+        while self.kept and len(self.kept) >= self.keep_models:
+            self.kept.popitem(last=False)
         settings = job.get("trainer_settings") or {}
         ctx = TrainerContext(seed=int(job["seed"]), max_resource=float(job["max_resource"]),
                              data_dir=self.data_dir or settings.get("data_dir"),
                              device=str(self.device), settings=settings)
         with _BUILD_LOCK:
-            trainer = cls(job["config"], ctx)
-        r0, r1 = float(job["from_resource"]), float(job["to_resource"])
+            trainer = get_trainer(job["trainer"])(job["config"], ctx)
         if r0 > 0:
             trainer.load_state_dict(self._load(job, r0))
+        return trainer, False
+
+    def _train(self, job: dict[str, Any], lease: Lease) -> dict[str, Any]:
+        trainer, warm = self._trainer(job)
+        r0, r1 = float(job["from_resource"]), float(job["to_resource"])
         # Trainers that count their samples (every torch one) get a samples/s report; the
         # count comes from the checkpoint, so subtract where this segment started.
         seen0 = getattr(trainer, "samples_seen", None)
@@ -176,7 +201,13 @@ class Worker:
             raise RuntimeError(f"trainer {job['trainer']} reported no step between {r0} and {r1}")
         save_checkpoint(checkpoint_path(self.checkpoint_dir, job["study_id"], job["trial_id"],
                                         last[0]), trainer.state_dict())
+        if self.keep_models > 0:
+            self.kept[_identity(job)] = (last[0], trainer)
+            while len(self.kept) > self.keep_models:
+                self.kept.popitem(last=False)  # least recently trained first
         outcome: dict[str, Any] = {"value": last[1], "resource": last[0], "cost": cost}
+        if warm:
+            outcome["warm"] = True
         if seen0 is not None and cost > 0:
             # Over the whole segment (evaluation and reports included): what a job achieves,
             # not the peak of the training loop alone (bench/trainers.py measures that).
@@ -197,6 +228,14 @@ class Worker:
                 f"checkpoint {path} is missing: workers must share one checkpoint directory "
                 "(--checkpoint-dir on a shared volume) to resume promoted trials")
         return torch.load(path, map_location=self.device, weights_only=False)
+
+
+def _identity(job: dict[str, Any]) -> tuple:
+    """What makes a kept model the one a job continues: same study, trial and seed, and the
+    same schedule (a raise of R changes the maximum resource its schedule is defined on)."""
+    return (job["study_id"], job["trial_id"], job["trainer"], job["seed"],
+            float(job["max_resource"]), repr(sorted(job["config"].items())),
+            repr(sorted((job.get("trainer_settings") or {}).items())))
 
 
 def _ids(lease: Lease) -> dict[str, Any]:
@@ -221,7 +260,7 @@ def run_slots(workers: list[Worker], max_jobs: int | None = None) -> None:
 
 def main(redis_url: str, trainers: list[str], checkpoint_dir: str, data_dir: str | None,
          lease_seconds: float, max_jobs: int | None = None, threads: int | None = None,
-         log_format: str = "text", slots: int = 1) -> None:
+         log_format: str = "text", slots: int = 1, keep_models: int = 1) -> None:
     from hpod.server import logs
 
     logs.setup(log_format)
@@ -233,14 +272,15 @@ def main(redis_url: str, trainers: list[str], checkpoint_dir: str, data_dir: str
         raise SystemExit(f"--slots must be at least 1, got {slots}")
     if slots == 1:
         worker = Worker(redis_url, trainers, checkpoint_dir, data_dir,
-                        lease_seconds=lease_seconds)
+                        lease_seconds=lease_seconds, keep_models=keep_models)
         signal.signal(signal.SIGTERM, worker.drain)
         signal.signal(signal.SIGINT, worker.drain)
         worker.run(max_jobs)
         return
     base = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
     workers = [Worker(redis_url, trainers, checkpoint_dir, data_dir, worker_id=f"{base}-s{i}",
-                      lease_seconds=lease_seconds) for i in range(slots)]
+                      lease_seconds=lease_seconds, keep_models=keep_models)
+               for i in range(slots)]
 
     def drain_all(*_: Any) -> None:
         for w in workers:

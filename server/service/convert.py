@@ -114,7 +114,8 @@ def trial_to_pb(sid: str, t: TrialRec, curve: bool = True) -> pb.Trial:
                    state=TRIAL_STATES[t.state], resource=t.resource,
                    has_value=t.value is not None, value=t.value or 0.0, bracket=t.bracket,
                    rung=t.rung, cost=t.cost, lost_jobs=t.lost_jobs, error=t.error,
-                   samples_per_second=t.samples_per_second)
+                   samples_per_second=t.samples_per_second,
+                   warm_resumes=t.warm_resumes)
     if curve:
         msg.curve.extend(pb.CurvePoint(resource=r, value=v) for r, v in t.curve)
     return msg

@@ -53,6 +53,32 @@ def jobs(trainer: str) -> str:
     return f"{PREFIX}:jobs:{trainer}"
 
 
+def handoff(trainer: str, wid: str) -> str:
+    """STREAM of jobs for one worker only: a trial's next segment handed to the idle worker
+    that trained its last one (it still holds the model). Same consumer group as the trainer's
+    stream; entries its worker has not read in time go back to the trainer's stream."""
+    return f"{PREFIX}:jobs:{trainer}:to:{wid}"
+
+
+def queue(trainer: str, wid: str = "") -> str:
+    """The stream a job sits in: its trainer's shared stream, or one worker's handoff stream."""
+    return handoff(trainer, wid) if wid else jobs(trainer)
+
+
+def handoffs() -> str:
+    """SET of ``<trainer>|<worker id>`` for every handoff stream (for the lease reaper)."""
+    return f"{PREFIX}:handoffs"
+
+
+def handoff_member(trainer: str, wid: str) -> str:
+    return f"{trainer}|{wid}"
+
+
+def parse_handoff_member(member: str) -> tuple[str, str]:
+    trainer, _, wid = member.partition("|")
+    return trainer, wid
+
+
 def trainers() -> str:
     """SET of trainer names that have had a job stream (for the lease reaper)."""
     return f"{PREFIX}:trainers"

@@ -22,6 +22,46 @@ from . import keys
 
 SNAPSHOT_EVERY = 200  # inputs between snapshots: bounds replay time after a crash
 
+# A job waiting in a worker's handoff stream goes back to its trainer's shared stream once it
+# is older than ARGV[2] ms and still unread, or at once when that worker is gone (its
+# heartbeat is older than ARGV[4]); an empty stream of a gone worker is removed. One script,
+# so the check "not yet delivered" (after the group's last-delivered id) and the move are
+# atomic: a worker can never read an entry that is also being moved. A stream with no group
+# (re-created by a late XADD after its worker left) has delivered nothing.
+# KEYS: handoff stream, shared stream, workers zset, handoffs set.
+# ARGV: group, age ms, worker id, dead-before (unix s), handoffs member.
+_RETURN_HANDOFFS = """
+local t = redis.call('TIME')
+local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local score = redis.call('ZSCORE', KEYS[3], ARGV[3])
+local gone = (not score) or tonumber(score) < tonumber(ARGV[4])
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  if gone then redis.call('SREM', KEYS[4], ARGV[5]) end
+  return 0
+end
+local last = '0-0'
+for _, g in ipairs(redis.call('XINFO', 'GROUPS', KEYS[1])) do
+  local name, id
+  for i = 1, #g, 2 do
+    if g[i] == 'name' then name = g[i + 1] end
+    if g[i] == 'last-delivered-id' then id = g[i + 1] end
+  end
+  if name == ARGV[1] then last = id end
+end
+local upto = '+'
+if not gone then upto = tostring(now_ms - tonumber(ARGV[2])) end
+local moved = redis.call('XRANGE', KEYS[1], '(' .. last, upto)
+for _, e in ipairs(moved) do
+  redis.call('XADD', KEYS[2], '*', unpack(e[2]))
+  redis.call('XDEL', KEYS[1], e[1])
+end
+if gone and redis.call('XLEN', KEYS[1]) == 0 then
+  redis.call('DEL', KEYS[1])
+  redis.call('SREM', KEYS[4], ARGV[5])
+end
+return #moved
+"""
+
 
 def dumps(obj: Any) -> str:
     return json.dumps(obj, separators=(",", ":"), allow_nan=False)
@@ -33,11 +73,12 @@ class Batch:
 
     inputs: list[Mapping[str, Any]] = field(default_factory=list)
     trials: dict[int, str] = field(default_factory=dict)  # trial id -> JSON
-    jobs: list[tuple[str, str]] = field(default_factory=list)  # (trainer, job JSON)
+    # (trainer, worker id or "" for the trainer's shared stream, job JSON)
+    jobs: list[tuple[str, str, str]] = field(default_factory=list)
     stop_jobs: list[str] = field(default_factory=list)
     study_fields: dict[str, str] = field(default_factory=dict)
     ack_ids: list[str] = field(default_factory=list)
-    job_acks: list[tuple[str, str]] = field(default_factory=list)  # (trainer, entry id)
+    job_acks: list[tuple[str, str]] = field(default_factory=list)  # (queue key, entry id)
     snapshot: str | None = None
 
     def empty(self) -> bool:
@@ -49,6 +90,7 @@ class RedisStore:
     def __init__(self, url: str) -> None:
         self.url = url
         self.r = aioredis.from_url(url, decode_responses=True)
+        self._return_handoffs = self.r.register_script(_RETURN_HANDOFFS)
 
     async def close(self) -> None:
         await self.r.aclose()
@@ -111,8 +153,10 @@ class RedisStore:
                 p.rpush(keys.log(sid), *[dumps(i) for i in batch.inputs])
             if batch.trials:
                 p.hset(keys.trials(sid), mapping={str(k): v for k, v in batch.trials.items()})
-            for trainer, job in batch.jobs:
-                p.xadd(keys.jobs(trainer), {"j": job})
+            for trainer, wid, job in batch.jobs:
+                p.xadd(keys.queue(trainer, wid), {"j": job})
+                if wid:  # so the reaper finds it even if its worker has just left
+                    p.sadd(keys.handoffs(), keys.handoff_member(trainer, wid))
             if batch.stop_jobs:
                 p.sadd(keys.stopped_jobs(sid), *batch.stop_jobs)
             if batch.study_fields:
@@ -120,9 +164,9 @@ class RedisStore:
             if batch.ack_ids:
                 p.xack(keys.events(sid), keys.SERVER_GROUP, *batch.ack_ids)
                 p.xdel(keys.events(sid), *batch.ack_ids)
-            for trainer, eid in batch.job_acks:
-                p.xack(keys.jobs(trainer), keys.WORKER_GROUP, eid)
-                p.xdel(keys.jobs(trainer), eid)
+            for stream, eid in batch.job_acks:
+                p.xack(stream, keys.WORKER_GROUP, eid)
+                p.xdel(stream, eid)
             if batch.snapshot is not None:
                 p.set(keys.snapshot(sid), batch.snapshot)
             await p.execute()
@@ -149,8 +193,8 @@ class RedisStore:
 
     # ---------------------------------------------------------------- workers and leases
 
-    async def idle_workers(self, lease_s: float) -> dict[str, int]:
-        """Live idle workers per trainer name."""
+    async def idle_workers(self, lease_s: float) -> dict[str, list[str]]:
+        """Ids of the live idle workers, per trainer name."""
         ids = await self.r.zrangebyscore(keys.workers(), time.time() - lease_s, "+inf")
         if not ids:
             return {}
@@ -158,11 +202,11 @@ class RedisStore:
             for wid in ids:
                 p.hmget(keys.worker(wid), "trainers", "status")
             rows = await p.execute()
-        idle: dict[str, int] = {}
-        for trainers, status in rows:
+        idle: dict[str, list[str]] = {}
+        for wid, (trainers, status) in zip(ids, rows, strict=True):
             if status == "idle" and trainers:
                 for t in trainers.split(","):
-                    idle[t] = idle.get(t, 0) + 1
+                    idle.setdefault(t, []).append(wid)
         return idle
 
     async def worker_status(self, lease_s: float) -> dict[str, int]:
@@ -183,11 +227,15 @@ class RedisStore:
     async def worker_count(self, lease_s: float) -> int:
         return int(await self.r.zcount(keys.workers(), time.time() - lease_s, "+inf"))
 
+    async def _job_streams(self) -> list[str]:
+        shared = [keys.jobs(t) for t in await self.r.smembers(keys.trainers())]
+        return shared + [keys.handoff(*keys.parse_handoff_member(m))
+                         for m in await self.r.smembers(keys.handoffs())]
+
     async def expired_jobs(self, lease_s: float) -> list[tuple[str, str, dict]]:
-        """Jobs whose worker stopped heartbeating: (trainer, entry id, job)."""
+        """Jobs whose worker stopped heartbeating: (queue key, entry id, job)."""
         out = []
-        for trainer in await self.r.smembers(keys.trainers()):
-            stream = keys.jobs(trainer)
+        for stream in await self._job_streams():
             try:
                 pend = await self.r.xpending_range(stream, keys.WORKER_GROUP, min="-", max="+",
                                                    count=100, idle=int(lease_s * 1000))
@@ -197,8 +245,22 @@ class RedisStore:
                 eid = entry["message_id"]
                 rows = await self.r.xrange(stream, eid, eid)
                 job = json.loads(rows[0][1]["j"]) if rows else None
-                out.append((trainer, eid, job))
+                out.append((stream, eid, job))
         return out
+
+    async def return_handoffs(self, max_age_s: float, lease_s: float) -> int:
+        """Move handoff jobs their worker has not taken within ``max_age_s`` (or ever: it is
+        gone) back to the trainer's shared stream, where any worker takes them from the
+        checkpoint. Returns how many moved."""
+        moved = 0
+        dead_before = time.time() - lease_s
+        for member in await self.r.smembers(keys.handoffs()):
+            trainer, wid = keys.parse_handoff_member(member)
+            moved += int(await self._return_handoffs(
+                keys=[keys.handoff(trainer, wid), keys.jobs(trainer), keys.workers(),
+                      keys.handoffs()],
+                args=[keys.WORKER_GROUP, int(max_age_s * 1000), wid, dead_before, member]))
+        return moved
 
     async def trial_views(self, sid: str) -> dict[int, dict]:
         raw = await self.r.hgetall(keys.trials(sid))

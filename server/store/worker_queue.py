@@ -5,6 +5,10 @@ the worker holds it, it sits in the group's pending list, and that pending list 
 table: the worker heartbeats by re-claiming its own entry (``XCLAIM ... JUSTID`` resets the
 idle time), and the server treats an entry idle for longer than the lease as lost. Events go to
 the study's event stream; every report is one round trip that also reads the stop flag.
+
+Besides its trainers' shared streams a worker reads its own handoff streams, where the server
+puts the next segment of a trial this worker trained last (it may still hold the model). A
+handoff job is taken before a shared one.
 """
 
 from __future__ import annotations
@@ -28,6 +32,14 @@ class Lease:
     trainer: str
     entry_id: str
     job: dict[str, Any]
+    stream: str = ""  # the stream it came from: the trainer's, or this worker's handoff
+
+    def __post_init__(self) -> None:
+        self.stream = self.stream or keys.jobs(self.trainer)
+
+    @property
+    def handed_off(self) -> bool:
+        return self.stream != keys.jobs(self.trainer)
 
     @property
     def study_id(self) -> str:
@@ -65,26 +77,47 @@ class WorkerQueue:
 
     def ensure_streams(self) -> None:
         for t in self.trainers:
-            try:
-                self.r.xgroup_create(keys.jobs(t), keys.WORKER_GROUP, id="0", mkstream=True)
-            except redis.ResponseError as e:
-                if "BUSYGROUP" not in str(e):
-                    raise
+            for stream in (keys.jobs(t), keys.handoff(t, self.worker_id)):
+                try:
+                    self.r.xgroup_create(stream, keys.WORKER_GROUP, id="0", mkstream=True)
+                except redis.ResponseError as e:
+                    if "BUSYGROUP" not in str(e):
+                        raise
+            self.r.sadd(keys.handoffs(), keys.handoff_member(t, self.worker_id))
 
     def take(self, block_ms: int = 1000) -> Lease | None:
-        """The next job for one of this worker's trainers, or None after ``block_ms``. Jobs of
-        stopped or deleted studies are dropped here instead of being trained."""
-        streams = {keys.jobs(t): ">" for t in self.trainers}
+        """The next job for one of this worker's trainers, or None after ``block_ms``; a
+        handoff before a shared job. Jobs of stopped or deleted studies are dropped here
+        instead of being trained."""
+        # Handoff streams first: with entries waiting in several streams, one XREADGROUP
+        # returns one of each (COUNT is per stream); the rest go back to their shared stream.
+        streams = {keys.handoff(t, self.worker_id): ">" for t in self.trainers}
+        stream_trainer = {s: t for s, t in zip(streams, self.trainers, strict=True)}
+        for t in self.trainers:
+            streams[keys.jobs(t)] = ">"
+            stream_trainer[keys.jobs(t)] = t
         resp = self.r.xreadgroup(keys.WORKER_GROUP, self.worker_id, streams, count=1,
                                  block=block_ms)
-        for stream, entries in resp or []:
-            trainer = stream[len(keys.jobs("")):]
-            for eid, fields in entries:
-                lease = Lease(trainer, eid, json.loads(fields["j"]))
-                if self._still_wanted(lease):
-                    return lease
+        got = [Lease(stream_trainer[stream], eid, json.loads(fields["j"]), stream)
+               for stream, entries in resp or [] for eid, fields in entries]
+        got.sort(key=lambda lease: not lease.handed_off)
+        chosen = None
+        for lease in got:
+            if not self._still_wanted(lease):
                 self._drop(lease)
-        return None
+            elif chosen is None:
+                chosen = lease
+            else:
+                self._requeue(lease)
+        return chosen
+
+    def _requeue(self, lease: Lease) -> None:
+        """Put a job read but not wanted now back at the end of its trainer's shared stream."""
+        with self.r.pipeline(transaction=True) as p:
+            p.xadd(keys.jobs(lease.trainer), {"j": json.dumps(lease.job, allow_nan=False)})
+            p.xack(lease.stream, keys.WORKER_GROUP, lease.entry_id)
+            p.xdel(lease.stream, lease.entry_id)
+            p.execute()
 
     def _still_wanted(self, lease: Lease) -> bool:
         with self.r.pipeline(transaction=False) as p:
@@ -95,8 +128,8 @@ class WorkerQueue:
 
     def _drop(self, lease: Lease) -> None:
         with self.r.pipeline(transaction=True) as p:
-            p.xack(keys.jobs(lease.trainer), keys.WORKER_GROUP, lease.entry_id)
-            p.xdel(keys.jobs(lease.trainer), lease.entry_id)
+            p.xack(lease.stream, keys.WORKER_GROUP, lease.entry_id)
+            p.xdel(lease.stream, lease.entry_id)
             p.execute()
 
     def _event(self, p: Any, lease: Lease, op: str, **fields: Any) -> None:
@@ -127,15 +160,15 @@ class WorkerQueue:
     def _heartbeat(self, p: Any, lease: Lease | None) -> None:
         p.zadd(keys.workers(), {self.worker_id: time.time()})
         if lease is not None:
-            p.xclaim(keys.jobs(lease.trainer), keys.WORKER_GROUP, self.worker_id, 0,
+            p.xclaim(lease.stream, keys.WORKER_GROUP, self.worker_id, 0,
                      [lease.entry_id], justid=True)
 
     def finish(self, lease: Lease, op: str, **fields: Any) -> None:
         """Report the job's end (``complete`` or ``fail``) and release the lease, atomically."""
         with self.r.pipeline(transaction=True) as p:
             self._event(p, lease, op, **fields)
-            p.xack(keys.jobs(lease.trainer), keys.WORKER_GROUP, lease.entry_id)
-            p.xdel(keys.jobs(lease.trainer), lease.entry_id)
+            p.xack(lease.stream, keys.WORKER_GROUP, lease.entry_id)
+            p.xdel(lease.stream, lease.entry_id)
             p.hset(keys.worker(self.worker_id), mapping={"status": "idle", "job": ""})
             p.zadd(keys.workers(), {self.worker_id: time.time()})
             p.execute()
@@ -145,7 +178,7 @@ class WorkerQueue:
         hands it on, resuming from the segment's start checkpoint."""
         with self.r.pipeline(transaction=True) as p:
             # An idle time far beyond any lease makes the reaper take it on its next pass.
-            p.xclaim(keys.jobs(lease.trainer), keys.WORKER_GROUP, self.worker_id, 0,
+            p.xclaim(lease.stream, keys.WORKER_GROUP, self.worker_id, 0,
                      [lease.entry_id], idle=10**9, justid=True)
             p.hset(keys.worker(self.worker_id), mapping={"status": "idle", "job": ""})
             p.execute()
