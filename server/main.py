@@ -15,6 +15,7 @@ from hpod.v1 import hpod_pb2_grpc as pb_grpc
 from . import logs, metrics
 from .manager import Settings, StudyManager
 from .options import ServerOptions
+from .optuna_live import LiveMirror
 from .service.auth import AuthInterceptor, load_tokens
 from .service.servicer import HpodServicer
 
@@ -47,7 +48,10 @@ async def serve(address: str, settings: Settings, ready: asyncio.Event | None = 
     options = options or ServerOptions()
     size = options.limits.max_message_bytes
     manager = StudyManager(settings)
+    mirror = _optuna_mirror(manager, options)  # a bad URL stops here, before anything runs
     await manager.start()
+    if mirror is not None:
+        mirror.start()
     server = grpc.aio.server(interceptors=_interceptors(options),
                              options=[("grpc.max_receive_message_length", size),
                                       ("grpc.max_send_message_length", size)])
@@ -79,7 +83,18 @@ async def serve(address: str, settings: Settings, ready: asyncio.Event | None = 
     await server.stop(grace=5)
     if gauges is not None:
         gauges.cancel()
+    if mirror is not None:
+        await mirror.stop()
     await manager.stop()
+
+
+def _optuna_mirror(manager: StudyManager, options: ServerOptions) -> LiveMirror | None:
+    if not options.optuna_storage:
+        return None
+    try:
+        return LiveMirror(manager, options.optuna_storage, options.optuna_mirror_interval)
+    except ValueError as e:
+        raise SystemExit(f"hpod server: {e}") from None
 
 
 def _redacted(url: str) -> str:

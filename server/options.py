@@ -1,4 +1,5 @@
-"""Server options beyond the study manager's: TLS, tokens, limits, metrics and log format.
+"""Server options beyond the study manager's: TLS, tokens, limits, metrics, log format and the
+live Optuna mirror.
 
 Each has a command-line flag on ``hpod server`` and an environment variable (the flag wins), so
 a container is configured by environment alone (see ``deploy/``).
@@ -19,6 +20,11 @@ def env(name: str, default: str = "") -> str:
 def env_int(name: str, default: int) -> int:
     raw = os.environ.get(name, "")
     return int(raw) if raw.strip() else default
+
+
+def env_float(name: str, default: float) -> float:
+    raw = os.environ.get(name, "")
+    return float(raw) if raw.strip() else default
 
 
 @dataclass(frozen=True)
@@ -61,6 +67,8 @@ class ServerOptions:
     limits: Limits = field(default_factory=Limits)
     metrics_port: int = 0  # 0: no metrics endpoint
     log_format: str = "text"  # text | json
+    optuna_storage: str = ""  # mirror every study live into it (server/optuna_live.py); "": off
+    optuna_mirror_interval: float = 1.0  # seconds between the mirror's passes
 
     @classmethod
     def from_env(cls) -> ServerOptions:
@@ -68,7 +76,9 @@ class ServerOptions:
         tls = TLS(cert, key, env("HPOD_TLS_CLIENT_CA")) if cert and key else None
         return cls(tls=tls, tokens_file=env("HPOD_TOKENS_FILE"), limits=Limits.from_env(),
                    metrics_port=env_int("HPOD_METRICS_PORT", 0),
-                   log_format=env("HPOD_LOG_FORMAT", "text"))
+                   log_format=env("HPOD_LOG_FORMAT", "text"),
+                   optuna_storage=env("HPOD_OPTUNA_STORAGE"),
+                   optuna_mirror_interval=env_float("HPOD_OPTUNA_MIRROR_INTERVAL", 1.0))
 
 
 def add_arguments(p: Any) -> None:
@@ -89,6 +99,11 @@ def add_arguments(p: Any) -> None:
     p.add_argument("--max-trials-per-study", type=int, default=d.limits.max_trials)
     p.add_argument("--max-watches", type=int, default=d.limits.max_watches,
                    help="concurrent WatchStudy streams per tenant")
+    p.add_argument("--optuna-storage", default=d.optuna_storage,
+                   help="mirror every study live into this Optuna storage: an RDB URL "
+                        "(sqlite:///hpod.db, postgresql://...) or a journal file path")
+    p.add_argument("--optuna-mirror-interval", type=float, default=d.optuna_mirror_interval,
+                   help="seconds between the Optuna mirror's writes")
 
 
 def from_arguments(a: Any) -> ServerOptions:
@@ -100,4 +115,6 @@ def from_arguments(a: Any) -> ServerOptions:
     limits = Limits(a.max_message_bytes, a.max_parameters, a.max_trials_per_study,
                     a.max_watches)
     return ServerOptions(tls=tls, tokens_file=a.tokens_file, limits=limits,
-                         metrics_port=a.metrics_port, log_format=a.log_format)
+                         metrics_port=a.metrics_port, log_format=a.log_format,
+                         optuna_storage=a.optuna_storage,
+                         optuna_mirror_interval=a.optuna_mirror_interval)
