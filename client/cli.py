@@ -4,6 +4,7 @@
     hpod local --workers 2                     # embedded Redis + server + workers; Ctrl-C stops
     hpod server --port 50051 --redis-url redis://host:6379/0
     hpod worker --redis-url ... --trainer mlp --checkpoint-dir /shared/ckpt
+    hpod redis-acl NAME --apply --redis-url ADMIN_URL   # a worker pool's own Redis user
     hpod study create spec.yaml [--watch] | watch ID | show ID | best ID | list | stop ID
     hpod study raise-max-resource ID
     hpod study pareto ID [--json] [--plot DIR]   # cost/value front and scaling fits (carbs)
@@ -83,6 +84,9 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--redis-url", default=None, help="use this Redis instead of embedding one")
         p.add_argument("--workdir", default=None)
         p.add_argument("--data-dir", default=None)
+        if name == "local":
+            p.add_argument("--optuna-storage", default=None,
+                           help="the server mirrors every study live into this Optuna storage")
         if name == "demo":
             p.add_argument("--max-resource", type=float, default=27)
             p.add_argument("--eta", type=int, default=3)
@@ -113,6 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_ecosystem_parsers(ssub)
     pareto.add_parser(ssub, DEFAULT_ADDRESS)
     _add_simulate_parser(sub)
+    _add_redis_acl_parser(sub)
     return ap
 
 
@@ -161,8 +166,10 @@ def cmd_worker(args: argparse.Namespace) -> int:
 def cmd_local(args: argparse.Namespace) -> int:
     from .local import LocalCluster
 
+    mirror = ("--optuna-storage", args.optuna_storage) if args.optuna_storage else ()
     cluster = LocalCluster(workers=args.workers, port=args.port, redis_url=args.redis_url,
-                           workdir=args.workdir, data_dir=args.data_dir, quiet=False)
+                           workdir=args.workdir, data_dir=args.data_dir, quiet=False,
+                           server_args=mirror)
     with cluster:
         print(f"hpod local: server {cluster.address}, redis {cluster.redis_url}, "
               f"{args.workers} workers; Ctrl-C stops all", flush=True)
@@ -452,6 +459,76 @@ def cmd_study_plot(study: Any, args: argparse.Namespace) -> int:
 
 STUDY_ECOSYSTEM = {"export": cmd_study_export, "plot": cmd_study_plot,
                    "pareto": pareto.cmd_study_pareto}
+
+# ---------------------------------------------------------------- worker Redis users (issue 8)
+
+
+def _add_redis_acl_parser(sub: Any) -> None:
+    p = sub.add_parser("redis-acl", help="print or create the Redis ACL user a worker "
+                       "authenticates as (the job protocol and nothing else)")
+    p.add_argument("name", nargs="?", default="hpod-worker", help="Redis user name (one per "
+                   "worker pool, so each can be revoked alone; default hpod-worker)")
+    p.add_argument("--redis-url", default=DEFAULT_REDIS, help="the server's (admin) URL: "
+                   "with --apply the connection that creates the user; the worker URL printed "
+                   "keeps its scheme, host, port and database")
+    p.add_argument("--apply", action="store_true", help="run ACL SETUSER on --redis-url "
+                   "(otherwise only print it)")
+    p.add_argument("--password", default=None, help="default: a new random one")
+    p.add_argument("--trainer", action="append", default=None,
+                   help="allow only these trainers' job streams (repeatable; default all)")
+    p.add_argument("--redis-version", type=int, choices=(6, 7), default=None,
+                   help="7: one selector per kind of key; 6: flat rules, see deploy/README.md "
+                   "(default: the server's with --apply, else 7)")
+    p.add_argument("--config", action="store_true", help="print a redis.conf/aclfile "
+                   "'user' line instead of ACL SETUSER")
+    p.add_argument("--json", action="store_true")
+
+
+def cmd_redis_acl(args: argparse.Namespace) -> int:
+    from hpod.server.store import acl
+
+    password = args.password or acl.new_password()
+    major = args.redis_version
+    admin = None
+    if args.apply:
+        import redis
+
+        admin = redis.Redis.from_url(args.redis_url, decode_responses=True)
+        try:
+            major = major or acl.redis_major_version(admin)
+        except redis.RedisError as e:
+            print(f"hpod redis-acl: {type(e).__name__}: {e}", file=sys.stderr)
+            return 2
+    major = major or 7
+    if major < 6:
+        print(f"hpod redis-acl: Redis {major} has no ACL users", file=sys.stderr)
+        return 2
+    rules = acl.acl_rules(acl.hash_password(password), major, args.trainer,
+                          select=acl.url_db(args.redis_url) != 0)
+    url = acl.worker_url(args.redis_url, args.name, password)
+    if admin is not None:
+        try:
+            admin.execute_command("ACL", "SETUSER", args.name, *rules)
+        except redis.RedisError as e:
+            print(f"hpod redis-acl: {type(e).__name__}: {e}", file=sys.stderr)
+            return 2
+    if args.json:
+        print(json.dumps({"user": args.name, "password": password, "url": url,
+                          "redis_version": major, "rules": rules, "applied": args.apply}))
+        return 0
+    words = ["user" if args.config else "ACL SETUSER", args.name, *rules]
+    print(f"# Redis {major} ACL user {args.name!r} for hpod workers"
+          + (" (created)" if args.apply else ""))
+    print(" ".join(acl.quote_arg(w) if i > 1 else w for i, w in enumerate(words)))
+    if args.apply:
+        print("# a user made with ACL SETUSER is lost when Redis restarts unless it is saved "
+              "(ACL SAVE with an aclfile, or CONFIG REWRITE)")
+    print("# the worker's HPOD_REDIS_URL (a secret):")
+    print(url)
+    return 0
+
+
+COMMANDS["redis-acl"] = cmd_redis_acl
 
 if __name__ == "__main__":
     sys.exit(main())

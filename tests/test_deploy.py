@@ -4,6 +4,7 @@ so nothing is downloaded), the kustomizations' references, and docker-compose.ym
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -40,10 +41,120 @@ def test_dockerfile_passes_hadolint() -> None:
     assert res.returncode == 0, res.stdout + res.stderr
 
 
-def test_dockerfile_runs_as_non_root_with_a_health_check() -> None:
+def dockerfile() -> tuple[dict[str, str], dict[str, list[tuple[str, str]]], dict[str, str]]:
+    """(global ARG defaults, stage -> [(instruction, arguments)], stage -> resolved base)."""
+    lines, buf = [], ""
+    for raw in (ROOT / "Dockerfile").read_text().splitlines():
+        if raw.lstrip().startswith("#") or not raw.strip():
+            continue
+        buf += raw.rstrip()
+        if buf.endswith("\\"):
+            buf = buf[:-1] + " "
+            continue
+        lines.append(" ".join(buf.split()))
+        buf = ""
+    args: dict[str, str] = {}
+    stages: dict[str, list[tuple[str, str]]] = {}
+    bases: dict[str, str] = {}
+    current = None
+    for line in lines:
+        op, _, rest = line.partition(" ")
+        op = op.upper()
+        if op == "FROM":
+            words = rest.split()
+            base = re.sub(r"\$\{(\w+)\}", lambda m: args[m.group(1)], words[0])
+            current = words[2] if len(words) == 3 and words[1].upper() == "AS" else base
+            stages[current], bases[current] = [], base
+        elif current is None and op == "ARG":
+            name, _, default = rest.partition("=")
+            args[name] = default
+        elif current is not None:
+            stages[current].append((op, rest))
+    return args, stages, bases
+
+
+def instructions(stage: str, op: str) -> list[str]:
+    return [rest for o, rest in dockerfile()[1][stage] if o == op]
+
+
+def test_dockerfile_builds_a_server_and_a_worker_target() -> None:
+    _, stages, bases = dockerfile()
+    assert {"server", "worker"} <= set(stages)
+    # The server: a slim Python base and the CPU build of torch (CARBS's GPs need torch).
+    assert bases["server"].startswith("python:") and "slim" in bases["server"]
+    server_build = " ".join(instructions("server-build", "RUN"))
+    assert "download.pytorch.org/whl/cpu" in server_build
+    assert "COPY --from=server-build /opt/hpod /opt/hpod" in [
+        f"COPY {r}" for r in instructions("server", "COPY")]
+    # The worker: a CUDA-enabled PyTorch base, whose torch the install keeps.
+    assert bases["worker"].startswith("pytorch/pytorch:") and "-cuda" in bases["worker"]
+    assert "torch.version.cuda" in " ".join(instructions("worker", "RUN"))
+
+
+@pytest.mark.parametrize("stage,check", [("server", "hpod.server.healthcheck"),
+                                         ("worker", "hpod.trainers.healthcheck")])
+def test_each_image_runs_as_non_root_with_a_health_check(stage: str, check: str) -> None:
+    users = instructions(stage, "USER")
+    # Numeric, so that Kubernetes' runAsNonRoot can verify it without reading /etc/passwd.
+    assert users and users[-1].isdigit() and int(users[-1]) != 0
+    (health,) = instructions(stage, "HEALTHCHECK")
+    assert "CMD [" in health and f'"-m", "{check}"]' in health
+    assert instructions(stage, "ENTRYPOINT") == ['["hpod"]']
+    labels = " ".join(instructions(stage, "LABEL"))
+    for key in ("title", "description", "version", "base.name"):
+        assert f"org.opencontainers.image.{key}=" in labels
+
+
+def test_base_images_are_pinned() -> None:
+    _, stages, bases = dockerfile()
+    for stage, base in bases.items():
+        if base in stages and base != stage:
+            continue  # FROM an earlier stage
+        name, _, digest = base.partition("@")
+        tag = name.rpartition(":")[2] if ":" in name.rpartition("/")[2] else ""
+        assert (digest.startswith("sha256:") and len(digest) == 71) or (
+            tag and tag != "latest" and re.search(r"\d+\.\d+", tag)), f"{stage}: {base}"
+
+
+def test_one_torch_version_and_hpod_version_everywhere() -> None:
+    args, _, bases = dockerfile()
+    torch_versions = {m for rest in instructions("server-build", "ARG")
+                      for m in re.findall(r"TORCH_VERSION=([\d.]+)", rest)}
+    worker_torch = re.match(r"pytorch/pytorch:([\d.]+)-", bases["worker"]).group(1)
+    bootstrap = re.search(r"HPOD_TORCH_VERSION:-([\d.]+)",
+                          (ROOT / "scripts" / "bootstrap.sh").read_text()).group(1)
+    assert torch_versions == {worker_torch} == {bootstrap}  # the torch the tests ran on
+    version = re.search(r'^version = "([^"]+)"', (ROOT / "pyproject.toml").read_text(),
+                        re.M).group(1)
     text = (ROOT / "Dockerfile").read_text()
-    assert "\nUSER 10001\n" in text
-    assert 'CMD ["python", "-m", "hpod.server.healthcheck"]' in text
+    assert set(re.findall(r"ARG HPOD_VERSION=(\S+)", text)) == {version}
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]
+    assert {compose[s]["image"].rpartition(":")[2] for s in ("server", "worker")} == {version}
+
+
+def test_constraints_pin_every_runtime_dependency() -> None:
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    try:
+        import tomllib
+    except ImportError:  # Python 3.10
+        tomllib = pytest.importorskip("tomli")
+    deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    pins = {}
+    for line in (DEPLOY / "constraints.txt").read_text().splitlines():
+        if line.strip() and not line.startswith("#"):
+            name, sep, version = line.partition("==")
+            assert sep and version, f"not pinned: {line!r}"
+            pins[canonicalize_name(name)] = version
+    assert "torch" not in pins  # pinned per image (TORCH_VERSION, the worker's base)
+    for dep in map(Requirement, deps):
+        name = canonicalize_name(dep.name)
+        if name == "torch":
+            continue
+        assert name in pins, f"{name} is not in deploy/constraints.txt: run " \
+                             "scripts/image_constraints.py"
+        assert dep.specifier.contains(pins[name], prereleases=True), (dep, pins[name])
 
 
 def test_kustomizations_reference_existing_files() -> None:
@@ -99,6 +210,43 @@ def test_manifests_have_what_the_cluster_needs() -> None:
               if "persistentVolumeClaim" in v}
     assert ("PersistentVolumeClaim", next(iter(claims))) in by
     assert ("Secret", "hpod-secrets") in by and ("ConfigMap", "hpod-config") in by
+    # The server and the worker images; the worker's Redis URL is its own user's, in its own
+    # Secret; its liveness is its heartbeat.
+    assert server["image"] == "hpod-server" and worker["containers"][0]["image"] == "hpod-worker"
+    url = {e["name"]: e for e in worker["containers"][0]["env"]}["HPOD_REDIS_URL"]
+    secret = url["valueFrom"]["secretKeyRef"]["name"]
+    assert secret != "hpod-secrets" and ("Secret", secret) in by
+    assert by[("Secret", secret)]["stringData"]["HPOD_REDIS_URL"].startswith(
+        "redis://hpod-worker:")
+    assert "hpod.trainers.healthcheck" in worker["containers"][0]["livenessProbe"]["exec"][
+        "command"]
+    images = {i["name"] for i in yaml.safe_load((DEPLOY / "base" / "kustomization.yaml")
+                                                 .read_text())["images"]}
+    assert images == {"hpod-server", "hpod-worker"}
+
+
+def _user_rules(args: list[str]) -> tuple[str, list[str]]:
+    """The user name and rules of a ``redis-server ... --user NAME rules...`` command line."""
+    i = args.index("--user")
+    rest = args[i + 1:]
+    end = next((j for j, a in enumerate(rest) if a.startswith("--")), len(rest))
+    return rest[0], rest[1:end]
+
+
+def test_redis_worker_user_matches_the_code() -> None:
+    """The in-cluster and compose Redis define the worker user with ``hpod redis-acl``'s rules
+    (Redis 7 selectors), so a change to the protocol's rules reaches them."""
+    from hpod.server.store import acl
+
+    docs = [d for p in resource_files() for d in yaml.safe_load_all(p.read_text()) if d]
+    redis = next(d for d in docs if d["kind"] == "StatefulSet")
+    name, rules = _user_rules(redis["spec"]["template"]["spec"]["containers"][0]["args"])
+    assert name == acl.DEFAULT_USER
+    assert rules == acl.acl_rules(">$(REDIS_WORKER_PASSWORD)", 7)
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]
+    name, rules = _user_rules(compose["redis"]["command"])
+    assert name == acl.DEFAULT_USER
+    assert rules == acl.acl_rules(">${REDIS_WORKER_PASSWORD:-change-me-too}", 7)
 
 
 def test_compose_has_redis_with_aof_server_and_workers() -> None:
@@ -106,7 +254,14 @@ def test_compose_has_redis_with_aof_server_and_workers() -> None:
     services = compose["services"]
     assert {"redis", "server", "worker"} <= set(services)
     assert "--appendonly" in services["redis"]["command"]
-    assert services["worker"]["image"] == services["server"]["image"]
     assert "/ckpt" in " ".join(services["worker"]["volumes"])
     for name in ("server", "worker"):
         assert services[name]["command"][0] == name
+        assert services[name]["build"]["target"] == name  # the Dockerfile's two images
+    worker_env = services["worker"]["environment"]
+    assert worker_env["HPOD_REDIS_URL"].startswith("redis://hpod-worker:")
+    assert "REDIS_PASSWORD:" not in worker_env["HPOD_REDIS_URL"]  # not the server's password
+    assert "healthcheck" not in services["worker"]  # the image's own
+    gpu = yaml.safe_load((ROOT / "docker-compose.gpu.yml").read_text())["services"]
+    (device,) = gpu["worker"]["deploy"]["resources"]["reservations"]["devices"]
+    assert device["driver"] == "nvidia" and "gpu" in device["capabilities"]

@@ -21,6 +21,7 @@ from redis.exceptions import ResponseError
 from . import keys
 
 SNAPSHOT_EVERY = 200  # inputs between snapshots: bounds replay time after a crash
+STOP_SET_TTL = 7 * 86400  # seconds a deleted study's stop set is kept for late workers
 
 # A job waiting in a worker's handoff stream goes back to its trainer's shared stream once it
 # is older than ARGV[2] ms and still unread, or at once when that worker is gone (its
@@ -121,9 +122,13 @@ class RedisStore:
         return meta, snap, [json.loads(x) for x in tail]
 
     async def delete_study(self, sid: str) -> None:
+        # The stop set outlives the study for a while: it names every job the study had out,
+        # and is how a worker holding one of them learns to drop or stop it.
+        stop = keys.stopped_jobs(sid)
         async with self.r.pipeline(transaction=True) as p:
             p.srem(keys.studies(), sid)
-            p.delete(*keys.study_keys(sid))
+            p.delete(*[k for k in keys.study_keys(sid) if k != stop])
+            p.expire(stop, STOP_SET_TTL)
             await p.execute()
 
     async def ensure_job_stream(self, trainer: str) -> None:

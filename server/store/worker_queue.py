@@ -72,7 +72,9 @@ class WorkerQueue:
     def unregister(self) -> None:
         with self.r.pipeline(transaction=True) as p:
             p.zrem(keys.workers(), self.worker_id)
-            p.delete(keys.worker(self.worker_id))
+            # HDEL of every field rather than DEL: the worker's Redis user may write its hash's
+            # fields but not delete keys (server/store/acl.py).
+            p.hdel(keys.worker(self.worker_id), "trainers", "status", "job", "host", "pid")
             p.execute()
 
     def ensure_streams(self) -> None:
@@ -120,11 +122,9 @@ class WorkerQueue:
             p.execute()
 
     def _still_wanted(self, lease: Lease) -> bool:
-        with self.r.pipeline(transaction=False) as p:
-            p.hget(keys.study(lease.study_id), "state")
-            p.sismember(keys.stopped_jobs(lease.study_id), lease.job_id)
-            state, stopped = p.execute()
-        return state == "active" and not stopped
+        # Stopping or deleting a study puts every outstanding job in its stop set, so the set
+        # alone answers; the worker needs no read of the study itself (its ACL user has none).
+        return not self.r.sismember(keys.stopped_jobs(lease.study_id), lease.job_id)
 
     def _drop(self, lease: Lease) -> None:
         with self.r.pipeline(transaction=True) as p:
