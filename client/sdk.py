@@ -61,6 +61,7 @@ class Trial:
     error: str = ""
     samples_per_second: float = 0.0  # training throughput of its latest job (0: not reported)
     warm_resumes: int = 0  # segments continued from a worker's memory, not the checkpoint
+    segments: int = 0  # jobs it completed: 1 + the continuations it had
 
 
 @dataclass
@@ -110,7 +111,7 @@ def trial_from_pb(t: pb.Trial, int_params: set[str]) -> Trial:
                  bracket=t.bracket, rung=t.rung, cost=t.cost,
                  curve=[(p.resource, p.value) for p in t.curve], lost_jobs=t.lost_jobs,
                  error=t.error, samples_per_second=t.samples_per_second,
-                 warm_resumes=t.warm_resumes)
+                 warm_resumes=t.warm_resumes, segments=t.segments)
 
 
 class Client:

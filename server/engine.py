@@ -60,6 +60,7 @@ class TrialRec:
     # worker may still hold the model), and how many segments continued from that memory.
     worker: str = ""
     warm_resumes: int = 0
+    segments: int = 0  # jobs it completed (its first segment and each continuation)
 
 
 @dataclass
@@ -177,6 +178,7 @@ class StudyEngine:
             trial.samples_per_second = float(samples_per_second)
         trial.worker = job.worker
         trial.warm_resumes += 1 if warm else 0
+        trial.segments += 1
         self.cost_used += cost
         self.resource_used += resource - job.from_resource
         # The trial keeps the measured device seconds; the algorithm sees the study's chosen

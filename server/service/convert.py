@@ -115,7 +115,7 @@ def trial_to_pb(sid: str, t: TrialRec, curve: bool = True) -> pb.Trial:
                    has_value=t.value is not None, value=t.value or 0.0, bracket=t.bracket,
                    rung=t.rung, cost=t.cost, lost_jobs=t.lost_jobs, error=t.error,
                    samples_per_second=t.samples_per_second,
-                   warm_resumes=t.warm_resumes)
+                   warm_resumes=t.warm_resumes, segments=t.segments)
     if curve:
         msg.curve.extend(pb.CurvePoint(resource=r, value=v) for r, v in t.curve)
     return msg

@@ -271,7 +271,7 @@ class CurvePoint(_message.Message):
     def __init__(self, resource: _Optional[float] = ..., value: _Optional[float] = ...) -> None: ...
 
 class Trial(_message.Message):
-    __slots__ = ("study_id", "id", "config", "state", "curve", "resource", "has_value", "value", "bracket", "rung", "cost", "lost_jobs", "error", "samples_per_second", "warm_resumes")
+    __slots__ = ("study_id", "id", "config", "state", "curve", "resource", "has_value", "value", "bracket", "rung", "cost", "lost_jobs", "error", "samples_per_second", "warm_resumes", "segments")
     STUDY_ID_FIELD_NUMBER: _ClassVar[int]
     ID_FIELD_NUMBER: _ClassVar[int]
     CONFIG_FIELD_NUMBER: _ClassVar[int]
@@ -287,6 +287,7 @@ class Trial(_message.Message):
     ERROR_FIELD_NUMBER: _ClassVar[int]
     SAMPLES_PER_SECOND_FIELD_NUMBER: _ClassVar[int]
     WARM_RESUMES_FIELD_NUMBER: _ClassVar[int]
+    SEGMENTS_FIELD_NUMBER: _ClassVar[int]
     study_id: str
     id: int
     config: _struct_pb2.Struct
@@ -302,7 +303,8 @@ class Trial(_message.Message):
     error: str
     samples_per_second: float
     warm_resumes: int
-    def __init__(self, study_id: _Optional[str] = ..., id: _Optional[int] = ..., config: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., state: _Optional[_Union[TrialState, str]] = ..., curve: _Optional[_Iterable[_Union[CurvePoint, _Mapping]]] = ..., resource: _Optional[float] = ..., has_value: _Optional[bool] = ..., value: _Optional[float] = ..., bracket: _Optional[int] = ..., rung: _Optional[int] = ..., cost: _Optional[float] = ..., lost_jobs: _Optional[int] = ..., error: _Optional[str] = ..., samples_per_second: _Optional[float] = ..., warm_resumes: _Optional[int] = ...) -> None: ...
+    segments: int
+    def __init__(self, study_id: _Optional[str] = ..., id: _Optional[int] = ..., config: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., state: _Optional[_Union[TrialState, str]] = ..., curve: _Optional[_Iterable[_Union[CurvePoint, _Mapping]]] = ..., resource: _Optional[float] = ..., has_value: _Optional[bool] = ..., value: _Optional[float] = ..., bracket: _Optional[int] = ..., rung: _Optional[int] = ..., cost: _Optional[float] = ..., lost_jobs: _Optional[int] = ..., error: _Optional[str] = ..., samples_per_second: _Optional[float] = ..., warm_resumes: _Optional[int] = ..., segments: _Optional[int] = ...) -> None: ...
 
 class ListTrialsRequest(_message.Message):
     __slots__ = ("study_id", "include_curves")
