@@ -108,6 +108,7 @@ class StudyEngine:
         self.inputs = 0
         self.effects: list[Effect] = []
         self.state_counts: dict[str, int] = {}  # trials per state, kept as states change
+        self._best: tuple[int | None] | None = None  # the incumbent's id, until an input changes it
 
     # ------------------------------------------------------------------ inputs
 
@@ -119,6 +120,8 @@ class StudyEngine:
             raise EngineError("invalid", f"unknown input {op!r}")
         result = handler(**{k: v for k, v in inp.items() if k != "op"})
         self.inputs += 1
+        if op not in _KEEPS_BEST:
+            self._best = None
         return result
 
     def _op_ask(self, free: int, external: bool = False, client: str = "") -> list[JobRec]:
@@ -345,8 +348,13 @@ class StudyEngine:
         return float(current) if current is not None else self.config.resource.max_resource
 
     def best_trial(self) -> TrialRec | None:
-        best = self.algorithm.best()
-        return self.trials.get(best[0]) if best else None
+        # Cached between inputs that cannot change it: the service reads it on every commit,
+        # and several algorithms find it by a scan of all their results.
+        if self._best is None:
+            best = self.algorithm.best()
+            self._best = (best[0] if best else None,)
+        tid = self._best[0]
+        return self.trials.get(tid) if tid is not None else None
 
     def counts(self) -> dict[str, int]:
         c = self.state_counts
@@ -395,6 +403,10 @@ class StudyEngine:
     def take_effects(self) -> list[Effect]:
         out, self.effects = self.effects, []
         return out
+
+
+# Inputs after which the incumbent is what it was: they hand out or start work, no result.
+_KEEPS_BEST = frozenset({"ask", "start"})
 
 
 def _finite(x: Any) -> bool:

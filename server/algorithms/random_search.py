@@ -40,6 +40,7 @@ class RandomSearch(Algorithm):
         self.started = 0
         self.running: dict[int, dict[str, Any]] = {}
         self.results: dict[int, float] = {}
+        self._best: tuple[float, int] | None = None  # (value, trial): derived, not saved
 
     def next_jobs(self, free: int) -> list[Job]:
         jobs: list[Job] = []
@@ -61,6 +62,7 @@ class RandomSearch(Algorithm):
         config = self.running.pop(job.trial_id, job.config)
         if outcome.status is Status.COMPLETED and outcome.value is not None:
             self.results[job.trial_id] = float(outcome.value)
+            self._note_best(job.trial_id, float(outcome.value))
         self.sampler.on_trial_end(job.trial_id, config, outcome.status)
 
     def plan(self) -> Plan:
@@ -74,10 +76,13 @@ class RandomSearch(Algorithm):
         return self.started >= self.max_trials and not self.running
 
     def best(self) -> tuple[int, float] | None:
-        if not self.results:
-            return None
-        tid = min(self.results, key=lambda t: (self.results[t], t))
-        return tid, self.results[tid]
+        # Kept as results arrive: the service asks for it on every commit, and a scan of all
+        # results was the largest cost of an ask/tell round in a long study.
+        return None if self._best is None else (self._best[1], self._best[0])
+
+    def _note_best(self, tid: int, value: float) -> None:
+        if self._best is None or (value, tid) < self._best:
+            self._best = (value, tid)
 
     def state(self) -> dict[str, Any]:
         return {
@@ -92,6 +97,7 @@ class RandomSearch(Algorithm):
         self.started = int(state["started"])
         self.running = {int(k): dict(v) for k, v in state["running"].items()}
         self.results = {int(k): float(v) for k, v in state["results"].items()}
+        self._best = min(((v, t) for t, v in self.results.items()), default=None)
         self.sampler.restore(state["sampler"])
 
 
