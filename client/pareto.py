@@ -123,7 +123,8 @@ def _line(f: ScalingFit, cost: float) -> float:
 
 
 def add_parser(ssub: Any, address: str) -> None:
-    sp = ssub.add_parser("pareto", help="cost/value Pareto front and scaling fits (carbs)")
+    sp = ssub.add_parser("pareto",
+                         help="cost/value Pareto front and scaling fits (carbs, asha-carbs)")
     sp.add_argument("study_id")
     sp.add_argument("--address", default=address)
     sp.add_argument("--json", action="store_true")

@@ -302,8 +302,9 @@ class Study:
         return self.client._call("GetParetoFront", pb.GetParetoFrontRequest(study_id=self.id))
 
     def pareto_front(self) -> list[ParetoPoint]:
-        """The cost/value Pareto front, cheapest first (``carbs`` studies; FAILED_PRECONDITION
-        for the others)."""
+        """The cost/value Pareto front, cheapest first (``carbs`` and ``asha-carbs`` studies;
+        FAILED_PRECONDITION for others). An ``asha-carbs`` point's config also holds the
+        resource it was trained to."""
         return [ParetoPoint(p.trial_id, p.cost, p.value, _config(p.config, self._int_params),
                             list(p.trial_ids)) for p in self._pareto().points]
 

@@ -1,10 +1,15 @@
 """CARBS through the real service (issue 10): cost measured by real worker processes, the
-study's ``cost_source``, the Pareto front and scaling fits by RPC, SDK and CLI, and the same
-suggestions for the same seed, also across a server restart mid-study."""
+study's ``cost_source``, the Pareto front and scaling fits by RPC, SDK and CLI, known-front
+recovery and a known scaling exponent (reference/algorithms.md §4.10 items 7 and 8) on the
+``scaling`` trainer, ``asha-carbs`` (CARBS with asynchronous Hyperband, cost measured per rung),
+and the same suggestions for the same seed, also across a server restart mid-study.
+
+Run with ``-s`` to see the measured numbers (front excess, fitted exponents)."""
 
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 import time
@@ -15,7 +20,7 @@ import grpc
 import pytest
 from hpod.client.local import LocalCluster
 from hpod.client.sdk import HpodError, Study
-from hpod.trainers import analytic
+from hpod.trainers import analytic, scaling
 
 STEP_SECONDS = 0.02  # the analytic trainer sleeps this per epoch: a cost the workers measure
 EPOCHS = 3
@@ -23,7 +28,7 @@ EPOCHS = 3
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory) -> Iterator[LocalCluster]:
-    with LocalCluster(workers=2, trainers=("analytic",), lease_seconds=3.0,
+    with LocalCluster(workers=2, trainers=("analytic", "scaling"), lease_seconds=3.0,
                       workdir=str(tmp_path_factory.mktemp("carbs"))) as c:
         yield c
 
@@ -112,6 +117,126 @@ def test_front_needs_a_cost_aware_algorithm_and_cost_source_is_checked(
         # Every algorithm accepts the service's own setting.
         client.create_study({**worker_spec("resource"), "algorithm": {
             "name": "hyperband", "settings": {"cost_source": "resource"}}}).stop()
+
+
+# ---------------------------------------------------------------- known front and scaling law
+
+SCALING_STEP = 0.02  # seconds each epoch of the scaling trainer sleeps: cost ∝ epochs trained
+
+
+def scaling_spec(problem: dict, center_lr: float, seed: int, trials: int = 60) -> dict:
+    """CARBS on the ``scaling`` trainer, the epoch count searched (as in the paper), cost = the
+    device seconds the workers measure, the search centered at 6 epochs and ``center_lr``."""
+    return {
+        "trainer": "scaling", "trainer_settings": {"step_seconds": SCALING_STEP, **problem},
+        "resource": {"max_resource": 64}, "max_trials": trials, "seed": seed,
+        "search_space": {"lr": {"type": "float", "low": 1e-5, "high": 1e-1, "log": True},
+                         "epoch": {"type": "int", "low": 2, "high": 64, "log": True}},
+        "algorithm": {"name": "carbs", "settings": {
+            "search_center": {"lr": center_lr, "epoch": 6}, "scale": {"lr": 0.5}}}}
+
+
+def assert_cost_was_measured(study: Study, n: int) -> None:
+    """Every trial ran to its own epoch count and its cost is the time its worker measured:
+    at least the sleeps, at most a few times more (reports and scheduling on a shared host)."""
+    trials = study.trials(curves=False)
+    assert len(trials) == n and all(t.state == "completed" for t in trials)
+    for t in trials:
+        assert t.resource == t.config["epoch"]
+        assert t.resource * SCALING_STEP <= t.cost < t.resource * SCALING_STEP * 4 + 0.2
+
+
+def front_excess(study: Study, problem: dict) -> list[float]:
+    """How far each front point's configuration is from the best one for its epoch count:
+    noise-free loss / analytic front - 1 (0 on the known front)."""
+    return [scaling.value(p.config["lr"], p.config["epoch"], problem)
+            / scaling.front(p.config["epoch"], problem) - 1 for p in study.pareto_front()]
+
+
+def test_known_front_recovery_on_workers(cluster: LocalCluster) -> None:
+    """§4.10 item 7: the demo function of imbue's notebook, (log10 lr + 3)² · 512 / epochs +
+    U(0, 0.1), plus a floor 64 / epochs so that the front is a curve, not flat at the noise."""
+    problem = {"floor": 64.0}
+    with cluster.client() as client:
+        # 60 trials, as item 7 says; the search starts half a decade from the optimum.
+        study = client.create_study(scaling_spec(problem, center_lr=3e-4, seed=0))
+        assert study.wait(timeout=240).state == 2
+        assert_cost_was_measured(study, 60)
+        points = study.pareto_front()
+        excess = front_excess(study, problem)
+        print(f"\nknown front: {len(points)} points, epochs "
+              f"{[p.config['epoch'] for p in points]}, relative excess "
+              f"{[round(e, 3) for e in excess]}; best lr {study.best_trial().config['lr']:.3g}")
+        assert len(points) >= 5
+        assert points[-1].cost >= 2.5 * points[0].cost  # the front spans a range of cost
+        # Most of the front is on the known one. A few cheap points found while the search was
+        # still far from the optimum may stay on it: nothing cheaper beats them, and CARBS
+        # pushes along the front towards higher cost, not back (the clamp, §4.3 step 5).
+        assert sorted(excess)[len(excess) // 2] < 0.15
+        assert 3 * sum(e < 0.25 for e in excess) >= 2 * len(excess)
+        # lr converges to 1e-3: the best configuration and the dearest front point.
+        assert abs(math.log10(study.best_trial().config["lr"]) + 3) < 0.15
+        assert abs(math.log10(points[-1].config["lr"]) + 3) < 0.15
+
+
+def test_scaling_exponent_recovered_on_workers(cluster: LocalCluster) -> None:
+    """§4.10 item 8: the optimal lr scales as epochs^-0.5, so as (measured cost)^-0.5.
+
+    The search starts at the optimum for 6 epochs (a user's tuned small run) and must find how
+    it moves with cost. The fit's spread comes from the front's learning rates (about ±0.05
+    decades off the law over less than one decade of cost); in simulation, 80 trials give a
+    standard deviation of 0.025 around -0.51 (60 trials: 0.04), hence 80 here."""
+    problem = {"floor": 16.0, "lr_opt": 1e-2, "exponent": -0.5, "noise": 0.01}
+    with cluster.client() as client:
+        study = client.create_study(scaling_spec(
+            problem, center_lr=scaling.best_lr(6, problem), seed=1, trials=80))
+        assert study.wait(timeout=240).state == 2
+        assert_cost_was_measured(study, 80)
+        fits = study.scaling_fit()
+        excess = front_excess(study, problem)
+        print(f"\nscaling law: lr exponent {fits['lr'].exponent:.3f} (built -0.5), epoch "
+              f"exponent {fits['epoch'].exponent:.3f} (cost ∝ epochs), {len(excess)} front "
+              f"points, median excess {sorted(excess)[len(excess) // 2]:.3f}")
+        assert fits["lr"].exponent == pytest.approx(-0.5, abs=0.1)
+        assert fits["lr"].transform == "log" and fits["lr"].coefficient > 0
+        # The workers' seconds grow in proportion to the epochs: the fit sees cost ∝ epochs.
+        assert fits["epoch"].exponent == pytest.approx(1.0, abs=0.1)
+
+
+# ---------------------------------------------------------------- asha-carbs
+
+def test_asha_carbs_on_workers_sees_the_cost_of_every_rung(cluster: LocalCluster) -> None:
+    """CARBS proposes, asynchronous Hyperband promotes: every rung a trial reaches is a front
+    candidate whose cost is what the workers measured for its segments up to that rung."""
+    problem = {"floor": 16.0, "lr_opt": 1e-2, "exponent": -0.5, "noise": 0.01}
+    spec = {"trainer": "scaling", "trainer_settings": {"step_seconds": SCALING_STEP, **problem},
+            "resource": {"max_resource": 9, "min_resource": 1, "eta": 3}, "max_trials": 18,
+            "seed": 2, "algorithm": {"name": "asha-carbs", "settings": {"carbs": {
+                "search_center": {"lr": 3e-3}, "scale": {"lr": 0.5}}}}}
+    with cluster.client() as client:
+        study = client.create_study(spec)
+        # The same sampler under a plain scheduler serves a front too.
+        plain = client.create_study({**spec, "max_trials": 4, "algorithm": {
+            "name": "async-hyperband", "settings": {"sampler": "carbs"}}})
+        assert study.wait(timeout=180).state == 2 and plain.wait(timeout=60).state == 2
+        trials = {t.id: t for t in study.trials(curves=False)}
+        assert any(t.resource > 1 and t.bracket == 0 for t in trials.values())  # promotions
+        points = study.pareto_front()
+        assert points and [p.cost for p in points] == sorted(p.cost for p in points)
+        rungs = [p.config["epoch"] for p in points]
+        for p in points:
+            epochs = p.config.pop("epoch")  # a front point is a configuration at a rung
+            assert epochs in (1, 3, 9) and p.config == trials[p.trial_id].config
+            assert all(trials[t].resource >= epochs for t in p.trial_ids)
+            assert p.cost >= epochs * SCALING_STEP
+            if len(p.trial_ids) == 1 and trials[p.trial_id].resource == epochs:
+                # The trial's highest rung: the sum of every segment its workers measured.
+                assert p.cost == pytest.approx(trials[p.trial_id].cost, rel=1e-9)
+        fits = study.scaling_fit()
+        print(f"\nasha-carbs: {len(points)} front points at epochs {rungs}; epoch "
+              f"exponent {fits['epoch'].exponent:.3f}")
+        assert fits["epoch"].exponent == pytest.approx(1.0, abs=0.15)
+        assert plain.pareto_front()
 
 
 # ---------------------------------------------------------------- determinism

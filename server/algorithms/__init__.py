@@ -30,7 +30,7 @@ from .space import SearchSpace, SpaceError
 MODULES: dict[str, str] = {
     "random": "random_search", "hyperband": "hyperband", "asha": "asha",
     "async-hyperband": "asha", "idhb": "idhb", "cqr": "cqr", "asha-cqr": "cqr",
-    "carbs": "carbs",
+    "carbs": "carbs", "asha-carbs": "carbs",
 }
 SAMPLER_MODULES: dict[str, str] = {
     "random": "samplers", "cqr": "cqr", "carbs": "carbs", "tpe": "tpe",

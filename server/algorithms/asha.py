@@ -22,7 +22,9 @@ levels. ``asha`` runs bracket 0 only unless ``brackets`` says more; ``async-hype
 Settings: ``mode``, ``quantile_rule`` (``asha_floor`` | ``linear_quantile`` | ``ray_percentile``),
 ``brackets`` (a count or ``"all"``), ``bracket_distribution``, ``sampler``. The study's
 ``max_trials`` is how many new trials start in total. A trial whose reported value is not finite
-is treated as failed; failed and lost trials never block a rung.
+is treated as failed; failed and lost trials never block a rung. The sampler is told every
+learning-curve point and, as each job ends, what that segment cost (``Sampler.on_segment``):
+``asha-carbs`` (``carbs.py``) is this scheduler with the cost-aware CARBS sampler.
 """
 
 from __future__ import annotations
@@ -362,13 +364,17 @@ class ASHA(Algorithm):
             return
         value = outcome.value
         if outcome.status is not Status.COMPLETED or value is None or not math.isfinite(value):
-            self._end(job.trial_id, trial, "failed", outcome.status)
+            # A diverged trial (completed with a non-finite value) is a failure to the sampler.
+            self._end(job.trial_id, trial, "failed", Status.FAILED if outcome.status is
+                      Status.COMPLETED else outcome.status)
             return
         resource = float(outcome.resource if outcome.resource is not None else job.to_resource)
         trial.trained = max(trial.trained, resource)
         if trial.status == "running":
             self._observe(job.trial_id, trial, resource, value)
             self._reach(job.trial_id, trial, resource, value)
+        self.sampler.on_segment(job.trial_id, trial.config, job.from_resource, resource, value,
+                                outcome.cost)
         at_milestone = resource >= job.to_resource and trial.rung < len(
             self.rungs[trial.bracket]) - 1
         if self.mode == "promotion" and trial.status == "running" and at_milestone:

@@ -190,6 +190,17 @@ class Sampler(abc.ABC):
                 value: float) -> None:
         """A learning-curve point of a trial (lower is better)."""
 
+    def on_segment(  # noqa: B027 (optional hook: only cost-aware samplers use it)
+        self, trial_id: int, config: Mapping[str, Any], from_resource: float, resource: float,
+        value: float, cost: float | None,
+    ) -> None:
+        """A job of the trial ended: it trained from ``from_resource`` to ``resource`` and
+        reached ``value``, spending ``cost`` (the study's cost source, device seconds by
+        default; ``None`` when nothing was measured). Called after ``observe`` of that point
+        and before ``on_trial_end``. ASHA and asynchronous Hyperband call it (in promotion mode
+        a job is one rung, so a cost-aware sampler sees what each rung cost); a scheduler that
+        does not leaves its samplers to their ``observe`` points."""
+
     def on_trial_end(  # noqa: B027 (optional hook: samplers without a model ignore it)
         self, trial_id: int, config: Mapping[str, Any], status: Status
     ) -> None:

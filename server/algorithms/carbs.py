@@ -19,6 +19,10 @@ to that parameter's value. The cost of a trial is ``Outcome.cost`` (device secon
 or a user metric, as the service's ``cost_source`` chooses), falling back to the resource.
 Values are lower-is-better, as the interface guarantees.
 
+Cost-aware and multi-fidelity together: ``asha-carbs`` is asynchronous Hyperband whose new
+trials come from the CARBS sampler (:class:`CarbsSampler`); the resource becomes an input of the
+models and every rung a trial reaches is an observation with the cost measured up to it.
+
 Fixes of the reference, each with the reference behaviour one setting away where it changes
 results:
 
@@ -43,7 +47,7 @@ import logging
 import math
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 import numpy as np
@@ -51,6 +55,7 @@ import torch
 from scipy.special import erfcx, ndtr
 from sklearn.preprocessing import QuantileTransformer
 
+from .asha import AsyncHyperband
 from .base import (
     Algorithm,
     Context,
@@ -58,6 +63,7 @@ from .base import (
     Job,
     Outcome,
     Plan,
+    Resource,
     Sampler,
     SettingsError,
     Status,
@@ -68,7 +74,7 @@ from .base import (
     rng_restore,
     rng_state,
 )
-from .space import Categorical, Int, SearchSpace
+from .space import Categorical, Float, Int, SearchSpace
 
 log = logging.getLogger(__name__)
 
@@ -765,6 +771,14 @@ class CarbsCore:
         """(first trial of the group, mean cost, mean value), cheapest first (standard rule)."""
         return [(g.members[0].trial, g.cost, g.value) for g in self.front_groups(False)]
 
+    def pareto_trials(self) -> list[list[int]]:
+        """The trials behind each point of ``pareto_front()`` (a point and its resamples)."""
+        return [[o.trial for o in g.members] for g in self.front_groups(False)]
+
+    def pareto_configs(self) -> list[dict[str, Any]]:
+        """The configuration of each point of ``pareto_front()``, as the models saw it."""
+        return [dict(g.members[0].config) for g in self.front_groups(False)]
+
     def scaling_fit(self) -> dict[str, dict[str, float]]:
         """Each parameter's least-squares line against log10(cost) over the front points, as
         in the authors' analysis notebook. For a log parameter the ``exponent`` k reads as
@@ -890,7 +904,10 @@ class Carbs(Algorithm):
     def pareto_groups(self) -> list[list[int]]:
         """The trials of each front point (a configuration and its resamples), in the order
         of ``pareto_front()``: so a reader can match a mean cost to the trials behind it."""
-        return [[o.trial for o in g.members] for g in self.core.front_groups(False)]
+        return self.core.pareto_trials()
+
+    def pareto_configs(self) -> list[dict[str, Any]]:
+        return self.core.pareto_configs()
 
     def scaling_fit(self) -> dict[str, dict[str, float]]:
         return self.core.scaling_fit()
@@ -916,49 +933,135 @@ class Carbs(Algorithm):
 
 
 def _cost(job: Job, outcome: Outcome) -> float:
-    """The measured cost, or the resource the job trained when nothing was measured."""
-    if outcome.cost is not None and math.isfinite(outcome.cost) and outcome.cost > 0:
-        return float(outcome.cost)
     end = outcome.resource if outcome.resource is not None else job.to_resource
-    return float(end) - float(job.from_resource)
+    return segment_cost(job.from_resource, end, outcome.cost)
+
+
+def segment_cost(from_resource: float, resource: float, cost: float | None) -> float:
+    """The measured cost of a job, or the resource it trained when nothing was measured."""
+    if cost is not None and math.isfinite(cost) and cost > 0:
+        return float(cost)
+    return float(resource) - float(from_resource)
+
+
+def with_resource(space: SearchSpace, resource: Resource) -> SearchSpace:
+    """The search space plus the resource, log-scaled from min to max resource: the input a
+    multi-fidelity CARBS models, since the scheduler decides how far each trial trains."""
+    if resource.name in space.names:
+        raise SettingsError(f"search_space.{resource.name}",
+                            "the scheduler decides the resource, so it cannot be searched "
+                            "too; remove it from the space, or use algorithm carbs to search it")
+    return SearchSpace((*space.params, Float(resource.name or "resource",
+                                             float(resource.min_resource),
+                                             float(resource.max_resource), log=True)))
 
 
 class CarbsSampler(Sampler):
-    """CARBS as the sampler of a scheduler. Settings come from ``settings["carbs"]`` (the
-    scheduler owns the top level). A sampler is not told device seconds, so a trial's cost is
-    the resource it reached and its value the last one reported: a stopped trial is a cheap
-    point of the front, which is what a cost/performance search wants."""
+    """CARBS as the sampler of a scheduler (``asha-carbs``, or ``sampler: carbs`` on any
+    scheduler). Its settings come from ``settings["carbs"]``: the scheduler owns the top level.
+
+    The scheduler, not CARBS, decides how far a trial trains, so the resource is one more input
+    of the models (named like the resource, log-scaled over [min_resource, max_resource]). Each
+    job end a scheduler reports (``on_segment``: ASHA and asynchronous Hyperband do) is one
+    observation: the configuration at the resource it reached, its value there, and its cost
+    from scratch, the sum of what every segment of the trial cost so far (a promotion resumes
+    from a checkpoint, so the segments add up to training from 0). A trial paused at a low rung
+    is a cheap point of the front and the same trial promoted a dearer one; the cost model sees
+    the cost measured at each rung. A suggestion is the best candidate over configuration and
+    resource, returned without the resource (its pending fantasy sits at that resource).
+
+    Under a scheduler that reports no segments (synchronous Hyperband, ID-HB, random), a trial
+    that completes is observed once, at its last point, with the resource reached as its cost.
+    """
 
     name = "carbs"
+    uses_pending = False  # the core keeps its own pending trials (with their fantasies)
 
     def __init__(self, ctx: Context, rng: np.random.Generator) -> None:
-        self.core = CarbsCore(ctx.space, dict(ctx.settings.get("carbs", {})), rng)
-        self.last: dict[int, tuple[float, float]] = {}
+        settings = ctx.settings.get("carbs", {})
+        if not isinstance(settings, Mapping):
+            raise SettingsError("algorithm.settings.carbs", "must be a mapping of carbs settings")
+        space = with_resource(ctx.space, ctx.resource)
+        self.resource_name = space.names[-1]
+        self.low, self.high = float(ctx.resource.min_resource), float(ctx.resource.max_resource)
+        self.core = CarbsCore(space, dict(settings), rng)
+        self.last: dict[int, tuple[float, float]] = {}  # trial -> (resource, value), last point
+        self.spent: dict[int, float] = {}  # trial -> cost so far, once a segment was reported
 
     def suggest(self, trial_id: int, pending: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
-        return self.core.suggest(trial_id)[0]  # the core tracks its own pending trials
+        config = self.core.suggest(trial_id)[0]  # the core tracks its own pending trials
+        return {k: v for k, v in config.items() if k != self.resource_name}
 
     def observe(self, trial_id: int, config: Mapping[str, Any], resource: float,
                 value: float) -> None:
         self.last[trial_id] = (float(resource), float(value))
 
+    def on_segment(self, trial_id: int, config: Mapping[str, Any], from_resource: float,
+                   resource: float, value: float, cost: float | None) -> None:
+        spent = self.spent.get(trial_id, 0.0) + segment_cost(from_resource, resource, cost)
+        self.spent[trial_id] = spent
+        self.core.observe(trial_id, self._at(config, resource), float(value), spent)
+
     def on_trial_end(self, trial_id: int, config: Mapping[str, Any], status: Status) -> None:
         last = self.last.pop(trial_id, None)
+        reported = self.spent.pop(trial_id, None) is not None
         if status is Status.FAILED:
-            self.core.fail(trial_id, config)
-        elif status is Status.COMPLETED and last is not None and last[0] > 0:
-            self.core.observe(trial_id, config, last[1], last[0])
-        else:
+            # Placed where it broke (its last point), or where every trial starts.
+            self.core.fail(trial_id, self._at(config, last[0] if last else self.low))
+        elif status is Status.COMPLETED and not reported and last is not None and last[0] > 0:
+            self.core.observe(trial_id, self._at(config, last[0]), last[1], last[0])
+        else:  # lost (not the configuration's fault), or already observed segment by segment
             self.core.forget(trial_id)
 
+    def _at(self, config: Mapping[str, Any], resource: float) -> dict[str, Any]:
+        return {**config, self.resource_name: min(max(float(resource), self.low), self.high)}
+
+    # the front, as the Carbs algorithm serves it (points are configurations at a resource)
+
+    def pareto_front(self) -> list[tuple[int, float, float]]:
+        return self.core.pareto_front()
+
+    def pareto_groups(self) -> list[list[int]]:
+        return self.core.pareto_trials()
+
+    def pareto_configs(self) -> list[dict[str, Any]]:
+        return self.core.pareto_configs()
+
+    def scaling_fit(self) -> dict[str, dict[str, float]]:
+        return self.core.scaling_fit()
+
     def state(self) -> dict[str, Any]:
-        return {"core": self.core.state(),
-                "last": {str(k): list(v) for k, v in self.last.items()}}
+        return {"version": 2, "core": self.core.state(),
+                "last": {str(k): list(v) for k, v in self.last.items()},
+                "spent": {str(k): v for k, v in self.spent.items()}}
 
     def restore(self, state: Mapping[str, Any]) -> None:
+        if state.get("version") != 2:
+            raise ValueError("carbs sampler state from before the resource became a model "
+                             "input (version 2); the study cannot be resumed")
         self.core.restore(state["core"])
         self.last = {int(k): (float(v[0]), float(v[1])) for k, v in state["last"].items()}
+        self.spent = {int(k): float(v) for k, v in state["spent"].items()}
+
+
+class AshaCarbs(AsyncHyperband):
+    """Cost-aware and multi-fidelity together: CARBS proposes each new trial's configuration,
+    asynchronous Hyperband decides how far it trains, and CARBS's cost model sees the cost the
+    workers measured at every rung (see :class:`CarbsSampler`). Promotion mode and every bracket
+    by default, so each rung is a job of its own and its cost is measured, not apportioned;
+    every ASHA setting works (``mode: stopping`` observes each trial once, where it stopped).
+    CARBS's own settings go under ``carbs``. The front's points are configurations at the
+    resource they reached."""
+
+    name = "asha-carbs"
+
+    def __init__(self, ctx: Context) -> None:
+        if ctx.settings.get("sampler", "carbs") != "carbs":
+            raise SettingsError("algorithm.settings.sampler", "asha-carbs always uses the carbs "
+                                "sampler; use algorithm async-hyperband for another sampler")
+        super().__init__(replace(ctx, settings={**ctx.settings, "sampler": "carbs"}))
 
 
 register_algorithm("carbs")(Carbs)
 register_sampler("carbs")(CarbsSampler)
+register_algorithm("asha-carbs")(AshaCarbs)

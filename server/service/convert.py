@@ -170,20 +170,23 @@ def study_to_pb(eng: StudyEngine, created: float) -> pb.Study:
 def pareto_to_pb(eng: StudyEngine) -> pb.ParetoFront:
     """The algorithm's cost/value front and scaling fits. FAILED_PRECONDITION (EngineError) for
     an algorithm that keeps no front."""
-    alg = eng.algorithm
-    if not (hasattr(alg, "pareto_front") and hasattr(alg, "scaling_fit")):
+    alg = _front_keeper(eng.algorithm)
+    if alg is None:
         raise EngineError("precondition", f"algorithm {eng.config.algorithm!r} keeps no "
-                          "cost/value Pareto front; only 'carbs' does")
+                          "cost/value Pareto front; only 'carbs', 'asha-carbs' and schedulers "
+                          "with sampler 'carbs' do")
     front = alg.pareto_front()
     groups = alg.pareto_groups() if hasattr(alg, "pareto_groups") else [[t] for t, _, _ in front]
+    # A multi-fidelity front point is a configuration at a resource: show that resource too.
+    configs = alg.pareto_configs() if hasattr(alg, "pareto_configs") else [
+        (eng.trials[t].config if t in eng.trials else {}) for t, _, _ in front]
     msg = pb.ParetoFront(cost_source=eng.config.cost_source)
-    for (tid, cost, value), members in zip(front, groups, strict=True):
-        trial = eng.trials.get(tid)
+    for (tid, cost, value), members, config in zip(front, groups, configs, strict=True):
         msg.points.append(pb.ParetoPoint(
             trial_id=tid, cost=cost,
             # Algorithms minimise; the wire shows the metric as the trainer reported it.
             value=-value if eng.config.maximize else value,
-            config=dict_to_struct(trial.config if trial else {}), trial_ids=members))
+            config=dict_to_struct(config), trial_ids=members))
     for name, fit in alg.scaling_fit().items():
         log_param = fit.get("transform") == "log"
         msg.fits.append(pb.ScalingFit(
@@ -191,6 +194,14 @@ def pareto_to_pb(eng: StudyEngine) -> pb.ParetoFront:
             coefficient=10.0 ** fit["intercept"] if log_param else 0.0,
             transform=str(fit.get("transform", ""))))
     return msg
+
+
+def _front_keeper(alg: Any) -> Any | None:
+    """The algorithm, or else its sampler, if it keeps a cost/value front (carbs does both)."""
+    for obj in (alg, getattr(alg, "sampler", None)):
+        if hasattr(obj, "pareto_front") and hasattr(obj, "scaling_fit"):
+            return obj
+    return None
 
 
 def job_to_pb(eng: StudyEngine, payload: dict[str, Any]) -> pb.Job:
