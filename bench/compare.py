@@ -17,14 +17,22 @@ of regret against resource consumed and against simulated time. Normalised regre
 ``(best - optimum) / (reference - optimum)``, the reference being the mean value of 1,000 fixed
 random configurations at R: 0 is the optimum, 1 is an average random configuration.
 
-Peers: Optuna (HyperbandPruner and SuccessiveHalvingPruner, with RandomSampler and TPESampler);
-Syne Tune and Ray Tune are listed and skipped, with the reason, when not installed.
+Peers, all driven by one simulated-clock loop (``bench/peers/driver.py``: ``workers`` trials at
+a time, a report every resource unit, the same problem objects and cost model):
+
+* Optuna, in this process: HyperbandPruner and SuccessiveHalvingPruner, with RandomSampler and
+  TPESampler (``optuna-{hyperband,sha}-{random,tpe}``);
+* Syne Tune, in its own interpreter (``--syne-python`` or ``$HPOD_SYNE_PYTHON``): ``syne-asha``,
+  ``syne-hyperband`` (asynchronous Hyperband), and by name ``syne-asha-cqr``, ``syne-cqr``;
+* Ray Tune, in its own interpreter (``--ray-python`` or ``$HPOD_RAY_PYTHON``): ``ray-asha``,
+  ``ray-hyperband`` (its synchronous HyperBandScheduler, with pause and resume).
+
+A peer that cannot run here is skipped, and the output says which and why (``skipped``).
 """
 
 from __future__ import annotations
 
 import argparse
-import heapq
 import importlib.util
 import json
 import math
@@ -107,49 +115,34 @@ def optuna_method(pruner: str, sampler: str) -> Callable[[Problem, int, int, flo
         # and a random default name would make runs differ for the same seed.
         study = optuna.create_study(sampler=sa, pruner=pr,
                                     study_name=f"hpod-bench-{problem.name}-{seed}")
-        return _OptunaSim(problem, study, _optuna_distributions(problem.space), r_max,
-                          budget).run(workers)
+        return _driver().run_loop(problem, _OptunaScheduler(
+            study, _optuna_distributions(problem.space)), workers, budget, r_max)
     return run
 
 
-class _OptunaSim:
-    def __init__(self, problem: Problem, study: Any, dists: dict[str, Any], r_max: int,
-                 budget: float) -> None:
-        self.problem, self.study, self.dists = problem, study, dists
-        self.r_max, self.budget = r_max, budget
-        self.heap: list[tuple[float, int, Any, int, float]] = []  # time, seq, trial, r, start
-        self.seq, self.consumed, self.best = 0, 0.0, math.inf
-        self.trace: Trace = []
+class _OptunaScheduler:
+    """Optuna's ask/tell API as a scheduler of :func:`driver.run_loop`: a new trial is
+    ``study.ask``; each resource unit is ``trial.report`` then ``should_prune`` (pruned: told
+    PRUNED and stopped); the last unit tells the value."""
 
-    def _start(self, now: float) -> None:
+    def __init__(self, study: Any, dists: dict[str, Any]) -> None:
+        self.study, self.dists = study, dists
+        self.trials: dict[int, Any] = {}
+
+    def suggest(self) -> tuple[int, dict[str, Any], bool]:
         trial = self.study.ask(self.dists)
-        self._push(trial, 1, now)
+        self.trials[trial.number] = trial
+        return trial.number, trial.params, False
 
-    def _push(self, trial: Any, r: int, start: float) -> None:
-        self.seq += 1
-        at = start + self.problem.cost(trial.params, r)
-        heapq.heappush(self.heap, (at, self.seq, trial, r, start))
-
-    def run(self, workers: int) -> Trace:
-        for _ in range(workers):
-            self._start(0.0)
-        while self.heap and self.consumed < self.budget:
-            now, _, trial, r, start = heapq.heappop(self.heap)
-            value = float(self.problem.evaluate(trial.params, r))
-            self.consumed += 1
-            if value < self.best:
-                self.best = value
-                self.trace.append((now, self.consumed, value))
-            trial.report(value, r)
-            if trial.should_prune():
-                self.study.tell(trial, state=_pruned())
-            elif r >= self.r_max:
-                self.study.tell(trial, value)
-            else:
-                self._push(trial, r + 1, start)
-                continue
-            self._start(now)
-        return self.trace
+    def result(self, key: int, resource: float, value: float, last: bool) -> str:
+        trial = self.trials[key]
+        trial.report(value, int(resource))
+        if trial.should_prune():
+            self.study.tell(trial, state=_pruned())
+            return "stop"
+        if last:
+            self.study.tell(trial, value)
+        return "continue"
 
 
 def _pruned() -> Any:
@@ -161,25 +154,97 @@ def _pruned() -> Any:
 # ------------------------------------------------------------------ methods and peers
 
 OPTUNA = {f"optuna-{p}-{s}": (p, s) for p in ("hyperband", "sha") for s in ("random", "tpe")}
-PEER_PACKAGES = {"optuna": "optuna", "syne-tune": "syne_tune", "ray-tune": "ray"}
-PEER_INSTALL = {"optuna": "optuna", "syne-tune": "syne-tune", "ray-tune": "'ray[tune]'"}
+# Peers run in interpreters of their own (bench/peers/driver.py). Asking for a peer by name runs
+# its default methods; any of its methods can be named (e.g. syne-asha-cqr). CQR is not in the
+# defaults: like hpod's CQR sampler it costs minutes per run at these budgets.
+PEER_METHODS = {"syne-tune": (["asha", "hyperband"], ["asha", "hyperband", "asha-cqr", "cqr"]),
+                "ray-tune": (["asha", "hyperband"], ["asha", "hyperband"])}
+PEER_PREFIX = {"syne-tune": "syne", "ray-tune": "ray"}
 
 
-def methods(algorithms: list[str], peers: list[str]
+def _driver() -> Any:
+    """bench/peers/driver.py, loaded by path (bench/ is scripts, not a package)."""
+    name = "hpod_bench_peers_driver"
+    if name not in sys.modules:
+        from pathlib import Path
+
+        path = Path(__file__).resolve().parent / "peers" / "driver.py"
+        spec = importlib.util.spec_from_file_location(name, path)
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module  # dataclasses look their module up there
+        spec.loader.exec_module(module)
+    return sys.modules[name]
+
+
+def _peer_entry(entry: str) -> tuple[str | None, list[str]]:
+    """``syne-tune`` -> (syne-tune, its default methods); ``syne-asha-cqr`` -> (syne-tune,
+    [asha-cqr]); anything else -> (None, [])."""
+    if entry in PEER_METHODS:
+        return entry, list(PEER_METHODS[entry][0])
+    for peer, prefix in PEER_PREFIX.items():
+        if entry.startswith(prefix + "-") and entry[len(prefix) + 1:] in PEER_METHODS[peer][1]:
+            return peer, [entry[len(prefix) + 1:]]
+    return None, []
+
+
+def peer_method(peer: str, python: str, method: str
+                ) -> Callable[[Problem, int, int, float], Trace]:
+    def run(problem: Problem, workers: int, seed: int, budget: float) -> Trace:
+        drv = _driver()
+        try:
+            return drv.run_peer(peer, python, method, problem, workers, seed, budget)
+        except drv.PeerError as exc:
+            raise PeerRunFailed(str(exc)) from exc
+    return run
+
+
+class PeerRunFailed(RuntimeError):
+    """A peer's runner failed in a run: the method is dropped and reported as skipped."""
+
+
+def methods(algorithms: list[str], peers: list[str],
+            pythons: Mapping[str, str | None] | None = None,
+            versions: dict[str, str] | None = None,
             ) -> tuple[dict[str, Callable[..., Trace]], dict[str, str]]:
-    """The methods to run, and the peers skipped with the reason."""
+    """The methods to run, and the peers (or peer methods) skipped with the reason.
+    ``pythons`` maps a peer to its interpreter (else its environment variable, else this
+    interpreter if it has the peer); ``versions`` receives the version of each peer used."""
     out: dict[str, Callable[..., Trace]] = {f"hpod-{a}": hpod_method(a) for a in algorithms}
     skipped: dict[str, str] = {}
-    for peer in peers:
-        package = PEER_PACKAGES.get(peer)
-        if package is None:
-            skipped[peer] = f"unknown peer; known: {sorted(PEER_PACKAGES)}"
-        elif importlib.util.find_spec(package) is None:
-            skipped[peer] = f"not installed (pip install {PEER_INSTALL[peer]})"
-        elif peer == "optuna":
-            out.update({name: optuna_method(p, s) for name, (p, s) in OPTUNA.items()})
-        else:
-            skipped[peer] = "installed, but no adapter in this suite yet"
+    known = ["optuna", *OPTUNA, *PEER_METHODS,
+             *(f"{PEER_PREFIX[p]}-{m}" for p, (_, ms) in PEER_METHODS.items() for m in ms)]
+    for entry in peers:
+        if entry == "optuna" or entry in OPTUNA:
+            if importlib.util.find_spec("optuna") is None:
+                skipped[entry] = "not installed (pip install optuna)"
+                continue
+            import optuna
+
+            if versions is not None:
+                versions["optuna"] = optuna.__version__
+            chosen = OPTUNA if entry == "optuna" else {entry: OPTUNA[entry]}
+            out.update({name: optuna_method(p, s) for name, (p, s) in chosen.items()})
+            continue
+        peer, wanted = _peer_entry(entry)
+        if peer is None:
+            skipped[entry] = f"unknown peer; known: {', '.join(known)}"
+            continue
+        drv = _driver()
+        try:
+            python = drv.interpreter(peer, (pythons or {}).get(peer))
+            info = drv.probe_cached(peer, python)
+        except drv.PeerUnavailable as exc:
+            skipped[entry] = str(exc)
+            continue
+        if versions is not None:
+            versions[peer] = f"{info['version']} ({python})"
+        for m in wanted:
+            name = f"{PEER_PREFIX[peer]}-{m}"
+            if m in info["methods"]:
+                out[name] = peer_method(peer, python, m)
+            else:
+                skipped[name] = info.get("unavailable", {}).get(m, "not offered by the runner")
     return out, skipped
 
 
@@ -252,6 +317,9 @@ def _mean_curve(traces: list[Trace], xs: np.ndarray, axis: int, optimum: float,
                      for x in xs])
 
 
+LINESTYLES = {"hpod": "-", "optuna": "--", "syne": "-.", "ray": ":"}  # one per tool
+
+
 def plot(runs: list[Run], problems: dict[str, tuple[float, float, float]], out_dir: str
          ) -> list[str]:
     """One PNG per problem: regret against resource consumed and against simulated time."""
@@ -268,11 +336,15 @@ def plot(runs: list[Run], problems: dict[str, tuple[float, float, float]], out_d
         mine = [r for r in runs if r.problem == name]
         t_max = max((p[0] for r in mine for p in r.trace), default=1.0)
         fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-        for method in sorted({r.method for r in mine}):
+        colors = plt.get_cmap("tab20").colors  # more methods than the default 10 colours
+        for i, method in enumerate(sorted({r.method for r in mine})):
             traces = [r.trace for r in mine if r.method == method]
+            style = {"color": colors[i % len(colors)],
+                     "linestyle": LINESTYLES.get(method.split("-")[0], "-")}
             for ax, axis, top in ((axes[0], 1, budget), (axes[1], 0, t_max)):
                 xs = np.linspace(top / 200, top, 200)
-                ax.plot(xs, _mean_curve(traces, xs, axis, optimum, ref), label=method)
+                ax.plot(xs, _mean_curve(traces, xs, axis, optimum, ref), label=method,
+                        **style)
         for ax, label in zip(axes, ("resource consumed", "simulated seconds"), strict=True):
             ax.set_xlabel(label)
             ax.set_ylabel("normalised regret (mean over seeds)")
@@ -292,28 +364,45 @@ def plot(runs: list[Run], problems: dict[str, tuple[float, float, float]], out_d
 
 def compare(problems: list[str], algorithms: list[str], peers: list[str], seeds: int,
             workers: int, budget_r: float, log: Callable[[str], None] = lambda s: None,
-            plots: str | None = None) -> dict[str, Any]:
-    todo, skipped = methods(algorithms, peers)
+            plots: str | None = None, pythons: Mapping[str, str | None] | None = None
+            ) -> dict[str, Any]:
+    versions: dict[str, str] = {}
+    todo, skipped = methods(algorithms, peers, pythons, versions)
+    for entry, why in skipped.items():
+        log(f"skipped {entry}: {why}")
     runs: list[Run] = []
     scales: dict[str, tuple[float, float, float]] = {}  # problem -> optimum, reference, budget
-    for name in problems:
-        problem = get_problem(name)
-        optimum = problem.optimum
-        if optimum is None:
-            raise ValueError(f"problem {name!r} has no known optimum; regret needs one")
-        ref = reference_value(problem)
-        budget = budget_r * problem.max_resource
-        scales[problem.name] = (optimum, ref, budget)
-        for method, fn in todo.items():
-            for seed in range(seeds):
-                t0 = time.perf_counter()
-                trace = fn(problem, workers, seed, budget)
-                run = Run(method, problem.name, seed, trace,
-                          {f: regret_at(trace, f * budget, optimum, ref) for f in FRACTIONS},
-                          time.perf_counter() - t0)
-                runs.append(run)
-                log(f"{problem.name} {method} seed {seed}: regret@100% "
-                    f"{run.regret[1.0]:.4f} ({run.wall_seconds:.1f} s)")
+    try:
+        for name in problems:
+            problem = get_problem(name)
+            optimum = problem.optimum
+            if optimum is None:
+                raise ValueError(f"problem {name!r} has no known optimum; regret needs one")
+            ref = reference_value(problem)
+            budget = budget_r * problem.max_resource
+            scales[problem.name] = (optimum, ref, budget)
+            for method, fn in todo.items():
+                mine: list[Run] = []
+                for seed in range(seeds):
+                    t0 = time.perf_counter()
+                    try:
+                        trace = fn(problem, workers, seed, budget)
+                    except PeerRunFailed as exc:
+                        skipped[f"{method} on {problem.name}"] = f"failed: {exc}"
+                        log(f"{problem.name} {method} seed {seed}: FAILED {exc}")
+                        mine = []
+                        break
+                    run = Run(method, problem.name, seed, trace,
+                              {f: regret_at(trace, f * budget, optimum, ref)
+                               for f in FRACTIONS},
+                              time.perf_counter() - t0)
+                    mine.append(run)
+                    log(f"{problem.name} {method} seed {seed}: regret@100% "
+                        f"{run.regret[1.0]:.4f} ({run.wall_seconds:.1f} s)")
+                runs.extend(mine)
+    finally:
+        if "hpod_bench_peers_driver" in sys.modules:
+            sys.modules["hpod_bench_peers_driver"].close_all()
     if plots is None:
         drawn: Any = "not asked for (--plots DIR)"
     elif importlib.util.find_spec("matplotlib") is None:
@@ -321,7 +410,8 @@ def compare(problems: list[str], algorithms: list[str], peers: list[str], seeds:
     else:
         drawn = plot(runs, scales, plots)
     return {"setup": {"problems": problems, "seeds": seeds, "workers": workers,
-                      "budget_in_R": budget_r, "fractions": list(FRACTIONS)},
+                      "budget_in_R": budget_r, "fractions": list(FRACTIONS),
+                      "peer_versions": versions},
             "skipped": skipped, **summarise(runs), "plots": drawn}
 
 
@@ -349,7 +439,13 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--problem", default="branin-mf,hartmann6-mf,branin-curve",
                     help="comma-separated problem names or module:attribute")
     ap.add_argument("--algorithms", default="hyperband,asha,async-hyperband,random")
-    ap.add_argument("--peers", default="optuna,syne-tune,ray-tune")
+    ap.add_argument("--peers", default="optuna,syne-tune,ray-tune",
+                    help="peers (their default methods) or single peer methods, e.g. "
+                         "optuna,syne-tune,ray-tune,syne-asha-cqr,syne-cqr")
+    ap.add_argument("--syne-python", default=None, metavar="PYTHON",
+                    help="interpreter with syne-tune (else $HPOD_SYNE_PYTHON, else this one)")
+    ap.add_argument("--ray-python", default=None, metavar="PYTHON",
+                    help="interpreter with ray[tune] (else $HPOD_RAY_PYTHON, else this one)")
     ap.add_argument("--seeds", type=int, default=5)
     ap.add_argument("--workers", type=int, default=4)
     ap.add_argument("--budget", type=float, default=100.0, help="in units of max resource R")
@@ -365,7 +461,7 @@ def main(argv: list[str] | None = None) -> int:
     res = compare(args.problem.split(","), args.algorithms.split(","), split, args.seeds,
                   args.workers, args.budget,
                   (lambda s: None) if args.json else (lambda s: print(s, file=sys.stderr)),
-                  args.plots)
+                  args.plots, {"syne-tune": args.syne_python, "ray-tune": args.ray_python})
     if args.json:
         print(json.dumps(res))
     else:

@@ -4,6 +4,7 @@
                         [--max-resource 9] [--workers 4] [--jobs 2]
                         [--problems branin-curve,branin-mf,hartmann6-mf,mlp-digits]
                         [--out bench/results] [--quick]
+                        [--peers syne-tune|none] [--syne-python PYTHON]
 
 Two pairs, each like for like: ``cqr`` (single fidelity: every trial trains to R) against
 ``random`` (the same), and ``asha-cqr`` (ASHA whose new trials come from the CQR sampler)
@@ -27,6 +28,13 @@ unknown, so it is the lowest validation error any run of this benchmark observed
 "as good as the best this benchmark found"). Reported: median and interquartile range over
 seeds at 25 / 50 / 100 % of the budget, a JSON file, a Markdown table and a PNG plot of median
 regret (IQR band) against resource consumed.
+
+Syne Tune beside it (``--peers syne-tune``, the default): its ``CQR`` (beside ``cqr``) and
+``ASHACQR`` (beside ``asha-cqr``), rows ``syne-cqr`` and ``syne-asha-cqr``, on the same problems,
+seeds, workers, budgets and simulated clock. Syne Tune runs in an interpreter of its own
+(``--syne-python``, else ``$HPOD_SYNE_PYTHON``, else this one if it has syne-tune), driven by
+``bench/peers/driver.py``: the problems, the MLP's training included, are evaluated here. Without
+such an interpreter the peer rows are skipped and the reason is printed and saved.
 """
 
 from __future__ import annotations
@@ -54,6 +62,8 @@ from hpod.server.simulator import simulate
 FRACTIONS = (0.25, 0.5, 1.0)
 GRID = 50  # points of the plotted regret curves
 PAIRS = (("cqr", "random"), ("asha-cqr", "asha"))
+# Syne Tune's counterparts (bench/peers/syne_tune_runner.py): method -> the runner's method.
+SYNE = {"syne-cqr": "cqr", "syne-asha-cqr": "asha-cqr"}
 ANALYTIC = ("branin-curve", "branin-mf", "hartmann6-mf")
 Trace = list[tuple[float, float, float]]  # (simulated seconds, resource consumed, best so far)
 
@@ -134,18 +144,57 @@ def settings_for(method: str, quick: bool) -> dict[str, Any]:
     return out
 
 
-def one_run(task: tuple[str, str, int, float, int, float | None, bool]) -> Run:
-    problem_name, method, seed, budget_r, workers, r_max, quick = task
+def _driver() -> Any:
+    """bench/peers/driver.py, loaded by path (bench/ is scripts, not a package)."""
+    import importlib.util
+
+    name = "hpod_bench_peers_driver"
+    if name not in sys.modules:
+        path = Path(__file__).resolve().parent / "peers" / "driver.py"
+        spec = importlib.util.spec_from_file_location(name, path)
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module  # dataclasses look their module up there
+        spec.loader.exec_module(module)
+    return sys.modules[name]
+
+
+def one_run(task: tuple[str, str, int, float, int, float | None, bool, str | None]) -> Run:
+    problem_name, method, seed, budget_r, workers, r_max, quick, peer_python = task
     problem = _problem(problem_name)
     budget = budget_r * (r_max or problem.max_resource)
+    t0 = time.perf_counter()
+    if method in SYNE:  # Syne Tune in its own interpreter, on the same simulated clock
+        assert peer_python is not None
+        stats: dict[str, Any] = {}
+        trace = _driver().run_peer("syne-tune", peer_python, SYNE[method], problem, workers,
+                                   seed, budget, r_max, stats)
+        return Run(problem_name, method, seed, budget, trace, stats["trials"],
+                   time.perf_counter() - t0)
     r_min = float(getattr(problem, "min_resource", 1.0))
     # An upper bound on trials: the budget ends the run long before.
     trials = math.ceil(budget / r_min) + workers
-    t0 = time.perf_counter()
     res = simulate(problem, method, workers, trials, seed, settings_for(method, quick),
                    max_resource=r_max, budget=budget)
     return Run(problem_name, method, seed, budget, res.trace, res.trials,
                time.perf_counter() - t0)
+
+
+def syne_tune(peers: list[str], python: str | None) -> tuple[str | None, dict[str, str]]:
+    """The interpreter to run Syne Tune with and its version, or None and why it is skipped."""
+    if "syne-tune" not in peers:
+        return None, {"syne-tune": "not asked for (--peers syne-tune)"}
+    drv = _driver()
+    try:
+        path = drv.interpreter("syne-tune", python)
+        info = drv.probe_cached("syne-tune", path)
+    except drv.PeerUnavailable as exc:
+        return None, {"syne-tune": str(exc)}
+    missing = {m: info["unavailable"].get(peer_m, "not offered by the runner")
+               for m, peer_m in SYNE.items() if peer_m not in info["methods"]}
+    if missing:
+        return None, missing
+    return path, {"version": f"{info['version']} ({path})"}
 
 
 _PROBLEMS: dict[str, Problem] = {}
@@ -237,7 +286,7 @@ def plot(res: Mapping[str, Any], path: Path) -> None:
     fig, axes = plt.subplots(1, len(problems), figsize=(4.2 * len(problems), 3.6),
                              squeeze=False)
     styles = {"cqr": ("C0", "-"), "random": ("C0", ":"), "asha-cqr": ("C3", "-"),
-              "asha": ("C3", ":")}
+              "asha": ("C3", ":"), "syne-cqr": ("C2", "--"), "syne-asha-cqr": ("C1", "--")}
     for ax, problem in zip(axes[0], problems, strict=True):
         for method, c in res["curves"][problem].items():
             color, ls = styles.get(method, ("k", "-"))
@@ -261,8 +310,17 @@ def plot(res: Mapping[str, Any], path: Path) -> None:
 
 def run_all(problems: list[str], seeds: int, mlp_seeds: int, budget_r: float,
             mlp_budget_r: float, workers: int, jobs: int, r_max: float, quick: bool,
-            log: Any = print) -> dict[str, Any]:
+            log: Any = print, peers: Sequence[str] = ("syne-tune",),
+            syne_python: str | None = None) -> dict[str, Any]:
     methods = [m for pair in PAIRS for m in pair]
+    peer_python, peer_info = syne_tune(list(peers), syne_python)
+    if peer_python is None:
+        skipped = peer_info
+        for what, why in skipped.items():
+            log(f"skipped {what}: {why}")
+    else:
+        skipped = {}
+        methods += list(SYNE)
 
     def rmax(p: str) -> float | None:  # the MLP keeps its own R (9 epochs)
         return None if p == "mlp-digits" else r_max
@@ -273,8 +331,8 @@ def run_all(problems: list[str], seeds: int, mlp_seeds: int, budget_r: float,
     def budget(p: str) -> float:
         return mlp_budget_r if p == "mlp-digits" else budget_r
 
-    tasks = [(p, m, s, budget(p), workers, rmax(p), quick) for p in problems for m in methods
-             for s in range(mlp_seeds if p == "mlp-digits" else seeds)]
+    tasks = [(p, m, s, budget(p), workers, rmax(p), quick, peer_python) for p in problems
+             for m in methods for s in range(mlp_seeds if p == "mlp-digits" else seeds)]
     # The MLP first: its runs are the longest, so they should not be the tail of the pool.
     tasks.sort(key=lambda t: t[0] != "mlp-digits")
     runs: list[Run] = []
@@ -295,8 +353,10 @@ def run_all(problems: list[str], seeds: int, mlp_seeds: int, budget_r: float,
                      "budget_in_R": budget_r, "mlp_budget_in_R": mlp_budget_r,
                      "workers": workers, "quick": quick,
                      "max_resource_analytic": r_max, "max_resource_mlp": MLPDigits.max_resource,
-                     "pairs": [list(p) for p in PAIRS], "fractions": list(FRACTIONS)},
-           "optimum": optima, "reference": refs, **summarise(runs, optima, refs)}
+                     "pairs": [list(p) for p in PAIRS], "fractions": list(FRACTIONS),
+                     "peers": {"syne-tune": peer_info.get("version")} if peer_python else {}},
+           "skipped": skipped, "optimum": optima, "reference": refs,
+           **summarise(runs, optima, refs)}
     return res
 
 
@@ -314,6 +374,10 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--jobs", type=int, default=max(1, min(2, os.cpu_count() or 1)),
                     help="benchmark processes")
     ap.add_argument("--out", default=str(Path(__file__).resolve().parent / "results"))
+    ap.add_argument("--peers", default="syne-tune",
+                    help="syne-tune (its CQR and ASHACQR beside hpod's, when it runs) or none")
+    ap.add_argument("--syne-python", default=None, metavar="PYTHON",
+                    help="interpreter with syne-tune (else $HPOD_SYNE_PYTHON, else this one)")
     ap.add_argument("--quick", action="store_true",
                     help="CI smoke run: 2 seeds, budget 2 R, small CQR models")
     return ap
@@ -328,7 +392,8 @@ def main(argv: list[str] | None = None) -> int:
     res = run_all(args.problems.split(","), args.seeds, args.mlp_seeds, args.budget,
                   args.mlp_budget,
                   args.workers, args.jobs, args.max_resource, args.quick,
-                  lambda s: print(s, file=sys.stderr, flush=True))
+                  lambda s: print(s, file=sys.stderr, flush=True),
+                  [p for p in args.peers.split(",") if p and p != "none"], args.syne_python)
     res["setup"].update({
         "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.system()}, "
@@ -342,6 +407,8 @@ def main(argv: list[str] | None = None) -> int:
     (out / f"{stem}.md").write_text(table)
     plot(res, out / f"{stem}.png")
     print(table)
+    for what, why in res["skipped"].items():
+        print(f"skipped {what}: {why}")
     print(f"wrote {out / stem}.json, .md, .png in {res['setup']['wall_seconds']} s")
     return 0
 

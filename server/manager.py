@@ -87,13 +87,20 @@ class StudyManager:
                        asyncio.create_task(self._loop(self._dispatch_once), name="dispatch"),
                        asyncio.create_task(self._loop(self._reap_once, 1.0), name="reap")]
 
-    async def stop(self) -> None:
+    async def stop(self, timeout: float = 5.0) -> None:
+        """Cancel the loops and close Redis, each bounded by ``timeout``: a shutdown must not
+        hang on a Redis call that does not answer its cancellation."""
         for t in self._tasks:
             t.cancel()
-        for t in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await t
-        await self.store.close()
+        if self._tasks:
+            _, stuck = await asyncio.wait(self._tasks, timeout=timeout)
+            if stuck:
+                log.warning("loops %s did not stop within %gs", [t.get_name() for t in stuck],
+                            timeout)
+        try:
+            await asyncio.wait_for(self.store.close(), timeout)
+        except (TimeoutError, Exception):
+            log.warning("closing the Redis connections failed or timed out", exc_info=True)
 
     async def _loop(self, step: Any, pause: float | None = None) -> None:
         while True:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -27,12 +28,21 @@ def _load(name: str) -> ModuleType:
 def test_compare_runs_every_method_and_scores_it() -> None:
     compare = _load("compare")
     res = compare.compare(["branin-mf"], ["hyperband", "asha", "random"],
-                          ["optuna", "no-such-peer"], seeds=2, workers=3, budget_r=3)
+                          ["optuna", "syne-tune", "ray-tune", "no-such-peer"], seeds=2,
+                          workers=3, budget_r=3)
     rows = res["regret"]["branin-mf"]
     assert {"hpod-hyperband", "hpod-asha", "hpod-random"} <= set(rows)
     if importlib.util.find_spec("optuna") is not None:
         assert {"optuna-hyperband-random", "optuna-sha-tpe"} <= set(rows)
     assert "no-such-peer" in res["skipped"]
+    # Syne Tune and Ray Tune run where an interpreter has them (HPOD_SYNE_PYTHON, ...), and
+    # are otherwise skipped, saying so.
+    for peer, prefix, var in (("syne-tune", "syne", "HPOD_SYNE_PYTHON"),
+                              ("ray-tune", "ray", "HPOD_RAY_PYTHON")):
+        if peer in res["setup"]["peer_versions"]:
+            assert {f"{prefix}-asha", f"{prefix}-hyperband"} <= set(rows)
+        elif not os.environ.get(var):
+            assert res["skipped"][peer].startswith("not installed"), res["skipped"][peer]
     for row in rows.values():
         for key in ("25%", "50%", "100%"):
             assert row[key]["mean"] >= 0.0  # above 1: worse than an average random guess
