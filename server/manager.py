@@ -99,7 +99,7 @@ class StudyManager:
                             timeout)
         try:
             await asyncio.wait_for(self.store.close(), timeout)
-        except (TimeoutError, Exception):
+        except Exception:
             log.warning("closing the Redis connections failed or timed out", exc_info=True)
 
     async def _loop(self, step: Any, pause: float | None = None) -> None:
