@@ -145,18 +145,11 @@ def settings_for(method: str, quick: bool) -> dict[str, Any]:
 
 
 def _driver() -> Any:
-    """bench/peers/driver.py, loaded by path (bench/ is scripts, not a package)."""
-    import importlib.util
+    """bench/peers/driver.py, through compare.py's loader (this script's folder is on the path:
+    bench/ is scripts, not a package)."""
+    from compare import _driver as load
 
-    name = "hpod_bench_peers_driver"
-    if name not in sys.modules:
-        path = Path(__file__).resolve().parent / "peers" / "driver.py"
-        spec = importlib.util.spec_from_file_location(name, path)
-        assert spec is not None and spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module  # dataclasses look their module up there
-        spec.loader.exec_module(module)
-    return sys.modules[name]
+    return load()
 
 
 def one_run(task: tuple[str, str, int, float, int, float | None, bool, str | None]) -> Run:

@@ -311,6 +311,8 @@ class ASHA(Algorithm):
         return min(int(np.searchsorted(self._cumulative, u, side="right")), self.n_brackets - 1)
 
     def _pending(self) -> list[dict[str, Any]]:
+        if not self.sampler.uses_pending:
+            return []  # a scan of every trial per new trial, for a sampler that ignores it
         return [t.config for tid, t in self.trials.items()
                 if tid in self.running and t.rung < 0]
 

@@ -180,6 +180,9 @@ class Sampler(abc.ABC):
     """Chooses the configuration of each new trial. Told every learning-curve point."""
 
     name: str = ""
+    # False for samplers that ignore ``pending``: schedulers then skip building that list, a
+    # scan of their running trials per new trial.
+    uses_pending: bool = True
 
     @abc.abstractmethod
     def suggest(self, trial_id: int, pending: Sequence[Mapping[str, Any]]) -> dict[str, Any]:

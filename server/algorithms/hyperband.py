@@ -355,7 +355,7 @@ class Hyperband(Algorithm):
         # Sorted for a deterministic order; skipped for samplers that ignore it (random), where
         # sorting a thousand running trials per new trial was a hot spot of large studies.
         pending = ([self.configs[t] for t in sorted(self.running)]
-                   if getattr(self.sampler, "uses_pending", True) else [])
+                   if self.sampler.uses_pending else [])
         self.configs[tid] = dict(self.sampler.suggest(tid, pending))
         return tid
 

@@ -14,7 +14,7 @@ class RandomSampler(Sampler):
     """Independent uniform draws (log-uniform on log-scale parameters)."""
 
     name = "random"
-    uses_pending = False  # independent draws: callers may skip building the pending list
+    uses_pending = False  # independent draws
 
     def __init__(self, ctx: Context, rng: np.random.Generator) -> None:
         self.space = ctx.space

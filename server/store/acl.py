@@ -12,9 +12,8 @@ missing here fails it). From the rules:
   What that leaves a worker beyond the protocol is ``RESIDUAL_REDIS6`` (and deploy/README.md).
 
 Either way the user has no other keys (the study hash, log, snapshot, trial views, the study
-index) and no DEL of any key,
-no keyless command beyond PING and MULTI/EXEC (no KEYS, SCAN, FLUSHALL, CONFIG, ACL, EVAL,
-MONITOR, CLIENT, DEBUG) and no Pub/Sub channels.
+index), no DEL of any key, no keyless command beyond PING and MULTI/EXEC (no KEYS, SCAN,
+FLUSHALL, CONFIG, ACL, EVAL, MONITOR, CLIENT, DEBUG) and no Pub/Sub channels.
 """
 
 from __future__ import annotations
