@@ -38,6 +38,9 @@ QUEUED, RUNNING, PAUSED, COMPLETED, STOPPED, FAILED, LOST = (
     "queued", "running", "paused", "completed", "stopped", "failed", "lost")
 FINAL_TRIAL_STATES = {COMPLETED, STOPPED, FAILED, LOST}
 ACTIVE, STUDY_COMPLETED, STUDY_STOPPED = "active", "completed", "stopped"
+# A study whose algorithm raised (or whose first trials all failed) hands out no more work;
+# one whose stored state could not be made consistent at start-up is kept read-only.
+STUDY_FAILED, STUDY_QUARANTINED = "failed", "quarantined"
 
 
 @dataclass
@@ -103,6 +106,7 @@ class StudyEngine:
         self.ended_jobs: dict[str, str] = {}  # job id -> how it ended, to tell late reports
         self.job_seq = 0
         self.state = ACTIVE
+        self.error = ""  # why the study is FAILED or QUARANTINED
         self.resource_used = 0.0
         self.cost_used = 0.0
         self.inputs = 0
@@ -378,6 +382,7 @@ class StudyEngine:
             "ended_jobs": self.ended_jobs,
             "job_seq": self.job_seq,
             "state": self.state,
+            "error": self.error,
             "resource_used": self.resource_used,
             "cost_used": self.cost_used,
             "inputs": self.inputs,
@@ -395,6 +400,7 @@ class StudyEngine:
         eng.ended_jobs = dict(state["ended_jobs"])
         eng.job_seq = int(state["job_seq"])
         eng.state = state["state"]
+        eng.error = str(state.get("error", ""))
         eng.resource_used = float(state["resource_used"])
         eng.cost_used = float(state["cost_used"])
         eng.inputs = int(state["inputs"])

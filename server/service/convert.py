@@ -20,7 +20,8 @@ TRIAL_STATES = {
     "lost": pb.TRIAL_STATE_LOST,
 }
 STUDY_STATES = {"active": pb.STUDY_STATE_ACTIVE, "completed": pb.STUDY_STATE_COMPLETED,
-                "stopped": pb.STUDY_STATE_STOPPED}
+                "stopped": pb.STUDY_STATE_STOPPED, "failed": pb.STUDY_STATE_FAILED,
+                "quarantined": pb.STUDY_STATE_QUARANTINED}
 EVENT_KINDS = {
     "created": pb.TrialEvent.CREATED, "progress": pb.TrialEvent.PROGRESS,
     "promoted": pb.TrialEvent.PROMOTED, "paused": pb.TrialEvent.PAUSED,
@@ -156,7 +157,7 @@ def study_to_pb(eng: StudyEngine, created: float) -> pb.Study:
     ts.FromNanoseconds(int(created * 1e9))
     spec = spec_to_pb(eng.config)
     spec.resource.max_resource = eng.max_resource()  # ID-HB may have raised it
-    msg = pb.Study(id=eng.study_id, spec=spec, state=STUDY_STATES[eng.state],
+    msg = pb.Study(id=eng.study_id, spec=spec, state=STUDY_STATES[eng.state], error=eng.error,
                    create_time=ts, trials_total=counts["total"],
                    trials_running=counts["running"], trials_finished=counts["finished"],
                    resource_used=eng.resource_used, cost_used=eng.cost_used,

@@ -29,6 +29,8 @@ class StudyState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     STUDY_STATE_ACTIVE: _ClassVar[StudyState]
     STUDY_STATE_COMPLETED: _ClassVar[StudyState]
     STUDY_STATE_STOPPED: _ClassVar[StudyState]
+    STUDY_STATE_FAILED: _ClassVar[StudyState]
+    STUDY_STATE_QUARANTINED: _ClassVar[StudyState]
 
 class TrialState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -56,6 +58,8 @@ STUDY_STATE_UNSPECIFIED: StudyState
 STUDY_STATE_ACTIVE: StudyState
 STUDY_STATE_COMPLETED: StudyState
 STUDY_STATE_STOPPED: StudyState
+STUDY_STATE_FAILED: StudyState
+STUDY_STATE_QUARANTINED: StudyState
 TRIAL_STATE_UNSPECIFIED: TrialState
 TRIAL_STATE_QUEUED: TrialState
 TRIAL_STATE_RUNNING: TrialState
@@ -159,7 +163,7 @@ class StudySpec(_message.Message):
     def __init__(self, name: _Optional[str] = ..., search_space: _Optional[_Iterable[_Union[Parameter, _Mapping]]] = ..., objective: _Optional[_Union[Objective, _Mapping]] = ..., resource: _Optional[_Union[ResourceSpec, _Mapping]] = ..., algorithm: _Optional[_Union[AlgorithmSpec, _Mapping]] = ..., seed: _Optional[int] = ..., max_trials: _Optional[int] = ..., trainer: _Optional[str] = ..., trainer_settings: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., max_retries: _Optional[int] = ...) -> None: ...
 
 class Study(_message.Message):
-    __slots__ = ("id", "spec", "state", "create_time", "trials_total", "trials_running", "trials_finished", "resource_used", "cost_used", "best_trial", "plan")
+    __slots__ = ("id", "spec", "state", "create_time", "trials_total", "trials_running", "trials_finished", "resource_used", "cost_used", "best_trial", "plan", "error")
     ID_FIELD_NUMBER: _ClassVar[int]
     SPEC_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
@@ -171,6 +175,7 @@ class Study(_message.Message):
     COST_USED_FIELD_NUMBER: _ClassVar[int]
     BEST_TRIAL_FIELD_NUMBER: _ClassVar[int]
     PLAN_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
     id: str
     spec: StudySpec
     state: StudyState
@@ -182,7 +187,8 @@ class Study(_message.Message):
     cost_used: float
     best_trial: Trial
     plan: Plan
-    def __init__(self, id: _Optional[str] = ..., spec: _Optional[_Union[StudySpec, _Mapping]] = ..., state: _Optional[_Union[StudyState, str]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., trials_total: _Optional[int] = ..., trials_running: _Optional[int] = ..., trials_finished: _Optional[int] = ..., resource_used: _Optional[float] = ..., cost_used: _Optional[float] = ..., best_trial: _Optional[_Union[Trial, _Mapping]] = ..., plan: _Optional[_Union[Plan, _Mapping]] = ...) -> None: ...
+    error: str
+    def __init__(self, id: _Optional[str] = ..., spec: _Optional[_Union[StudySpec, _Mapping]] = ..., state: _Optional[_Union[StudyState, str]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., trials_total: _Optional[int] = ..., trials_running: _Optional[int] = ..., trials_finished: _Optional[int] = ..., resource_used: _Optional[float] = ..., cost_used: _Optional[float] = ..., best_trial: _Optional[_Union[Trial, _Mapping]] = ..., plan: _Optional[_Union[Plan, _Mapping]] = ..., error: _Optional[str] = ...) -> None: ...
 
 class Rung(_message.Message):
     __slots__ = ("n", "r")
@@ -231,14 +237,20 @@ class GetStudyRequest(_message.Message):
     def __init__(self, study_id: _Optional[str] = ...) -> None: ...
 
 class ListStudiesRequest(_message.Message):
-    __slots__ = ()
-    def __init__(self) -> None: ...
+    __slots__ = ("page_size", "page_token")
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    page_size: int
+    page_token: str
+    def __init__(self, page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
 
 class ListStudiesResponse(_message.Message):
-    __slots__ = ("studies",)
+    __slots__ = ("studies", "next_page_token")
     STUDIES_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     studies: _containers.RepeatedCompositeFieldContainer[Study]
-    def __init__(self, studies: _Optional[_Iterable[_Union[Study, _Mapping]]] = ...) -> None: ...
+    next_page_token: str
+    def __init__(self, studies: _Optional[_Iterable[_Union[Study, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
 
 class StopStudyRequest(_message.Message):
     __slots__ = ("study_id",)
@@ -307,18 +319,24 @@ class Trial(_message.Message):
     def __init__(self, study_id: _Optional[str] = ..., id: _Optional[int] = ..., config: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., state: _Optional[_Union[TrialState, str]] = ..., curve: _Optional[_Iterable[_Union[CurvePoint, _Mapping]]] = ..., resource: _Optional[float] = ..., has_value: _Optional[bool] = ..., value: _Optional[float] = ..., bracket: _Optional[int] = ..., rung: _Optional[int] = ..., cost: _Optional[float] = ..., lost_jobs: _Optional[int] = ..., error: _Optional[str] = ..., samples_per_second: _Optional[float] = ..., warm_resumes: _Optional[int] = ..., segments: _Optional[int] = ...) -> None: ...
 
 class ListTrialsRequest(_message.Message):
-    __slots__ = ("study_id", "include_curves")
+    __slots__ = ("study_id", "include_curves", "page_size", "page_token")
     STUDY_ID_FIELD_NUMBER: _ClassVar[int]
     INCLUDE_CURVES_FIELD_NUMBER: _ClassVar[int]
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     study_id: str
     include_curves: bool
-    def __init__(self, study_id: _Optional[str] = ..., include_curves: _Optional[bool] = ...) -> None: ...
+    page_size: int
+    page_token: str
+    def __init__(self, study_id: _Optional[str] = ..., include_curves: _Optional[bool] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
 
 class ListTrialsResponse(_message.Message):
-    __slots__ = ("trials",)
+    __slots__ = ("trials", "next_page_token")
     TRIALS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     trials: _containers.RepeatedCompositeFieldContainer[Trial]
-    def __init__(self, trials: _Optional[_Iterable[_Union[Trial, _Mapping]]] = ...) -> None: ...
+    next_page_token: str
+    def __init__(self, trials: _Optional[_Iterable[_Union[Trial, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
 
 class GetTrialRequest(_message.Message):
     __slots__ = ("study_id", "trial_id")
