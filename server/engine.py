@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .algorithms import Decision, Job, Outcome, Status
-from .algorithms.base import PreconditionError
+from .algorithms.base import PreconditionError, TransientAlgorithmError
 from .study import StudyConfig
 
 
@@ -33,10 +33,35 @@ class EngineError(Exception):
         self.message = message
 
 
+class AlgorithmFailure(Exception):
+    """The algorithm raised something other than a refusal while an input was applied.
+
+    The engine may be half-mutated: the service must rebuild the study from its durable state
+    (which does not contain this input) and then either fail the study (``fatal``) with
+    :attr:`message`, or, for a :class:`~hpod.server.algorithms.base.TransientAlgorithmError`,
+    answer the caller "retry" and leave the study as it was."""
+
+    def __init__(self, algorithm: str, inp: Mapping[str, Any], exc: BaseException) -> None:
+        self.fatal = not isinstance(exc, TransientAlgorithmError)
+        shown = {k: v for k, v in inp.items() if k != "op"}
+        text = repr(shown)
+        if len(text) > 200:
+            text = text[:200] + "...}"
+        self.message = (f"algorithm {algorithm!r} raised {type(exc).__name__}: "
+                        f"{str(exc)[:500]} while applying input {inp.get('op')!r} {text}")
+        super().__init__(self.message)
+
+
 # Trial and study states (the wire enums are mapped in one place, server/service/convert.py).
 QUEUED, RUNNING, PAUSED, COMPLETED, STOPPED, FAILED, LOST = (
     "queued", "running", "paused", "completed", "stopped", "failed", "lost")
 FINAL_TRIAL_STATES = {COMPLETED, STOPPED, FAILED, LOST}
+# A study whose first trials all fail this many times in a row is failed with the first error
+# (a misspelled parameter, a missing data set): its remaining trials would fail the same way.
+FAIL_FAST_TRIALS = 5
+# How many ended job ids are remembered by name, to say how a late report's job ended. Older
+# ones are still recognised as ended (by their sequence number), only less precisely.
+ENDED_JOBS_KEPT = 1000
 ACTIVE, STUDY_COMPLETED, STUDY_STOPPED = "active", "completed", "stopped"
 # A study whose algorithm raised (or whose first trials all failed) hands out no more work;
 # one whose stored state could not be made consistent at start-up is kept read-only.
@@ -103,8 +128,13 @@ class StudyEngine:
         self.algorithm = config.build_algorithm()
         self.trials: dict[int, TrialRec] = {}
         self.jobs: dict[str, JobRec] = {}
-        self.ended_jobs: dict[str, str] = {}  # job id -> how it ended, to tell late reports
+        # The most recent ended job ids -> how they ended (bounded; see _live_job).
+        self.ended_jobs: dict[str, str] = {}
         self.job_seq = 0
+        # Part of every job id handed out after an ``epoch`` input: the service gives each
+        # load of a study a new tag, so job ids that a Redis rollback erased from the log are
+        # never reissued to other work (a worker still holding one reports to nothing).
+        self.epoch = ""
         self.state = ACTIVE
         self.error = ""  # why the study is FAILED or QUARANTINED
         self.resource_used = 0.0
@@ -117,16 +147,47 @@ class StudyEngine:
     # ------------------------------------------------------------------ inputs
 
     def apply(self, inp: Mapping[str, Any]) -> Any:
-        """Apply one input; returns what the op returns. Raises EngineError, changing nothing."""
+        """Apply one input; returns what the op returns.
+
+        Raises EngineError, changing nothing, for an input the engine refuses; raises
+        AlgorithmFailure if the algorithm itself raised (the engine may then be half-mutated
+        and must be rebuilt by the caller). An ``ask`` that hands out nothing is not counted as
+        an input: the caller need not log it (algorithms change no state when they have no job
+        to give)."""
         op = inp["op"]
         handler = getattr(self, f"_op_{op}", None)
         if handler is None:
             raise EngineError("invalid", f"unknown input {op!r}")
-        result = handler(**{k: v for k, v in inp.items() if k != "op"})
+        try:
+            result = handler(**{k: v for k, v in inp.items() if k != "op"})
+        except (EngineError, AlgorithmFailure):
+            raise
+        except TypeError as e:
+            if _is_signature_error(e, handler):
+                raise EngineError("invalid", f"bad fields for input {op!r}: {e}") from None
+            raise AlgorithmFailure(self.config.algorithm, inp, e) from e
+        except Exception as e:
+            raise AlgorithmFailure(self.config.algorithm, inp, e) from e
+        if op == "ask" and not result:
+            return result
         self.inputs += 1
         if op not in _KEEPS_BEST:
             self._best = None
         return result
+
+    def _op_epoch(self, tag: str) -> None:
+        self.epoch = str(tag)
+
+    def _op_fail_study(self, error: str) -> None:
+        """The algorithm raised (the service logs this input after rebuilding the study
+        without the input that raised): no more work is handed out."""
+        if self.state in (STUDY_COMPLETED, STUDY_STOPPED, STUDY_FAILED):
+            return
+        self.error = str(error)[:2000]
+        for job in list(self.jobs.values()):
+            self.effects.append(Effect("stop_job", job=job))
+            self._end_job(job, "stopped")
+        self._finish(STUDY_FAILED)
 
     def _op_ask(self, free: int, external: bool = False, client: str = "") -> list[JobRec]:
         if self.state != ACTIVE or free <= 0:
@@ -210,7 +271,21 @@ class StudyEngine:
         self.algorithm.on_job_end(job.algo_job(), Outcome(Status.FAILED))
         self._end_job(job, "failed")
         self._set_trial_state(job.trial_id, FAILED)
+        if self._failing_from_the_start():
+            first = min(t.id for t in self.trials.values() if t.state == FAILED)
+            self._op_fail_study(
+                f"the first {FAIL_FAST_TRIALS} trials all failed; the first error (trial "
+                f"{first}): {self.trials[first].error or 'no reason given'}")
+            return
         self._maybe_finish()
+
+    def _failing_from_the_start(self) -> bool:
+        """True when the study's first FAIL_FAST_TRIALS trials failed and none has a result."""
+        if self.state != ACTIVE or self.state_counts.get(FAILED, 0) < FAIL_FAST_TRIALS:
+            return False
+        first = sorted(self.trials)[:FAIL_FAST_TRIALS]
+        return (all(self.trials[t].state == FAILED for t in first)
+                and all(t.value is None for t in self.trials.values()))
 
     def _op_lost(self, job_id: str) -> None:
         """The job's lease expired: hand it on (resuming from the segment's start checkpoint)
@@ -243,8 +318,8 @@ class StudyEngine:
         if raise_r is None:
             raise EngineError("precondition", f"algorithm {self.config.algorithm!r} cannot "
                               "raise its maximum resource; use algorithm 'idhb'")
-        if self.state == STUDY_STOPPED:
-            raise EngineError("precondition", "the study was stopped")
+        if self.state in (STUDY_STOPPED, STUDY_FAILED, STUDY_QUARANTINED):
+            raise EngineError("precondition", f"the study is {self.state}")
         try:
             raise_r()
         except PreconditionError as e:
@@ -272,7 +347,8 @@ class StudyEngine:
 
     def _job_record(self, job: Job, external: bool, client: str, attempt: int) -> JobRec:
         self.job_seq += 1
-        rec = JobRec(f"{self.study_id}-j{self.job_seq}", job.trial_id, dict(job.config),
+        tag = f"-{self.epoch}" if self.epoch else ""
+        rec = JobRec(f"{self.study_id}{tag}-j{self.job_seq}", job.trial_id, dict(job.config),
                      float(job.from_resource), float(job.to_resource), job.bracket, job.rung,
                      attempt, RUNNING if external else QUEUED, external, client)
         self.jobs[rec.job_id] = rec
@@ -286,11 +362,20 @@ class StudyEngine:
         job = self.jobs.get(job_id)
         if job is not None:
             return job
-        ended = self.ended_jobs.get(job_id)
+        ended = self.ended_jobs.get(job_id) or self._ended_by_number(job_id)
         if ended is not None:
             raise EngineError("precondition", f"job {job_id} already ended ({ended}); "
                               "ask for a new job")
-        raise EngineError("not_found", f"no job {job_id!r} in study {self.study_id}")
+        raise EngineError("not_found", f"no job {_short(job_id)!r} in study {self.study_id}")
+
+    def _ended_by_number(self, job_id: str) -> str | None:
+        """A job id of this study and epoch that was handed out and is not live has ended."""
+        tag = f"-{self.epoch}" if self.epoch else ""
+        prefix = f"{self.study_id}{tag}-j"
+        seq = job_id[len(prefix):] if job_id.startswith(prefix) else ""
+        if seq.isdigit() and 0 < int(seq) <= self.job_seq:
+            return "ended"
+        return None
 
     def _check_point(self, job: JobRec, trial: TrialRec, resource: float, value: float) -> None:
         if not (_finite(resource) and _finite(value)):
@@ -330,6 +415,8 @@ class StudyEngine:
     def _end_job(self, job: JobRec, how: str) -> None:
         self.jobs.pop(job.job_id, None)
         self.ended_jobs[job.job_id] = how
+        if len(self.ended_jobs) > ENDED_JOBS_KEPT:  # dicts keep insertion order: drop oldest
+            del self.ended_jobs[next(iter(self.ended_jobs))]
 
     def _maybe_finish(self) -> None:
         if self.state == ACTIVE and not self.jobs and self.algorithm.done():
@@ -381,6 +468,7 @@ class StudyEngine:
             "jobs": [dict(vars(j)) for j in self.jobs.values()],
             "ended_jobs": self.ended_jobs,
             "job_seq": self.job_seq,
+            "epoch": self.epoch,
             "state": self.state,
             "error": self.error,
             "resource_used": self.resource_used,
@@ -399,6 +487,7 @@ class StudyEngine:
         eng.jobs = {j["job_id"]: JobRec(**j) for j in state["jobs"]}
         eng.ended_jobs = dict(state["ended_jobs"])
         eng.job_seq = int(state["job_seq"])
+        eng.epoch = str(state.get("epoch", ""))
         eng.state = state["state"]
         eng.error = str(state.get("error", ""))
         eng.resource_used = float(state["resource_used"])
@@ -413,6 +502,17 @@ class StudyEngine:
 
 # Inputs after which the incumbent is what it was: they hand out or start work, no result.
 _KEEPS_BEST = frozenset({"ask", "start"})
+
+
+def _short(text: str, limit: int = 80) -> str:
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def _is_signature_error(e: TypeError, handler: Any) -> bool:
+    """A TypeError from calling the handler itself (missing or unknown field), as opposed to
+    one raised inside the algorithm."""
+    tb = e.__traceback__
+    return tb is not None and tb.tb_next is None
 
 
 def _finite(x: Any) -> bool:

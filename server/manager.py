@@ -17,7 +17,15 @@ meantime, or died), the reaper puts the job back on the shared stream.
 
 Every engine mutation and its commit happen under the study's lock, so the log order is the
 order the engine saw. If a commit fails, the study is reloaded from Redis, so memory never runs
-ahead of what is durable.
+ahead of what is durable; the copy that failed can no longer commit (every commit checks, under
+the lock, that its copy is still the one the manager holds).
+
+The event loop only does bookkeeping. A study whose algorithm fits a model (or whose inputs
+have once taken more than a few milliseconds) has its inputs applied on a thread of the policy
+pool, still under the study's lock so their order is the log's; recovery after a restart
+replays there too, after the port is bound, and a study still being rebuilt answers
+UNAVAILABLE. An algorithm that raises fails its own study (state FAILED, with the message),
+never the server or another study.
 """
 
 from __future__ import annotations
@@ -28,14 +36,35 @@ import json
 import logging
 import secrets
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
+from redis.exceptions import RedisError
+
 from . import metrics, tenancy
-from .engine import ACTIVE, Effect, EngineError, JobRec, StudyEngine
+from .engine import (
+    ACTIVE,
+    STUDY_QUARANTINED,
+    AlgorithmFailure,
+    Effect,
+    EngineError,
+    JobRec,
+    StudyEngine,
+)
 from .store.redis_store import SNAPSHOT_EVERY, Batch, RedisStore, dumps
 from .study import StudyConfig
+
+# Algorithms and samplers that fit a model on every suggestion: their inputs never run on the
+# event loop. Any other study joins them once one of its inputs takes longer than SLOW_INPUT_S.
+MODEL_BASED = frozenset({"cqr", "asha-cqr", "carbs", "asha-carbs", "tpe"})
+SLOW_INPUT_S = 0.003
+# A snapshot is also taken once the algorithm has spent this much CPU since the last one, so
+# replaying a model-based study after a crash never refits for long.
+SNAPSHOT_CPU_S = 2.0
+# Events the group delivered this long ago and never acknowledged are read again.
+RECLAIM_IDLE_MS = 2000
 
 log = logging.getLogger("hpod.server")
 
@@ -49,6 +78,8 @@ class Settings:
     consumer: str = "server-1"
     # How long a continuation waits for the idle worker that holds its model (0: no affinity).
     handoff_seconds: float = 1.0
+    policy_threads: int = 4  # threads that run model-based studies' inputs, off the loop
+    recovery_concurrency: int = 2  # studies rebuilt at once after a restart
 
 
 @dataclass
@@ -62,6 +93,10 @@ class Live:
     external_seen: dict[str, float] = field(default_factory=dict)
     idle_ask_at: int = -1  # engine.inputs after the last ask that returned nothing
     stale: bool = False  # a commit failed: memory may differ from Redis until reloaded
+    offloaded: bool = False  # its inputs run on the policy pool, not on the event loop
+    busy: bool = False  # an input of it is being applied off the loop right now
+    snapshot_at: int = 0  # engine.inputs at its last snapshot
+    cpu_since_snapshot: float = 0.0
 
 
 class StudyManager:
@@ -69,8 +104,13 @@ class StudyManager:
         self.settings = settings
         self.store = RedisStore(settings.redis_url)
         self.studies: dict[str, Live] = {}
+        # Studies found in Redis at start-up and not rebuilt yet: id -> what they wait for.
+        self.loading: dict[str, str] = {}
         self._tasks: list[asyncio.Task] = []
+        self._background: set[asyncio.Task] = set()
+        self._pool = ThreadPoolExecutor(settings.policy_threads, thread_name_prefix="policy")
         self._rr = 0
+        self._last_reclaim = 0.0
         # Idle workers per trainer as the current dispatch pass saw them, minus those already
         # handed a job in it: where a continuation may go to the worker that holds its model.
         self._idle: dict[str, set[str]] = {}
@@ -78,25 +118,40 @@ class StudyManager:
     # ---------------------------------------------------------------- life cycle
 
     async def start(self) -> None:
+        """Start the loops and rebuild the stored studies in the background: the caller can
+        bind its port at once; a study answers UNAVAILABLE until it is rebuilt."""
         await self.store.ping()
-        for sid in await self.store.study_ids():
-            await self._recover(sid)
-        await self._apply_pending(list(self.studies))
-        # The apply loop needs no pause: its XREADGROUP BLOCK is the wait when idle.
+        sids = await self.store.study_ids()
+        self.loading = {sid: "being rebuilt after a restart" for sid in sids}
+        gate = asyncio.Semaphore(max(1, self.settings.recovery_concurrency))
+
+        async def rebuild(sid: str) -> None:
+            async with gate:
+                await self._recover_with_retries(sid)
+
         self._tasks = [asyncio.create_task(self._loop(self._apply_once, 0.0), name="apply"),
                        asyncio.create_task(self._loop(self._dispatch_once), name="dispatch"),
                        asyncio.create_task(self._loop(self._reap_once, 1.0), name="reap")]
+        self._tasks += [asyncio.create_task(rebuild(sid), name=f"recover {sid}")
+                        for sid in sids]
+
+    async def ready(self) -> None:
+        """Wait until every study found at start-up is rebuilt (or quarantined)."""
+        while self.loading:
+            await asyncio.sleep(0.05)
 
     async def stop(self, timeout: float = 5.0) -> None:
         """Cancel the loops and close Redis, each bounded by ``timeout``: a shutdown must not
         hang on a Redis call that does not answer its cancellation."""
-        for t in self._tasks:
+        tasks = [*self._tasks, *self._background]
+        for t in tasks:
             t.cancel()
-        if self._tasks:
-            _, stuck = await asyncio.wait(self._tasks, timeout=timeout)
+        if tasks:
+            _, stuck = await asyncio.wait(tasks, timeout=timeout)
             if stuck:
                 log.warning("loops %s did not stop within %gs", [t.get_name() for t in stuck],
                             timeout)
+        self._pool.shutdown(wait=False, cancel_futures=True)
         try:
             await asyncio.wait_for(self.store.close(), timeout)
         except Exception:
@@ -113,32 +168,74 @@ class StudyManager:
                 await asyncio.sleep(0.5)
             await asyncio.sleep(pause if pause is not None else self.settings.tick_seconds)
 
-    async def _recover(self, sid: str) -> None:
-        meta, snap, tail = await self.store.load_study(sid)
-        if not meta:
-            return
-        config = StudyConfig.from_dict(json.loads(meta["config"]))
-        if snap:
-            engine = StudyEngine.from_state(sid, config, snap["state"])
-        else:
-            engine = StudyEngine(sid, config)
-        for inp in tail:
-            engine.apply(inp)
-        engine.take_effects()  # already carried out before the crash
-        live = Live(engine, float(meta.get("created", time.time())))
-        now = time.time()
-        live.external_seen = {j.job_id: now for j in engine.jobs.values() if j.external}
+    def _spawn(self, coro: Any, name: str) -> None:
+        task = asyncio.create_task(coro, name=name)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _recover_with_retries(self, sid: str) -> None:
+        delay = 0.5
+        while True:
+            try:
+                await self._recover(sid)
+                return
+            except RedisError:
+                log.warning("study %s: Redis unreachable while rebuilding it; retrying in %gs",
+                            sid, delay, extra={"study_id": sid})
+            except Exception:
+                log.exception("rebuilding study %s failed; retrying", sid,
+                              extra={"study_id": sid})
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 10.0)
+
+    async def _recover(self, sid: str, apply_pending: bool = True) -> None:
+        try:
+            meta, snap, tail = await self.store.load_study(sid)
+            if not meta:
+                return
+            config = StudyConfig.from_dict(json.loads(meta["config"]))
+            loop = asyncio.get_running_loop()
+            engine, problem = await loop.run_in_executor(
+                self._pool, _rebuild, sid, config, snap, tail)
+            live = Live(engine, float(meta.get("created", time.time())))
+            live.offloaded = _model_based(config)
+            live.snapshot_at = engine.inputs - len(tail)
+            if problem:
+                await self._quarantine(sid, live, problem)
+                return
+            now = time.time()
+            live.external_seen = {j.job_id: now for j in engine.jobs.values() if j.external}
+            old = self.studies.get(sid)
+            if old is not None:
+                live.watchers = old.watchers
+            self.studies[sid] = live
+            if config.trainer:
+                await self.store.ensure_job_stream(config.trainer)
+            await self.store.ensure_event_group(sid)
+            if engine.state == ACTIVE:
+                async with live.lock:
+                    if self._owns(sid, live):
+                        await self._mutate(sid, live, _new_epoch())
+            log.info("recovered study %s: %d inputs replayed after snapshot", sid, len(tail),
+                     extra={"study_id": sid})
+        finally:
+            self.loading.pop(sid, None)
+        if apply_pending:
+            await self._apply_pending([sid])
+
+    async def _quarantine(self, sid: str, live: Live, problem: str) -> None:
+        """Keep a study whose stored state does not replay, read-only, with the reason."""
+        eng = live.engine
+        eng.state, eng.error = STUDY_QUARANTINED, problem
         self.studies[sid] = live
-        if config.trainer:
-            await self.store.ensure_job_stream(config.trainer)
-        await self.store.ensure_event_group(sid)
-        log.info("recovered study %s: %d inputs replayed after snapshot", sid, len(tail),
-                 extra={"study_id": sid})
+        await self.store.mark_study(sid, STUDY_QUARANTINED, problem)
+        log.error("study %s quarantined: %s", sid, problem, extra={"study_id": sid})
 
     async def _apply_pending(self, sids: list[str] | None = None) -> None:
         """Events read before a crash but not acknowledged: apply them first, in order."""
-        sids = list(self.studies) if sids is None else sids
-        while True:
+        sids = [s for s in (list(self.studies) if sids is None else sids)
+                if s in self.studies and not self.studies[s].stale]
+        while sids:
             got = await self.store.read_events(sids, self.settings.consumer, 1000, 0, True)
             if not any(entries for _, entries in got):
                 return
@@ -154,31 +251,48 @@ class StudyManager:
         if config.trainer:
             await self.store.ensure_job_stream(config.trainer)
         live = Live(StudyEngine(sid, config), time.time())
+        live.offloaded = _model_based(config)
         self.studies[sid] = live
         async with live.lock:
-            await self._commit(sid, live, [], [])
+            await self._mutate(sid, live, _new_epoch())
         log.info("created study %s (%s, tenant %r)", sid, config.algorithm, config.tenant,
                  extra={"study_id": sid})
         return live
 
     def get(self, sid: str) -> Live:
         live = self.studies.get(sid)
+        if live is None and sid in self.loading:
+            raise EngineError("unavailable", f"study {sid} is {self.loading[sid]}; retry in a "
+                              "moment")
         # Another tenant's study is reported exactly like a missing one: ids do not leak.
         if live is None or not tenancy.visible(live.engine.config.tenant):
-            raise EngineError("not_found", f"no study {sid!r}; list studies with "
+            raise EngineError("not_found", f"no study {sid[:80]!r}; list studies with "
                               "`hpod study list`")
         if live.stale:
             raise EngineError("unavailable", f"study {sid} is reloading after a storage "
                               "error; retry in a moment")
         return live
 
+    async def read(self, sid: str) -> Live:
+        """:meth:`get` for a read: waits while an input of that study is being applied off
+        the loop, so a read never sees an engine half-way through an input."""
+        live = self.get(sid)
+        if live.busy:
+            async with live.lock:
+                pass
+            live = self.get(sid)
+        return live
+
     async def delete(self, sid: str) -> None:
         live = self.get(sid)
         async with live.lock:
+            if not self._owns(sid, live):
+                raise EngineError("unavailable", f"study {sid} is reloading; retry in a moment")
             if live.engine.state == ACTIVE:
                 await self._mutate(sid, live, {"op": "stop"})
             await self.store.delete_study(sid)
             self.studies.pop(sid, None)
+            live.stale = True  # no late commit may re-create its keys
             for q in live.watchers:
                 q.put_nowait(None)
 
@@ -186,7 +300,7 @@ class StudyManager:
         """Apply one input from an RPC (ask/tell, stop, raise R) and commit it."""
         live = self.get(sid)
         async with live.lock:
-            if live.stale:
+            if not self._owns(sid, live):
                 raise EngineError("unavailable", f"study {sid} is reloading after a storage "
                                   "error; retry in a moment")
             result = await self._mutate(sid, live, inp)
@@ -197,28 +311,85 @@ class StudyManager:
             live.external_seen[inp["job_id"]] = time.time()
         return result
 
+    def _owns(self, sid: str, live: Live) -> bool:
+        """Checked under the study's lock before every mutation: only the copy the manager
+        holds, and only while it is not stale, may change and commit the study."""
+        return self.studies.get(sid) is live and not live.stale
+
     async def _mutate(self, sid: str, live: Live, inp: Mapping[str, Any]) -> Any:
-        result = live.engine.apply(inp)
-        await self._commit(sid, live, [inp], [])
+        result = await self._run(sid, live, live.engine.apply, inp)
+        logged = not (inp["op"] == "ask" and not result)  # an empty ask changed nothing
+        await self._commit(sid, live, [inp] if logged else [], [])
         return result
+
+    async def _run(self, sid: str, live: Live, fn: Callable[..., Any], *args: Any) -> Any:
+        """Call ``fn`` (an engine mutation) on the loop, or on the policy pool for a study
+        whose inputs are slow; caller holds the study's lock. An algorithm failure rebuilds
+        the study from Redis and fails it (or, if transient, only refuses this input)."""
+        start = time.thread_time() if not live.offloaded else 0.0
+        try:
+            if live.offloaded:
+                live.busy = True
+                try:
+                    result, spent = await asyncio.get_running_loop().run_in_executor(
+                        self._pool, _timed, fn, *args)
+                finally:
+                    live.busy = False
+            else:
+                result = fn(*args)
+                spent = time.thread_time() - start
+        except AlgorithmFailure as failure:
+            live.stale = True  # this copy may be half-mutated: it never commits again
+            self._spawn(self._after_failure(sid, failure), f"fail {sid}")
+            if failure.fatal:
+                raise EngineError("precondition", f"study {sid} failed: {failure.message}"
+                                  ) from None
+            raise EngineError("unavailable", f"{failure.message}; retry in a moment") from None
+        live.cpu_since_snapshot += spent
+        if spent > SLOW_INPUT_S and not live.offloaded:
+            live.offloaded = True
+            log.info("study %s: an input took %.0f ms; its inputs now run off the event loop",
+                     sid, spent * 1000, extra={"study_id": sid})
+        return result
+
+    async def _after_failure(self, sid: str, failure: AlgorithmFailure) -> None:
+        """Rebuild the study without the input that raised; a fatal failure is then logged
+        as a ``fail_study`` input, so a restart shows the same FAILED state and message."""
+        log.error("study %s: %s", sid, failure.message, extra={"study_id": sid})
+        if not failure.fatal:
+            await asyncio.sleep(1.0)  # a transient failure: give it a moment before retrying
+            await self._reload(sid)
+            return
+        # Pending events are applied only once the study is FAILED: applied before, the one
+        # that raised would raise again.
+        await self._reload(sid, apply_pending=False)
+        live = self.studies.get(sid)
+        if live is None or live.stale:
+            return
+        async with live.lock:
+            if self._owns(sid, live) and live.engine.state == ACTIVE:
+                await self._mutate(sid, live, {"op": "fail_study", "error": failure.message})
+        metrics.STUDIES_FAILED.inc()
+        await self._apply_pending([sid])  # refused now (the study is over) and acknowledged
 
     # ---------------------------------------------------------------- commits
 
     async def _commit(self, sid: str, live: Live, inputs: list[Mapping[str, Any]],
-                      ack_ids: list[str], job_acks: list[tuple[str, str]] | None = None
-                      ) -> None:
+                      ack_ids: list[str], job_acks: list[tuple[str, str]] | None = None,
+                      stop_jobs: list[str] | None = None) -> None:
         eng = live.engine
         effects = eng.take_effects()
-        batch = Batch(inputs=list(inputs), ack_ids=ack_ids, job_acks=job_acks or [])
+        batch = Batch(inputs=list(inputs), ack_ids=ack_ids, job_acks=job_acks or [],
+                      stop_jobs=list(stop_jobs or []))
         for eff in effects:
             self._add_effect(eng, batch, eff)
-        batch.study_fields = {"state": eng.state, "summary": dumps(self.summary(live))}
-        before = eng.inputs - len(inputs)
-        # A snapshot every SNAPSHOT_EVERY inputs, and one when the study ends, so a restarted
-        # server replays nothing for finished studies (a model-based sampler refits on replay).
-        if (eng.inputs // SNAPSHOT_EVERY != before // SNAPSHOT_EVERY
-                or (inputs and eng.state != ACTIVE)):
-            batch.snapshot = dumps({"inputs": eng.inputs, "state": eng.state_dict()})
+        batch.study_fields = {"state": eng.state, "error": eng.error,
+                              "summary": dumps(self.summary(live))}
+        if inputs and self._snapshot_due(live):
+            state = eng.state_dict()
+            batch.snapshot = await self._off_loop(live, dumps, {"inputs": eng.inputs,
+                                                                "state": state})
+            batch.snapshot_inputs = eng.inputs
         try:
             await self.store.commit(sid, batch)
         except Exception:
@@ -227,23 +398,36 @@ class StudyManager:
             log.exception("commit for study %s failed; reloading it from Redis", sid,
                           extra={"study_id": sid})
             live.stale = True
-            await self._reload(sid)
+            self._spawn(self._reload(sid), f"reload {sid}")
             raise
+        if batch.snapshot is not None:
+            live.snapshot_at, live.cpu_since_snapshot = eng.inputs, 0.0
         self._publish(live, effects)
 
-    async def _reload(self, sid: str) -> None:
-        old = self.studies.get(sid)
-        try:
-            await self._recover(sid)
-        except Exception:
-            log.warning("study %s could not be reloaded yet; will retry", sid)
+    def _snapshot_due(self, live: Live) -> bool:
+        """A snapshot when the study ends (a restart then replays nothing for it), when the
+        algorithm has spent SNAPSHOT_CPU_S since the last one, or when the inputs since the last
+        one reach the inputs before it (at least SNAPSHOT_EVERY): a snapshot costs O(study),
+        so doubling the interval keeps the bytes written per input bounded."""
+        eng = live.engine
+        since = eng.inputs - live.snapshot_at
+        return (eng.state != ACTIVE
+                or live.cpu_since_snapshot >= SNAPSHOT_CPU_S
+                or since >= max(SNAPSHOT_EVERY, live.snapshot_at))
+
+    async def _off_loop(self, live: Live, fn: Callable[..., Any], *args: Any) -> Any:
+        if not live.offloaded and len(live.engine.trials) < 2000:
+            return fn(*args)
+        return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
+
+    async def _reload(self, sid: str, apply_pending: bool = True) -> None:
+        if sid not in self.studies:
             return
-        new = self.studies.get(sid)
-        if old is not None and new is not None and new is not old:
-            new.watchers = old.watchers
-        # Events of the failed batch are still pending for this consumer: apply them now
-        # (applying an event twice changes nothing, so an overlap with the apply loop is safe).
-        await self._apply_pending([sid])
+        try:
+            await self._recover(sid, apply_pending)
+        except Exception:
+            log.warning("study %s could not be reloaded yet; will retry", sid,
+                        exc_info=True, extra={"study_id": sid})
 
     def _add_effect(self, eng: StudyEngine, batch: Batch, eff: Effect) -> None:
         if eff.kind == "trial" and eff.trial_id is not None:
@@ -293,12 +477,24 @@ class StudyManager:
 
     # ---------------------------------------------------------------- apply loop
 
-    async def _apply_once(self) -> None:
-        sids = [sid for sid, lv in self.studies.items()
+    def _active(self) -> list[str]:
+        return [sid for sid, lv in self.studies.items()
                 if lv.engine.state == ACTIVE and not lv.stale]
+
+    async def _apply_once(self) -> None:
+        sids = self._active()
         if not sids:
             await asyncio.sleep(0.1)
             return
+        now = time.monotonic()
+        if now - self._last_reclaim >= RECLAIM_IDLE_MS / 2000:
+            # Entries read but never acknowledged (a read reply lost on the way, a commit that
+            # failed part-way through a batch) are taken again here, not only at start-up.
+            self._last_reclaim = now
+            for sid, entries in await self.store.reclaim_events(
+                    sids, self.settings.consumer, RECLAIM_IDLE_MS, self.settings.event_batch):
+                if entries:
+                    await self._apply_events(sid, entries)
         got = await self.store.read_events(sids, self.settings.consumer,
                                            self.settings.event_batch, 100)
         for sid, entries in got:
@@ -310,20 +506,18 @@ class StudyManager:
         if live is None or live.stale:
             return
         async with live.lock:
-            applied = []
-            for _eid, ev in entries:
-                inp = _event_to_input(ev)
-                if inp is None:
-                    continue
-                try:
-                    live.engine.apply(inp)
-                except EngineError as e:
-                    # Late or duplicated worker reports (a lost job's old worker, a redelivery)
-                    # are expected and change nothing.
-                    log.debug("ignored event for %s: %s", sid, e.message)
-                    continue
-                applied.append(inp)
-            await self._commit(sid, live, applied, [eid for eid, _ in entries])
+            if not self._owns(sid, live):
+                return  # reloaded meanwhile: the entries are still pending for the new copy
+            inputs = [inp for _eid, ev in entries if (inp := _event_to_input(ev)) is not None]
+            try:
+                applied, unknown = await self._run(sid, live, _apply_worker_inputs,
+                                                   live.engine, inputs)
+            except EngineError:
+                return  # the algorithm raised: the study is being rebuilt (and failed)
+            # Jobs the study does not know (handed out before a Redis rollback lost them) are
+            # told to stop, so a worker does not train on for nothing.
+            await self._commit(sid, live, applied, [eid for eid, _ in entries],
+                               stop_jobs=unknown)
             metrics.EVENTS_APPLIED.inc(len(applied))
             metrics.WARM_RESUMES.inc(sum(1 for i in applied if i.get("warm")))
 
@@ -348,7 +542,26 @@ class StudyManager:
             for sid in order:
                 if free <= 0:
                     break
-                free -= await self._ask(sid, free)
+                live = self.studies.get(sid)
+                if live is None or live.lock.locked():
+                    continue  # busy (e.g. a model fit off the loop): asked again next pass
+                if live.offloaded:
+                    # Never wait on a fit here: the study is asked in the background and the
+                    # other studies of the trainer are served meanwhile.
+                    self._spawn(self._ask_quietly(sid, free), f"ask {sid}")
+                    continue
+                free -= await self._ask_quietly(sid, free)
+
+    async def _ask_quietly(self, sid: str, free: int) -> int:
+        """Ask one study for jobs; a failure of one study never stops the pass."""
+        try:
+            return await self._ask(sid, free)
+        except EngineError as e:
+            log.info("dispatch to study %s: %s", sid, e.message, extra={"study_id": sid})
+        except RedisError:
+            log.warning("dispatch to study %s: Redis error", sid, exc_info=True,
+                        extra={"study_id": sid})
+        return 0
 
     async def _ask(self, sid: str, free: int) -> int:
         live = self.studies.get(sid)
@@ -356,7 +569,8 @@ class StudyManager:
             return 0
         async with live.lock:
             eng = live.engine
-            if eng.state != ACTIVE or live.idle_ask_at == eng.inputs:
+            if (not self._owns(sid, live) or eng.state != ACTIVE
+                    or live.idle_ask_at == eng.inputs):
                 return 0  # nothing changed since it last had nothing to give
             jobs = await self._mutate(sid, live, {"op": "ask", "free": free})
             live.idle_ask_at = eng.inputs if not jobs else -1
@@ -372,23 +586,27 @@ class StudyManager:
             metrics.HANDOFFS_RETURNED.inc(
                 await self.store.return_handoffs(self.settings.handoff_seconds, lease))
         for queue, eid, job in await self.store.expired_jobs(lease):
-            live = self.studies.get(job["study_id"]) if job else None
-            if live is None:
-                await self.store.commit(job["study_id"] if job else "_",
-                                        Batch(job_acks=[(queue, eid)]))
+            sid = job["study_id"] if job else "_"
+            live = self.studies.get(sid)
+            if live is None or not job:
+                if sid not in self.loading:  # a study being rebuilt reaps it once ready
+                    await self.store.commit(sid, Batch(job_acks=[(queue, eid)]))
                 continue
             async with live.lock:
+                if not self._owns(sid, live):
+                    continue
                 inp = {"op": "lost", "job_id": job["job_id"]}
                 try:
-                    live.engine.apply(inp)
+                    await self._run(sid, live, live.engine.apply, inp)
                     inputs = [inp]
                 except EngineError:
                     inputs = []  # already ended: only the stale lease entry remains
                 metrics.LEASE_EXPIRIES.inc()
                 log.warning("job %s lost with its worker", job["job_id"],
-                            extra={"study_id": job["study_id"], "job_id": job["job_id"],
+                            extra={"study_id": sid, "job_id": job["job_id"],
                                    "trial_id": job.get("trial_id")})
-                await self._commit(job["study_id"], live, inputs, [], [(queue, eid)])
+                if self._owns(sid, live):
+                    await self._commit(sid, live, inputs, [], [(queue, eid)])
         now = time.time()
         for sid, live in list(self.studies.items()):
             stale = [j for j, seen in live.external_seen.items() if now - seen > lease]
@@ -418,6 +636,57 @@ class StudyManager:
                     return
         finally:
             live.watchers.discard(q)
+
+
+def _model_based(config: StudyConfig) -> bool:
+    sampler = config.settings.get("sampler")
+    return config.algorithm in MODEL_BASED or (isinstance(sampler, str)
+                                               and sampler in MODEL_BASED)
+
+
+def _new_epoch() -> dict[str, Any]:
+    return {"op": "epoch", "tag": secrets.token_hex(3)}
+
+
+def _timed(fn: Callable[..., Any], *args: Any) -> tuple[Any, float]:
+    start = time.thread_time()
+    result = fn(*args)
+    return result, time.thread_time() - start
+
+
+def _rebuild(sid: str, config: StudyConfig, snap: Mapping[str, Any] | None,
+             tail: list[dict]) -> tuple[StudyEngine, str]:
+    """The study from its snapshot and log tail (on the policy pool: replaying a model-based
+    study refits). Returns the engine and "" or, if the stored state does not replay, the
+    engine as far as it replayed and why it stopped there."""
+    engine = (StudyEngine.from_state(sid, config, snap["state"]) if snap
+              else StudyEngine(sid, config))
+    for inp in tail:
+        try:
+            engine.apply(inp)
+        except (EngineError, AlgorithmFailure) as e:
+            engine.take_effects()
+            return engine, (f"its stored log does not replay: input {engine.inputs + 1} "
+                            f"({inp.get('op')!r}) was refused: {getattr(e, 'message', e)}")
+    engine.take_effects()  # already carried out before the crash
+    return engine, ""
+
+
+def _apply_worker_inputs(engine: StudyEngine, inputs: list[dict]
+                         ) -> tuple[list[dict], list[str]]:
+    """Apply a batch of worker events; returns those applied and the unknown job ids.
+    Late or duplicated reports (a lost job's old worker, a redelivery) are refused by the
+    engine and change nothing."""
+    applied, unknown = [], []
+    for inp in inputs:
+        try:
+            engine.apply(inp)
+        except EngineError as e:
+            if e.code == "not_found" and inp.get("job_id"):
+                unknown.append(str(inp["job_id"])[:200])
+            continue
+        applied.append(inp)
+    return applied, unknown
 
 
 def _event_to_input(ev: Mapping[str, Any]) -> dict[str, Any] | None:

@@ -64,10 +64,12 @@ if prom is not None:
     WARM_RESUMES = prom.Counter("hpod_warm_resumes", "Segments a worker continued from the "
                                 "model in its memory instead of the checkpoint",
                                 registry=REGISTRY)
+    STUDIES_FAILED = prom.Counter("hpod_studies_failed", "Studies failed because their "
+                                  "algorithm raised", registry=REGISTRY)
 else:
     REGISTRY = None
     EVENTS_APPLIED = LEASE_EXPIRIES = RPC_SECONDS = RPCS = WORKERS = UTILISATION = WATCHES = \
-        HANDOFFS = HANDOFFS_RETURNED = WARM_RESUMES = _Noop()
+        HANDOFFS = HANDOFFS_RETURNED = WARM_RESUMES = STUDIES_FAILED = _Noop()
 
 
 class StudyCollector:

@@ -42,6 +42,13 @@ class PreconditionError(RuntimeError):
     raising the maximum resource before the current Hyperband run is complete."""
 
 
+class TransientAlgorithmError(RuntimeError):
+    """Raise this (instead of any other exception) when a call may succeed if retried, e.g. a
+    numerical fit that did not converge this time. The service rebuilds the study without the
+    input and answers the caller UNAVAILABLE; any other exception fails the study for good
+    (its state becomes FAILED with the message)."""
+
+
 class Decision(str, enum.Enum):
     """The answer to a learning-curve point."""
 

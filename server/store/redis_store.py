@@ -20,7 +20,7 @@ from redis.exceptions import ResponseError
 
 from . import keys
 
-SNAPSHOT_EVERY = 200  # inputs between snapshots: bounds replay time after a crash
+SNAPSHOT_EVERY = 200  # the least number of inputs between snapshots
 STOP_SET_TTL = 7 * 86400  # seconds a deleted study's stop set is kept for late workers
 
 # A job waiting in a worker's handoff stream goes back to its trainer's shared stream once it
@@ -80,7 +80,11 @@ class Batch:
     study_fields: dict[str, str] = field(default_factory=dict)
     ack_ids: list[str] = field(default_factory=list)
     job_acks: list[tuple[str, str]] = field(default_factory=list)  # (queue key, entry id)
+    # The engine state after every input so far (this batch's included). Written with it, the
+    # log is emptied: everything it held is in the snapshot, and ``log_base`` records that
+    # the log now starts at input number ``snapshot_inputs``.
     snapshot: str | None = None
+    snapshot_inputs: int = 0
 
     def empty(self) -> bool:
         return not (self.inputs or self.trials or self.jobs or self.stop_jobs
@@ -114,12 +118,22 @@ class RedisStore:
 
     async def load_study(self, sid: str) -> tuple[dict[str, str], dict | None, list[dict]]:
         """(study hash, snapshot or None, log inputs after the snapshot)."""
-        meta = await self.r.hgetall(keys.study(sid))
-        raw = await self.r.get(keys.snapshot(sid))
+        async with self.r.pipeline(transaction=True) as p:  # one consistent read
+            p.hgetall(keys.study(sid))
+            p.get(keys.snapshot(sid))
+            p.lrange(keys.log(sid), 0, -1)
+            meta, raw, log = await p.execute()
         snap = json.loads(raw) if raw else None
-        start = snap["inputs"] if snap else 0
-        tail = await self.r.lrange(keys.log(sid), start, -1)
-        return meta, snap, [json.loads(x) for x in tail]
+        # The log starts at input ``log_base`` (the last snapshot that trimmed it); a study
+        # written before logs were trimmed has no base and a full log.
+        start = (snap["inputs"] if snap else 0) - int(meta.get("log_base", 0) or 0)
+        if start < 0:
+            raise ValueError(f"study {sid}: its log starts after its snapshot")
+        return meta, snap, [json.loads(x) for x in log[start:]]
+
+    async def mark_study(self, sid: str, state: str, error: str) -> None:
+        """Record a state the server decided outside an engine commit (quarantine)."""
+        await self.r.hset(keys.study(sid), mapping={"state": state, "error": error})
 
     async def delete_study(self, sid: str) -> None:
         # The stop set outlives the study for a while: it names every job the study had out,
@@ -174,6 +188,8 @@ class RedisStore:
                 p.xdel(stream, eid)
             if batch.snapshot is not None:
                 p.set(keys.snapshot(sid), batch.snapshot)
+                p.delete(keys.log(sid))
+                p.hset(keys.study(sid), "log_base", batch.snapshot_inputs)
             await p.execute()
 
     # ---------------------------------------------------------------- worker events
@@ -194,6 +210,25 @@ class RedisStore:
             sid = stream[prefix_len:stream.index("}")]
             parsed = [(eid, json.loads(fields["e"])) for eid, fields in entries if fields]
             out.append((sid, parsed))
+        return out
+
+    async def reclaim_events(self, sids: Sequence[str], consumer: str, min_idle_ms: int,
+                             count: int) -> list[tuple[str, list[tuple[str, dict]]]]:
+        """Events this server's group delivered more than ``min_idle_ms`` ago and never
+        acknowledged (a lost read reply, a failed commit), claimed again for ``consumer``."""
+        if not sids:
+            return []
+        async with self.r.pipeline(transaction=False) as p:
+            for sid in sids:
+                p.xautoclaim(keys.events(sid), keys.SERVER_GROUP, consumer, min_idle_ms,
+                             start_id="0-0", count=count)
+            replies = await p.execute(raise_on_error=False)
+        out = []
+        for sid, reply in zip(sids, replies, strict=True):
+            if isinstance(reply, Exception) or not reply or not reply[1]:
+                continue
+            out.append((sid, [(eid, json.loads(fields["e"]))
+                              for eid, fields in reply[1] if fields]))
         return out
 
     # ---------------------------------------------------------------- workers and leases
