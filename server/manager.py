@@ -43,7 +43,7 @@ from typing import Any
 
 from redis.exceptions import RedisError
 
-from . import metrics, tenancy
+from . import metrics, plugins, tenancy
 from .engine import (
     ACTIVE,
     STUDY_QUARANTINED,
@@ -101,6 +101,7 @@ class Live:
 
 class StudyManager:
     def __init__(self, settings: Settings) -> None:
+        plugins.load_plugins()
         self.settings = settings
         self.store = RedisStore(settings.redis_url)
         self.studies: dict[str, Live] = {}
