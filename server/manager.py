@@ -34,16 +34,18 @@ import asyncio
 import contextlib
 import json
 import logging
+import multiprocessing
 import secrets
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
 from redis.exceptions import RedisError
 
 from . import metrics, plugins, tenancy
+from .algorithms import offload
 from .engine import (
     ACTIVE,
     STUDY_QUARANTINED,
@@ -79,6 +81,9 @@ class Settings:
     # How long a continuation waits for the idle worker that holds its model (0: no affinity).
     handoff_seconds: float = 1.0
     policy_threads: int = 4  # threads that run model-based studies' inputs, off the loop
+    # Processes for algorithms' CPU-heavy pure functions (model fits that hold the GIL);
+    # 0 runs them on the policy threads.
+    fit_processes: int = 2
     recovery_concurrency: int = 2  # studies rebuilt at once after a restart
 
 
@@ -110,6 +115,12 @@ class StudyManager:
         self._tasks: list[asyncio.Task] = []
         self._background: set[asyncio.Task] = set()
         self._pool = ThreadPoolExecutor(settings.policy_threads, thread_name_prefix="policy")
+        self._fits: ProcessPoolExecutor | None = None
+        if settings.fit_processes > 0:
+            # forkserver: a fork of this process (threads, an event loop, sockets) is unsafe.
+            self._fits = ProcessPoolExecutor(
+                settings.fit_processes, mp_context=multiprocessing.get_context("forkserver"))
+            offload.set_runner(lambda fn, *args: self._fits.submit(fn, *args).result())
         self._rr = 0
         self._last_reclaim = 0.0
         # Idle workers per trainer as the current dispatch pass saw them, minus those already
@@ -153,6 +164,9 @@ class StudyManager:
                 log.warning("loops %s did not stop within %gs", [t.get_name() for t in stuck],
                             timeout)
         self._pool.shutdown(wait=False, cancel_futures=True)
+        if self._fits is not None:
+            offload.set_runner(None)
+            self._fits.shutdown(wait=False, cancel_futures=True)
         try:
             await asyncio.wait_for(self.store.close(), timeout)
         except Exception:

@@ -77,6 +77,7 @@ from .base import (
     rng_restore,
     rng_state,
 )
+from .offload import compute
 from .random_search import RandomSearch
 from .space import Categorical, Float, Int, SearchSpace
 
@@ -487,7 +488,9 @@ class CQRSampler(Sampler):
             if self.cfg.max_fit_samples is not None and len(y) > self.cfg.max_fit_samples:
                 idx = np.sort(fit_rng.choice(len(y), self.cfg.max_fit_samples, replace=False))
             cols = configs_to_columns(self.space, [configs[i] for i in idx])
-            model = fit_quantile_model(encode(self.space, cols), y[idx], self.cfg, fit_rng)
+            # Pure and seeded by its own generator: the service may run it in another process.
+            model = compute(fit_quantile_model, encode(self.space, cols), y[idx], self.cfg,
+                            fit_rng)
             best = np.argsort(y, kind="stable")[: self.cfg.local_top]
             parents = configs_to_columns(self.space, [configs[i] for i in best])
             self._model = (self._version, model, parents, y)

@@ -88,7 +88,7 @@ class HpodServicer(pb_grpc.HpodServicer):
 
     @rpc
     async def GetStudy(self, request: pb.GetStudyRequest, context: Any) -> pb.Study:
-        live = self.m.get(request.study_id)
+        live = await self.m.read(request.study_id)
         return convert.study_to_pb(live.engine, live.created)
 
     @rpc
@@ -164,14 +164,14 @@ class HpodServicer(pb_grpc.HpodServicer):
     @rpc
     async def ListTrials(self, request: pb.ListTrialsRequest, context: Any
                          ) -> pb.ListTrialsResponse:
-        eng = self.m.get(request.study_id).engine
+        eng = (await self.m.read(request.study_id)).engine
         return pb.ListTrialsResponse(trials=[
             convert.trial_to_pb(eng.study_id, t, curve=request.include_curves)
             for _, t in sorted(eng.trials.items())])
 
     @rpc
     async def GetTrial(self, request: pb.GetTrialRequest, context: Any) -> pb.Trial:
-        eng = self.m.get(request.study_id).engine
+        eng = (await self.m.read(request.study_id)).engine
         trial = eng.trials.get(request.trial_id)
         if trial is None:
             raise EngineError("not_found", f"no trial {request.trial_id} in study "
@@ -180,7 +180,7 @@ class HpodServicer(pb_grpc.HpodServicer):
 
     @rpc
     async def GetBestTrial(self, request: pb.GetBestTrialRequest, context: Any) -> pb.Trial:
-        eng = self.m.get(request.study_id).engine
+        eng = (await self.m.read(request.study_id)).engine
         best = eng.best_trial()
         if best is None:
             raise EngineError("not_found", "no trial has a result yet")
@@ -189,7 +189,7 @@ class HpodServicer(pb_grpc.HpodServicer):
     @rpc
     async def GetParetoFront(self, request: pb.GetParetoFrontRequest, context: Any
                              ) -> pb.ParetoFront:
-        return convert.pareto_to_pb(self.m.get(request.study_id).engine)
+        return convert.pareto_to_pb((await self.m.read(request.study_id)).engine)
 
     # ---------------------------------------------------------------- ask/tell
 
