@@ -218,8 +218,10 @@ class StudyManager:
             if problem:
                 await self._quarantine(sid, live, problem)
                 return
-            now = time.time()
-            live.external_seen = {j.job_id: now for j in engine.jobs.values() if j.external}
+            # External clients get one lease of grace on top: they were cut off by the restart
+            # and may sit in their channel's reconnect backoff for a while.
+            grace = time.time() + self.settings.lease_seconds
+            live.external_seen = {j.job_id: grace for j in engine.jobs.values() if j.external}
             old = self.studies.get(sid)
             if old is not None:
                 live.watchers = old.watchers
