@@ -56,6 +56,11 @@ def short(text: str, n: int = 64) -> str:
     return repr(text) if len(text) <= n else f"{text[:n]!r}... ({len(text)} characters)"
 
 
+def clip(text: str, n: int = 64) -> str:
+    """``text`` as it is, cut to ``n`` characters: for a name inside a field path or command."""
+    return text if len(text) <= n else f"{text[:n]}..."
+
+
 def name(value: str, field: str, limits: Limits, required: bool = False) -> None:
     """A name or id: bounded, so that it is never stored or echoed at any length."""
     if required and not value:
@@ -198,13 +203,13 @@ def trainer(s: pb.StudySpec, declared: dict[str, list[str] | None]) -> None:
     if s.trainer not in declared and s.trainer not in BUILTIN_TRAINERS:
         raise invalid("spec.trainer", f"no registered worker has trainer {short(s.trainer)} "
                       f"and it is not built in ({', '.join(sorted(BUILTIN_TRAINERS))}); start "
-                      f"a worker for it first: `hpod worker --trainer {short(s.trainer, 40)}`")
+                      f"a worker for it first: `hpod worker --trainer {clip(s.trainer)}`")
     accepted = declared.get(s.trainer)
     if accepted is None:
         return
     for key in s.trainer_settings.fields:
         if key not in accepted and key not in SHARED_TRAINER_SETTINGS:
-            raise invalid(f"spec.trainer_settings.{short(key, 40)}", f"trainer "
+            raise invalid(f"spec.trainer_settings.{clip(key)}", f"trainer "
                           f"{short(s.trainer)} does not take this setting; it takes "
                           f"{sorted(accepted)}")
 
