@@ -11,6 +11,8 @@ from __future__ import annotations
 import math
 import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -451,6 +453,12 @@ def _health(address: str) -> int:
                                                     timeout=10).status
 
 
+def _probe(address: str, *args: str) -> int:
+    env = {**os.environ, "HPOD_PORT": address.rsplit(":", 1)[1]}
+    return subprocess.run([sys.executable, "-m", "hpod.server.healthcheck", *args], env=env,
+                          capture_output=True, timeout=60).returncode
+
+
 def test_health_is_not_serving_while_redis_is_stopped(tmp_path) -> None:
     serving, not_serving = (health_pb2.HealthCheckResponse.SERVING,
                             health_pb2.HealthCheckResponse.NOT_SERVING)
@@ -468,6 +476,9 @@ def test_health_is_not_serving_while_redis_is_stopped(tmp_path) -> None:
                 client.stub.CreateStudy(pb.CreateStudyRequest(spec=base_spec()), timeout=10)
             assert err.value.code() == grpc.StatusCode.UNAVAILABLE
             assert "retry" in err.value.details()
+            # The probe module: not ready, yet alive (a restart would not bring Redis back).
+            assert _probe(cluster.address) == 1
+            assert _probe(cluster.address, "--live") == 0
         finally:
             os.kill(pid, signal.SIGCONT)
         wait_for(lambda: _health(cluster.address) == serving, 30, "SERVING again")
