@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import os
 import signal
+import struct
 import subprocess
 import sys
 import threading
@@ -118,8 +119,32 @@ def malformed_cases() -> list[Case]:
         # spec { search_space { name: <5 bytes announced, 2 sent> } }
         out.append(Case(f"{m}: truncated parameter name", hpod(m),
                         b"\x0a\x06\x12\x04\x0a\x05ab", INVALID, "spec.search_space.name"))
+        out.append(Case(f"{m}: settings nested 100 deep", hpod(m), _deep_settings(100), INVALID))
     out.append(Case("Health.Check: garbage", "/grpc.health.v1.Health/Check", b"\x0f", INVALID))
     return out
+
+
+def _len(field: int, payload: bytes) -> bytes:
+    """One length-delimited protobuf field (tag, length, payload)."""
+    def varint(n: int) -> bytes:
+        out = b""
+        while n > 0x7F:
+            out += bytes([n & 0x7F | 0x80])
+            n >>= 7
+        return out + bytes([n])
+
+    return varint(field << 3 | 2) + varint(len(payload)) + payload
+
+
+def _deep_settings(depth: int) -> bytes:
+    """A CreateStudy/PlanStudy request whose algorithm.settings nest ``depth`` Structs deep,
+    written by hand: protobuf's own encoder refuses to build it."""
+    value = b"\x11" + struct.pack("<d", 1.0)  # Value.number_value
+    for _ in range(depth):
+        value = _len(5, _len(1, _len(1, b"a") + _len(2, value)))  # Value{struct{a: value}}
+    settings = _len(1, _len(1, b"deep") + _len(2, value))
+    spec = base_spec().SerializeToString() + _len(5, _len(2, settings))  # merged into algorithm
+    return _len(1, spec)
 
 
 def spec_cases() -> list[Case]:

@@ -8,9 +8,11 @@ import base64
 import binascii
 import dataclasses
 import functools
+import importlib
 import json
 import logging
 import math
+import sys
 import time
 from collections.abc import Callable
 from typing import Any
@@ -23,7 +25,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from .. import metrics, tenancy
+from .. import algorithms, metrics, tenancy
 from ..algorithms import SettingsError, SpaceError
 from ..engine import EngineError
 from ..manager import StudyManager
@@ -125,6 +127,21 @@ def _after(token: str, kind: str) -> list[Any] | None:
     return data["a"]
 
 
+async def _import_algorithm(spec: pb.StudySpec) -> None:
+    """Import the spec's algorithm and sampler modules in a thread the first time one is
+    named: CQR and CARBS pull in scikit-learn, torch and BoTorch, seconds that would otherwise
+    stall every other request on the event loop."""
+    wanted = [(spec.algorithm.name, algorithms.MODULES)]
+    sampler = spec.algorithm.settings.fields.get("sampler")
+    if sampler is not None and sampler.WhichOneof("kind") == "string_value":
+        wanted.append((sampler.string_value, algorithms.SAMPLER_MODULES))
+    todo = [table[name] for name, table in wanted if name in table
+            and f"{algorithms.__name__}.{table[name]}" not in sys.modules]
+    if todo:
+        await asyncio.to_thread(lambda: [importlib.import_module(
+            f"{algorithms.__name__}.{module}") for module in todo])
+
+
 class HpodServicer(pb_grpc.HpodServicer):
     def __init__(self, manager: StudyManager, limits: Limits | None = None) -> None:
         self.m = manager
@@ -153,6 +170,7 @@ class HpodServicer(pb_grpc.HpodServicer):
     @rpc
     async def CreateStudy(self, request: pb.CreateStudyRequest, context: Any) -> pb.Study:
         checks.spec(request.spec, self.limits)
+        await _import_algorithm(request.spec)
         config = convert.config_from_spec(request.spec)
         _check_size(config, self.limits)
         self._writable()
@@ -166,6 +184,7 @@ class HpodServicer(pb_grpc.HpodServicer):
     @rpc
     async def PlanStudy(self, request: pb.PlanStudyRequest, context: Any) -> pb.Plan:
         checks.spec(request.spec, self.limits)
+        await _import_algorithm(request.spec)
         config = convert.config_from_spec(request.spec)
         return convert.plan_to_pb(config.build_algorithm().plan())
 
