@@ -160,6 +160,12 @@ class HpodServicer(pb_grpc.HpodServicer):
         checks.name(sid, "study_id", self.limits, required=True)
         return self.m.get(sid)
 
+    def _job_call(self, sid: str, job_id: str) -> None:
+        """Ids bounded, then the study looked up (NOT_FOUND, also for another tenant's) before
+        the values are judged: the answer to a stranger never depends on them."""
+        checks.job_call(sid, job_id, self.limits)
+        self.m.get(sid)
+
     async def _submit(self, sid: str, inp: dict[str, Any]) -> Any:
         checks.name(sid, "study_id", self.limits, required=True)
         self._writable()
@@ -339,7 +345,7 @@ class HpodServicer(pb_grpc.HpodServicer):
     @rpc
     async def ReportProgress(self, request: pb.ReportProgressRequest, context: Any
                              ) -> pb.ReportProgressResponse:
-        checks.job_call(request.study_id, request.job_id, self.limits)
+        self._job_call(request.study_id, request.job_id)
         checks.finite(request.resource, "resource", positive=True)
         decision = await self._submit(request.study_id, {
             "op": "progress", "job_id": request.job_id, "resource": request.resource,
@@ -350,7 +356,7 @@ class HpodServicer(pb_grpc.HpodServicer):
     @rpc
     async def CompleteJob(self, request: pb.CompleteJobRequest, context: Any
                           ) -> pb.CompleteJobResponse:
-        checks.job_call(request.study_id, request.job_id, self.limits)
+        self._job_call(request.study_id, request.job_id)
         if not math.isfinite(request.value):
             raise EngineError("invalid", f"value must be a finite number, got {request.value}; "
                               "report a diverged run with FailJob")
@@ -363,7 +369,7 @@ class HpodServicer(pb_grpc.HpodServicer):
 
     @rpc
     async def FailJob(self, request: pb.FailJobRequest, context: Any) -> pb.FailJobResponse:
-        checks.job_call(request.study_id, request.job_id, self.limits)
+        self._job_call(request.study_id, request.job_id)
         checks.reason(request.reason)
         await self._submit(request.study_id, {"op": "fail", "job_id": request.job_id,
                                               "reason": request.reason})
