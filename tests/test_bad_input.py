@@ -208,6 +208,14 @@ def spec_cases() -> list[Case]:
     s = base_spec()
     s.search_space[0].name = "p" * 100_000
     bad.append(("a 100 kB parameter name", s, EXHAUSTED, "name"))
+    for where in ("algorithm.settings", "trainer_settings"):
+        s = base_spec()
+        (s.algorithm.settings if where == "algorithm.settings" else s.trainer_settings
+         ).update({"k" * 100_000: 1})
+        bad.append((f"a 100 kB key in {where}", s, EXHAUSTED, f"spec.{where}.kkk"))
+    s = base_spec()
+    s.algorithm.settings.update({"k" * 200: 1})
+    bad.append(("an unknown 200-character setting", s, INVALID, "algorithm.settings.kkk"))
     s = base_spec(trainer="analytic")
     s.trainer_settings.update({"step_seconds": 1e9})
     bad.append(("step_seconds 1e9", s, INVALID, "spec.trainer_settings.step_seconds"))

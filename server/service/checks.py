@@ -82,27 +82,32 @@ def finite(value: float, field: str, positive: bool = False) -> None:
 # ---------------------------------------------------------------- structs
 
 
-def _values(v: struct_pb2.Value, path: str, depth: int) -> Iterator[tuple[str, float]]:
+def _values(v: struct_pb2.Value, path: str, depth: int, limits: Limits
+            ) -> Iterator[tuple[str, float]]:
     kind = v.WhichOneof("kind")
     if depth > MAX_STRUCT_DEPTH:
         raise invalid(path, f"is nested deeper than {MAX_STRUCT_DEPTH} levels")
     if kind == "number_value":
         yield path, v.number_value
     elif kind == "struct_value":
-        yield from _struct_values(v.struct_value, path, depth + 1)
+        yield from _struct_values(v.struct_value, path, depth + 1, limits)
     elif kind == "list_value":
         for i, item in enumerate(v.list_value.values):
-            yield from _values(item, f"{path}[{i}]", depth + 1)
+            yield from _values(item, f"{path}[{i}]", depth + 1, limits)
 
 
-def _struct_values(s: struct_pb2.Struct, path: str, depth: int) -> Iterator[tuple[str, float]]:
+def _struct_values(s: struct_pb2.Struct, path: str, depth: int, limits: Limits
+                   ) -> Iterator[tuple[str, float]]:
     for key, v in s.fields.items():
-        yield from _values(v, f"{path}.{key[:64]}", depth)
+        if len(key) > limits.max_name_length:
+            raise exhausted(f"{path}.{clip(key)}", f"a key of {len(key)} characters; at most "
+                            f"{limits.max_name_length}")
+        yield from _values(v, f"{path}.{key}", depth, limits)
 
 
-def struct_finite(s: struct_pb2.Struct, field: str) -> None:
-    """NaN and infinity have no JSON form: refuse them here, naming where they are."""
-    for path, x in _struct_values(s, field, 0):
+def struct_ok(s: struct_pb2.Struct, field: str, limits: Limits) -> None:
+    """Keys bounded; no NaN or infinity (they have no JSON form), naming where they are."""
+    for path, x in _struct_values(s, field, 0, limits):
         if not math.isfinite(x):
             raise invalid(path, f"must be a finite number, got {x}")
 
@@ -124,8 +129,8 @@ def spec(s: pb.StudySpec, limits: Limits) -> None:
         name(value, field, limits)
     _space(s, limits)
     _resource(s.resource)
-    struct_finite(s.algorithm.settings, "spec.algorithm.settings")
-    struct_finite(s.trainer_settings, "spec.trainer_settings")
+    struct_ok(s.algorithm.settings, "spec.algorithm.settings", limits)
+    struct_ok(s.trainer_settings, "spec.trainer_settings", limits)
     _builtin_settings(s)
 
 
