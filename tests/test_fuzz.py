@@ -120,3 +120,28 @@ def test_garbage_bytes_get_a_status_with_a_message(server, raw: bytes) -> None:
         assert e.details()
     else:
         server.stub.DeleteStudy(pb.DeleteStudyRequest(study_id=study.id), timeout=10)
+
+
+METHODS = list(pb.DESCRIPTOR.services_by_name["Hpod"].methods)
+
+
+@settings(max_examples=120, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(method=st.sampled_from(METHODS), raw=st.binary(max_size=120))
+def test_any_bytes_to_any_method_get_a_status_that_is_not_unknown(server, method,
+                                                                   raw: bytes) -> None:
+    ident = (lambda b: b)  # noqa: E731
+    path = f"/hpod.v1.Hpod/{method.name}"
+    try:
+        if method.server_streaming:
+            stream = server.channel.unary_stream(path, request_serializer=ident,
+                                                 response_deserializer=ident)(raw, timeout=10)
+            next(iter(stream))
+            stream.cancel()
+        else:
+            server.channel.unary_unary(path, request_serializer=ident,
+                                       response_deserializer=ident)(raw, timeout=10)
+    except grpc.RpcError as e:
+        assert e.code() not in (grpc.StatusCode.UNKNOWN, grpc.StatusCode.INTERNAL), (
+            method.name, e.code(), e.details())
+        assert e.details()
