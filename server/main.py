@@ -30,12 +30,12 @@ PROBE_TIMEOUT = 0.5  # a PING slower than this counts as Redis unreachable
 
 def _interceptors(options: ServerOptions) -> list[grpc.aio.ServerInterceptor]:
     tokens = load_tokens(options.tokens_file)
-    # Decoding first: it wraps the handler the others return, so even a refusal by the token
-    # check gets a request that decoded (or a clear INVALID_ARGUMENT when it did not).
-    chain: list[grpc.aio.ServerInterceptor] = [DecodingInterceptor(),
-                                               metrics.MetricsInterceptor()]
+    chain: list[grpc.aio.ServerInterceptor] = [metrics.MetricsInterceptor()]
     if tokens:
         chain.append(AuthInterceptor(tokens))
+    # Decoding innermost: the others wrap the handler it returns, so metrics count a malformed
+    # request and the token check's refusal decodes with its deserializer, which never raises.
+    chain.append(DecodingInterceptor())
     log.info("token authentication %s", f"on ({len(tokens)} tokens)" if tokens else "off")
     return chain
 
