@@ -559,3 +559,23 @@ def test_store_errors_are_retryable_and_nothing_is_unknown(error: Exception,
     if code == grpc.StatusCode.UNAVAILABLE:
         assert "retry" in ctx.message
 
+
+
+def test_malformed_bytes_with_tokens_on(tmp_path) -> None:
+    """With authentication on, a caller with a token gets INVALID_ARGUMENT for broken bytes,
+    one without still gets UNAUTHENTICATED: decoding never fails before the token check."""
+    from hpod.server.service.auth import hash_token
+
+    tokens = tmp_path / "tokens"
+    tokens.write_text(f"{hash_token('t-user')} team user\n")
+    with LocalCluster(workers=0, workdir=str(tmp_path), server_args=(
+            "--tokens-file", str(tokens)), client_options={"token": "t-user"}) as cluster, \
+            grpc.insecure_channel(cluster.address) as ch:
+        case = Case("", hpod("GetStudy"), b"\x0a\x10abc", INVALID)
+        ident = (lambda b: b)  # noqa: E731
+        rpc = ch.unary_unary(case.method, request_serializer=ident, response_deserializer=ident)
+        for metadata, code in (((("authorization", "Bearer t-user"),), INVALID),
+                               ((), grpc.StatusCode.UNAUTHENTICATED)):
+            with pytest.raises(grpc.RpcError) as err:
+                rpc(case.request, metadata=metadata, timeout=10)
+            assert err.value.code() == code, err.value.details()
