@@ -23,6 +23,7 @@ import pytest
 import redis
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from helpers import wait_for
+from hpod.client import HpodError
 from hpod.client.local import LocalCluster
 from hpod.server.store import keys
 from hpod.v1 import hpod_pb2 as pb
@@ -498,13 +499,22 @@ def test_health_is_not_serving_while_redis_is_stopped(tmp_path) -> None:
     with LocalCluster(workers=0, workdir=str(tmp_path)) as cluster, cluster.client() as client:
         study = client.create_study(_dict_spec())
         assert _health(cluster.address) == serving
+        quiet = client.create_study(_dict_spec())
+        job = study.ask()
         pid = cluster.redis.proc.pid
         os.kill(pid, signal.SIGSTOP)
         try:
+            # A write already on its way to Redis answers UNAVAILABLE within seconds, not when
+            # Redis comes back (whether it took effect is known only then).
+            with pytest.raises(grpc.RpcError) as err:
+                client.stub.ReportProgress(pb.ReportProgressRequest(
+                    study_id=study.id, job_id=job.id, resource=1, value=0.5), timeout=30)
+            assert err.value.code() == grpc.StatusCode.UNAVAILABLE, err.value.details()
             wait_for(lambda: _health(cluster.address) == not_serving, 30, "NOT_SERVING")
-            # Reads come from memory; writes are refused at once, retryably.
-            assert client.stub.GetStudy(pb.GetStudyRequest(study_id=study.id),
-                                        timeout=10).id == study.id
+            # Reads of a study untouched meanwhile come from memory; writes are refused at
+            # once, retryably.
+            assert client.stub.GetStudy(pb.GetStudyRequest(study_id=quiet.id),
+                                        timeout=10).id == quiet.id
             with pytest.raises(grpc.RpcError) as err:
                 client.stub.CreateStudy(pb.CreateStudyRequest(spec=base_spec()), timeout=10)
             assert err.value.code() == grpc.StatusCode.UNAVAILABLE
@@ -516,6 +526,14 @@ def test_health_is_not_serving_while_redis_is_stopped(tmp_path) -> None:
             os.kill(pid, signal.SIGCONT)
         wait_for(lambda: _health(cluster.address) == serving, 30, "SERVING again")
         assert client.stub.CreateStudy(pb.CreateStudyRequest(spec=base_spec()), timeout=10).id
+        # The study whose write failed is reloaded from Redis; the report, sent again, lands
+        # once (or is recognised as the one Redis took after all).
+        client.study(study.id)  # a read: retried while the study reloads
+        try:
+            job.report(1, 0.5)
+        except HpodError as e:
+            assert e.code == grpc.StatusCode.FAILED_PRECONDITION and "duplicated" in e.message
+        assert study.trial(job.trial_id).curve == [(1.0, 0.5)]
 
 
 # ---------------------------------------------------------------- store errors, one piece

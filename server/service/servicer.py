@@ -14,7 +14,7 @@ import logging
 import math
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import grpc
@@ -39,6 +39,9 @@ MAX_MESSAGE = 2048  # characters of an error message: no input is ever echoed at
 PAGE_DEFAULT = 100  # ListStudies / ListTrials page size when the request gives none
 PAGE_MAX = 1000  # and the most one page holds
 MAX_TOKEN = 512
+# How long a call waits on Redis before it answers UNAVAILABLE. The write itself is not
+# cancelled (a commit cut in half is worse than a late one): it completes when Redis answers.
+STORE_WAIT = 5.0
 
 CODES = {"invalid": grpc.StatusCode.INVALID_ARGUMENT, "not_found": grpc.StatusCode.NOT_FOUND,
          "precondition": grpc.StatusCode.FAILED_PRECONDITION,
@@ -127,6 +130,27 @@ def _after(token: str, kind: str) -> list[Any] | None:
     return data["a"]
 
 
+async def _bounded(work: Awaitable[Any]) -> Any:
+    """``work``'s result, or UNAVAILABLE after STORE_WAIT seconds while it goes on."""
+    task = asyncio.ensure_future(work)
+    try:
+        return await asyncio.wait_for(asyncio.shield(task), STORE_WAIT)
+    except asyncio.CancelledError:  # the client went away: the write still finishes
+        task.add_done_callback(_log_late)
+        raise
+    except asyncio.TimeoutError:
+        task.add_done_callback(_log_late)
+        raise EngineError("unavailable", f"Redis did not answer within {STORE_WAIT:g}s; the "
+                          "call takes effect if Redis answers later: check before retrying a "
+                          "create, a repeated report is recognised as one") from None
+
+
+def _log_late(task: asyncio.Task) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.warning("a call whose caller had its answer or left failed later: %s",
+                    task.exception())
+
+
 async def _import_algorithm(spec: pb.StudySpec) -> None:
     """Import the spec's algorithm and sampler modules in a thread the first time one is
     named: CQR and CARBS pull in scikit-learn, torch and BoTorch, seconds that would otherwise
@@ -169,7 +193,7 @@ class HpodServicer(pb_grpc.HpodServicer):
     async def _submit(self, sid: str, inp: dict[str, Any]) -> Any:
         checks.name(sid, "study_id", self.limits, required=True)
         self._writable()
-        return await self.m.submit(sid, inp)
+        return await _bounded(self.m.submit(sid, inp))
 
     # ---------------------------------------------------------------- studies
 
@@ -181,10 +205,10 @@ class HpodServicer(pb_grpc.HpodServicer):
         _check_size(config, self.limits)
         self._writable()
         if request.spec.trainer:
-            checks.trainer(request.spec, await self.m.store.declared_trainers(
-                self.m.settings.lease_seconds))
+            checks.trainer(request.spec, await _bounded(self.m.store.declared_trainers(
+                self.m.settings.lease_seconds)))
         config = dataclasses.replace(config, tenant=tenancy.owner_for_new_study())
-        live = await self.m.create(config)
+        live = await _bounded(self.m.create(config))
         return convert.study_to_pb(live.engine, live.created)
 
     @rpc
@@ -231,7 +255,7 @@ class HpodServicer(pb_grpc.HpodServicer):
                           ) -> pb.DeleteStudyResponse:
         self._live(request.study_id)
         self._writable()
-        await self.m.delete(request.study_id)
+        await _bounded(self.m.delete(request.study_id))
         return pb.DeleteStudyResponse()
 
     @rpc
