@@ -35,7 +35,8 @@ def _interceptors(options: ServerOptions) -> list[grpc.aio.ServerInterceptor]:
         chain.append(AuthInterceptor(tokens))
     # Decoding innermost: the others wrap the handler it returns, so metrics count a malformed
     # request and the token check's refusal decodes with its deserializer, which never raises.
-    chain.append(DecodingInterceptor())
+    # A request is at most a study spec and a little more (the rest of any request is ids).
+    chain.append(DecodingInterceptor(options.limits.max_spec_bytes + 64 * 1024))
     log.info("token authentication %s", f"on ({len(tokens)} tokens)" if tokens else "off")
     return chain
 
