@@ -484,6 +484,15 @@ def test_pages_cover_every_study_and_trial_once_in_a_stable_order(tmp_path) -> N
         assert [t.id for t in study.trials()] == list(range(7))
         first = stub.ListTrials(pb.ListTrialsRequest(study_id=study.id, page_size=5000))
         assert len(first.trials) == 7 and not first.next_page_token
+        # Large specs: a page stays under 3 MiB (gRPC clients take 4 MiB by default) whatever
+        # page_size says, and paging still covers every study.
+        wide = {**_dict_spec(), "search_space": {"c": {"type": "categorical", "choices": [
+            f"{i:04d}" + "c" * 200 for i in range(1000)]}}}
+        created += [client.create_study(wide).id for _ in range(25)]
+        page = stub.ListStudies(pb.ListStudiesRequest(page_size=1000))
+        assert page.next_page_token and len(page.studies) < len(created)
+        assert 2 << 20 < page.ByteSize() <= 3 << 20
+        assert [s.id for s in client.list_studies(page_size=1000)] == created
 
 
 # ---------------------------------------------------------------- health follows Redis

@@ -39,6 +39,9 @@ MAX_MESSAGE = 2048  # characters of an error message: no input is ever echoed at
 PAGE_DEFAULT = 100  # ListStudies / ListTrials page size when the request gives none
 PAGE_MAX = 1000  # and the most one page holds
 MAX_TOKEN = 512
+# A page holds at most this many bytes of messages, so that a page of large specs or long
+# learning curves stays below the 4 MiB a gRPC client accepts by default.
+PAGE_BYTES = 3 * 1024 * 1024
 # How long a call waits on Redis before it answers UNAVAILABLE. The write itself is not
 # cancelled (a commit cut in half is worse than a late one): it completes when Redis answers.
 STORE_WAIT = 5.0
@@ -104,6 +107,19 @@ def _page_size(size: int) -> int:
     if size < 0:
         raise checks.invalid("page_size", f"must be >= 0 (0: {PAGE_DEFAULT}), got {size}")
     return min(size or PAGE_DEFAULT, PAGE_MAX)
+
+
+def _fill(keys: list[Any], size: int, build: Callable[[Any], Any]) -> tuple[list[Any], Any]:
+    """Messages for the first keys, at most ``size`` of them and at most PAGE_BYTES (but at
+    least one), and the key of the last one when more remain (None on the last page)."""
+    out, total = [], 0
+    for key in keys[:size]:
+        msg = build(key)
+        total += msg.ByteSize()
+        if out and total > PAGE_BYTES:
+            break
+        out.append(msg)
+    return out, keys[len(out) - 1] if len(out) < len(keys) else None
 
 
 def _token(kind: str, after: list[Any]) -> str:
@@ -238,11 +254,11 @@ class HpodServicer(pb_grpc.HpodServicer):
         rows = sorted((lv.created, sid) for sid, lv in self.m.studies.items()
                       if tenancy.visible(lv.engine.config.tenant)
                       and (key is None or (lv.created, sid) > key))
-        page = rows[:size]
-        resp = pb.ListStudiesResponse(studies=[
-            convert.study_to_pb(self.m.studies[sid].engine, created) for created, sid in page])
-        if len(rows) > size:
-            resp.next_page_token = _token("studies", list(page[-1]))
+        studies, last = _fill(rows, size, lambda row: convert.study_to_pb(
+            self.m.studies[row[1]].engine, row[0]))
+        resp = pb.ListStudiesResponse(studies=studies)
+        if last is not None:
+            resp.next_page_token = _token("studies", list(last))
         return resp
 
     @rpc
@@ -321,12 +337,11 @@ class HpodServicer(pb_grpc.HpodServicer):
                                  "trials; start again with an empty page_token")
         start = after[1] if after is not None else None
         ids = sorted(t for t in eng.trials if start is None or t > start)
-        page = ids[:size]
-        resp = pb.ListTrialsResponse(trials=[
-            convert.trial_to_pb(eng.study_id, eng.trials[t], curve=request.include_curves)
-            for t in page])
-        if len(ids) > size:
-            resp.next_page_token = _token("trials", [eng.study_id, page[-1]])
+        trials, last = _fill(ids, size, lambda t: convert.trial_to_pb(
+            eng.study_id, eng.trials[t], curve=request.include_curves))
+        resp = pb.ListTrialsResponse(trials=trials)
+        if last is not None:
+            resp.next_page_token = _token("trials", [eng.study_id, last])
         return resp
 
     @rpc
