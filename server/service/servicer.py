@@ -1,15 +1,12 @@
-"""The gRPC servicer: translates messages to study-manager calls and errors to status codes.
-Nothing else happens here."""
+"""The gRPC servicer: checks each request (``checks``), translates it to study-manager calls
+and errors to status codes. A call never waits on Redis longer than STORE_WAIT."""
 
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import dataclasses
 import functools
 import importlib
-import json
 import logging
 import math
 import sys
@@ -31,17 +28,11 @@ from ..engine import EngineError
 from ..manager import StudyManager
 from ..options import Limits
 from ..study import StudyConfig
-from . import checks, convert
+from . import checks, convert, pages
 
 log = logging.getLogger("hpod.server")
 
 MAX_MESSAGE = 2048  # characters of an error message: no input is ever echoed at length
-PAGE_DEFAULT = 100  # ListStudies / ListTrials page size when the request gives none
-PAGE_MAX = 1000  # and the most one page holds
-MAX_TOKEN = 512
-# A page holds at most this many bytes of messages, so that a page of large specs or long
-# learning curves stays below the 4 MiB a gRPC client accepts by default.
-PAGE_BYTES = 3 * 1024 * 1024
 # How long a call waits on Redis before it answers UNAVAILABLE. The write itself is not
 # cancelled (a commit cut in half is worse than a late one): it completes when Redis answers.
 STORE_WAIT = 5.0
@@ -98,52 +89,6 @@ def _check_size(config: StudyConfig, limits: Limits) -> None:
         raise EngineError("invalid", f"this study would create {shown} "
                           f"trials; this server allows at most {limits.max_trials} per study: "
                           "set max_trials or a smaller max_resource")
-
-
-# ---------------------------------------------------------------- pages
-
-
-def _page_size(size: int) -> int:
-    if size < 0:
-        raise checks.invalid("page_size", f"must be >= 0 (0: {PAGE_DEFAULT}), got {size}")
-    return min(size or PAGE_DEFAULT, PAGE_MAX)
-
-
-def _fill(keys: list[Any], size: int, build: Callable[[Any], Any]) -> tuple[list[Any], Any]:
-    """Messages for the first keys, at most ``size`` of them and at most PAGE_BYTES (but at
-    least one), and the key of the last one when more remain (None on the last page)."""
-    out, total = [], 0
-    for key in keys[:size]:
-        msg = build(key)
-        total += msg.ByteSize()
-        if out and total > PAGE_BYTES:
-            break
-        out.append(msg)
-    return out, keys[len(out) - 1] if len(out) < len(keys) else None
-
-
-def _token(kind: str, after: list[Any]) -> str:
-    """An opaque page token: where the next page starts, in the listing's own order."""
-    raw = json.dumps({"k": kind, "a": after}, separators=(",", ":")).encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
-
-
-def _after(token: str, kind: str) -> list[Any] | None:
-    """The position a page token names, or None for the first page; INVALID_ARGUMENT for a
-    token this listing did not hand out."""
-    if not token:
-        return None
-    bad = checks.invalid("page_token", "is not a next_page_token this listing returned; "
-                         "start again with an empty page_token")
-    if len(token) > MAX_TOKEN:
-        raise bad
-    try:
-        data = json.loads(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))
-    except (binascii.Error, ValueError):
-        raise bad from None
-    if not isinstance(data, dict) or data.get("k") != kind or not isinstance(data.get("a"), list):
-        raise bad
-    return data["a"]
 
 
 async def _bounded(work: Awaitable[Any]) -> Any:
@@ -244,8 +189,8 @@ class HpodServicer(pb_grpc.HpodServicer):
                           ) -> pb.ListStudiesResponse:
         # Ordered by (creation time, id): a study created while a client pages through the
         # list comes last, so no page repeats or skips one.
-        size = _page_size(request.page_size)
-        after = _after(request.page_token, "studies")
+        size = pages.size(request.page_size)
+        after = pages.after(request.page_token, "studies")
         key = tuple(after) if after is not None else None
         if key is not None and (len(key) != 2 or not isinstance(key[0], (int, float))
                                 or not isinstance(key[1], str)):
@@ -254,11 +199,11 @@ class HpodServicer(pb_grpc.HpodServicer):
         rows = sorted((lv.created, sid) for sid, lv in self.m.studies.items()
                       if tenancy.visible(lv.engine.config.tenant)
                       and (key is None or (lv.created, sid) > key))
-        studies, last = _fill(rows, size, lambda row: convert.study_to_pb(
+        studies, last = pages.fill(rows, size, lambda row: convert.study_to_pb(
             self.m.studies[row[1]].engine, row[0]))
         resp = pb.ListStudiesResponse(studies=studies)
         if last is not None:
-            resp.next_page_token = _token("studies", list(last))
+            resp.next_page_token = pages.token("studies", list(last))
         return resp
 
     @rpc
@@ -329,19 +274,19 @@ class HpodServicer(pb_grpc.HpodServicer):
     async def ListTrials(self, request: pb.ListTrialsRequest, context: Any
                          ) -> pb.ListTrialsResponse:
         eng = self._live(request.study_id).engine
-        size = _page_size(request.page_size)
-        after = _after(request.page_token, "trials")
+        size = pages.size(request.page_size)
+        after = pages.after(request.page_token, "trials")
         if after is not None and (len(after) != 2 or after[0] != eng.study_id
                                   or not isinstance(after[1], int)):
             raise checks.invalid("page_token", "is not a next_page_token of this study's "
                                  "trials; start again with an empty page_token")
         start = after[1] if after is not None else None
         ids = sorted(t for t in eng.trials if start is None or t > start)
-        trials, last = _fill(ids, size, lambda t: convert.trial_to_pb(
+        trials, last = pages.fill(ids, size, lambda t: convert.trial_to_pb(
             eng.study_id, eng.trials[t], curve=request.include_curves))
         resp = pb.ListTrialsResponse(trials=trials)
         if last is not None:
-            resp.next_page_token = _token("trials", [eng.study_id, last])
+            resp.next_page_token = pages.token("trials", [eng.study_id, last])
         return resp
 
     @rpc
