@@ -135,8 +135,8 @@ def spec(s: pb.StudySpec, limits: Limits) -> None:
 
 
 def _space(s: pb.StudySpec, limits: Limits) -> None:
-    # The existing contract (tested, documented) answers too many parameters with
-    # INVALID_ARGUMENT; it is checked here, before any parameter is converted.
+    # Too many parameters is INVALID_ARGUMENT, as --max-parameters has always answered
+    # (deploy/README.md); counted before any parameter is converted.
     if len(s.search_space) > limits.max_parameters:
         raise EngineError("invalid", f"search_space has {len(s.search_space)} parameters; "
                           f"this server allows at most {limits.max_parameters}")
