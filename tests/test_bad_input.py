@@ -220,6 +220,13 @@ def spec_cases() -> list[Case]:
     s = base_spec()
     s.algorithm.settings.update({"k" * 200: 1})
     bad.append(("an unknown 200-character setting", s, INVALID, "algorithm.settings.kkk"))
+    s = base_spec()
+    s.objective.direction = 7
+    bad.append(("objective.direction 7", s, INVALID, "spec.objective.direction"))
+    s = base_spec()
+    s.search_space[0].float_range.scale = 9
+    bad.append(("scale 9", s, INVALID, "search_space.x.scale"))
+    bad.append(("max_retries 1e9", base_spec(max_retries=10**9), INVALID, "spec.max_retries"))
     s = base_spec(trainer="analytic")
     s.trainer_settings.update({"step_seconds": 1e9})
     bad.append(("step_seconds 1e9", s, INVALID, "spec.trainer_settings.step_seconds"))

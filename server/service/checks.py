@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
+from typing import Any
 
 from google.protobuf import struct_pb2
 from hpod.v1 import hpod_pb2 as pb
@@ -41,6 +42,8 @@ BUILTIN_TRAINERS: dict[str, dict[str, tuple[float, float]]] = {
 SHARED_TRAINER_SETTINGS = frozenset({"data_dir"})
 MAX_STRUCT_DEPTH = 32
 MAX_REASON_CHARS = 64 * 1024  # FailJob.reason: room for a traceback
+# Retries of a job lost with its worker: each costs a lease; beyond this a trial is broken.
+MAX_RETRIES = 100
 
 
 def invalid(field: str, what: str) -> EngineError:
@@ -127,6 +130,10 @@ def spec(s: pb.StudySpec, limits: Limits) -> None:
                          (s.resource.name, "spec.resource.name"),
                          (s.algorithm.name, "spec.algorithm.name")):
         name(value, field, limits)
+    _enum(s.objective.direction, pb.Direction, "spec.objective.direction")
+    if s.HasField("max_retries") and not 0 <= s.max_retries <= MAX_RETRIES:
+        raise invalid("spec.max_retries", f"must be from 0 to {MAX_RETRIES}, got "
+                      f"{s.max_retries}")
     _space(s, limits)
     _resource(s.resource)
     struct_ok(s.algorithm.settings, "spec.algorithm.settings", limits)
@@ -145,6 +152,8 @@ def _space(s: pb.StudySpec, limits: Limits) -> None:
         name(p.name, f"spec.search_space[{i}].name", limits)
         where = f"search_space.{p.name or i}"
         kind = p.WhichOneof("domain")
+        if kind in ("float_range", "int_range"):
+            _enum(getattr(p, kind).scale, pb.Scale, f"{where}.scale")
         if kind == "float_range":
             lo, hi = p.float_range.low, p.float_range.high
             if not (math.isfinite(lo) and math.isfinite(hi) and math.isfinite(hi - lo)):
@@ -170,6 +179,12 @@ def _space(s: pb.StudySpec, limits: Limits) -> None:
     if choices > limits.max_choices:
         raise exhausted("spec.search_space", f"has {choices} categorical choices in all; this "
                         f"server allows at most {limits.max_choices}")
+
+
+def _enum(value: int, enum: Any, field: str) -> None:
+    """Proto3 enums are open: a number the .proto does not define arrives as it is."""
+    if value not in enum.values():
+        raise invalid(field, f"{value} is not one of {', '.join(enum.keys())}")
 
 
 def _resource(r: pb.ResourceSpec) -> None:
