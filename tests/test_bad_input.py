@@ -579,7 +579,14 @@ class _Context:
 @pytest.mark.parametrize("error,code", [
     (redis.TimeoutError("Timeout reading from socket"), grpc.StatusCode.UNAVAILABLE),
     (redis.ConnectionError("Connection refused"), grpc.StatusCode.UNAVAILABLE),
-    (redis.ResponseError("OOM command not allowed when used memory > 'maxmemory'"),
+    (redis.ResponseError("MISCONF Redis is configured to save RDB snapshots"),
+     grpc.StatusCode.UNAVAILABLE),
+    # As redis-py raises them: the class says what it is, the message lost its code.
+    (redis.exceptions.OutOfMemoryError("command not allowed when used memory > 'maxmemory'"),
+     grpc.StatusCode.UNAVAILABLE),
+    (redis.exceptions.ExecAbortError("Transaction discarded because of previous errors."),
+     grpc.StatusCode.UNAVAILABLE),
+    (redis.exceptions.ReadOnlyError("You can't write against a read only replica."),
      grpc.StatusCode.UNAVAILABLE),
     (redis.ResponseError("WRONGTYPE Operation against a key"), grpc.StatusCode.INTERNAL),
     (ZeroDivisionError("a bug"), grpc.StatusCode.INTERNAL),
@@ -621,3 +628,29 @@ def test_malformed_bytes_with_tokens_on(tmp_path) -> None:
             with pytest.raises(grpc.RpcError) as err:
                 rpc(case.request, metadata=metadata, timeout=10)
             assert err.value.code() == code, err.value.details()
+
+
+def test_redis_refusing_writes_is_unavailable_then_fine(tmp_path) -> None:
+    """Redis out of memory (maxmemory hit, noeviction): every write answers UNAVAILABLE with
+    a retry hint, nothing UNKNOWN; once Redis takes writes again, so does the server."""
+    with LocalCluster(workers=0, workdir=str(tmp_path)) as cluster, cluster.client() as client:
+        study = client.create_study(_dict_spec())
+        job = study.ask()
+        r = redis.Redis.from_url(cluster.redis_url)
+        r.config_set("maxmemory-policy", "noeviction")
+        r.config_set("maxmemory", 1)
+        try:
+            for make in (lambda: client.stub.CreateStudy(
+                             pb.CreateStudyRequest(spec=base_spec()), timeout=20),
+                         lambda: client.stub.ReportProgress(pb.ReportProgressRequest(
+                             study_id=study.id, job_id=job.id, resource=1, value=0.5),
+                             timeout=20)):
+                with pytest.raises(grpc.RpcError) as err:
+                    make()
+                assert err.value.code() == grpc.StatusCode.UNAVAILABLE, err.value.details()
+                assert "retry" in err.value.details()
+        finally:
+            r.config_set("maxmemory", 0)
+        client.study(study.id)  # a read: retried while the study reloads
+        assert job.report(1, 0.5) is False
+        assert client.create_study(_dict_spec()).id

@@ -18,6 +18,7 @@ import grpc
 from google.protobuf import timestamp_pb2
 from hpod.v1 import hpod_pb2 as pb
 from hpod.v1 import hpod_pb2_grpc as pb_grpc
+from redis import exceptions as redis_errors
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -43,11 +44,20 @@ CODES = {"invalid": grpc.StatusCode.INVALID_ARGUMENT, "not_found": grpc.StatusCo
          "exhausted": grpc.StatusCode.RESOURCE_EXHAUSTED}
 
 
-# Redis errors that say "not now" rather than "never": out of memory, a replica or a loading
-# or busy server. The client should retry them (UNAVAILABLE).
-_TRANSIENT = ("OOM", "READONLY", "LOADING", "MISCONF", "BUSY", "NOREPLICAS", "MASTERDOWN",
-              "TRYAGAIN", "CLUSTERDOWN", "EXECABORT")
+# Redis errors that say "not now" rather than "never": out of memory, a replica, a loading or
+# busy server, a transaction discarded for one of those. The client should retry them
+# (UNAVAILABLE). redis-py turns some codes into classes and strips the code from the message.
+_TRANSIENT_CLASSES = (redis_errors.OutOfMemoryError, redis_errors.ReadOnlyError,
+                      redis_errors.ExecAbortError, redis_errors.TryAgainError,
+                      redis_errors.ClusterDownError, redis_errors.MasterDownError)
+_TRANSIENT_CODES = {"OOM", "READONLY", "LOADING", "MISCONF", "BUSY", "NOREPLICAS",
+                    "MASTERDOWN", "TRYAGAIN", "CLUSTERDOWN", "EXECABORT"}
 _RETRY = "the server cannot reach Redis right now; retry shortly"
+
+
+def _transient(e: RedisError) -> bool:
+    code = getattr(e, "status_code", None) or str(e).split(" ", 1)[0]
+    return isinstance(e, _TRANSIENT_CLASSES) or code in _TRANSIENT_CODES
 
 
 def rpc(fn: Callable) -> Callable:
@@ -67,7 +77,7 @@ def rpc(fn: Callable) -> Callable:
         except (RedisConnectionError, RedisTimeoutError, asyncio.TimeoutError, OSError):
             await context.abort(grpc.StatusCode.UNAVAILABLE, _RETRY)
         except RedisError as e:
-            if not str(e).startswith(_TRANSIENT):
+            if not _transient(e):
                 log.exception("%s failed on a Redis error", fn.__name__)
                 await context.abort(grpc.StatusCode.INTERNAL, f"{fn.__name__} failed on a "
                                     "storage error; it is in the server log")
