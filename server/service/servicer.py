@@ -34,9 +34,10 @@ from . import checks, convert, pages
 log = logging.getLogger("hpod.server")
 
 MAX_MESSAGE = 2048  # characters of an error message: no input is ever echoed at length
-# How long a call waits on Redis before it answers UNAVAILABLE. The write itself is not
-# cancelled (a commit cut in half is worse than a late one): it completes when Redis answers.
-STORE_WAIT = 5.0
+# How long a write may take before it answers UNAVAILABLE: a backstop behind redis-py's own
+# 5 s socket timeout, for calls queued behind a stalled one on the study's lock. The write
+# itself is not cancelled (a commit cut in half is worse than a late one).
+STORE_WAIT = 10.0
 
 CODES = {"invalid": grpc.StatusCode.INVALID_ARGUMENT, "not_found": grpc.StatusCode.NOT_FOUND,
          "precondition": grpc.StatusCode.FAILED_PRECONDITION,
@@ -52,7 +53,8 @@ _TRANSIENT_CLASSES = (redis_errors.OutOfMemoryError, redis_errors.ReadOnlyError,
                       redis_errors.ClusterDownError, redis_errors.MasterDownError)
 _TRANSIENT_CODES = {"OOM", "READONLY", "LOADING", "MISCONF", "BUSY", "NOREPLICAS",
                     "MASTERDOWN", "TRYAGAIN", "CLUSTERDOWN", "EXECABORT"}
-_RETRY = "the server cannot reach Redis right now; retry shortly"
+_RETRY = ("the server cannot reach Redis right now or it did not answer in time; retry "
+          "shortly (a repeated report is recognised as one)")
 
 
 def _transient(e: RedisError) -> bool:
@@ -111,9 +113,10 @@ async def _bounded(work: Awaitable[Any]) -> Any:
         raise
     except asyncio.TimeoutError:
         task.add_done_callback(_log_late)
-        raise EngineError("unavailable", f"Redis did not answer within {STORE_WAIT:g}s; the "
-                          "call takes effect if Redis answers later: check before retrying a "
-                          "create, a repeated report is recognised as one") from None
+        raise EngineError("unavailable", f"the call did not finish within {STORE_WAIT:g}s "
+                          "(Redis slow or unreachable); it takes effect if Redis answers later: "
+                          "check before retrying a create, a repeated report is recognised as "
+                          "one") from None
 
 
 def _log_late(task: asyncio.Task) -> None:
