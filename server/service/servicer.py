@@ -245,7 +245,7 @@ class HpodServicer(pb_grpc.HpodServicer):
         try:
             live = self._live(request.study_id)
         except EngineError as e:
-            await context.abort(CODES[e.code], e.message)
+            await context.abort(CODES[e.code], e.message[:MAX_MESSAGE])
             return
         tenant = tenancy.caller.get() or ""
         if self.watches.get(tenant, 0) >= self.limits.max_watches:
@@ -258,6 +258,12 @@ class HpodServicer(pb_grpc.HpodServicer):
         try:
             async for ev in self._events(live, request):
                 yield ev
+        except (grpc.aio.AbortError, asyncio.CancelledError):
+            raise
+        except Exception:  # as in ``rpc``: never UNKNOWN
+            log.exception("WatchStudy failed")
+            await context.abort(grpc.StatusCode.INTERNAL, "WatchStudy failed inside the "
+                                "server; the traceback is in the server log")
         finally:
             self.watches[tenant] -= 1
             metrics.WATCHES.dec()
