@@ -175,8 +175,21 @@ class Client:
         return Study(self, study_id, self._call("GetStudy", pb.GetStudyRequest(
             study_id=study_id)))
 
-    def list_studies(self) -> list[pb.Study]:
-        return list(self._call("ListStudies", pb.ListStudiesRequest()).studies)
+    def list_studies(self, page_size: int = 0) -> list[pb.Study]:
+        """Every study this caller may see, oldest first (all pages)."""
+        return list(self.iter_studies(page_size))
+
+    def iter_studies(self, page_size: int = 0) -> Iterator[pb.Study]:
+        """Studies oldest first, fetched one page (``page_size``; 0: the server's default) at
+        a time as the iteration goes on."""
+        token = ""
+        while True:
+            resp = self._call("ListStudies", pb.ListStudiesRequest(page_size=page_size,
+                                                                    page_token=token))
+            yield from resp.studies
+            token = resp.next_page_token
+            if not token:
+                return
 
 
 def _read(path: str | None) -> bytes | None:
@@ -248,10 +261,21 @@ class Study:
         self.info = self.client._call("RaiseMaxResource",
                                       pb.RaiseMaxResourceRequest(study_id=self.id))
 
-    def trials(self, curves: bool = True) -> list[Trial]:
-        resp = self.client._call("ListTrials", pb.ListTrialsRequest(
-            study_id=self.id, include_curves=curves))
-        return [trial_from_pb(t, self._int_params) for t in resp.trials]
+    def trials(self, curves: bool = True, page_size: int = 0) -> list[Trial]:
+        """Every trial of the study, by id (all pages)."""
+        return list(self.iter_trials(curves, page_size))
+
+    def iter_trials(self, curves: bool = True, page_size: int = 0) -> Iterator[Trial]:
+        """Trials by id, one page (``page_size``; 0: the server's default) at a time."""
+        token = ""
+        while True:
+            resp = self.client._call("ListTrials", pb.ListTrialsRequest(
+                study_id=self.id, include_curves=curves, page_size=page_size,
+                page_token=token))
+            yield from (trial_from_pb(t, self._int_params) for t in resp.trials)
+            token = resp.next_page_token
+            if not token:
+                return
 
     def trial(self, trial_id: int) -> Trial:
         return trial_from_pb(self.client._call("GetTrial", pb.GetTrialRequest(

@@ -2,6 +2,10 @@
 health checking. Used by the image's HEALTHCHECK and the Kubernetes probes, because it speaks
 TLS (and mutual TLS) where a plain TCP or grpc probe cannot.
 
+The server answers NOT_SERVING while it cannot reach Redis (``server/main.py``): right for a
+readiness probe, wrong for a liveness one, since restarting the server does not bring Redis
+back. ``--live`` exits 0 whenever the server answers at all (SERVING or NOT_SERVING).
+
 Environment: ``HPOD_PORT`` (50051); with ``HPOD_TLS_CERT`` set it connects with TLS, trusting
 ``HPOD_TLS_CA`` (default: the server's own certificate, right for a self-signed one) and
 presenting ``HPOD_TLS_CLIENT_CERT``/``HPOD_TLS_CLIENT_KEY`` when mutual TLS is on; the
@@ -33,7 +37,8 @@ def channel(address: str) -> grpc.Channel:
     return grpc.secure_channel(address, creds, options=[("grpc.ssl_target_name_override", name)])
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
+    live = "--live" in (sys.argv[1:] if argv is None else argv)
     address = f"127.0.0.1:{os.environ.get('HPOD_PORT', '50051')}"
     try:
         with channel(address) as ch:
@@ -42,8 +47,9 @@ def main() -> int:
     except grpc.RpcError as e:
         print(f"unhealthy: {e.code().name} {e.details()}", file=sys.stderr)
         return 1
-    ok = resp.status == health_pb2.HealthCheckResponse.SERVING
-    print("SERVING" if ok else health_pb2.HealthCheckResponse.ServingStatus.Name(resp.status))
+    print(health_pb2.HealthCheckResponse.ServingStatus.Name(resp.status))
+    answering = (health_pb2.HealthCheckResponse.SERVING, health_pb2.HealthCheckResponse.NOT_SERVING)
+    ok = resp.status in answering if live else resp.status == answering[0]
     return 0 if ok else 1
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
 
@@ -17,11 +18,14 @@ from .manager import Settings, StudyManager
 from .options import ServerOptions
 from .optuna_live import LiveMirror
 from .service.auth import AuthInterceptor, load_tokens
+from .service.decoding import DecodingInterceptor
 from .service.servicer import HpodServicer
 
 log = logging.getLogger("hpod.server")
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Hpod"].full_name
+PROBE_SECONDS = 1.0  # how often health checking asks Redis
+PROBE_TIMEOUT = 0.5  # a PING slower than this counts as Redis unreachable
 
 
 def _interceptors(options: ServerOptions) -> list[grpc.aio.ServerInterceptor]:
@@ -29,6 +33,10 @@ def _interceptors(options: ServerOptions) -> list[grpc.aio.ServerInterceptor]:
     chain: list[grpc.aio.ServerInterceptor] = [metrics.MetricsInterceptor()]
     if tokens:
         chain.append(AuthInterceptor(tokens))
+    # Decoding innermost: the others wrap the handler it returns, so metrics count a malformed
+    # request and the token check's refusal decodes with its deserializer, which never raises.
+    # A request is at most a study spec and a little more (the rest of any request is ids).
+    chain.append(DecodingInterceptor(options.limits.max_spec_bytes + 64 * 1024))
     log.info("token authentication %s", f"on ({len(tokens)} tokens)" if tokens else "off")
     return chain
 
@@ -55,7 +63,8 @@ async def serve(address: str, settings: Settings, ready: asyncio.Event | None = 
     server = grpc.aio.server(interceptors=_interceptors(options),
                              options=[("grpc.max_receive_message_length", size),
                                       ("grpc.max_send_message_length", size)])
-    pb_grpc.add_HpodServicer_to_server(HpodServicer(manager, options.limits), server)
+    servicer = HpodServicer(manager, options.limits)
+    pb_grpc.add_HpodServicer_to_server(servicer, server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
@@ -67,8 +76,9 @@ async def serve(address: str, settings: Settings, ready: asyncio.Event | None = 
         metrics.serve(options.metrics_port, manager)
         gauges = asyncio.create_task(metrics.worker_loop(manager))
     await server.start()
-    for name in ("", SERVICE_NAME):
-        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    await _set_health(health_servicer, True)
+    probe = asyncio.create_task(_follow_redis(manager, servicer, health_servicer),
+                                name="health")
     log.info("hpod server on %s (%s, redis %s)", address,
              "TLS" if options.tls else "plaintext", _redacted(settings.redis_url))
     print(f"hpod server listening on {address}", flush=True)
@@ -79,13 +89,52 @@ async def serve(address: str, settings: Settings, ready: asyncio.Event | None = 
     if ready is not None:
         ready.set()
     await stop.wait()
+    probe.cancel()
     await health_servicer.enter_graceful_shutdown()
     await server.stop(grace=5)
     if gauges is not None:
         gauges.cancel()
     if mirror is not None:
         await mirror.stop()
+    with contextlib.suppress(Exception):
+        await asyncio.wait_for(manager.store.close_probe(), 2)
     await manager.stop()
+
+
+async def _set_health(health_servicer: health.aio.HealthServicer, serving: bool) -> None:
+    status = (health_pb2.HealthCheckResponse.SERVING if serving
+              else health_pb2.HealthCheckResponse.NOT_SERVING)
+    for name in ("", SERVICE_NAME):
+        await health_servicer.set(name, status)
+
+
+async def _follow_redis(manager: StudyManager, servicer: HpodServicer,
+                        health_servicer: health.aio.HealthServicer) -> None:
+    """Health checking says NOT_SERVING while Redis does not answer, SERVING again once it
+    does: a probe every PROBE_SECONDS with a timeout of its own, so a load balancer or
+    Kubernetes stops sending work to a server that cannot store it. Two failed probes in a row
+    flip it (one slow PING on a loaded machine does not); one answer flips it back. Meanwhile
+    the servicer answers writes UNAVAILABLE at once instead of letting them wait on Redis."""
+    serving, failures = True, 0
+    while True:
+        await asyncio.sleep(PROBE_SECONDS)
+        try:
+            ok = await manager.store.probe(PROBE_TIMEOUT)
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # the probe must never stop: count any failure as unreachable
+            log.exception("Redis health probe failed")
+            ok = False
+        failures = 0 if ok else failures + 1
+        if serving and failures >= 2 or not serving and ok:
+            serving = ok
+            servicer.store_reachable = ok
+            await _set_health(health_servicer, ok)
+            if ok:
+                log.info("Redis answers again: health SERVING")
+            else:
+                log.warning("Redis did not answer %d probes of %gs: health NOT_SERVING",
+                            failures, PROBE_TIMEOUT)
 
 
 def _optuna_mirror(manager: StudyManager, options: ServerOptions) -> LiveMirror | None:

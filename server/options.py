@@ -35,14 +35,22 @@ class Limits:
     max_parameters: int = 256  # search-space parameters per study
     max_trials: int = 100_000  # trials one study may create
     max_watches: int = 64  # concurrent WatchStudy streams per tenant
+    # Names and ids (study, parameter, trainer, metric, job and client ids): bounded so that
+    # none is stored, listed or echoed in an error at any length.
+    max_name_length: int = 256
+    max_spec_bytes: int = 256 * 1024  # one StudySpec, serialised (CreateStudy, PlanStudy)
+    max_choices: int = 10_000  # categorical choices of one search space, all parameters
 
     @classmethod
     def from_env(cls) -> Limits:
         d = cls()
-        return cls(env_int("HPOD_MAX_MESSAGE_BYTES", d.max_message_bytes),
-                   env_int("HPOD_MAX_PARAMETERS", d.max_parameters),
-                   env_int("HPOD_MAX_TRIALS", d.max_trials),
-                   env_int("HPOD_MAX_WATCHES", d.max_watches))
+        return cls(max_message_bytes=env_int("HPOD_MAX_MESSAGE_BYTES", d.max_message_bytes),
+                   max_parameters=env_int("HPOD_MAX_PARAMETERS", d.max_parameters),
+                   max_trials=env_int("HPOD_MAX_TRIALS", d.max_trials),
+                   max_watches=env_int("HPOD_MAX_WATCHES", d.max_watches),
+                   max_name_length=env_int("HPOD_MAX_NAME_LENGTH", d.max_name_length),
+                   max_spec_bytes=env_int("HPOD_MAX_SPEC_BYTES", d.max_spec_bytes),
+                   max_choices=env_int("HPOD_MAX_CHOICES", d.max_choices))
 
 
 @dataclass(frozen=True)
@@ -99,6 +107,12 @@ def add_arguments(p: Any) -> None:
     p.add_argument("--max-trials-per-study", type=int, default=d.limits.max_trials)
     p.add_argument("--max-watches", type=int, default=d.limits.max_watches,
                    help="concurrent WatchStudy streams per tenant")
+    p.add_argument("--max-name-length", type=int, default=d.limits.max_name_length,
+                   help="characters of any name or id in a request")
+    p.add_argument("--max-spec-bytes", type=int, default=d.limits.max_spec_bytes,
+                   help="bytes of one serialised study spec")
+    p.add_argument("--max-choices", type=int, default=d.limits.max_choices,
+                   help="categorical choices of one search space, all parameters together")
     p.add_argument("--optuna-storage", default=d.optuna_storage,
                    help="mirror every study live into this Optuna storage: an RDB URL "
                         "(sqlite:///hpod.db, postgresql://...) or a journal file path")
@@ -112,8 +126,10 @@ def from_arguments(a: Any) -> ServerOptions:
     if a.tls_client_ca and not a.tls_cert:
         raise SystemExit("--tls-client-ca (mutual TLS) needs --tls-cert and --tls-key")
     tls = TLS(a.tls_cert, a.tls_key, a.tls_client_ca) if a.tls_cert else None
-    limits = Limits(a.max_message_bytes, a.max_parameters, a.max_trials_per_study,
-                    a.max_watches)
+    limits = Limits(max_message_bytes=a.max_message_bytes, max_parameters=a.max_parameters,
+                    max_trials=a.max_trials_per_study, max_watches=a.max_watches,
+                    max_name_length=a.max_name_length, max_spec_bytes=a.max_spec_bytes,
+                    max_choices=a.max_choices)
     return ServerOptions(tls=tls, tokens_file=a.tokens_file, limits=limits,
                          metrics_port=a.metrics_port, log_format=a.log_format,
                          optuna_storage=a.optuna_storage,

@@ -119,3 +119,31 @@ def test_raise_max_resource_needs_idhb(server):
         with pytest.raises(HpodError) as err:
             study.raise_max_resource()
         assert err.value.code == grpc.StatusCode.FAILED_PRECONDITION
+
+
+def test_negative_resource_is_invalid_not_a_duplicate(server):
+    with Client(server.address) as client:
+        _study, job = ask_job(client)
+        for bad in (-1.0, 0.0):
+            with pytest.raises(HpodError) as err:
+                job.report(bad, 0.5)
+            assert err.value.code == grpc.StatusCode.INVALID_ARGUMENT
+            assert "resource" in err.value.message and "> 0" in err.value.message
+        assert job.report(1, 0.5) is False
+
+
+def test_a_trainer_no_worker_has_says_how_to_start_one(server):
+    with Client(server.address) as client:
+        with pytest.raises(HpodError) as err:
+            client.create_study({**BASE, "trainer": "resnet9000"})
+        assert err.value.code == grpc.StatusCode.INVALID_ARGUMENT
+        assert "spec.trainer" in err.value.message
+        assert "hpod worker --trainer resnet9000" in err.value.message
+        # A built-in trainer needs no worker yet (one may start later); its settings are
+        # checked where the server knows them.
+        client.create_study({**BASE, "trainer": "analytic",
+                             "trainer_settings": {"step_seconds": 0.1}}).stop()
+        with pytest.raises(HpodError) as err:
+            client.create_study({**BASE, "trainer": "analytic",
+                                 "trainer_settings": {"step_seconds": 1e9}})
+        assert "spec.trainer_settings.step_seconds" in err.value.message

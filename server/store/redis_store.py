@@ -9,6 +9,8 @@ and a restarted server rebuilds each study from its snapshot and the log tail.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import time
 from collections.abc import Mapping, Sequence
@@ -16,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import redis.asyncio as aioredis
-from redis.exceptions import ResponseError
+from redis.exceptions import RedisError, ResponseError
 
 from . import keys
 
@@ -305,3 +307,53 @@ class RedisStore:
     async def trial_views(self, sid: str) -> dict[int, dict]:
         raw = await self.r.hgetall(keys.trials(sid))
         return {int(k): json.loads(v) for k, v in raw.items()}
+
+    # ---------------------------------------------------------------- health and trainers
+
+    async def probe(self, timeout: float) -> bool:
+        """Whether Redis answers a PING within ``timeout`` seconds. A connection of its own,
+        with socket timeouts, so a stalled Redis fails the probe instead of hanging it and the
+        study connections are never disturbed."""
+        if getattr(self, "_probe", None) is None:
+            self._probe = aioredis.from_url(self.url, socket_timeout=timeout,
+                                            socket_connect_timeout=timeout,
+                                            single_connection_client=True)
+        try:
+            return bool(await asyncio.wait_for(self._probe.ping(), timeout * 2))
+        except (RedisError, OSError, asyncio.TimeoutError):
+            # A half-finished exchange leaves the connection unusable: start afresh next time.
+            probe, self._probe = self._probe, None
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(probe.aclose(), timeout)
+            return False
+
+    async def close_probe(self) -> None:
+        probe, self._probe = getattr(self, "_probe", None), None
+        if probe is not None:
+            await probe.aclose()
+
+    async def declared_trainers(self, lease_s: float) -> dict[str, list[str] | None]:
+        """Trainers the live workers have: name -> the settings they declared in their
+        ``trainer_specs`` field (JSON ``{name: {"settings": [...]}}``), or None when none of
+        its workers published any."""
+        ids = await self.r.zrangebyscore(keys.workers(), time.time() - lease_s, "+inf")
+        if not ids:
+            return {}
+        async with self.r.pipeline(transaction=False) as p:
+            for wid in ids:
+                p.hmget(keys.worker(wid), "trainers", "trainer_specs")
+            rows = await p.execute()
+        out: dict[str, list[str] | None] = {}
+        for trainers, specs in rows:
+            for t in (trainers or "").split(","):
+                if t:
+                    out.setdefault(t, None)
+            try:
+                parsed = json.loads(specs) if specs else {}
+            except ValueError:
+                parsed = {}
+            for t, spec in parsed.items() if isinstance(parsed, dict) else ():
+                settings = spec.get("settings") if isinstance(spec, dict) else None
+                if isinstance(settings, list):
+                    out[t] = sorted({*(out.get(t) or []), *map(str, settings)})
+        return out
