@@ -131,6 +131,7 @@ class WorkerQueue:
         most ``bound`` seconds (``retry_seconds``); a missing stream or group is re-created."""
         deadline = time.monotonic() + (self.retry_seconds if bound is None else bound)
         delay = 0.05
+        recreated = False
         while True:
             try:
                 return fn()
@@ -138,6 +139,9 @@ class WorkerQueue:
                 if is_nogroup(e):
                     log.warning("%s: %s; re-creating this worker's streams", what, _message(e))
                     self._recreate()
+                    if not recreated:  # once at once; again only after a pause
+                        recreated = True
+                        continue
                 elif not is_transient(e):
                     raise QueueError(f"{what}: {type(e).__name__}: {_message(e)}") from e
                 if self.closing.is_set() or time.monotonic() + delay > deadline:
