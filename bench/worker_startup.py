@@ -8,6 +8,11 @@ dump) and the CPU time of a bare ``import hpod.trainers.worker``.
 
     python bench/worker_startup.py                      # analytic, 5 runs
     python bench/worker_startup.py --trainer mlp --runs 3
+    python bench/worker_startup.py --shutdown           # SIGTERM to exit, Redis SIGSTOPped
+
+``--shutdown`` instead times a busy worker's exit on SIGTERM while Redis is stopped (SIGSTOP:
+connections hang, nothing answers), the case where a worker without socket timeouts waits on
+Redis for minutes.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ import argparse
 import json
 import os
 import resource
+import signal
 import statistics
 import subprocess
 import sys
@@ -40,20 +46,54 @@ def run_child(args: list[str], env: dict[str, str] | None = None) -> tuple[float
     return child_cpu() - cpu0, time.perf_counter() - t0
 
 
-def enqueue(url: str, trainer: str, n: int) -> None:
+def enqueue(url: str, trainer: str, n: int, to: float = 1.0,
+            settings: dict | None = None) -> None:
     r = redis.Redis.from_url(url)
     job = {"study_id": f"bench{n}", "job_id": f"bench{n}-j1", "trial_id": 0,
-           "config": {}, "from_resource": 0.0, "to_resource": 1.0, "bracket": 0, "rung": 0,
-           "attempt": 0, "trainer": trainer, "max_resource": 1.0, "seed": 0,
-           "trainer_settings": {}}
+           "config": {}, "from_resource": 0.0, "to_resource": to, "bracket": 0, "rung": 0,
+           "attempt": 0, "trainer": trainer, "max_resource": to, "seed": 0,
+           "trainer_settings": settings or {}}
     r.xadd(keys.jobs(trainer), {"j": json.dumps(job)})
+
+
+def shutdown(runs: int) -> None:
+    """Seconds from SIGTERM to exit of a busy analytic worker while Redis is SIGSTOPped."""
+    out = []
+    with tempfile.TemporaryDirectory() as tmp, EmbeddedRedis(str(Path(tmp) / "redis")) as rs:
+        r = redis.Redis.from_url(rs.url)
+        for n in range(runs):
+            enqueue(rs.url, "analytic", n, to=1000.0, settings={"step_seconds": 0.2})
+            proc = subprocess.Popen([sys.executable, "-m", "hpod.client.cli", "worker",
+                                     "--redis-url", rs.url, "--trainer", "analytic",
+                                     "--checkpoint-dir", str(Path(tmp) / "ckpt")],
+                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            deadline = time.time() + 60
+            while not r.xlen(keys.events(f"bench{n}")) > 2 and time.time() < deadline:
+                time.sleep(0.1)  # busy: reporting progress
+            os.kill(rs.proc.pid, signal.SIGSTOP)
+            try:
+                t0 = time.perf_counter()
+                proc.send_signal(signal.SIGTERM)
+                try:
+                    proc.wait(600)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                out.append(time.perf_counter() - t0)
+            finally:
+                os.kill(rs.proc.pid, signal.SIGCONT)
+            r.delete(keys.jobs("analytic"))
+    print(json.dumps({"sigterm_to_exit_seconds_redis_stopped": [round(x, 2) for x in out]}))
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--trainer", default="analytic")
     ap.add_argument("--runs", type=int, default=5)
+    ap.add_argument("--shutdown", action="store_true")
     args = ap.parse_args()
+    if args.shutdown:
+        shutdown(args.runs)
+        return
     with tempfile.TemporaryDirectory() as tmp, EmbeddedRedis(str(Path(tmp) / "redis")) as rs:
         cpu, wall = [], []
         for n in range(args.runs):

@@ -180,14 +180,29 @@ class WorkerQueue:
             p.execute()
 
     def unregister(self) -> None:
+        # On shutdown, through a client with a short timeout of its own: a hung Redis then
+        # delays the exit by about a second, and the registry entry simply ages out.
+        r = self._short_client() if self.closing.is_set() else self.r
+
         def go() -> None:
-            with self.r.pipeline(transaction=True) as p:
+            with r.pipeline(transaction=True) as p:
                 p.zrem(keys.workers(), self.worker_id)
                 # HDEL of every field rather than DEL: the worker's Redis user may write its
                 # hash's fields but not delete keys (server/store/acl.py).
                 p.hdel(keys.worker(self.worker_id), "trainers", "status", "job", "host", "pid")
                 p.execute()
-        self._call("unregister", go)
+        try:
+            self._call("unregister", go)
+        finally:
+            if r is not self.r:
+                r.close()
+
+    def _short_client(self) -> redis.Redis:
+        kwargs = self.r.connection_pool.connection_kwargs
+        timeout = min(1.0, self.socket_timeout)
+        return redis.Redis(connection_pool=redis.ConnectionPool(
+            connection_class=self.r.connection_pool.connection_class,
+            **{**kwargs, "socket_timeout": timeout, "socket_connect_timeout": timeout}))
 
     def ensure_streams(self) -> None:
         self._call("create streams", self._ensure_streams)
