@@ -207,6 +207,7 @@ class Worker:
                 except QueueError as e:
                     if not self.draining.is_set():
                         log.error("%s; still trying", e)
+                    self.draining.wait(1.0)  # a lasting error (ACL, config) must not spin
                     continue
                 if lease is not None:
                     self.run_job(lease, taken_at)
