@@ -169,11 +169,16 @@ def test_workers_survive_their_handoff_streams_being_removed(tmp_path) -> None:
 
 
 @pytest.mark.slow
-def test_workers_ride_out_redis_refusing_writes(tmp_path) -> None:
-    with LocalCluster(workers=2, trainers=("analytic",), workdir=str(tmp_path)) as cluster, \
-            cluster.client() as client:
+@pytest.mark.parametrize("retry_seconds", ["60", "0.5"])
+def test_workers_ride_out_redis_refusing_writes(tmp_path, monkeypatch, retry_seconds) -> None:
+    # 60: the reports wait the refusal out. 0.5: they give up, and the jobs are abandoned
+    # (handed back through the lease), not failed.
+    monkeypatch.setenv("HPOD_REDIS_RETRY_SECONDS", retry_seconds)
+    with LocalCluster(workers=2, trainers=("analytic",), workdir=str(tmp_path),
+                      lease_seconds=3.0) as cluster, cluster.client() as client:
         r = redis.Redis.from_url(cluster.redis_url, decode_responses=True)
-        study = client.create_study(spec(seed=5))
+        # Steps slow enough that the workers are busy while Redis refuses writes.
+        study = client.create_study({**spec(seed=5), "trainer_settings": {"step_seconds": 0.2}})
         wait_for(lambda: study.refresh().trials_finished >= 2, what="two finished trials")
         with refusing_writes(r):
             time.sleep(4.0)
@@ -182,6 +187,9 @@ def test_workers_ride_out_redis_refusing_writes(tmp_path) -> None:
         assert all(w.poll() is None for w in cluster.workers), "a worker exited"
         logs = "".join((tmp_path / f"worker{i}.log").read_text() for i in range(2))
         assert "OutOfMemoryError" in logs  # the refusals reached the workers
+        if retry_seconds == "0.5":
+            assert "abandoned, Redis unreachable" in logs
+            assert sum(t.lost_jobs for t in study.trials()) >= 1
 
 
 @pytest.mark.slow
