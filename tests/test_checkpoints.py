@@ -206,3 +206,30 @@ def test_a_failed_trial_deletes_the_checkpoint_it_resumed_from(running) -> None:
     assert feed.ended("j2")["op"] == "fail"
     assert "checkpoint" in feed.ended("j2")["reason"]
     assert files(study_dir / "0") == ["r3.pt"]  # r5 (its start) went; nothing was written
+
+
+def test_lease_watch_tells_a_lease_held_throughout_from_a_lapsed_one(monkeypatch) -> None:
+    from hpod.trainers import worker
+
+    now = [100.0]
+    monkeypatch.setattr(worker.time, "monotonic", lambda: now[0])
+    w = worker.LeaseWatch(limit=5.0, since=100.0)
+    for _ in range(10):  # renewals every 2 s: never idle for 5
+        now[0] += 2.0
+        w.renewed(now[0] - 0.1, True)
+    assert w.kept()
+    now[0] += 6.0  # nothing for 6 s: the server may have taken it back
+    assert not w.kept()
+    w.renewed(now[0], True)
+    assert not w.kept()  # a lapse is never forgotten
+
+    now[0] = 100.0
+    w = worker.LeaseWatch(limit=5.0, since=100.0)
+    w.end()
+    w.renewed(100.0, False)  # a heartbeat that met our own XACK
+    assert w.kept()
+    w.renewed(100.0, False, final=True)  # our XACK found the entry gone: taken back
+    assert not w.kept()
+    w = worker.LeaseWatch(limit=5.0, since=100.0)
+    w.renewed(100.0, False)  # before the end: the server retired the entry
+    assert not w.kept()

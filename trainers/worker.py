@@ -101,12 +101,19 @@ class LeaseWatch:
         self.last_sent = since  # send time of the latest successful renewal (monotonic)
         self.max_gap = 0.0
         self.lost = False
+        self.ending = False  # the job's end is being recorded: its XACK has the last word
         self._lock = threading.Lock()
 
-    def renewed(self, sent: float, held: bool) -> None:
+    def end(self) -> None:
+        """From here on a heartbeat that finds the entry gone has only met our own XACK."""
         with self._lock:
-            if not held:
+            self.ending = True
+
+    def renewed(self, sent: float, held: bool, final: bool = False) -> None:
+        with self._lock:
+            if not held and (final or not self.ending):
                 self.lost = True
+            if not held:
                 return
             self.max_gap = max(self.max_gap, time.monotonic() - self.last_sent)
             self.last_sent = max(self.last_sent, sent)
@@ -296,12 +303,13 @@ class Worker:
             fields["checkpoint_bytes"] = max(0, checkpoints.folder_bytes(folder) - sum(
                 p.stat().st_size for p in doomed if p.exists()))
         sent = time.monotonic()
+        run.watch.end()
         try:
             held = self.q.finish(run.lease, op, **fields)
         except QueueError as e:
             self._abandon(run, e)
             return
-        run.watch.renewed(sent, held)
+        run.watch.renewed(sent, held, final=True)
         if final:
             self.kept.pop(_identity(run.job), None)
         if doomed and run.watch.kept():
