@@ -178,3 +178,54 @@ def test_user_class_and_function_trainers_run_hyperband_end_to_end(tmp_path,
             assert_resumed_and_clean(study, info, ckpt)
         # The function study used the function's own default search space.
         assert {p.name for p in studies[1].info.spec.search_space} == {"lr", "momentum"}
+
+
+# ---------------------------------------------------------------- the function's context
+
+
+def context(tmp_path, r0: float = 0.0, r1: float = 3.0, stop_at: float | None = None):
+    from hpod.trainers.function import JobContext
+
+    job = {"study_id": "s", "job_id": "s-j1", "trial_id": 7, "from_resource": r0,
+           "to_resource": r1, "max_resource": 9.0, "seed": 11, "trainer_settings": {"k": 1}}
+    sent: list[tuple[float, float]] = []
+
+    def report(resource: float, value: float) -> bool:
+        sent.append((resource, value))
+        return stop_at is not None and resource >= stop_at
+
+    return JobContext(job, tmp_path, report, device=lambda: "cpu"), sent
+
+
+def test_context_reports_saves_and_loads_through_the_checkpoint_dir(tmp_path) -> None:
+    ctx, sent = context(tmp_path)
+    assert ctx.load() is None and list(ctx.steps()) == [1, 2, 3]
+    assert ctx.settings == {"k": 1} and ctx.seed == 11 and ctx.max_resource == 9.0
+    with pytest.raises(RuntimeError, match="report first"):
+        ctx.save({"w": 0})
+    assert ctx.report(1, 0.5) is False
+    ctx.save({"w": 1})
+    assert ctx.report(2, 0.4) is False
+    ctx.save({"w": 2})  # replaces this segment's earlier save
+    assert sent == [(1.0, 0.5), (2.0, 0.4)]
+    assert sorted(p.name for p in (tmp_path / "s" / "7").iterdir()) == ["r2.pt"]
+    later, _ = context(tmp_path, r0=2.0, r1=6.0)
+    assert later.load() == {"w": 2} and list(later.steps()) == [3, 4, 5, 6]
+    missing, _ = context(tmp_path, r0=3.0, r1=9.0)
+    with pytest.raises(FileNotFoundError, match="did not call ctx.save"):
+        missing.load()
+
+
+def test_context_refuses_bad_reports_and_goes_quiet_after_a_stop(tmp_path) -> None:
+    ctx, sent = context(tmp_path, stop_at=2.0)
+    for bad in ((0, 1.0), (4, 1.0), (1, float("nan"))):
+        with pytest.raises(ValueError):
+            ctx.report(*bad)
+    assert ctx.report(1, 1.0) is False
+    with pytest.raises(ValueError, match="above 1"):
+        ctx.report(1, 0.9)  # resources must increase
+    assert ctx.report(2, 0.8) is True  # the algorithm stopped the trial
+    assert ctx.report(3, 0.7) is True  # ... and nothing more goes out
+    ctx.save({"w": 3})  # nothing resumes a stopped trial: not written
+    assert sent == [(1.0, 1.0), (2.0, 0.8)]
+    assert not (tmp_path / "s" / "7").exists()
