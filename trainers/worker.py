@@ -40,8 +40,9 @@ from the renewals themselves: each returns whether the entry was still ours, and
 renewals longer than half the lease counts as a lapse. The completion reports the trial's
 checkpoint bytes (``checkpoint_bytes``).
 
-Redis hiccups (``server/store/worker_queue.py``) are retried inside a bound; a job whose
-reports cannot get through is abandoned, not failed (the server hands it on once the lease
+Redis hiccups (``server/store/worker_queue.py``) are retried inside a bound
+(``HPOD_REDIS_RETRY_SECONDS``, default 60); a job whose reports cannot get through is
+abandoned, not failed (the server hands it on once the lease
 expires), and the worker goes back to waiting for work. Only the trainer's own exceptions
 fail a trial.
 """
