@@ -134,7 +134,13 @@ class JobContext:
             raise ValueError(f"report({resource:g}, ...): the resource must be above "
                              f"{low:g} and at most to_resource {self.to_resource:g}")
         self.last = (resource, value)
-        self.stopped = bool(self._report(resource, value))
+        try:
+            self.stopped = bool(self._report(resource, value))
+        except BaseException:
+            # SIGTERM or Redis out of reach: the job goes back to the queue, so a function that
+            # catches this must not write a checkpoint a retry would never use.
+            self.stopped = True
+            raise
         return self.stopped
 
     def save(self, state: Any) -> None:
