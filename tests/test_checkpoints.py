@@ -9,6 +9,7 @@ import pickle
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -103,12 +104,12 @@ class Feeder:
         self.r = redis.Redis.from_url(url, decode_responses=True)
 
     def job(self, job_id: str, r0: float, r1: float, trial: int = 0,
-            step_seconds: float = 0.0) -> None:
+            step_seconds: float = 0.0, trainer: str = "analytic") -> None:
         body = {"study_id": STUDY, "job_id": job_id, "trial_id": trial, "config": {},
                 "from_resource": r0, "to_resource": r1, "bracket": 0, "rung": 0,
-                "attempt": 0, "trainer": "analytic", "max_resource": 27.0, "seed": 5,
+                "attempt": 0, "trainer": trainer, "max_resource": 27.0, "seed": 5,
                 "trainer_settings": {"step_seconds": step_seconds}}
-        self.r.xadd(keys.jobs("analytic"), {"j": json.dumps(body)})
+        self.r.xadd(keys.jobs(trainer), {"j": json.dumps(body)})
 
     def events(self, job_id: str) -> list[dict]:
         out = [json.loads(f["e"]) for _, f in self.r.xrange(keys.events(STUDY))]
@@ -233,3 +234,35 @@ def test_lease_watch_tells_a_lease_held_throughout_from_a_lapsed_one(monkeypatch
     w = worker.LeaseWatch(limit=5.0, since=100.0)
     w.renewed(100.0, False)  # before the end: the server retired the entry
     assert not w.kept()
+
+
+def stepping(config, ctx) -> None:
+    """A function trainer for the test below: resumes its epoch count, sleeps per step."""
+    state = ctx.load() or {"epoch": 0}
+    assert state["epoch"] == ctx.from_resource
+    for epoch in ctx.steps():
+        time.sleep(float(ctx.settings["step_seconds"]))
+        if ctx.report(epoch, 1.0 / epoch):
+            break
+    ctx.save({"epoch": epoch})
+
+
+def test_sigterm_hands_a_function_job_back_and_keeps_its_start(tmp_path) -> None:
+    trainer = f"{__name__}:stepping"
+    with EmbeddedRedis(str(tmp_path / "redis")) as rs:
+        w = Worker(rs.url, [trainer], str(tmp_path / "ckpt"), keep_models=0)
+        t = threading.Thread(target=w.run, daemon=True)
+        t.start()
+        feed, study_dir = Feeder(rs.url), tmp_path / "ckpt" / STUDY
+        feed.job("j1", 0, 3, trainer=trainer)
+        finished(w, 1)
+        assert files(study_dir / "0") == ["r3.pt"]
+        feed.job("j2", 3, 27, step_seconds=0.1, trainer=trainer)
+        wait_for(lambda: feed.progressed("j2"), what="j2 running")
+        w.drain()  # what SIGTERM does
+        t.join(30)
+        assert not t.is_alive()
+        assert feed.ended("j2") is None  # handed back, not completed, not failed
+        (pending,) = feed.r.xpending_range(keys.jobs(trainer), keys.WORKER_GROUP, "-", "+", 10)
+        assert pending["time_since_delivered"] > 10**8  # released: the reaper takes it at once
+        assert files(study_dir / "0") == ["r3.pt"]  # the retry resumes from here
