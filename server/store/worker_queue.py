@@ -80,8 +80,9 @@ class QueueUnavailable(QueueError):
 _TRANSIENT_TYPES = (redis.ConnectionError, redis.TimeoutError, redis.exceptions.OutOfMemoryError,
                     redis.exceptions.MasterDownError, redis.exceptions.TryAgainError,
                     redis.exceptions.ClusterDownError)
-# Error replies (first word) that mean "not now": refused writes at maxmemory, a script or
-# module hogging the server, a data set still loading after a restart, a failover.
+# Error codes that mean "not now": refused writes at maxmemory, a script or module hogging the
+# server, a data set still loading after a restart, a failover. Matched as whole words, since
+# a pipeline or EXECABORT wraps the command's reply in text of its own (BUSYGROUP is no match).
 _TRANSIENT_REPLIES = ("OOM", "BUSY", "LOADING", "MASTERDOWN", "TRYAGAIN", "CLUSTERDOWN")
 
 
@@ -94,7 +95,6 @@ def is_transient(e: BaseException) -> bool:
         return True
     if isinstance(e, redis.ResponseError):
         text = _message(e)
-        # "... of pipeline caused error: OOM ..." and EXECABORT wrap the reply of the command.
         words = {w.strip(".:,'\"") for w in text.split()}
         return any(r in words for r in _TRANSIENT_REPLIES) or "maxmemory" in text
     return False
