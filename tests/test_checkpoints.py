@@ -42,7 +42,9 @@ def test_prune_keeps_only_the_newest_checkpoint_of_the_kept_trials(tmp_path) -> 
     (tmp_path / "s1" / "2" / "r30.pt.tmp99-1").write_bytes(b"y" * 5)  # a crashed write
     other = put(tmp_path, "s2", 0, 1, 40)  # another study is untouched
 
+    assert checkpoints.study_bytes(tmp_path, "s1") == 100 + 200 + 300 + 50 + 60 + 70 + 5
     result = prune_study_checkpoints(tmp_path, "s1", keep_trial_ids=[0, 2])
+    assert checkpoints.study_bytes(tmp_path, "s1") == result.kept
 
     assert result == PruneResult(freed=100 + 200 + 50 + 60 + 5, kept=300 + 70)
     left = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*") if p.is_file())

@@ -113,6 +113,14 @@ def folder_bytes(folder: Path) -> int:
     return sum(p.stat().st_size for p in folder.iterdir() if p.is_file())
 
 
+def study_bytes(ckpt_dir: str | os.PathLike, study_id: str) -> int:
+    """The disk a study's checkpoints use now (every trial's files)."""
+    root = study_dir(ckpt_dir, study_id)
+    if not root.is_dir():
+        return 0
+    return sum(folder_bytes(p) for p in root.iterdir() if p.is_dir())
+
+
 class PruneResult(NamedTuple):
     freed: int  # bytes deleted
     kept: int  # bytes left: the newest checkpoint of each kept trial
