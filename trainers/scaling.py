@@ -30,8 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from ._common import get_config, resource_steps
-from .base import Trainer, TrainerContext, register_trainer
+from .base import Trainer, TrainerContext, get_config, register_trainer, resource_steps
 
 DEFAULTS: dict[str, Any] = {
     "lr": 1e-3,

@@ -9,19 +9,32 @@ the study's event stream; every report is one round trip that also reads the sto
 Besides its trainers' shared streams a worker reads its own handoff streams, where the server
 puts the next segment of a trial this worker trained last (it may still hold the model). A
 handoff job is taken before a shared one.
+
+Redis hiccups are the queue's business, not the trainer's: every call is retried on transient
+errors (lost connection, timeout, ``OOM`` while Redis refuses writes, ``BUSY``, ``LOADING``)
+with capped exponential backoff for at most ``retry_seconds``, then raises
+:class:`QueueUnavailable`; a stream or consumer group that disappeared (``NOGROUP``: the server
+removed the handoff stream of a worker it thought gone) is created again. Re-sending after a
+lost reply is safe: the server recognises a repeated event and ignores it. The client has
+socket timeouts, so a Redis that hangs (SIGSTOP, a network partition) costs one timeout per
+call, never an endless wait; after :meth:`WorkerQueue.close` nothing is retried, so shutdown
+takes seconds whatever Redis does.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import socket
+import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import redis
-from redis.backoff import ExponentialBackoff
+from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from . import keys
@@ -50,18 +63,115 @@ class Lease:
         return self.job["job_id"]
 
 
+log = logging.getLogger("hpod.worker")
+
+T = TypeVar("T")
+
+
+class QueueError(Exception):
+    """A queue operation failed for a reason that is not the trainer's: the job is abandoned
+    (its lease expires and the server hands it on), never failed."""
+
+
+class QueueUnavailable(QueueError):
+    """Redis kept failing with transient errors for longer than the retry bound."""
+
+
+_TRANSIENT_TYPES = (redis.ConnectionError, redis.TimeoutError, redis.exceptions.OutOfMemoryError,
+                    redis.exceptions.MasterDownError, redis.exceptions.TryAgainError,
+                    redis.exceptions.ClusterDownError)
+# Error codes that mean "not now": refused writes at maxmemory, a script or module hogging the
+# server, a data set still loading after a restart, a failover. Matched as whole words, since
+# a pipeline or EXECABORT wraps the command's reply in text of its own (BUSYGROUP is no match).
+_TRANSIENT_REPLIES = ("OOM", "BUSY", "LOADING", "MASTERDOWN", "TRYAGAIN", "CLUSTERDOWN")
+
+
+def _message(e: BaseException) -> str:
+    return str(e.args[0]) if getattr(e, "args", None) else str(e)
+
+
+def is_transient(e: BaseException) -> bool:
+    if isinstance(e, _TRANSIENT_TYPES):
+        return True
+    if isinstance(e, redis.ResponseError):
+        text = _message(e)
+        words = {w.strip(".:,'\"") for w in text.split()}
+        return any(r in words for r in _TRANSIENT_REPLIES) or "maxmemory" in text
+    return False
+
+
+def is_nogroup(e: BaseException) -> bool:
+    return isinstance(e, redis.ResponseError) and "NOGROUP" in _message(e)
+
+
 class WorkerQueue:
-    def __init__(self, url: str, worker_id: str, trainers: list[str]) -> None:
-        # Retry through Redis restarts: a re-sent report after a lost reply is a duplicate the
-        # server recognises and ignores, so retrying is safe for every call the worker makes.
+    def __init__(self, url: str, worker_id: str, trainers: list[str],
+                 retry_seconds: float = 60.0, socket_timeout: float = 5.0) -> None:
+        # No retries inside redis-py: :meth:`_call` retries with a bound and stops at close().
+        # The socket timeout must exceed the longest XREADGROUP block (take's block_ms).
         self.r = redis.Redis.from_url(
-            url, decode_responses=True,
-            retry=Retry(ExponentialBackoff(cap=2.0, base=0.05), retries=60),
-            retry_on_error=[redis.ConnectionError, redis.TimeoutError])
+            url, decode_responses=True, socket_timeout=socket_timeout,
+            socket_connect_timeout=socket_timeout, retry=Retry(NoBackoff(), 0),
+            retry_on_error=[])
         self.worker_id = worker_id
         self.trainers = trainers
+        self.retry_seconds = retry_seconds
+        self.socket_timeout = socket_timeout
+        self.closing = threading.Event()  # set on shutdown: no more retries, no more waits
+        self._last_warning = 0.0
+
+    def close(self) -> None:
+        """Shutdown: calls still running give up at their next failure, new ones try once."""
+        self.closing.set()
+
+    # ---------------------------------------------------------------- retries
+
+    def _call(self, what: str, fn: Callable[[], T], bound: float | None = None) -> T:
+        """``fn()``, retried on transient Redis errors with capped exponential backoff for at
+        most ``bound`` seconds (``retry_seconds``); a missing stream or group is re-created."""
+        deadline = time.monotonic() + (self.retry_seconds if bound is None else bound)
+        delay = 0.05
+        recreated = False
+        while True:
+            try:
+                return fn()
+            except redis.RedisError as e:
+                if is_nogroup(e):
+                    log.warning("%s: %s; re-creating this worker's streams", what, _message(e))
+                    self._recreate()
+                    if not recreated:  # once at once; again only after a pause
+                        recreated = True
+                        continue
+                elif not is_transient(e):
+                    raise QueueError(f"{what}: {type(e).__name__}: {_message(e)}") from e
+                if self.closing.is_set() or time.monotonic() + delay > deadline:
+                    raise QueueUnavailable(
+                        f"{what}: Redis unavailable ({type(e).__name__}: {_message(e)})") from e
+                self._warn(what, e)
+                self.closing.wait(delay)
+                delay = min(delay * 2, 2.0)
+
+    def _warn(self, what: str, e: BaseException) -> None:
+        now = time.monotonic()
+        if now - self._last_warning > 5.0:  # one line per few seconds, not one per retry
+            self._last_warning = now
+            log.warning("%s: %s: %s; retrying", what, type(e).__name__, _message(e))
+
+    def _recreate(self) -> None:
+        """The server removed a stream of ours (it thought this worker gone): make them again
+        and say we are here. One attempt; the caller's retry covers a failure."""
+        try:
+            self._ensure_streams()
+            self._register("idle", "")
+        except redis.RedisError:
+            pass
+
+    # ---------------------------------------------------------------- registry
 
     def register(self, status: str = "idle", job: str = "") -> None:
+        self._call("register", lambda: self._register(status, job))
+
+    def _register(self, status: str, job: str) -> None:
         with self.r.pipeline(transaction=True) as p:
             p.hset(keys.worker(self.worker_id), mapping={
                 "trainers": ",".join(self.trainers), "status": status, "job": job,
@@ -70,14 +180,34 @@ class WorkerQueue:
             p.execute()
 
     def unregister(self) -> None:
-        with self.r.pipeline(transaction=True) as p:
-            p.zrem(keys.workers(), self.worker_id)
-            # HDEL of every field rather than DEL: the worker's Redis user may write its hash's
-            # fields but not delete keys (server/store/acl.py).
-            p.hdel(keys.worker(self.worker_id), "trainers", "status", "job", "host", "pid")
-            p.execute()
+        # On shutdown, through a client with a short timeout of its own: a hung Redis then
+        # delays the exit by about a second, and the registry entry simply ages out.
+        r = self._short_client() if self.closing.is_set() else self.r
+
+        def go() -> None:
+            with r.pipeline(transaction=True) as p:
+                p.zrem(keys.workers(), self.worker_id)
+                # HDEL of every field rather than DEL: the worker's Redis user may write its
+                # hash's fields but not delete keys (server/store/acl.py).
+                p.hdel(keys.worker(self.worker_id), "trainers", "status", "job", "host", "pid")
+                p.execute()
+        try:
+            self._call("unregister", go)
+        finally:
+            if r is not self.r:
+                r.close()
+
+    def _short_client(self) -> redis.Redis:
+        kwargs = self.r.connection_pool.connection_kwargs
+        timeout = min(1.0, self.socket_timeout)
+        return redis.Redis(connection_pool=redis.ConnectionPool(
+            connection_class=self.r.connection_pool.connection_class,
+            **{**kwargs, "socket_timeout": timeout, "socket_connect_timeout": timeout}))
 
     def ensure_streams(self) -> None:
+        self._call("create streams", self._ensure_streams)
+
+    def _ensure_streams(self) -> None:
         for t in self.trainers:
             for stream in (keys.jobs(t), keys.handoff(t, self.worker_id)):
                 try:
@@ -86,6 +216,8 @@ class WorkerQueue:
                     if "BUSYGROUP" not in str(e):
                         raise
             self.r.sadd(keys.handoffs(), keys.handoff_member(t, self.worker_id))
+
+    # ---------------------------------------------------------------- jobs
 
     def take(self, block_ms: int = 1000) -> Lease | None:
         """The next job for one of this worker's trainers, or None after ``block_ms``; a
@@ -98,8 +230,10 @@ class WorkerQueue:
         for t in self.trainers:
             streams[keys.jobs(t)] = ">"
             stream_trainer[keys.jobs(t)] = t
-        resp = self.r.xreadgroup(keys.WORKER_GROUP, self.worker_id, streams, count=1,
-                                 block=block_ms)
+        # Not retried as a whole: an entry delivered in a lost reply sits in our pending list
+        # and comes back to the server through the lease reaper.
+        resp = self._call("take", lambda: self.r.xreadgroup(
+            keys.WORKER_GROUP, self.worker_id, streams, count=1, block=block_ms))
         got = [Lease(stream_trainer[stream], eid, json.loads(fields["j"]), stream)
                for stream, entries in resp or [] for eid, fields in entries]
         got.sort(key=lambda lease: not lease.handed_off)
@@ -115,47 +249,69 @@ class WorkerQueue:
 
     def _requeue(self, lease: Lease) -> None:
         """Put a job read but not wanted now back at the end of its trainer's shared stream."""
-        with self.r.pipeline(transaction=True) as p:
-            p.xadd(keys.jobs(lease.trainer), {"j": json.dumps(lease.job, allow_nan=False)})
-            p.xack(lease.stream, keys.WORKER_GROUP, lease.entry_id)
-            p.xdel(lease.stream, lease.entry_id)
-            p.execute()
+        def go() -> None:
+            with self.r.pipeline(transaction=True) as p:
+                p.xadd(keys.jobs(lease.trainer), {"j": json.dumps(lease.job, allow_nan=False)})
+                p.xack(lease.stream, keys.WORKER_GROUP, lease.entry_id)
+                p.xdel(lease.stream, lease.entry_id)
+                p.execute()
+        self._call("requeue", go)
 
     def _still_wanted(self, lease: Lease) -> bool:
         # Stopping or deleting a study puts every outstanding job in its stop set, so the set
         # alone answers; the worker needs no read of the study itself (its ACL user has none).
-        return not self.r.sismember(keys.stopped_jobs(lease.study_id), lease.job_id)
+        return not self._call("read stop set", lambda: self.r.sismember(
+            keys.stopped_jobs(lease.study_id), lease.job_id))
 
     def _drop(self, lease: Lease) -> None:
-        with self.r.pipeline(transaction=True) as p:
-            p.xack(lease.stream, keys.WORKER_GROUP, lease.entry_id)
-            p.xdel(lease.stream, lease.entry_id)
-            p.execute()
+        def go() -> None:
+            with self.r.pipeline(transaction=True) as p:
+                p.xack(lease.stream, keys.WORKER_GROUP, lease.entry_id)
+                p.xdel(lease.stream, lease.entry_id)
+                p.execute()
+        self._call("drop", go)
 
     def _event(self, p: Any, lease: Lease, op: str, **fields: Any) -> None:
         body = {"op": op, "job_id": lease.job_id, **fields}
         p.xadd(keys.events(lease.study_id), {"e": json.dumps(body, allow_nan=False)})
 
     def start(self, lease: Lease) -> None:
-        with self.r.pipeline(transaction=True) as p:
-            self._event(p, lease, "start", worker=self.worker_id)
-            p.hset(keys.worker(self.worker_id), mapping={"status": "busy", "job": lease.job_id})
-            p.zadd(keys.workers(), {self.worker_id: time.time()})
-            p.execute()
+        def go() -> None:
+            with self.r.pipeline(transaction=True) as p:
+                self._event(p, lease, "start", worker=self.worker_id)
+                p.hset(keys.worker(self.worker_id),
+                       mapping={"status": "busy", "job": lease.job_id})
+                p.zadd(keys.workers(), {self.worker_id: time.time()})
+                p.execute()
+        self._call("start", go)
 
-    def progress(self, lease: Lease, resource: float, value: float) -> bool:
-        """Report one learning-curve point; True when the job must stop. One round trip."""
-        with self.r.pipeline(transaction=False) as p:
-            self._event(p, lease, "progress", resource=resource, value=value)
-            p.sismember(keys.stopped_jobs(lease.study_id), lease.job_id)
-            self._heartbeat(p, lease)
-            out = p.execute()
-        return bool(out[1])
+    def progress(self, lease: Lease, resource: float, value: float) -> tuple[bool, bool]:
+        """Report one learning-curve point. One round trip; returns ``(stop, held)``: whether
+        the job must stop, and whether this worker still holds its lease (False: the server
+        took the job back, it is lost here and retried elsewhere)."""
+        def go() -> tuple[bool, bool]:
+            with self.r.pipeline(transaction=False) as p:
+                self._event(p, lease, "progress", resource=resource, value=value)
+                p.sismember(keys.stopped_jobs(lease.study_id), lease.job_id)
+                self._heartbeat(p, lease)
+                out = p.execute(raise_on_error=False)
+            held = _claimed(out[3])
+            _raise_first(out[:3])
+            return bool(out[1]), held
+        return self._call("report progress", go)
 
-    def heartbeat(self, lease: Lease | None) -> None:
+    def heartbeat(self, lease: Lease | None) -> bool | None:
+        """Stamp the registry and renew the lease; one attempt (the next beat is the retry).
+        Returns whether the lease is still held (None without a lease). Renewing needs no
+        memory, so the lease survives a Redis that refuses writes (OOM) while the registry
+        stamp does not."""
         with self.r.pipeline(transaction=False) as p:
             self._heartbeat(p, lease)
-            p.execute()
+            out = p.execute(raise_on_error=False)
+        if lease is None:
+            _raise_first(out)
+            return None
+        return _claimed(out[1])
 
     def _heartbeat(self, p: Any, lease: Lease | None) -> None:
         p.zadd(keys.workers(), {self.worker_id: time.time()})
@@ -163,22 +319,50 @@ class WorkerQueue:
             p.xclaim(lease.stream, keys.WORKER_GROUP, self.worker_id, 0,
                      [lease.entry_id], justid=True)
 
-    def finish(self, lease: Lease, op: str, **fields: Any) -> None:
-        """Report the job's end (``complete`` or ``fail``) and release the lease, atomically."""
-        with self.r.pipeline(transaction=True) as p:
-            self._event(p, lease, op, **fields)
-            p.xack(lease.stream, keys.WORKER_GROUP, lease.entry_id)
-            p.xdel(lease.stream, lease.entry_id)
-            p.hset(keys.worker(self.worker_id), mapping={"status": "idle", "job": ""})
-            p.zadd(keys.workers(), {self.worker_id: time.time()})
-            p.execute()
+    def finish(self, lease: Lease, op: str, **fields: Any) -> bool:
+        """Report the job's end (``complete`` or ``fail``) and release the lease, atomically.
+        Returns whether the lease was still held (its entry still pending) when it ended."""
+        def go() -> bool:
+            with self.r.pipeline(transaction=True) as p:
+                self._event(p, lease, op, **fields)
+                p.xack(lease.stream, keys.WORKER_GROUP, lease.entry_id)
+                p.xdel(lease.stream, lease.entry_id)
+                p.hset(keys.worker(self.worker_id), mapping={"status": "idle", "job": ""})
+                p.zadd(keys.workers(), {self.worker_id: time.time()})
+                out = p.execute()
+            return bool(out[1])
+        return self._call(f"report {op}", go)
 
     def release(self, lease: Lease) -> None:
         """Give a job back unfinished (SIGTERM drain): the server sees it as lost at once and
         hands it on, resuming from the segment's start checkpoint."""
-        with self.r.pipeline(transaction=True) as p:
-            # An idle time far beyond any lease makes the reaper take it on its next pass.
-            p.xclaim(lease.stream, keys.WORKER_GROUP, self.worker_id, 0,
-                     [lease.entry_id], idle=10**9, justid=True)
-            p.hset(keys.worker(self.worker_id), mapping={"status": "idle", "job": ""})
-            p.execute()
+        def go() -> None:
+            with self.r.pipeline(transaction=True) as p:
+                # An idle time far beyond any lease makes the reaper take it on its next pass.
+                p.xclaim(lease.stream, keys.WORKER_GROUP, self.worker_id, 0,
+                         [lease.entry_id], idle=10**9, justid=True)
+                p.hset(keys.worker(self.worker_id), mapping={"status": "idle", "job": ""})
+                p.execute()
+        self._call("release", go)
+
+    def set_idle(self) -> None:
+        """Mark this worker idle after a job it gave up (Redis was unreachable)."""
+        def go() -> None:
+            self.r.hset(keys.worker(self.worker_id), mapping={"status": "idle", "job": ""})
+        self._call("set idle", go)
+
+
+def _claimed(reply: Any) -> bool:
+    """Whether an ``XCLAIM ... JUSTID`` of our entry found it still pending. NOGROUP (the
+    stream is gone) means not; another error is not an answer."""
+    if isinstance(reply, Exception):
+        if is_nogroup(reply):
+            return False
+        raise reply
+    return bool(reply)
+
+
+def _raise_first(replies: list[Any]) -> None:
+    for reply in replies:
+        if isinstance(reply, Exception):
+            raise reply
