@@ -314,8 +314,8 @@ def _show_doc(study: Any, trials: list[Any]) -> dict[str, Any]:
     first = next((t for t in sorted(failed, key=lambda t: t.id) if t.error), None)
     return {"study": output.study_json(study.info, best),
             "trials_failed": len(failed),
-            "first_trial_error": None if first is None else {"trial": first.id,
-                                                              "error": first.error},
+            "first_trial_error": None if first is None else {
+                "trial": first.id, "error": output.headline(first.error)},
             "trials": [output.trial_json(t) for t in
                        output.sort_trials(trials, _maximize(study.info))]}
 
@@ -349,7 +349,7 @@ def _print_trials(study: Any, trials: list[Any], top: int | None = None) -> None
         mark = " *" if best is not None and t.id == best.id else ""
         rows.append([f"{t.id}{mark}", t.state, output.fmt_value(t.value), f"{t.resource:g}",
                      t.bracket, t.rung, f"{t.cost:.2f}", output.fmt_config(t.config),
-                     output.one_line(t.error, 60) if t.error else ""])
+                     output.one_line(output.headline(t.error), 60) if t.error else ""])
     more = f", top {len(shown)} of {len(trials)}" if len(shown) < len(trials) else ""
     output.table(["trial", "state", metric, info.spec.resource.name or "resource", "bracket",
                   "rung", "cost s", "config", "error"], rows,
@@ -371,8 +371,8 @@ def _report(study: Any, as_json: bool, top: int | None = None) -> int:
     else:
         _print_header(study, trials)
         _print_trials(study, trials, top)
-    return (output.EXIT_BAD_OUTCOME if output.study_state(study.info) in output.ENDED_BADLY
-            else output.EXIT_OK)
+    bad = (output.study_state(study.info) in output.ENDED_BADLY or output.all_failed(trials))
+    return output.EXIT_BAD_OUTCOME if bad else output.EXIT_OK
 
 
 def _watch(study: Any, args: argparse.Namespace) -> int:
@@ -389,16 +389,29 @@ def _watch(study: Any, args: argparse.Namespace) -> int:
 def _list(client: Any, as_json: bool) -> int:
     from .sdk import Study
 
-    studies = [Study(client, s.id, s) for s in client.list_studies()]
-    docs = [output.study_json(s.info, _trial(s, s.info.best_trial)
-                              if s.info.HasField("best_trial") else None) for s in studies]
+    docs = []
+    for pb_study in client.list_studies():
+        s = Study(client, pb_study.id, pb_study)
+        best = _trial(s, pb_study.best_trial) if pb_study.HasField("best_trial") else None
+        doc = output.study_json(pb_study, best)
+        doc["first_trial_error"] = None
+        if best is None and pb_study.trials_finished:
+            # No result although trials ended: say why (one ListTrials for such studies only).
+            trials = s.trials(curves=False)
+            failed = sorted((t for t in trials if t.state in ("failed", "lost")),
+                            key=lambda t: t.id)
+            if failed:
+                doc["first_trial_error"] = output.headline(failed[0].error) or failed[0].state
+        docs.append(doc)
     if as_json:
         output.dump({"studies": docs})
         return 0
     rows = [[d["id"], d["name"] or "-", d["algorithm"], d["trainer"] or "ask/tell", d["state"],
              f"{d['trials_finished']}/{d['trials_total']}",
              output.fmt_value(d["best"]["value"] if d["best"] else None),
-             output.one_line(d["error"] or "", 70)] for d in docs]
+             output.one_line(d["error"] or (f"trials failed: {d['first_trial_error']}"
+                                            if d["first_trial_error"] else ""), 80)]
+            for d in docs]
     output.table(["id", "name", "algorithm", "trainer", "state", "finished", "best", "error"],
                  rows)
     return 0

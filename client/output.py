@@ -94,6 +94,12 @@ def fmt_config(config: dict[str, Any]) -> str:
                      for k, v in config.items())
 
 
+def headline(error: str) -> str:
+    """A trial error's message without the traceback workers append to it."""
+    head = error.split("Traceback (most recent call last)", 1)[0]
+    return " ".join(head.split()) or " ".join(error.split())
+
+
 def one_line(text: str, width: int = 100) -> str:
     """An error message as one line, cut to ``width`` characters."""
     flat = " ".join(text.split())
@@ -139,12 +145,18 @@ def incumbent(trials: Sequence[Trial], maximize: bool) -> Trial | None:
     return ranked[0] if ranked else None
 
 
+def all_failed(trials: Sequence[Trial]) -> bool:
+    """Every trial that ended, ended failed or lost (and at least one did)."""
+    ended = [t for t in trials if t.state in ("completed", "stopped", "failed", "lost")]
+    return bool(ended) and all(t.state in ("failed", "lost") for t in ended)
+
+
 def failure_summary(trials: Sequence[Trial]) -> str | None:
     """``N of M trials failed; first error: ...`` or None when none failed."""
     failed = sorted((t for t in trials if t.state in ("failed", "lost")), key=lambda t: t.id)
     if not failed:
         return None
     first = next((t for t in failed if t.error), failed[0])
-    why = one_line(first.error, 300) if first.error else "no reason recorded"
+    why = one_line(headline(first.error), 300) if first.error else "no reason recorded"
     return (f"{len(failed)} of {len(trials)} trials failed; first error (trial {first.id}): "
             f"{why}")

@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from .sdk import Event, Study, Trial
 
 FAILED = ("failed", "lost")
+REPORTS = ("progress", "paused", "completed", "stopped")  # events whose value was reported
 
 
 def clock(seconds: float) -> str:
@@ -59,7 +60,7 @@ class Status:
     def see(self, ev: Event) -> tuple[bool, bool]:
         """Record an event; returns (a new best at any resource, a new failure)."""
         new_best = new_failure = False
-        if ev.value is not None and ev.trial_id is not None and ev.kind != "failed":
+        if ev.value is not None and ev.trial_id is not None and ev.kind in REPORTS:
             b = self.best_any
             if b is None or (ev.value > b.value if self.maximize else ev.value < b.value):
                 self.best_any = Best(ev.value, ev.trial_id, ev.resource)
@@ -150,6 +151,8 @@ class PlainProgress:
         self.steps = steps
         self.step_shown = -1
         self.last_best = ""
+        self.headlines: dict[str, int] = {}  # error message -> trials that failed with it
+        self.repeats = 3  # each distinct error is shown this many times
 
     def emit(self, text: str) -> None:
         print(f"[{clock(self.status.elapsed())}] {text}", file=self.stream, flush=True)
@@ -162,13 +165,24 @@ class PlainProgress:
             if ev.kind == "study_ended":
                 break
             if failure:
-                why = self.status.failures[ev.trial_id] or "no reason recorded"
-                self.emit(f"trial {ev.trial_id} {ev.kind}: {' '.join(why.split())}")
+                self._failure(ev)
             if ev.kind in ("paused", "completed", "stopped"):
                 study.refresh()
                 self._maybe_status()
         study.refresh()
         self.emit(self.summary())
+
+    def _failure(self, ev: Event) -> None:
+        from .output import headline
+
+        why = headline(self.status.failures[ev.trial_id]) or "no reason recorded"
+        seen = self.headlines.get(why, 0)
+        self.headlines[why] = seen + 1
+        if seen < self.repeats:
+            self.emit(f"trial {ev.trial_id} {ev.kind}: {why}")
+        elif seen == self.repeats:
+            self.emit(f"trial {ev.trial_id} {ev.kind}: the same error again (further ones are "
+                      "counted, not shown)")
 
     def _maybe_status(self) -> None:
         best = self.status.best_text()
@@ -186,6 +200,8 @@ class PlainProgress:
         state = study_state(info)
         failed = f", {len(s.failures)} failed" if s.failures else ""
         error = f": {info.error}" if info.error else ""
+        if not error and s.failures and len(s.failures) == info.trials_total:
+            error = " but every trial failed"
         return (f"study {info.id} {state}{error} | {info.trials_total} trials{failed} | "
                 f"{info.resource_used:g} {s.unit}s in {clock(s.elapsed())} "
                 f"({s.rate():.3g}/s) | {s.best_text()}")
@@ -224,6 +240,8 @@ class LiveView:
             live.update(self.render())
 
     def apply(self, ev: Event) -> None:
+        from .output import headline
+
         if ev.trial is not None:
             self.trials[ev.trial.id] = ev.trial
         self.status.see(ev)
@@ -231,7 +249,7 @@ class LiveView:
             value = "" if ev.value is None else f" value {ev.value:.4g}"
             where = "" if ev.trial is None else (f" bracket {ev.trial.bracket} rung "
                                                  f"{ev.trial.rung} at {ev.resource:g}")
-            error = (f" {' '.join(ev.trial.error.split())[:80]}"
+            error = (f" {headline(ev.trial.error)[:80]}"
                      if ev.kind in FAILED and ev.trial is not None and ev.trial.error else "")
             stamp = time.strftime("%H:%M:%S", time.localtime(ev.time or time.time()))
             trial = "" if ev.trial_id is None else f" trial {ev.trial_id}"
