@@ -8,11 +8,16 @@ Both hand :meth:`StudyMirror.sync_trial` objects with the attributes of an hpod 
 ``config``, ``state``, ``value``, ``resource``, ``bracket``, ``rung``, ``cost``, ``curve``,
 ``error``): the SDK's ``Trial`` and the engine's ``TrialRec`` both have them.
 
-Each hpod trial becomes one Optuna trial of the study ``hpod-<study id>``: its parameters (with
+Each hpod trial becomes one Optuna trial of the study ``<study name> [<study id>]`` (``hpod-<study
+id>`` when it has no name, or when an earlier mirror already wrote it so), whose metric name is the
+study's objective metric: its parameters (with
 the distributions of the study's search space), its learning curve as intermediate values (step =
 resource / ``resource_per_step``, a study user attribute, 1 when every resource is whole) and its
 state. Optuna trials cannot be reopened once finished, so a trial stays RUNNING while hpod may
-still promote it (queued, running, paused) and is finished only at a final hpod state:
+still promote it (queued, running, paused) and is finished only at a final hpod state, or, in a
+synchronous ``hyperband`` study, once a trial of its bracket has gone to a higher rung than the
+one it waits at (that rung's promotions are over: it is PRUNED then, so its timeline bar ends
+when it stopped training, not when the study ends):
 
     completed at the maximum resource -> COMPLETE (value: the metric at that resource)
     completed below it, or stopped    -> PRUNED   (Optuna's reading of successive halving)
@@ -47,9 +52,20 @@ if TYPE_CHECKING:
 OPEN_STATES = ("queued", "running", "paused")
 SEGMENT_START = ("created", "promoted", "resumed")
 SEGMENT_END = ("paused", "completed", "stopped", "failed", "lost")
+METRIC_NAMES_ATTR = "study:metric_names"  # optuna.study.study._SYSTEM_ATTR_METRIC_NAMES
 
 
-def optuna_study_name(study_id: str) -> str:
+def optuna_study_name(info: pb.Study | str) -> str:
+    """The Optuna study's name: the hpod study's own name with its id (names need not be
+    unique in hpod, they must be in Optuna), or ``hpod-<id>`` for an unnamed study."""
+    if isinstance(info, str):
+        return legacy_study_name(info)
+    name = " ".join(info.spec.name.split())
+    return f"{name} [{info.id}]" if name else legacy_study_name(info.id)
+
+
+def legacy_study_name(study_id: str) -> str:
+    """What earlier mirrors called every study: found and reused, never duplicated."""
     return f"hpod-{study_id}"
 
 
@@ -187,19 +203,32 @@ class StudyMirror:
 
         self.storage = open_storage(storage) if isinstance(storage, str) else storage
         self.info = info
-        self.name = optuna_study_name(info.id)
+        self.name = optuna_study_name(info)
         self.distributions = optuna_distributions(info.spec)
         self.per_step = resource_per_step(info)
         maximize = info.spec.objective.direction == pb.DIRECTION_MAXIMIZE
         direction = StudyDirection.MAXIMIZE if maximize else StudyDirection.MINIMIZE
         self.optuna_study_id = self._open_study(direction)
         self.trials: dict[int, _Mirrored] = self._load_existing()
+        # Synchronous Hyperband promotes a rung's winners all at once, so a trial still paused
+        # at a rung its bracket has left behind will never train again: it is finished
+        # (PRUNED) then, and its timeline ends there instead of at the study's end.
+        self.synchronous = info.spec.algorithm.name == "hyperband"
+        self.top_rung: dict[int, int] = {}        # bracket -> highest rung a trial reached
+        self.waiting: dict[int, Any] = {}         # hpod id -> a paused trial not yet passed
 
     # ------------------------------------------------------------ setup
 
     def _open_study(self, direction: Any) -> int:
         from optuna.exceptions import DuplicatedStudyError
 
+        legacy = legacy_study_name(self.info.id)
+        if legacy != self.name:
+            try:  # a study an earlier mirror wrote under the old name: keep writing there
+                self.storage.get_study_id_from_name(legacy)
+                self.name = legacy
+            except KeyError:
+                pass
         try:
             sid = self.storage.create_new_study([direction], self.name)
         except DuplicatedStudyError:
@@ -218,6 +247,10 @@ class StudyMirror:
                  "plan": [[[r.n, r.r] for r in b.rungs] for b in info.plan.brackets]}
         for key, value in attrs.items():
             self.storage.set_study_user_attr(sid, key, value)
+        # Optuna's own record of the objective's name (Study.set_metric_names), which the
+        # dashboard and trials_dataframe show instead of "Objective 0".
+        self.storage.set_study_system_attr(sid, METRIC_NAMES_ATTR,
+                                           [info.spec.objective.metric or "value"])
         return sid
 
     def _load_existing(self) -> dict[int, _Mirrored]:
@@ -247,12 +280,35 @@ class StudyMirror:
         from optuna.trial import TrialState
 
         if trial.state in OPEN_STATES:
-            return TrialState.RUNNING
+            return TrialState.PRUNED if self._passed_over(trial) else TrialState.RUNNING
         if trial.state in ("failed", "lost") or trial.value is None:
             return TrialState.FAIL
         max_r = self.info.spec.resource.max_resource
         at_max = trial.state == "completed" and trial.resource >= max_r - 1e-9
         return TrialState.COMPLETE if at_max else TrialState.PRUNED
+
+    def _passed_over(self, trial: Any) -> bool:
+        return (self.synchronous and trial.state == "paused" and trial.value is not None
+                and self.top_rung.get(trial.bracket, -1) > trial.rung)
+
+    def _track(self, trial: Any, now: float | None) -> None:
+        """After a trial is written: remember it if it waits at a rung, and finish the waiting
+        trials of its bracket that its reaching a higher rung has passed over."""
+        if not self.synchronous:
+            return
+        m = self.trials.get(trial.id)
+        if trial.state == "paused" and m is not None and not m.finished:
+            self.waiting[trial.id] = trial
+        else:
+            self.waiting.pop(trial.id, None)
+        if trial.rung <= self.top_rung.get(trial.bracket, -1):
+            return
+        self.top_rung[trial.bracket] = trial.rung
+        for tid, w in list(self.waiting.items()):
+            if w.bracket == trial.bracket and w.rung < trial.rung:
+                self.waiting.pop(tid)
+                if not self.trials[tid].finished:
+                    self._update(w, self.trials[tid], now)
 
     def _user_attrs(self, trial: Any, m: _Mirrored) -> dict[str, Any]:
         attrs = {"hpod_trial": trial.id, "hpod_state": trial.state, "bracket": trial.bracket,
@@ -314,6 +370,7 @@ class StudyMirror:
         m.optuna_id = self.storage.create_new_trial(self.optuna_study_id, template_trial=ft)
         m.attrs = _copied(attrs)
         self.trials[trial.id] = m
+        self._track(trial, now)
 
     def _update(self, trial: Any, m: _Mirrored, now: float | None = None,
                 timed: set[int] | frozenset[int] = frozenset()) -> None:
@@ -333,6 +390,7 @@ class StudyMirror:
             values = None if trial.value is None or state.name == "FAIL" else [trial.value]
             self.storage.set_trial_state_values(m.optuna_id, state, values)
             m.finished = True
+        self._track(trial, now)
 
 
 _MISSING = object()
