@@ -164,6 +164,9 @@ def main(argv: list[str] | None = None) -> int:
         return int(COMMANDS[args.command](args) or 0)
     except KeyboardInterrupt:
         return output.EXIT_INTERRUPTED
+    except BrokenPipeError:  # `hpod ... | head`: the reader left; nothing more to say
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return output.EXIT_OK
     except Exception as e:  # a clear one-line error, not a traceback, for known failures
         from .sdk import HpodError
         from .spec import SpecError
@@ -254,9 +257,12 @@ def cmd_plan(args: argparse.Namespace) -> int:
         print(f"hpod plan: {e}", file=sys.stderr)
         return 2
     if args.json:
-        print(json.dumps(plan.to_dict()))
+        doc = plan.to_dict()  # brackets and total_resource, as the wire's Plan
+        doc.update(algorithm=args.algorithm, incremental_resource=plan.incremental_resource,
+                   max_trials=plan.max_trials, notes=list(plan.notes))
+        output.dump(doc)
         return 0
-    from .progress import Console
+    from rich.console import Console
 
     console = Console()
     for b in plan.brackets:

@@ -15,9 +15,9 @@ the distributions of the study's search space), its learning curve as intermedia
 resource / ``resource_per_step``, a study user attribute, 1 when every resource is whole) and its
 state. Optuna trials cannot be reopened once finished, so a trial stays RUNNING while hpod may
 still promote it (queued, running, paused) and is finished only at a final hpod state, or, in a
-synchronous ``hyperband`` study, once a trial of its bracket has gone to a higher rung than the
-one it waits at (that rung's promotions are over: it is PRUNED then, so its timeline bar ends
-when it stopped training, not when the study ends):
+synchronous ``hyperband`` study, once as many trials of its bracket as the plan promotes have
+gone past the rung it waits at (it will not be promoted: it is PRUNED then, so its timeline bar
+ends when the rung's promotions are over, not when the study ends):
 
     completed at the maximum resource -> COMPLETE (value: the metric at that resource)
     completed below it, or stopped    -> PRUNED   (Optuna's reading of successive halving)
@@ -210,11 +210,12 @@ class StudyMirror:
         direction = StudyDirection.MAXIMIZE if maximize else StudyDirection.MINIMIZE
         self.optuna_study_id = self._open_study(direction)
         self.trials: dict[int, _Mirrored] = self._load_existing()
-        # Synchronous Hyperband promotes a rung's winners all at once, so a trial still paused
-        # at a rung its bracket has left behind will never train again: it is finished
-        # (PRUNED) then, and its timeline ends there instead of at the study's end.
+        # Synchronous Hyperband promotes a fixed number of each rung's trials, so once that many
+        # have gone on, a trial still paused at the rung will never train again: it is
+        # finished (PRUNED) then, and its timeline ends there instead of at the study's end.
         self.synchronous = info.spec.algorithm.name == "hyperband"
-        self.top_rung: dict[int, int] = {}        # bracket -> highest rung a trial reached
+        self.planned = {(b.s, i): r.n for b in info.plan.brackets for i, r in enumerate(b.rungs)}
+        self.reached: dict[tuple[int, int], set[int]] = {}  # (bracket, rung) -> trial ids
         self.waiting: dict[int, Any] = {}         # hpod id -> a paused trial not yet passed
 
     # ------------------------------------------------------------ setup
@@ -288,30 +289,37 @@ class StudyMirror:
         return TrialState.COMPLETE if at_max else TrialState.PRUNED
 
     def _passed_over(self, trial: Any) -> bool:
-        return (self.synchronous and trial.state == "paused" and trial.value is not None
-                and self.top_rung.get(trial.bracket, -1) > trial.rung)
+        """A paused trial of a synchronous study whose next rung has all its planned trials."""
+        if not (self.synchronous and trial.state == "paused" and trial.value is not None):
+            return False
+        key = (trial.bracket, trial.rung + 1)
+        return key in self.planned and len(self.reached.get(key, ())) >= self.planned[key]
 
     def _track(self, trial: Any, now: float | None) -> None:
-        """After a trial is written: remember it if it waits at a rung, and finish the waiting
-        trials of its bracket that its reaching a higher rung has passed over."""
+        """After a trial is written: count the rungs it reached, remember it if it waits at
+        one, and finish the waiting trials of its bracket that are now passed over."""
         if not self.synchronous:
             return
+        for rung in range(trial.rung + 1):
+            self.reached.setdefault((trial.bracket, rung), set()).add(trial.id)
         m = self.trials.get(trial.id)
         if trial.state == "paused" and m is not None and not m.finished:
             self.waiting[trial.id] = trial
         else:
             self.waiting.pop(trial.id, None)
-        if trial.rung <= self.top_rung.get(trial.bracket, -1):
-            return
-        self.top_rung[trial.bracket] = trial.rung
-        for tid, w in list(self.waiting.items()):
-            if w.bracket == trial.bracket and w.rung < trial.rung:
-                self.waiting.pop(tid)
-                if not self.trials[tid].finished:
-                    self._update(w, self.trials[tid], now)
+        passed = [w for w in self.waiting.values()
+                  if w.bracket == trial.bracket and self._passed_over(w)]
+        for w in passed:
+            self.waiting.pop(w.id, None)
+        for w in passed:  # (their own _track finds nothing new: they reached no new rung)
+            if not self.trials[w.id].finished:
+                self._update(w, self.trials[w.id], now)
 
     def _user_attrs(self, trial: Any, m: _Mirrored) -> dict[str, Any]:
-        attrs = {"hpod_trial": trial.id, "hpod_state": trial.state, "bracket": trial.bracket,
+        # A passed-over trial is finished here before hpod ends it: it gets the state hpod
+        # gives such a trial (completed, at its rung), since a finished twin cannot change.
+        state = "completed" if self._passed_over(trial) else trial.state
+        attrs = {"hpod_trial": trial.id, "hpod_state": state, "bracket": trial.bracket,
                  "rung": trial.rung, "resource": trial.resource, "cost_s": trial.cost}
         if trial.error:
             attrs["error"] = trial.error[:500]

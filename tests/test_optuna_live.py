@@ -29,6 +29,15 @@ from hpod.server.service.convert import config_from_spec
 from optuna.trial import FrozenTrial, TrialState
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+def load_mirror(study_id: str, storage: object) -> optuna.Study:
+    """The Optuna study a mirror wrote for hpod study ``study_id`` (found by its user attribute,
+    whatever its name); KeyError while there is none."""
+    for s in optuna.get_all_study_summaries(storage):
+        if s.user_attrs.get("hpod_study_id") == study_id:
+            return optuna.load_study(study_name=s.study_name, storage=storage)
+    raise KeyError(study_id)
 CLI = [sys.executable, "-m", "hpod.client.cli"]
 
 
@@ -43,7 +52,7 @@ def spec(seed: int, step_seconds: float) -> dict:
 def optuna_trials(storage: str, study_id: str) -> list[FrozenTrial]:
     """The mirror's Optuna trials as another process reads them ([] before it has any)."""
     try:
-        study = optuna.load_study(study_name=f"hpod-{study_id}", storage=open_storage(storage))
+        study = load_mirror(study_id, open_storage(storage))
     except KeyError:
         return []
     return study.get_trials(deepcopy=False)
@@ -61,7 +70,7 @@ def expected_state(hpod_state: str, resource: float, max_resource: float) -> Tri
 def assert_mirror_matches(storage: str, study_id: str, trials: dict, best_id: int | None,
                           best_value: float | None, max_resource: float) -> None:
     """``trials``: hpod trial id -> (config, curve, state, resource, value)."""
-    ostudy = optuna.load_study(study_name=f"hpod-{study_id}", storage=open_storage(storage))
+    ostudy = load_mirror(study_id, open_storage(storage))
     twins = [ot.user_attrs["hpod_trial"] for ot in ostudy.trials]
     assert sorted(twins) == sorted(trials), "exactly one Optuna trial per hpod trial"
     for ot in ostudy.trials:
@@ -128,7 +137,7 @@ def test_server_mirrors_a_running_study_into_a_journal(mirrored_cluster) -> None
         wait_for(lambda: all_mirrored(journal, study), 30, "the mirror to catch up")
         best = study.best_trial()
         assert_mirror_matches(journal, study.id, sdk_trials(study), best.id, best.value, 9)
-        ostudy = optuna.load_study(study_name=f"hpod-{study.id}", storage=open_storage(journal))
+        ostudy = load_mirror(study.id, open_storage(journal))
         assert len(ostudy.trials) == info.plan.max_trials == 17
         assert ostudy.user_attrs["resource_name"] == "epoch"
         assert all(ot.user_attrs["step_times"] for ot in ostudy.trials)
@@ -242,7 +251,7 @@ def test_asktell_study_mirror_maps_states_and_survives_a_restart(redis_server, t
         await mirror.stop()  # the final flush writes what the last pass had not
         best = eng.best_trial()
         assert_mirror_matches(journal, sid, engine_trials(m, sid), best.id, best.value, 9)
-        ostudy = optuna.load_study(study_name=f"hpod-{sid}", storage=open_storage(journal))
+        ostudy = load_mirror(sid, open_storage(journal))
         assert ostudy.direction == optuna.study.StudyDirection.MAXIMIZE
         assert isinstance(ostudy.best_params["width"], int)
         assert ostudy.best_params["batch"] in (16, 32, 64)
