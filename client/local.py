@@ -322,7 +322,7 @@ def _supervise(cluster: LocalCluster, client: Client, explicit: tuple[str, ...])
                       f"with --trainer {trainer} as well", file=sys.stderr, flush=True)
                 continue
             print(f"hpod local: study {sid} needs trainer {trainer!r}: starting "
-                  f"{cluster.n_workers} workers for it", flush=True)
+                  f"{cluster.n_workers} workers for it", file=sys.stderr, flush=True)
             for _ in range(max(1, cluster.n_workers)):
                 cluster.add_worker((trainer,))
     if cluster.server is not None and cluster.server.returncode not in (None, 0):

@@ -310,3 +310,47 @@ def test_a_failing_storage_is_logged_and_retried(redis_server, tmp_path, caplog)
         await m.stop()
 
     asyncio.run(go())
+
+
+# ---------------------------------------------------------------- timeline of passed-over trials
+
+
+def test_a_synchronous_trial_not_promoted_is_finished_when_its_rung_moves_on() -> None:
+    """Synchronous Hyperband: once the rung above has every trial the plan promotes, a trial
+    still paused below is finished (PRUNED) at once, so its Optuna timeline ends there; before
+    that it stays RUNNING (it may yet be promoted). Asynchronous studies keep it RUNNING."""
+    from types import SimpleNamespace
+
+    from hpod.server.optuna_mirror import StudyMirror
+    from hpod.v1 import hpod_pb2 as pb
+    from optuna.storages import InMemoryStorage
+
+    def trial(tid: int, state: str, rung: int, resource: float, value: float):
+        return SimpleNamespace(id=tid, config={}, state=state, value=value, resource=resource,
+                               bracket=1, rung=rung, cost=0.0, curve=[(resource, value)],
+                               error="")
+
+    def mirror(algorithm: str) -> StudyMirror:
+        info = pb.Study(id="s1")
+        info.spec.name = "sync"
+        info.spec.algorithm.name = algorithm
+        info.spec.resource.max_resource = 9
+        info.spec.objective.metric = "loss"
+        info.plan.brackets.add(s=1, rungs=[pb.Rung(n=3, r=3), pb.Rung(n=1, r=9)])
+        return StudyMirror(InMemoryStorage(), info)
+
+    for algorithm, expect in (("hyperband", TrialState.PRUNED), ("asha", TrialState.RUNNING)):
+        m = mirror(algorithm)
+        assert m.name == "sync [s1]" and m.optuna_study.metric_names == ["loss"]
+        for tid, value in ((0, 0.5), (1, 0.2), (2, 0.9)):
+            m.sync_trial(trial(tid, "paused", 0, 3, value))
+        states = {t.user_attrs["hpod_trial"]: t.state for t in m.optuna_study.trials}
+        assert set(states.values()) == {TrialState.RUNNING}  # none promoted yet
+        m.sync_trial(trial(1, "running", 1, 3, 0.2))  # the one the plan promotes
+        states = {t.user_attrs["hpod_trial"]: t for t in m.optuna_study.trials}
+        assert states[1].state == TrialState.RUNNING
+        for tid in (0, 2):
+            assert states[tid].state == expect, (algorithm, tid)
+            if expect == TrialState.PRUNED:
+                assert states[tid].datetime_complete is not None
+                assert states[tid].user_attrs["hpod_state"] == "completed"
