@@ -159,7 +159,9 @@ class PlainProgress:
 
     def run(self) -> None:
         study = self.status.study
-        study.refresh()
+        info = study.refresh()
+        self.emit(f"watching study {study.id} ({info.spec.name or 'unnamed'}): "
+                  f"{self.status.line()}; Ctrl-C stops watching, not the study")
         for ev in study.watch():
             _, failure = self.status.see(ev)
             if ev.kind == "study_ended":

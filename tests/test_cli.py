@@ -228,7 +228,8 @@ def test_piped_progress_is_a_few_unwrapped_lines_and_a_summary() -> None:
     assert "the same error again" in failed[-1]
     assert "best so far 1.5 at 9 epochs (trial 31)" in lines[-2]
     assert lines[-1].startswith("[") and "study s1" in lines[-1] and "20 failed" in lines[-1]
-    assert len(lines) <= 8
+    assert lines[0].startswith("[") and "Ctrl-C stops watching, not the study" in lines[0]
+    assert len(lines) <= 9
 
 
 # ---------------------------------------------------------------- against a server
@@ -361,3 +362,22 @@ def test_best_of_a_stopped_study_is_its_incumbent(cluster) -> None:
     assert best["value"] == 0.3 and best["id"] == min(values, key=values.get)
     text = run("study", "best", study.id, "--address", cluster.address).stdout
     assert "incumbent" in text and "value 0.3" in text
+
+
+def test_ctrl_c_on_watch_says_the_study_goes_on(cluster) -> None:
+    import signal
+
+    with cluster.client() as client:  # ask/tell and nobody asks: it stays active
+        study = client.create_study({"name": "idle", "resource": {"max_resource": 9},
+                                     "algorithm": "hyperband", "search_space": {
+                                         "x": {"type": "float", "low": 0, "high": 1}}})
+    proc = subprocess.Popen([*CLI, "study", "watch", study.id, "--address", cluster.address],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    first = proc.stderr.readline()  # the watch is under way once it says so
+    assert "Ctrl-C stops watching, not the study" in first
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130
+    assert f"study {study.id} goes on on the server" in err and "Traceback" not in err
+    with cluster.client() as client:
+        assert client.study(study.id).info.state == pb.STUDY_STATE_ACTIVE
