@@ -276,7 +276,7 @@ def run_local(args: argparse.Namespace) -> int:
                 print(json.dumps(about), flush=True)
             else:
                 print(f"hpod local: server {cluster.address}, {args.workers} workers "
-                      f"({', '.join(cluster.trainers)}), data in {workdir}"
+                      f"({', '.join(cluster.trainers)}), data and logs in {workdir}"
                       + (f"; resuming {len(needed)} active studies" if needed else "")
                       + "; Ctrl-C stops all", flush=True)
             _supervise(cluster, client, explicit)
