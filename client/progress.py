@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from .sdk import Event, Study, Trial
 
 FAILED = ("failed", "lost")
+RATE_WINDOW = 10.0  # seconds of progress before the rate leaves out the study's start-up
 REPORTS = ("progress", "paused", "completed", "stopped")  # events whose value was reported
 
 
@@ -52,6 +53,7 @@ class Status:
         self.maximize = study.info.spec.objective.direction == 2
         self.best_any: Best | None = None
         self.failures: dict[int, str] = {}
+        self.since: tuple[float, float] | None = None  # (time, resource used) first seen
 
     @property
     def info(self) -> Any:
@@ -84,8 +86,16 @@ class Status:
         return min(1.0, self.info.resource_used / total) if total else None
 
     def rate(self) -> float:
+        """Resource per second: since the first figures this display saw, once that is long
+        enough to mean something (a study's first seconds are workers starting up), else
+        since the study was created."""
+        used, now = self.info.resource_used, self.now()
+        if self.since is None and used > 0:
+            self.since = (now, used)
+        if self.since is not None and now - self.since[0] >= RATE_WINDOW:
+            return (used - self.since[1]) / (now - self.since[0])
         el = self.elapsed()
-        return self.info.resource_used / el if el > 0 else 0.0
+        return used / el if el > 0 else 0.0
 
     def eta(self) -> float | None:
         planned = self.info.plan.incremental_resource

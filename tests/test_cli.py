@@ -206,6 +206,12 @@ def test_progress_never_passes_100_percent_and_has_rate_and_eta() -> None:
     assert under.rate() == 0.5 and under.eta() == 180.0
     line = under.line()
     assert "elapsed 01:00" in line and "0.5 epochs/s" in line and "ETA 03:00" in line
+    # Later, the rate is what was trained since the display started: start-up left out.
+    clock = [1060.0]
+    later = Status(FakeStudy(30, 120, []), now=lambda: clock[0])
+    assert later.rate() == 0.5
+    clock[0], later.study.info.resource_used = 1080.0, 70
+    assert later.rate() == 2.0 and later.eta() == 25.0
 
 
 def test_piped_progress_is_a_few_unwrapped_lines_and_a_summary() -> None:
