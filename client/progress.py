@@ -98,9 +98,12 @@ class Status:
         return used / el if el > 0 else 0.0
 
     def eta(self) -> float | None:
+        """Seconds left at the current rate; None until the rate has its window (an ETA from
+        the start-up seconds would be off by an order of magnitude) or past the plan."""
         planned = self.info.plan.incremental_resource
         rate = self.rate()
-        if not planned or rate <= 0 or self.info.resource_used >= planned:
+        settled = self.since is not None and self.now() - self.since[0] >= RATE_WINDOW
+        if not planned or rate <= 0 or not settled or self.info.resource_used >= planned:
             return None
         return (planned - self.info.resource_used) / rate
 
