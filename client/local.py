@@ -253,6 +253,8 @@ def run_local(args: argparse.Namespace) -> int:
         return 2
     for sig in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, _raise_terminated)
+    # Even when started with SIGINT ignored (`hpod local &` from a script): SIGINT stops it too.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     explicit = tuple(dict.fromkeys(args.trainer or ()))
     mirror = ("--optuna-storage", args.optuna_storage) if args.optuna_storage else ()
     cluster = LocalCluster(workers=args.workers, port=args.port, redis_url=args.redis_url,
