@@ -296,6 +296,15 @@ def run_local(args: argparse.Namespace) -> int:
     return 0
 
 
+def _last_line(path: Path) -> str:
+    """The last line a process logged: usually why it exited."""
+    try:
+        lines = [ln for ln in path.read_text(errors="replace").splitlines() if ln.strip()]
+    except OSError:
+        return "no log"
+    return " ".join(lines[-1].split())[:300] if lines else "nothing logged"
+
+
 def _supervise(cluster: LocalCluster, client: Client, explicit: tuple[str, ...]) -> None:
     """Until the server exits: start workers for a new study's trainer (unless ``--trainer``
     fixed the set, then say plainly that it waits), and report workers that died."""
@@ -307,8 +316,8 @@ def _supervise(cluster: LocalCluster, client: Client, explicit: tuple[str, ...])
             if proc.poll() is not None and i not in reported:
                 reported.add(i)
                 print(f"hpod local: worker {i} ({', '.join(cluster.worker_trainers[i])}) exited "
-                      f"with code {proc.returncode}; see {cluster.worker_logs[i]}",
-                      file=sys.stderr, flush=True)
+                      f"with code {proc.returncode}: {_last_line(cluster.worker_logs[i])} (see "
+                      f"{cluster.worker_logs[i]})", file=sys.stderr, flush=True)
         try:
             needed = _studies_needing_trainers(client)
         except Exception:  # the server is stopping or busy: try again next second
