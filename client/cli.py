@@ -121,6 +121,17 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     return ap
 
 
+def _extra_for(args: argparse.Namespace) -> str:
+    """The pip extra that brings what ``args``'s command imports."""
+    if args.command in ("server", "plan", "simulate", "redis-acl", "bench"):
+        return "server"
+    if args.command == "worker":
+        return "worker"
+    if args.command in ("local", "demo"):
+        return "server,worker"
+    return "plots"  # study export, plot, pareto --plot: optuna and matplotlib
+
+
 def _needs_server_options(argv: list[str] | None) -> bool:
     args = sys.argv[1:] if argv is None else argv
     return bool(args) and args[0] == "server"
@@ -164,6 +175,10 @@ def main(argv: list[str] | None = None) -> int:
         return int(COMMANDS[args.command](args) or 0)
     except KeyboardInterrupt:
         return output.EXIT_INTERRUPTED
+    except ModuleNotFoundError as e:  # an extra this command needs is not installed
+        print(f"hpod {args.command}: needs {e.name!r}, which is not installed: "
+              f"pip install 'hpod[{_extra_for(args)}]'", file=sys.stderr)
+        return output.EXIT_USAGE
     except BrokenPipeError:  # `hpod ... | head`: the reader left; nothing more to say
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return output.EXIT_OK

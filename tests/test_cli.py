@@ -388,3 +388,19 @@ def test_ctrl_c_on_watch_says_the_study_goes_on(cluster) -> None:
     assert f"study {study.id} goes on on the server" in err and "Traceback" not in err
     with cluster.client() as client:
         assert client.study(study.id).info.state == pb.STUDY_STATE_ACTIVE
+
+
+@pytest.mark.parametrize("blocked, argv, extra", [
+    ("numpy", ["plan", "--max-resource", "9"], "hpod[server]"),
+    ("redis", ["local", "--workdir", "WORKDIR", "--port", "1"], "hpod[server,worker]"),
+])
+def test_a_missing_extra_is_named(tmp_path, blocked, argv, extra) -> None:
+    """As with `pip install hpod` alone: the command says which extra brings what it needs."""
+    argv = [a.replace("WORKDIR", str(tmp_path / "w")) for a in argv]
+    code = (f"import sys; sys.modules[{blocked!r}] = None; "
+            f"from hpod.client.cli import main; sys.exit(main({argv!r}))")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=60)
+    assert res.returncode == 2, res.stderr
+    assert f"needs {blocked!r}" in res.stderr and f"pip install '{extra}'" in res.stderr
+    assert "Traceback" not in res.stderr
