@@ -5,6 +5,7 @@ directory: the study carries on to the end and nothing it started is left runnin
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -125,3 +126,19 @@ def test_local_starts_workers_for_a_study_whose_trainer_none_runs(tmp_path) -> N
     finally:
         rc, err = local.stop(signal.SIGTERM)
     assert rc == 0 and "needs trainer 'scaling': starting 1 workers" in err
+
+
+@pytest.mark.slow
+def test_demo_json_is_the_show_document_and_leaves_nothing_behind(tmp_path) -> None:
+    from test_cli import STUDY, TRIAL, documented
+
+    env = {**os.environ, "TMPDIR": str(tmp_path)}  # where the demo's temporary folder goes
+    res = subprocess.run([*CLI, "demo", "--json", "--max-resource", "3", "--workers", "1"],
+                         capture_output=True, text=True, timeout=600, env=env, cwd=tmp_path)
+    assert res.returncode == 0, res.stderr[-2000:]
+    doc = json.loads(res.stdout)
+    assert set(doc) == documented("`hpod study show ID --json`")
+    assert set(doc["study"]) == STUDY and doc["study"]["state"] == "completed"
+    assert all(set(t) == TRIAL for t in doc["trials"])
+    assert doc["study"]["best"]["resource"] == 3
+    assert not list(tmp_path.glob("hpod-local-*")), "the demo's folder (checkpoints) is deleted"
