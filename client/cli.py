@@ -1,7 +1,7 @@
 """The ``hpod`` command line.
 
     hpod demo                                  # a real study end to end on this machine
-    hpod local --workers 2                     # embedded Redis + server + workers; Ctrl-C stops
+    hpod local --workers 2                     # Redis + server + workers, data in ./.hpod
     hpod server --port 50051 --redis-url redis://host:6379/0
     hpod worker --redis-url ... --trainer mlp --checkpoint-dir /shared/ckpt
     hpod redis-acl NAME --apply --redis-url ADMIN_URL   # a worker pool's own Redis user
@@ -9,6 +9,9 @@
     hpod study raise-max-resource ID
     hpod study pareto ID [--json] [--plot DIR]   # cost/value front and scaling fits (carbs)
     hpod plan --algorithm hyperband --max-resource 81 --eta 3 [--min-resource 1] [--json]
+
+Every command that prints a result takes --json; the fields and the exit codes are in
+docs/cli-json.md (client/output.py makes both).
 """
 
 from __future__ import annotations
@@ -501,7 +504,7 @@ COMMANDS = {"server": cmd_server, "worker": cmd_worker, "local": cmd_local, "dem
 
 
 
-# ---------------------------------------------------------------- simulate (issue 7)
+# ---------------------------------------------------------------- simulate
 
 
 def _add_simulate_parser(sub: Any) -> None:
@@ -576,7 +579,7 @@ COMMANDS["simulate"] = cmd_simulate
 COMMANDS["bench"] = cmd_bench
 
 
-# ---------------------------------------------------------------- Optuna export, plots (issue 9)
+# ---------------------------------------------------------------- Optuna export, plots
 
 
 def _add_ecosystem_parsers(ssub: Any) -> None:
@@ -631,7 +634,7 @@ def cmd_study_plot(study: Any, args: argparse.Namespace) -> int:
 STUDY_ECOSYSTEM = {"export": cmd_study_export, "plot": cmd_study_plot,
                    "pareto": pareto.cmd_study_pareto}
 
-# ---------------------------------------------------------------- worker Redis users (issue 8)
+# ---------------------------------------------------------------- worker Redis users
 
 
 def _add_redis_acl_parser(sub: Any) -> None:

@@ -1,4 +1,4 @@
-"""Deployment files (issue 8), checked without a container engine: hadolint on the Dockerfile,
+"""Deployment files, checked without a container engine: hadolint on the Dockerfile,
 the Kubernetes manifests against the Kubernetes JSON schemas (``kubernetes-validate`` ships them,
 so nothing is downloaded), the kustomizations' references, and docker-compose.yml's shape."""
 
