@@ -1,4 +1,4 @@
-"""Optuna interoperability, plots and the live watch view, against a real cluster (issue 9)."""
+"""Optuna interoperability, plots and the live watch view, against a real cluster."""
 
 from __future__ import annotations
 

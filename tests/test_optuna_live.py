@@ -1,4 +1,4 @@
-"""The server's live Optuna mirror (``hpod server --optuna-storage``), issue 9.
+"""The server's live Optuna mirror (``hpod server --optuna-storage``).
 
 A real server process with real workers mirrors a running study into a journal file that this
 test reads with Optuna while the study runs; a server killed and restarted mid-study does not
