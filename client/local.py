@@ -7,9 +7,10 @@ parts as separate processes.
 says otherwise): Redis's append-only file (fsync every second), the checkpoints and one log per
 process. Run it again in the same directory and every study resumes where it was.
 
-Every child runs in a session of its own, so a Ctrl-C in the terminal reaches only ``hpod
-local``, which then stops them in order (workers and server, then Redis) with bounded waits;
-and each child is told by the kernel to exit if ``hpod local`` dies without that chance (Linux).
+Every hpod child runs in a session of its own and Redis with SIGINT blocked, so a Ctrl-C in the
+terminal reaches only ``hpod local``, which then stops them in order (workers and server, then
+Redis) with bounded waits; and each hpod child is told by the kernel to exit if ``hpod local``
+dies without that chance (Linux).
 """
 
 from __future__ import annotations
@@ -95,7 +96,14 @@ class LocalCluster:
             if self.redis_url is None:
                 from hpod.server.store.embedded import EmbeddedRedis
 
-                self.redis = EmbeddedRedis(str(self.workdir / "redis")).start()
+                # Started with SIGINT blocked (a child inherits the mask): a Ctrl-C in the
+                # terminal reaches the whole foreground group, and Redis must outlive the
+                # workers and the server, which hand their jobs back to it as they stop.
+                old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+                try:
+                    self.redis = EmbeddedRedis(str(self.workdir / "redis")).start()
+                finally:
+                    signal.pthread_sigmask(signal.SIG_SETMASK, old)
                 self.redis_url = self.redis.url
             self.start_server()
             for _ in range(self.n_workers):
