@@ -45,7 +45,7 @@ COPY --from=wheel /wheels /tmp/wheels
 # dependencies and everything else from PyPI, at the pinned versions.
 RUN pip install --no-deps --index-url https://download.pytorch.org/whl/cpu \
         "torch==${TORCH_VERSION}" \
-    && pip install -c /tmp/constraints.txt "/tmp/wheels/hpod-${HPOD_VERSION}-py3-none-any.whl" \
+    && pip install -c /tmp/constraints.txt "hpod[server] @ file:///tmp/wheels/hpod-${HPOD_VERSION}-py3-none-any.whl" \
     && python -c "import torch, hpod.server.main; assert torch.version.cuda is None"
 
 FROM ${PYTHON_IMAGE} AS server
@@ -88,7 +88,7 @@ COPY --from=wheel /wheels /tmp/wheels
 RUN python3 -c "import torch; print('torch==' + torch.__version__)" > /tmp/torch.txt \
     && PIP_BREAK_SYSTEM_PACKAGES=1 python3 -m pip install -c /tmp/constraints.txt \
         -c /tmp/torch.txt \
-        "/tmp/wheels/hpod-${HPOD_VERSION}-py3-none-any.whl" \
+        "hpod[worker] @ file:///tmp/wheels/hpod-${HPOD_VERSION}-py3-none-any.whl" \
     && python3 -c "import torch, hpod.trainers.worker; assert torch.version.cuda, torch.__version__" \
     && rm -rf /tmp/wheels /tmp/constraints.txt /tmp/torch.txt
 USER 10001

@@ -1,7 +1,7 @@
 """The ``hpod`` command line.
 
     hpod demo                                  # a real study end to end on this machine
-    hpod local --workers 2                     # embedded Redis + server + workers; Ctrl-C stops
+    hpod local --workers 2                     # Redis + server + workers, data in ./.hpod
     hpod server --port 50051 --redis-url redis://host:6379/0
     hpod worker --redis-url ... --trainer mlp --checkpoint-dir /shared/ckpt
     hpod redis-acl NAME --apply --redis-url ADMIN_URL   # a worker pool's own Redis user
@@ -9,6 +9,9 @@
     hpod study raise-max-resource ID
     hpod study pareto ID [--json] [--plot DIR]   # cost/value front and scaling fits (carbs)
     hpod plan --algorithm hyperband --max-resource 81 --eta 3 [--min-resource 1] [--json]
+
+Every command that prints a result takes --json; the fields and the exit codes are in
+docs/cli-json.md (client/output.py makes both).
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ import sys
 import time
 from typing import Any
 
-from . import pareto  # stdlib-only at import: keeps `hpod` startup light
+from . import output, pareto  # stdlib-only at import: keeps `hpod` startup light
 
 DEFAULT_ADDRESS = os.environ.get("HPOD_ADDRESS", "127.0.0.1:50051")
 DEFAULT_REDIS = os.environ.get("HPOD_REDIS_URL", "redis://127.0.0.1:6379/0")
@@ -36,12 +39,18 @@ def _setting(text: str) -> tuple[str, Any]:
         return key, raw
 
 
-def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="hpod", description="Hyperparameter optimization service")
+def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="hpod", description="Hyperparameter optimization service",
+                                 epilog="exit codes: 0 ok, 1 the study failed (or no result), "
+                                 "2 bad input or request refused, 3 no server answered, "
+                                 "4 credentials refused, 5 server error, 130 interrupted; "
+                                 "see docs/cli-json.md")
     sub = ap.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("server", help="run the gRPC server")
-    p.add_argument("--host", default="0.0.0.0")
+    p.add_argument("--host", default="0.0.0.0",
+                   help="address to listen on (0.0.0.0: every interface; use auth off only "
+                        "on 127.0.0.1)")
     p.add_argument("--port", type=int, default=50051)
     p.add_argument("--redis-url", default=DEFAULT_REDIS)
     p.add_argument("--lease-seconds", type=float, default=10.0,
@@ -51,9 +60,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="how long a trial's next segment waits for the idle worker that holds "
                         "its model before any worker may take it from the checkpoint "
                         "(0: no affinity)")
-    from hpod.server.options import add_arguments as add_server_options
+    if _needs_server_options(argv):
+        # Only for `hpod server`: the client commands never import the server package.
+        from hpod.server.options import add_arguments as add_server_options
 
-    add_server_options(p)  # TLS, tokens, limits, metrics, log format (issue 8)
+        add_server_options(p)  # TLS, tokens, limits, metrics, log format
 
     p = sub.add_parser("worker", help="run a trainer worker")
     p.add_argument("--redis-url", default=DEFAULT_REDIS)
@@ -76,21 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "segment instead of reading the checkpoint (0: keep none)")
     p.add_argument("--max-jobs", type=int, default=None, help=argparse.SUPPRESS)
 
-    for name, helptext in (("local", "embedded Redis + server + workers in the foreground"),
-                           ("demo", "run a Hyperband study on the digits MLP end to end")):
-        p = sub.add_parser(name, help=helptext)
-        p.add_argument("--workers", type=int, default=2)
-        p.add_argument("--port", type=int, default=None if name == "demo" else 50051)
-        p.add_argument("--redis-url", default=None, help="use this Redis instead of embedding one")
-        p.add_argument("--workdir", default=None)
-        p.add_argument("--data-dir", default=None)
-        if name == "local":
-            p.add_argument("--optuna-storage", default=None,
-                           help="the server mirrors every study live into this Optuna storage")
-        if name == "demo":
-            p.add_argument("--max-resource", type=float, default=27)
-            p.add_argument("--eta", type=int, default=3)
-            p.add_argument("--seed", type=int, default=0)
+    _add_local_parsers(sub)
 
     p = sub.add_parser("plan", help="print an algorithm's plan (no server needed)")
     p.add_argument("--algorithm", default="hyperband")
@@ -104,16 +101,22 @@ def build_parser() -> argparse.ArgumentParser:
 
     study = sub.add_parser("study", help="manage studies on a server")
     ssub = study.add_subparsers(dest="study_command", required=True)
-    for name in ("create", "watch", "show", "best", "list", "stop", "raise-max-resource"):
-        sp = ssub.add_parser(name)
+    helps = {"create": "create a study from a YAML or JSON spec (prints its id)",
+             "watch": "follow a study until it ends (Ctrl-C stops watching, not the study)",
+             "show": "a study's state, progress, errors and trials",
+             "best": "the best trial (the incumbent, for a stopped study)",
+             "list": "every study with its state and, if it failed, the first error",
+             "stop": "stop a study (its trials stop; results are kept)",
+             "raise-max-resource": "raise an ID-HB study's maximum resource"}
+    for name, helptext in helps.items():
+        sp = ssub.add_parser(name, help=helptext)
         sp.add_argument("--address", default=DEFAULT_ADDRESS)
         if name == "create":
             sp.add_argument("spec", help="YAML or JSON study spec")
             sp.add_argument("--watch", action="store_true", help="follow it until it ends")
         elif name != "list":
             sp.add_argument("study_id")
-        if name in ("show", "best", "list"):
-            sp.add_argument("--json", action="store_true")
+        sp.add_argument("--json", action="store_true", help="print JSON (docs/cli-json.md)")
     _add_ecosystem_parsers(ssub)
     pareto.add_parser(ssub, DEFAULT_ADDRESS)
     _add_simulate_parser(sub)
@@ -121,19 +124,77 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
+def _extra_for(args: argparse.Namespace) -> str:
+    """The pip extra that brings what ``args``'s command imports."""
+    if args.command in ("server", "plan", "simulate", "redis-acl", "bench"):
+        return "server"
+    if args.command == "worker":
+        return "worker"
+    if args.command in ("local", "demo"):
+        return "server,worker"
+    return "plots"  # study export, plot, pareto --plot: optuna and matplotlib
+
+
+def _needs_server_options(argv: list[str] | None) -> bool:
+    args = sys.argv[1:] if argv is None else argv
+    return bool(args) and args[0] == "server"
+
+
+def _add_local_parsers(sub: Any) -> None:
+    for name, helptext in (("local", "embedded Redis + server + workers in the foreground; "
+                                     "keeps its studies in --workdir"),
+                           ("demo", "run a Hyperband study on the digits MLP end to end")):
+        p = sub.add_parser(name, help=helptext)
+        p.add_argument("--workers", type=int, default=2)
+        p.add_argument("--port", type=int, default=None if name == "demo" else 50051)
+        p.add_argument("--redis-url", default=None, help="use this Redis instead of embedding one")
+        p.add_argument("--data-dir", default=None)
+        p.add_argument("--json", action="store_true",
+                       help="print JSON (docs/cli-json.md): the cluster, then the result")
+        if name == "local":
+            p.add_argument("--workdir", default=os.environ.get("HPOD_LOCAL_DIR", ".hpod"),
+                           help="where Redis's data, checkpoints and logs live (default "
+                                "./.hpod, or $HPOD_LOCAL_DIR): run again here and every study "
+                                "resumes")
+            p.add_argument("--host", default="127.0.0.1",
+                           help="address the server listens on (default loopback only)")
+            p.add_argument("--trainer", action="append", default=None,
+                           help="trainer the workers run (repeatable; default: mlp, analytic "
+                                "and the trainer of every study already stored)")
+            p.add_argument("--optuna-storage", default=None,
+                           help="the server mirrors every study live into this Optuna storage")
+        if name == "demo":
+            p.add_argument("--workdir", default=None,
+                           help="where its data lives (default: a new temporary folder, "
+                                "deleted at the end)")
+            p.add_argument("--max-resource", type=float, default=27)
+            p.add_argument("--eta", type=int, default=3)
+            p.add_argument("--seed", type=int, default=0)
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = build_parser(argv).parse_args(argv)
     try:
         return int(COMMANDS[args.command](args) or 0)
     except KeyboardInterrupt:
-        return 130
+        return output.EXIT_INTERRUPTED
+    except ModuleNotFoundError as e:  # an extra this command needs is not installed
+        print(f"hpod {args.command}: needs {e.name!r}, which is not installed: "
+              f"pip install 'hpod[{_extra_for(args)}]'", file=sys.stderr)
+        return output.EXIT_USAGE
+    except BrokenPipeError:  # `hpod ... | head`: the reader left; nothing more to say
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return output.EXIT_OK
     except Exception as e:  # a clear one-line error, not a traceback, for known failures
         from .sdk import HpodError
         from .spec import SpecError
 
-        if isinstance(e, (HpodError, SpecError)):
+        if isinstance(e, HpodError):
+            print(f"hpod: {output.one_line(str(e), 2000)}", file=sys.stderr)
+            return output.exit_code_for(e.code.name)
+        if isinstance(e, SpecError):
             print(f"hpod: {e}", file=sys.stderr)
-            return 2
+            return output.EXIT_USAGE
         raise
 
 
@@ -164,21 +225,9 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 
 def cmd_local(args: argparse.Namespace) -> int:
-    from .local import LocalCluster
+    from .local import run_local
 
-    mirror = ("--optuna-storage", args.optuna_storage) if args.optuna_storage else ()
-    cluster = LocalCluster(workers=args.workers, port=args.port, redis_url=args.redis_url,
-                           workdir=args.workdir, data_dir=args.data_dir, quiet=False,
-                           server_args=mirror)
-    with cluster:
-        print(f"hpod local: server {cluster.address}, redis {cluster.redis_url}, "
-              f"{args.workers} workers; Ctrl-C stops all", flush=True)
-        try:
-            while cluster.server and cluster.server.poll() is None:
-                time.sleep(0.5)
-        except KeyboardInterrupt:
-            print("stopping...", flush=True)
-    return 0
+    return run_local(args)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -194,16 +243,20 @@ def cmd_demo(args: argparse.Namespace) -> int:
     }
     started = time.time()
     with LocalCluster(workers=args.workers, port=args.port, redis_url=args.redis_url,
-                      workdir=args.workdir, data_dir=args.data_dir) as cluster:
-        print(f"hpod demo: embedded Redis {cluster.redis_url}, server {cluster.address}, "
-              f"{args.workers} workers", flush=True)
+                      workdir=args.workdir, data_dir=args.data_dir,
+                      cleanup=args.workdir is None) as cluster:
+        if not args.json:
+            print(f"hpod demo: embedded Redis {cluster.redis_url}, server {cluster.address}, "
+                  f"{args.workers} workers", flush=True)
         with cluster.client() as client:
             study = client.create_study(spec)
-            _print_plan(study.info.plan, study.info.spec.resource.name)
-            study.wait(progress=True)
-            _print_trials(study, top=10)
-    print(f"demo finished in {time.time() - started:.1f} s")
-    return 0
+            if not args.json:
+                _print_plan(study.info.plan, study.info.spec.resource.name)
+            study.wait(progress=not args.json)
+            code = _report(study, args.json, top=10)
+    if not args.json:
+        print(f"demo finished in {time.time() - started:.1f} s")
+    return code
 
 
 # ---------------------------------------------------------------- plan
@@ -222,9 +275,12 @@ def cmd_plan(args: argparse.Namespace) -> int:
         print(f"hpod plan: {e}", file=sys.stderr)
         return 2
     if args.json:
-        print(json.dumps(plan.to_dict()))
+        doc = plan.to_dict()  # brackets and total_resource, as the wire's Plan
+        doc.update(algorithm=args.algorithm, incremental_resource=plan.incremental_resource,
+                   max_trials=plan.max_trials, notes=list(plan.notes))
+        output.dump(doc)
         return 0
-    from .progress import Console
+    from rich.console import Console
 
     console = Console()
     for b in plan.brackets:
@@ -255,96 +311,200 @@ def _client(args: argparse.Namespace) -> Any:
     return client
 
 
-def _print_trials(study: Any, top: int | None = None) -> None:
-    from rich.console import Console
-    from rich.table import Table
+def _trial(study: Any, t: Any) -> Any:
+    from .sdk import trial_from_pb
 
-    trials = [t for t in study.trials(curves=False) if t.value is not None]
-    maximize = study.info.spec.objective.direction == 2
-    # Furthest-trained first: a value at 3 epochs does not compete with one at 27.
-    trials.sort(key=lambda t: (-t.resource, -t.value if maximize else t.value, t.id))
+    return trial_from_pb(t, study._int_params)
+
+
+def _maximize(info: Any) -> bool:
+    return info.spec.objective.direction == 2
+
+
+def _best(study: Any, trials: list[Any] | None = None) -> tuple[Any, str]:
+    """The algorithm's best trial, else (a stopped or failed study) the incumbent: the best of
+    the furthest-trained trials; with where it came from ("algorithm", "incumbent", "none")."""
     best = study.best_trial()
-    table = Table(title=f"study {study.id}: best trials "
-                  f"({study.info.spec.objective.metric or 'value'}, "
-                  f"{'max' if maximize else 'min'}imized)")
-    for col in ("trial", "value", study.info.spec.resource.name or "resource", "state",
-                "bracket", "cost s", "config"):
-        table.add_column(col)
-    for t in trials[:top]:
-        mark = " *" if best is not None and t.id == best.id else ""
-        cfg = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"
-                        for k, v in t.config.items())
-        table.add_row(f"{t.id}{mark}", f"{t.value:.4f}", f"{t.resource:g}", t.state,
-                      str(t.bracket), f"{t.cost:.2f}", cfg)
-    console = Console()
-    if not console.is_terminal:
-        console = Console(width=160)  # logs and pipes: one row per trial, no wrapping
-    console.print(table)
     if best is not None:
-        print(f"best trial (algorithm's rule): {best.id} value {best.value:.4f}")
+        return best, "algorithm"
+    trials = study.trials(curves=False) if trials is None else trials
+    inc = output.incumbent(trials, _maximize(study.info))
+    return inc, "incumbent" if inc is not None else "none"
+
+
+def _show_doc(study: Any, trials: list[Any]) -> dict[str, Any]:
+    best, _ = _best(study, trials)
+    failed = [t for t in trials if t.state in ("failed", "lost")]
+    first = next((t for t in sorted(failed, key=lambda t: t.id) if t.error), None)
+    return {"study": output.study_json(study.info, best),
+            "trials_failed": len(failed),
+            "first_trial_error": None if first is None else {
+                "trial": first.id, "error": output.headline(first.error)},
+            "trials": [output.trial_json(t) for t in
+                       output.sort_trials(trials, _maximize(study.info))]}
+
+
+def _print_header(study: Any, trials: list[Any]) -> None:
+    info = study.info
+    state = output.study_state(info)
+    unit = info.spec.resource.name or "resource"
+    planned = info.plan.incremental_resource
+    done = (f"{info.resource_used:g}/{planned:g} {unit}s" if planned else
+            f"{info.resource_used:g} {unit}s")
+    print(f"study {info.id} ({info.spec.name or 'unnamed'}): {state.upper()}, "
+          f"{info.spec.algorithm.name} on {info.spec.trainer or 'ask/tell'}, "
+          f"{info.trials_finished}/{info.trials_total} trials finished, {done}, "
+          f"{info.cost_used:.1f} device s")
+    if info.error:
+        print(f"error: {info.error}")
+    summary = output.failure_summary(trials)
+    if summary:
+        print(summary)
+
+
+def _print_trials(study: Any, trials: list[Any], top: int | None = None) -> None:
+    info = study.info
+    best, source = _best(study, trials)
+    ranked = output.sort_trials(trials, _maximize(info))
+    shown = ranked if top is None else ranked[:top]
+    metric = info.spec.objective.metric or "value"
+    rows = []
+    for t in shown:
+        mark = " *" if best is not None and t.id == best.id else ""
+        rows.append([f"{t.id}{mark}", t.state, output.fmt_value(t.value), f"{t.resource:g}",
+                     t.bracket, t.rung, f"{t.cost:.2f}", output.fmt_config(t.config),
+                     output.one_line(output.headline(t.error), 60) if t.error else ""])
+    more = f", top {len(shown)} of {len(trials)}" if len(shown) < len(trials) else ""
+    output.table(["trial", "state", metric, info.spec.resource.name or "resource", "bracket",
+                  "rung", "cost s", "config", "error"], rows,
+                 title=f"trials, furthest-trained and best first "
+                       f"({'max' if _maximize(info) else 'min'}imizing {metric}{more})")
+    if best is not None:
+        rule = ("algorithm's rule" if source == "algorithm" else
+                "incumbent: best of the furthest-trained trials")
+        print(f"best trial ({rule}): {best.id} {metric} {best.value:.4g} at "
+              f"{best.resource:g}")
+
+
+def _report(study: Any, as_json: bool, top: int | None = None) -> int:
+    """Print the study (JSON or header + trials); exit 1 when it failed."""
+    study.refresh()
+    trials = study.trials(curves=False)
+    if as_json:
+        output.dump(_show_doc(study, trials))
+    else:
+        _print_header(study, trials)
+        _print_trials(study, trials, top)
+    bad = (output.study_state(study.info) in output.ENDED_BADLY or output.all_failed(trials))
+    return output.EXIT_BAD_OUTCOME if bad else output.EXIT_OK
+
+
+def _watch(study: Any, args: argparse.Namespace) -> int:
+    try:
+        study.wait(progress=not args.json)
+    except KeyboardInterrupt:
+        print(f"\nstopped watching; study {study.id} goes on on the server "
+              f"(`hpod study watch {study.id}` follows it again, `hpod study stop {study.id}` "
+              "stops it)", file=sys.stderr)
+        return output.EXIT_INTERRUPTED
+    return _report(study, args.json, top=10)
+
+
+def _list(client: Any, as_json: bool) -> int:
+    from .sdk import Study
+
+    docs = []
+    for pb_study in client.list_studies():
+        s = Study(client, pb_study.id, pb_study)
+        best = _trial(s, pb_study.best_trial) if pb_study.HasField("best_trial") else None
+        doc = output.study_json(pb_study, best)
+        doc["first_trial_error"] = None
+        if best is None and pb_study.trials_finished:
+            # No result although trials ended: say why (one ListTrials for such studies only).
+            trials = s.trials(curves=False)
+            failed = sorted((t for t in trials if t.state in ("failed", "lost")),
+                            key=lambda t: t.id)
+            if failed:
+                doc["first_trial_error"] = output.headline(failed[0].error) or failed[0].state
+        docs.append(doc)
+    if as_json:
+        output.dump({"studies": docs})
+        return 0
+    rows = [[d["id"], d["name"] or "-", d["algorithm"], d["trainer"] or "ask/tell", d["state"],
+             f"{d['trials_finished']}/{d['trials_total']}",
+             output.fmt_value(d["best"]["value"] if d["best"] else None),
+             output.one_line(d["error"] or (f"trials failed: {d['first_trial_error']}"
+                                            if d["first_trial_error"] else ""), 80)]
+            for d in docs]
+    output.table(["id", "name", "algorithm", "trainer", "state", "finished", "best", "error"],
+                 rows)
+    return 0
 
 
 def cmd_study(args: argparse.Namespace) -> int:
-    from .spec import load_spec_file
+    from .spec import build_spec, load_spec_file
 
-    client = _client(args)
     sc = args.study_command
-    if sc == "create":
-        study = client.create_study(load_spec_file(args.spec))
-        print(study.id)
-        if args.watch:
-            study.wait(progress=True)
-            _print_trials(study, top=10)
-        return 0
+    spec = build_spec(load_spec_file(args.spec)) if sc == "create" else None  # before connecting
+    client = _client(args)
     if sc == "list":
-        studies = client.list_studies()
-        if args.json:
-            from google.protobuf import json_format
-
-            print(json.dumps([json_format.MessageToDict(s) for s in studies]))
-        for s in studies if not args.json else []:
-            print(f"{s.id}  {s.spec.name or '-':30}  {s.spec.algorithm.name:12} "
-                  f"{STATE_NAMES.get(s.state, s.state):10} {s.trials_finished}/{s.trials_total}")
-        return 0
+        return _list(client, args.json)
+    if sc == "create":
+        study = client.create_study(spec)
+        if args.json and not args.watch:
+            output.dump(output.study_json(study.info))
+        elif not args.json:
+            print(study.id, flush=True)
+        return _watch(study, args) if args.watch else 0
     study = client.study(args.study_id)
     if sc in STUDY_ECOSYSTEM:
         return STUDY_ECOSYSTEM[sc](study, args)
     if sc == "watch":
-        study.wait(progress=True)
-        _print_trials(study, top=10)
-    elif sc == "show":
-        if args.json:
-            from google.protobuf import json_format
-
-            print(json_format.MessageToJson(study.info))
-        else:
-            _print_trials(study)
-    elif sc == "best":
-        best = study.best_trial()
-        if best is None:
-            print("no trial has a result yet")
-            return 1
-        out = {"trial": best.id, "value": best.value, "resource": best.resource,
-               "config": best.config}
-        print(json.dumps(out) if args.json else
-              f"trial {best.id} value {best.value:.6g} at {best.resource:g}: {best.config}")
-    elif sc == "stop":
+        return _watch(study, args)
+    if sc == "show":
+        return _report(study, args.json)
+    if sc == "best":
+        return _print_best(study, args.json)
+    if sc == "stop":
         study.stop()
-        print(f"stopped {study.id}")
+        if args.json:
+            output.dump(output.study_json(study.info))
+        else:
+            print(f"stopped {study.id}")
     elif sc == "raise-max-resource":
         study.raise_max_resource()
-        print(f"{study.id}: max resource now {study.info.spec.resource.max_resource:g}")
+        if args.json:
+            output.dump(output.study_json(study.info))
+        else:
+            print(f"{study.id}: max resource now {study.info.spec.resource.max_resource:g}")
     return 0
 
 
-STATE_NAMES = {1: "active", 2: "completed", 3: "stopped"}
+def _print_best(study: Any, as_json: bool) -> int:
+    best, source = _best(study)
+    if as_json:
+        # The trial's own fields at the top (all null when there is none), so `best --json`
+        # reads like one trial.
+        fields = output.trial_json(best) if best is not None else dict.fromkeys(
+            output.TRIAL_FIELDS)
+        output.dump({"study_id": study.id, "source": source, **fields})
+    elif best is None:
+        print(f"study {study.id}: no trial has a result yet "
+              f"({output.study_state(study.info)}; `hpod study show {study.id}` lists its "
+              "trials and errors)")
+    else:
+        note = "" if source == "algorithm" else " (incumbent: best of the furthest-trained)"
+        print(f"trial {best.id} value {best.value:.6g} at {best.resource:g}{note}: "
+              f"{best.config}")
+    return output.EXIT_OK if best is not None else output.EXIT_BAD_OUTCOME
+
 
 COMMANDS = {"server": cmd_server, "worker": cmd_worker, "local": cmd_local, "demo": cmd_demo,
             "plan": cmd_plan, "study": cmd_study}
 
 
 
-# ---------------------------------------------------------------- simulate (issue 7)
+# ---------------------------------------------------------------- simulate
 
 
 def _add_simulate_parser(sub: Any) -> None:
@@ -419,7 +579,7 @@ COMMANDS["simulate"] = cmd_simulate
 COMMANDS["bench"] = cmd_bench
 
 
-# ---------------------------------------------------------------- Optuna export, plots (issue 9)
+# ---------------------------------------------------------------- Optuna export, plots
 
 
 def _add_ecosystem_parsers(ssub: Any) -> None:
@@ -430,7 +590,9 @@ def _add_ecosystem_parsers(ssub: Any) -> None:
                     "or a journal file path (journal:PATH or any path without ://)")
     sp.add_argument("--follow", action="store_true",
                     help="mirror live, as trials change, until the study ends")
+    sp.add_argument("--json", action="store_true", help="print JSON (docs/cli-json.md)")
     sp = ssub.add_parser("plot", help="PNG plots of the study")
+    sp.add_argument("--json", action="store_true", help="print JSON (docs/cli-json.md)")
     sp.add_argument("study_id")
     sp.add_argument("--address", default=DEFAULT_ADDRESS)
     sp.add_argument("--out", required=True, help="directory for the PNG files")
@@ -442,25 +604,37 @@ def cmd_study_export(study: Any, args: argparse.Namespace) -> int:
     from .optuna_export import export_study
 
     def show(ev: Any) -> None:
-        if ev.kind not in ("progress", "study_ended"):
+        if not args.json and ev.kind not in ("progress", "study_ended"):
             print(f"[{ev.kind}] trial {ev.trial_id}", flush=True)
 
     mirror = export_study(study, args.optuna_storage, follow=args.follow, on_event=show)
-    print(f"study {study.id}: {len(mirror.trials)} trials in Optuna study {mirror.name!r} "
-          f"at {args.optuna_storage}")
+    if args.json:
+        output.dump({"study_id": study.id, "optuna_study": mirror.name,
+                     "trials": len(mirror.trials), "storage": args.optuna_storage})
+    else:
+        print(f"study {study.id}: {len(mirror.trials)} trials in Optuna study {mirror.name!r} "
+              f"at {args.optuna_storage}")
     return 0
 
 
 def cmd_study_plot(study: Any, args: argparse.Namespace) -> int:
-    for path in study.plot(args.out, args.optuna_storage):
+    from .plots import plot_study
+
+    paths, notes = plot_study(study, args.out, args.optuna_storage, with_notes=True)
+    if args.json:
+        output.dump({"study_id": study.id, "files": [str(p) for p in paths], "notes": notes})
+        return 0
+    for path in paths:
         print(path)
+    for note in notes:
+        print(f"note: {note}", file=sys.stderr)
     return 0
 
 
 STUDY_ECOSYSTEM = {"export": cmd_study_export, "plot": cmd_study_plot,
                    "pareto": pareto.cmd_study_pareto}
 
-# ---------------------------------------------------------------- worker Redis users (issue 8)
+# ---------------------------------------------------------------- worker Redis users
 
 
 def _add_redis_acl_parser(sub: Any) -> None:

@@ -18,6 +18,22 @@ if TYPE_CHECKING:
     from .sdk import ParetoPoint, ScalingFit, Study
 
 
+def non_dominated(points: list[ParetoPoint], maximize: bool) -> list[ParetoPoint]:
+    """The points no other point dominates (no more cost and a value at least as good, better
+    in one of the two), cheapest first. Ties matter: of two points at equal cost only the
+    better value stays, and of two equal points the first by trial id."""
+    def key(p: ParetoPoint) -> tuple[float, float, int]:
+        return (p.cost, -p.value if maximize else p.value, p.trial_id)
+
+    out: list[ParetoPoint] = []
+    for p in sorted(points, key=key):
+        # Sorted by cost then value: a point is on the front iff it beats the last one kept
+        # (an equal-cost rival came first with a value at least as good).
+        if not out or (p.value > out[-1].value if maximize else p.value < out[-1].value):
+            out.append(p)
+    return out
+
+
 def cmd_study_pareto(study: Study, args: argparse.Namespace) -> int:
     points = study.pareto_front()
     fits = study.scaling_fit()

@@ -1,17 +1,28 @@
 """PNG plots of one study: ``hpod study plot STUDY --out DIR`` or ``plot_study(study, dir)``.
 
-    learning_curves.png   every trial's curve, coloured by the rung it reached
-    best_vs_resource.png  best value so far against resource consumed
-    best_vs_time.png      best value so far against wall time
-    occupancy.png         jobs per bracket and rung over time; trials per rung against the plan
-    workers.png           busy workers (jobs training) over time
-    importance.png        parameter importance (Optuna's fANOVA on the exported study)
+Always:
 
-Wall time comes from a live Optuna mirror (``hpod study export --follow``, which records when
-each curve point and job segment happened); pass its storage. Without one, the order of the
-curve points is approximated (trial by trial, in id order), ``best_vs_time`` is drawn against
-cumulative device seconds (the cost workers measure) and ``workers`` shows device seconds per
-trial against resource trained; the titles say so.
+    learning_curves.png   every trial's curve, one colour per bracket
+    best_vs_resource.png  best value so far against resource consumed
+    rungs.png             trials that reached each bracket's rungs against the plan
+    importance.png        parameter importance (Optuna's fANOVA over the trials trained to the
+                          maximum resource; says so instead when there are too few of them)
+
+With a live mirror's timeline (``storage``: the Optuna storage that ``hpod server
+--optuna-storage``, ``hpod local --optuna-storage`` or ``hpod study export --follow`` wrote while
+the study ran, which records when each curve point and job segment happened):
+
+    best_vs_time.png      best value so far against wall time
+    occupancy.png         jobs per bracket and rung over wall time
+    workers.png           busy workers (jobs training) over wall time
+
+Without one, wall time is unknown, so those three are not drawn; instead:
+
+    best_vs_device_time.png  best value so far against cumulative device seconds (the cost
+                             workers measure; curve points ordered trial by trial, in id order)
+    cost_per_trial.png       device seconds each trial spent against the resource it trained
+
+and ``plot_study(..., with_notes=True)`` returns notes that say what a timeline would add.
 """
 
 from __future__ import annotations
@@ -127,16 +138,18 @@ def _log_if_wide(ax: Axes, values: Sequence[float], axis: str) -> None:
 def plot_curves(data: StudyData, ax: Axes) -> None:
     import matplotlib.pyplot as plt
 
-    rungs = sorted({t.rung for t in data.trials})
-    cmap = plt.get_cmap("viridis", max(2, len(rungs)))
-    for t in sorted(data.trials, key=lambda t: t.rung):
+    brackets = sorted({t.bracket for t in data.trials})
+    cmap = plt.get_cmap("tab10")
+    # Furthest-trained last, so the curves that matter are drawn on top.
+    for t in sorted(data.trials, key=lambda t: (t.resource, t.id)):
         if t.curve:
             ax.plot([r for r, _ in t.curve], [v for _, v in t.curve], marker=".", lw=1,
-                    color=cmap(rungs.index(t.rung)), alpha=0.8)
+                    color=cmap(brackets.index(t.bracket) % 10), alpha=0.75)
     for r in sorted({r.r for b in data.info.plan.brackets for r in b.rungs}):
         ax.axvline(r, color="grey", ls=":", lw=0.8)
-    for i, rung in enumerate(rungs):
-        ax.plot([], [], color=cmap(i), label=f"reached rung {rung}")
+    for i, b in enumerate(brackets):
+        n = sum(1 for t in data.trials if t.bracket == b)
+        ax.plot([], [], color=cmap(i % 10), label=f"bracket {b} ({n} trials)")
     ax.legend(fontsize=8)
     ax.set_xlabel(f"{data.unit}s trained")
     ax.set_ylabel(data.metric)
@@ -166,8 +179,8 @@ def plot_best(data: StudyData, pts: list[Point], ax: Axes, against: str) -> None
         ax.set_xlabel("wall time since the first result (s)")
         ax.set_title("best value against wall time")
     else:
-        ax.set_xlabel("cumulative device seconds (no wall-clock timeline recorded)")
-        ax.set_title("best value against device time (mirror live for wall time)")
+        ax.set_xlabel("cumulative device seconds (trials in id order; no wall-clock timeline)")
+        ax.set_title("best value against device time")
 
 
 def _typical_step(data: StudyData) -> float:
@@ -205,20 +218,19 @@ def _grid(segs: Sequence[tuple[float, float, int, int]]) -> list[float]:
     return [end * i / 400 for i in range(401)]
 
 
-def plot_occupancy(data: StudyData, ax_time: Axes, ax_plan: Axes) -> None:
+def plot_occupancy(data: StudyData, ax: Axes) -> None:
     segs = _segments(data)
-    if segs:
-        times = _grid(segs)
-        keys = sorted({(b, r) for _, _, b, r in segs})
-        ax_time.stackplot(times, *[_in_flight(segs, times, k) for k in keys],
-                          labels=[f"bracket {b} rung {r}" for b, r in keys], step="post")
-        ax_time.legend(fontsize=7, ncol=2)
-        ax_time.set_xlabel("wall time (s)")
-    else:
-        ax_time.text(0.5, 0.5, "no timeline recorded:\nmirror the study live\n"
-                     "(hpod study export --follow)", ha="center", va="center")
-    ax_time.set_ylabel("jobs running")
-    ax_time.set_title("bracket and rung occupancy over time")
+    times = _grid(segs)
+    keys = sorted({(b, r) for _, _, b, r in segs})
+    ax.stackplot(times, *[_in_flight(segs, times, k) for k in keys],
+                 labels=[f"bracket {b} rung {r}" for b, r in keys], step="post")
+    ax.legend(fontsize=7, ncol=2)
+    ax.set_xlabel("wall time (s)")
+    ax.set_ylabel("jobs running")
+    ax.set_title("bracket and rung occupancy over time")
+
+
+def plot_rungs(data: StudyData, ax: Axes) -> None:
     labels, planned, reached = [], [], []
     for b in data.info.plan.brackets:
         for i, rung in enumerate(b.rungs):
@@ -226,55 +238,83 @@ def plot_occupancy(data: StudyData, ax_time: Axes, ax_plan: Axes) -> None:
             planned.append(rung.n)
             reached.append(sum(1 for t in data.trials if t.bracket == b.s and t.rung >= i))
     xs = range(len(labels))
-    ax_plan.bar([x - 0.2 for x in xs], planned, width=0.4, label="planned", color="lightgrey")
-    ax_plan.bar([x + 0.2 for x in xs], reached, width=0.4, label="reached")
-    ax_plan.set_xticks(list(xs), labels, fontsize=7)
-    ax_plan.set_xlabel(f"bracket s, rung resource r ({data.unit}s)")
-    ax_plan.set_ylabel("trials")
-    ax_plan.set_title("trials per rung against the plan")
-    ax_plan.legend(fontsize=8)
+    ax.bar([x - 0.2 for x in xs], planned, width=0.4, label="planned", color="lightgrey")
+    ax.bar([x + 0.2 for x in xs], reached, width=0.4, label="reached")
+    ax.set_xticks(list(xs), labels, fontsize=7)
+    ax.set_xlabel(f"bracket s, rung resource r ({data.unit}s)")
+    ax.set_ylabel("trials")
+    ax.set_title("trials per rung against the plan")
+    ax.legend(fontsize=8)
 
 
 def plot_workers(data: StudyData, ax: Axes) -> None:
     segs = _segments(data)
-    if segs:
-        times = _grid(segs)
-        busy = _in_flight(segs, times)
-        ax.step(times, busy, where="post")
-        mean = sum(busy) / len(busy)
-        ax.axhline(mean, color="grey", ls="--", label=f"mean {mean:.2f}")
-        ax.legend(fontsize=8)
-        ax.set_xlabel("wall time (s)")
-        ax.set_ylabel("jobs in flight (busy workers)")
-        ax.set_title("workers busy over time (a job counts from one typical step before its "
-                     "first curve point until it ends)", fontsize=9)
-        return
+    times = _grid(segs)
+    busy = _in_flight(segs, times)
+    ax.step(times, busy, where="post")
+    mean = sum(busy) / len(busy)
+    ax.axhline(mean, color="grey", ls="--", label=f"mean {mean:.2f}")
+    ax.legend(fontsize=8)
+    ax.set_xlabel("wall time (s)")
+    ax.set_ylabel("jobs in flight (busy workers)")
+    ax.set_title("workers busy over time (a job counts from one typical step before its "
+                 "first curve point until it ends)", fontsize=9)
+
+
+def plot_cost(data: StudyData, ax: Axes) -> None:
     ax.scatter([t.resource for t in data.trials], [t.cost for t in data.trials], s=12)
     ax.set_xlabel(f"{data.unit}s trained by the trial")
     ax.set_ylabel("device seconds spent (cost)")
-    ax.set_title("no timeline recorded: cost per trial against resource (mirror live for "
-                 "utilisation over time)", fontsize=9)
+    ax.set_title("cost per trial against resource trained")
 
 
-def plot_importance(data: StudyData, ax: Axes) -> None:
+MIN_FANOVA_TRIALS = 10  # fewer trials at the maximum resource: fANOVA's forest says little
+
+
+def importance_trials(data: StudyData) -> int:
+    """Trials fANOVA would use: those trained to the maximum resource (COMPLETE in Optuna)."""
+    from optuna.trial import TrialState
+
+    return sum(1 for t in data.mirror.optuna_study.get_trials(deepcopy=False,
+                                                              states=(TrialState.COMPLETE,)))
+
+
+def plot_importance(data: StudyData, ax: Axes) -> str | None:
+    """The importance bars, or a plain message (also returned) when they cannot be trusted."""
     import optuna
     from optuna.importance import FanovaImportanceEvaluator
 
+    n = importance_trials(data)
+    ax.set_title("parameter importance (Optuna fANOVA)")
+    ax.set_axis_off()
+    if n < MIN_FANOVA_TRIALS:
+        note = (f"importance not computed: {n} trials reached the maximum resource, fANOVA "
+                f"needs at least {MIN_FANOVA_TRIALS} (a larger study, or more brackets)")
+        ax.text(0.5, 0.5, note.replace(", ", ",\n", 1), ha="center", va="center", wrap=True)
+        return note
     try:
         scores = optuna.importance.get_param_importances(
             data.mirror.optuna_study, evaluator=FanovaImportanceEvaluator(seed=0))
-    except (ValueError, RuntimeError) as e:  # too few finished trials to fit a forest
-        ax.text(0.5, 0.5, f"no importance: {e}", ha="center", va="center", wrap=True)
-        scores = {}
+    except (ValueError, RuntimeError) as e:
+        note = f"importance not computed: {e}"
+        ax.text(0.5, 0.5, note, ha="center", va="center", wrap=True)
+        return note
+    ax.set_axis_on()
     names = list(scores)[::-1]
     ax.barh(names, [scores[n] for n in names])
-    ax.set_xlabel("importance (fANOVA, share of variance; trials at the max resource)")
-    ax.set_title("parameter importance (Optuna)")
+    ax.set_xlabel(f"share of variance, fANOVA over the {n} trials at the maximum resource")
+    return None
 
 
-def plot_study(study: Study, out_dir: str | Path,
-               storage: str | BaseStorage | None = None) -> list[Path]:
-    """Write the PNGs into ``out_dir``; returns their paths."""
+NO_TIMELINE = ("best_vs_time.png, occupancy.png and workers.png need wall-clock times: mirror "
+               "the study live (hpod local/server --optuna-storage FILE, or hpod study export "
+               "ID --optuna-storage FILE --follow) and pass --optuna-storage FILE")
+
+
+def plot_study(study: Study, out_dir: str | Path, storage: str | BaseStorage | None = None,
+               with_notes: bool = False) -> Any:
+    """Write the PNGs into ``out_dir``; returns their paths (and, ``with_notes``, a list of
+    plain sentences about what could not be drawn and why)."""
     import matplotlib
 
     matplotlib.use("Agg")  # files only: no display needed
@@ -284,21 +324,32 @@ def plot_study(study: Study, out_dir: str | Path,
     out.mkdir(parents=True, exist_ok=True)
     data = load(study, storage)
     pts = points(data)
+    notes: list[str] = []
+    timed = data.timed and bool(_segments(data))
     figures: list[tuple[str, Any]] = [
         ("learning_curves", lambda f: plot_curves(data, f.subplots())),
         ("best_vs_resource", lambda f: plot_best(data, pts, f.subplots(), "resource")),
-        ("best_vs_time", lambda f: plot_best(data, pts, f.subplots(), "time")),
-        ("occupancy", lambda f: plot_occupancy(data, *f.subplots(1, 2))),
-        ("workers", lambda f: plot_workers(data, f.subplots())),
-        ("importance", lambda f: plot_importance(data, f.subplots())),
+        ("best_vs_time" if timed else "best_vs_device_time",
+         lambda f: plot_best(data, pts, f.subplots(), "time")),
+        ("rungs", lambda f: plot_rungs(data, f.subplots())),
     ]
+    if timed:
+        figures += [("occupancy", lambda f: plot_occupancy(data, f.subplots())),
+                    ("workers", lambda f: plot_workers(data, f.subplots()))]
+    else:
+        figures.append(("cost_per_trial", lambda f: plot_cost(data, f.subplots())))
+        notes.append(NO_TIMELINE if storage is None else
+                     f"the storage has no timeline for this study ({NO_TIMELINE})")
+    figures.append(("importance", lambda f: notes.append(plot_importance(data, f.subplots()))))
     paths = []
     for name, draw in figures:
-        fig = plt.figure(figsize=(12, 5) if name == "occupancy" else (8, 5))
+        fig = plt.figure(figsize=(8, 5))
         draw(fig)
-        fig.suptitle(f"hpod study {study.id} ({data.info.spec.algorithm.name})", fontsize=9)
+        title = data.info.spec.name or study.id
+        fig.suptitle(f"{title} ({study.id}, {data.info.spec.algorithm.name})", fontsize=9)
         fig.tight_layout()
         paths.append(out / f"{name}.png")
         fig.savefig(paths[-1], dpi=100)
         plt.close(fig)
-    return paths
+    notes = [n for n in notes if n]
+    return (paths, notes) if with_notes else paths

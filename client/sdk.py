@@ -210,6 +210,13 @@ def _channel(address: str, token: str | None, tls: bool | None, tls_ca: str | No
         if token:
             # gRPC sends call credentials only over a secure channel; a plaintext channel with
             # a token is for a loopback or mesh-encrypted hop, so attach the header directly.
+            from .safety import plaintext_token_warning
+
+            warning = plaintext_token_warning(address, token, False)
+            if warning:
+                import warnings
+
+                warnings.warn(warning, stacklevel=4)
             return grpc.intercept_channel(grpc.insecure_channel(address), _Bearer(token))
         return grpc.insecure_channel(address)
     creds = grpc.ssl_channel_credentials(_read(tls_ca), _read(tls_key), _read(tls_cert))
@@ -328,9 +335,13 @@ class Study:
     def pareto_front(self) -> list[ParetoPoint]:
         """The cost/value Pareto front, cheapest first (``carbs`` and ``asha-carbs`` studies;
         FAILED_PRECONDITION for others). An ``asha-carbs`` point's config also holds the
-        resource it was trained to."""
-        return [ParetoPoint(p.trial_id, p.cost, p.value, _config(p.config, self._int_params),
-                            list(p.trial_ids)) for p in self._pareto().points]
+        resource it was trained to. A point another dominates (more cost for no better value,
+        ties included) is left out."""
+        from .pareto import non_dominated
+
+        points = [ParetoPoint(p.trial_id, p.cost, p.value, _config(p.config, self._int_params),
+                              list(p.trial_ids)) for p in self._pareto().points]
+        return non_dominated(points, self.info.spec.objective.direction == pb.DIRECTION_MAXIMIZE)
 
     def scaling_fit(self) -> dict[str, ScalingFit]:
         """Each parameter against cost over the front (empty until two distinct costs)."""

@@ -27,46 +27,144 @@ from hpod.v1 import hpod_pb2 as pb
 
 
 class SpecError(ValueError):
-    """The spec is malformed; the message names the field."""
+    """The spec is malformed; the message names the file, line and field when it knows them."""
+
+    def __init__(self, message: str, field: str = "") -> None:
+        super().__init__(message)
+        self.field = field
 
 
-def load_spec_file(path: str | Path) -> dict[str, Any]:
+class SpecFile(dict):
+    """A spec read from a file: the mapping, plus where it came from and the line of each
+    field (dotted path -> 1-based line), so an error can say ``spec.yaml:7: resource...``."""
+
+    def __init__(self, data: Mapping[str, Any], path: Path, lines: dict[str, int]) -> None:
+        super().__init__(data)
+        self.path = path
+        self.lines = lines
+
+    def where(self, field: str) -> str:
+        """``path:line`` of ``field`` or of its nearest parent that has a line."""
+        parts = field.split(".") if field else []
+        while parts:
+            line = self.lines.get(".".join(parts))
+            if line:
+                return f"{self.path}:{line}"
+            parts.pop()
+        return str(self.path)
+
+
+def load_spec_file(path: str | Path) -> SpecFile:
     p = Path(path)
     if not p.exists():
         raise SpecError(f"spec file {p} does not exist")
-    text = p.read_text()
+    try:
+        text = p.read_text()
+    except (OSError, UnicodeDecodeError) as e:
+        raise SpecError(f"{p}: cannot read the spec: {e}") from None
     if p.suffix in (".yaml", ".yml"):
-        import yaml
-
-        data = yaml.safe_load(text)
+        data, lines = _load_yaml(p, text)
     else:
-        data = json.loads(text)
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise SpecError(f"{p}:{e.lineno}:{e.colno}: not valid JSON: {e.msg}") from None
+        lines = {}
     if not isinstance(data, dict):
-        raise SpecError(f"{p}: a spec must be a mapping at the top level")
-    return data
+        raise SpecError(f"{p}: a spec must be a mapping at the top level "
+                        f"(got {type(data).__name__})")
+    return SpecFile(data, p, lines)
 
 
-def _struct(d: Mapping[str, Any] | None) -> struct_pb2.Struct:
+def _load_yaml(p: Path, text: str) -> tuple[Any, dict[str, int]]:
+    import yaml
+
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        data = yaml.safe_load(text)
+    except yaml.MarkedYAMLError as e:
+        mark = e.problem_mark or e.context_mark
+        where = f"{p}:{mark.line + 1}:{mark.column + 1}" if mark else str(p)
+        what = e.problem or e.context or "malformed YAML"
+        raise SpecError(f"{where}: not valid YAML: {what} (check the indentation and the "
+                        "colons above this line)") from None
+    except yaml.YAMLError as e:
+        raise SpecError(f"{p}: not valid YAML: {e}") from None
+    lines: dict[str, int] = {}
+    _node_lines(node, "", lines)
+    return data, lines
+
+
+def _node_lines(node: Any, prefix: str, out: dict[str, int]) -> None:
+    import yaml
+
+    if isinstance(node, yaml.MappingNode):
+        for key, value in node.value:
+            path = f"{prefix}.{key.value}" if prefix else str(key.value)
+            out[path] = key.start_mark.line + 1
+            _node_lines(value, path, out)
+
+
+def _get(d: Mapping[str, Any], key: str, field: str, conv: Any, kind: str,
+         default: Any = None) -> Any:
+    """``conv(d[key])`` or ``default``; a value that does not convert is a SpecError naming
+    ``field`` and what was expected."""
+    if key not in d or d[key] is None:
+        return default
+    raw = d[key]
+    try:
+        if isinstance(raw, bool) or (kind == "a whole number" and isinstance(raw, float)
+                                     and not raw.is_integer()):
+            raise ValueError
+        return conv(raw)
+    except (TypeError, ValueError):
+        raise SpecError(f"{field} must be {kind}, got {raw!r}", field) from None
+
+
+def _mapping(d: Mapping[str, Any], key: str, field: str = "") -> Mapping[str, Any]:
+    field = field or key
+    v = d.get(key) or {}
+    if not isinstance(v, Mapping):
+        raise SpecError(f"{field} must be a mapping (e.g. {key}: {{...}}), got {v!r}", field)
+    return v
+
+
+def _struct(d: Mapping[str, Any] | None, field: str = "") -> struct_pb2.Struct:
     s = struct_pb2.Struct()
-    s.update(dict(d or {}))
+    try:
+        s.update(dict(d or {}))
+    except (TypeError, ValueError) as e:
+        raise SpecError(f"{field}: only JSON values (numbers, strings, booleans, lists and "
+                        f"mappings) are allowed: {e}", field) from None
     return s
 
 
 def parameter(name: str, spec: Mapping[str, Any]) -> pb.Parameter:
+    field = f"search_space.{name}"
+    if not isinstance(spec, Mapping):
+        raise SpecError(f"{field} must be a mapping such as {{type: float, low: 0, high: 1}}, "
+                        f"got {spec!r}", field)
     kind = spec.get("type")
     scale = pb.SCALE_LOG if spec.get("log") else pb.SCALE_LINEAR
-    if kind == "float":
-        return pb.Parameter(name=name, float_range=pb.FloatRange(
-            low=float(spec["low"]), high=float(spec["high"]), scale=scale))
-    if kind == "int":
-        return pb.Parameter(name=name, int_range=pb.IntRange(
-            low=int(spec["low"]), high=int(spec["high"]), scale=scale))
+    if kind in ("float", "int"):
+        conv, what = (float, "a number") if kind == "float" else (int, "a whole number")
+        for bound in ("low", "high"):
+            if bound not in spec:
+                raise SpecError(f"{field}.{bound} is missing: a {kind} parameter needs low and "
+                                "high", f"{field}.{bound}")
+        low = _get(spec, "low", f"{field}.low", conv, what)
+        high = _get(spec, "high", f"{field}.high", conv, what)
+        if kind == "float":
+            return pb.Parameter(name=name, float_range=pb.FloatRange(low=low, high=high,
+                                                                     scale=scale))
+        return pb.Parameter(name=name, int_range=pb.IntRange(low=low, high=high, scale=scale))
     if kind == "categorical":
         cat = pb.Categorical()
         for c in spec.get("choices", []):
             cat.choices.add().CopyFrom(json_format.ParseDict(c, struct_pb2.Value()))
         return pb.Parameter(name=name, categorical=cat)
-    raise SpecError(f"search_space.{name}: type must be float, int or categorical, got {kind!r}")
+    raise SpecError(f"{field}.type must be float, int or categorical, got {kind!r}",
+                    f"{field}.type")
 
 
 def space_items(space: Any) -> list[tuple[str, Mapping[str, Any]]]:
@@ -74,6 +172,8 @@ def space_items(space: Any) -> list[tuple[str, Mapping[str, Any]]]:
     if isinstance(space, Mapping):
         return [(str(k), _param_dict(str(k), v)) for k, v in space.items()]
     if isinstance(space, list):
+        if not all(isinstance(item, Mapping) and "name" in item for item in space):
+            raise SpecError("search_space: each item of a list needs a name", "search_space")
         return [(str(item["name"]), item) for item in space]
     raise SpecError("search_space must be a mapping of name to parameter or a list")
 
@@ -144,39 +244,86 @@ def int_params(spec: pb.StudySpec) -> set[str]:
     return out
 
 
+KNOWN_FIELDS = ("name", "trainer", "objective", "resource", "algorithm", "seed", "max_trials",
+                "search_space", "trainer_settings", "max_retries")
+NESTED_FIELDS = {"objective": ("metric", "direction"),
+                 "resource": ("name", "max_resource", "min_resource", "eta"),
+                 "algorithm": ("name", "settings")}
+
+
 def build_spec(d: Mapping[str, Any]) -> pb.StudySpec:
-    known = {"name", "trainer", "objective", "resource", "algorithm", "seed", "max_trials",
-             "search_space", "trainer_settings", "max_retries"}
-    unknown = sorted(set(d) - known)
-    if unknown:
-        raise SpecError(f"unknown spec field(s) {unknown}; known fields: {sorted(known)}")
-    space = d.get("search_space")
-    if space is None and d.get("trainer"):
+    """The wire spec of ``d``; a mistake is a SpecError whose message starts with the file
+    and line when ``d`` came from :func:`load_spec_file`."""
+    try:
+        return _build_spec(d)
+    except SpecError as e:
+        if isinstance(d, SpecFile) and not str(e).startswith(str(d.path)):
+            raise SpecError(f"{d.where(e.field)}: {e}", e.field) from None
+        raise
+
+
+def _check_fields(d: Mapping[str, Any]) -> None:
+    for key in d:
+        if key not in KNOWN_FIELDS:
+            raise SpecError(f"unknown field {key!r}; known fields: {', '.join(KNOWN_FIELDS)}",
+                            str(key))
+    for parent, known in NESTED_FIELDS.items():
+        sub = d.get(parent)
+        for key in sub if isinstance(sub, Mapping) else ():
+            if key not in known:
+                raise SpecError(f"unknown field {parent}.{key}; {parent} takes "
+                                f"{', '.join(known)}", f"{parent}.{key}")
+
+
+def _default_space(trainer: str) -> Any:
+    try:
         from hpod.trainers.base import get_trainer
 
-        space = get_trainer(str(d["trainer"])).default_space()
+        return get_trainer(trainer).default_space()
+    except KeyError as e:
+        raise SpecError(f"trainer: {e.args[0]}; or give search_space explicitly",
+                        "trainer") from None
+    except ImportError as e:
+        raise SpecError(f"trainer: the default search space of {trainer!r} needs the trainer "
+                        f"installed here ({e}); give search_space explicitly or install "
+                        "hpod[worker]", "trainer") from None
+
+
+def _build_spec(d: Mapping[str, Any]) -> pb.StudySpec:
+    _check_fields(d)
+    space = d.get("search_space")
+    if space is None and d.get("trainer"):
+        space = _default_space(str(d["trainer"]))
     spec = pb.StudySpec(name=str(d.get("name", "")), trainer=str(d.get("trainer", "")),
-                        seed=int(d.get("seed", 0)), max_trials=int(d.get("max_trials", 0)))
+                        seed=_get(d, "seed", "seed", int, "a whole number", 0),
+                        max_trials=_get(d, "max_trials", "max_trials", int, "a whole number",
+                                        0))
     spec.search_space.extend(parameter(n, p) for n, p in space_items(space or {}))
-    obj = d.get("objective") or {}
+    obj = _mapping(d, "objective")
     direction = str(obj.get("direction", "minimize")).lower()
     if direction not in ("minimize", "maximize"):
-        raise SpecError("objective.direction must be minimize or maximize")
+        raise SpecError(f"objective.direction must be minimize or maximize, got "
+                        f"{obj.get('direction')!r}", "objective.direction")
     spec.objective.CopyFrom(pb.Objective(metric=str(obj.get("metric", "")), direction=(
         pb.DIRECTION_MAXIMIZE if direction == "maximize" else pb.DIRECTION_MINIMIZE)))
-    res = d.get("resource") or {}
+    res = _mapping(d, "resource")
     spec.resource.name = str(res.get("name", ""))
-    spec.resource.max_resource = float(res.get("max_resource", 0))
-    if "min_resource" in res:
-        spec.resource.min_resource = float(res["min_resource"])
-    if "eta" in res:
-        spec.resource.eta = int(res["eta"])
+    spec.resource.max_resource = _get(res, "max_resource", "resource.max_resource", float,
+                                      "a number", 0.0)
+    if res.get("min_resource") is not None:
+        spec.resource.min_resource = _get(res, "min_resource", "resource.min_resource", float,
+                                          "a number")
+    if res.get("eta") is not None:
+        spec.resource.eta = _get(res, "eta", "resource.eta", int, "a whole number")
     algo = d.get("algorithm") or {}
     if isinstance(algo, str):
         algo = {"name": algo}
+    if not isinstance(algo, Mapping):
+        raise SpecError(f"algorithm must be a name or a mapping, got {algo!r}", "algorithm")
     spec.algorithm.name = str(algo.get("name", ""))
-    spec.algorithm.settings.CopyFrom(_struct(algo.get("settings")))
-    spec.trainer_settings.CopyFrom(_struct(d.get("trainer_settings")))
-    if "max_retries" in d:
-        spec.max_retries = int(d["max_retries"])
+    spec.algorithm.settings.CopyFrom(_struct(_mapping(algo, "settings", "algorithm.settings"),
+                                              "algorithm.settings"))
+    spec.trainer_settings.CopyFrom(_struct(_mapping(d, "trainer_settings"), "trainer_settings"))
+    if d.get("max_retries") is not None:
+        spec.max_retries = _get(d, "max_retries", "max_retries", int, "a whole number")
     return spec

@@ -28,15 +28,28 @@ HEADER = ("# Made by scripts/image_constraints.py from the environment the tests
           "torch is pinned per image (Dockerfile).\n")
 
 
+IMAGE_EXTRAS = ("server", "worker")  # what the two images install (hpod[server], hpod[worker])
+
+
+def _wanted(req: Requirement, extras: tuple[str, ...]) -> bool:
+    if req.marker is None:
+        return True
+    return any(req.marker.evaluate({"extra": e}) for e in ("", *extras))
+
+
 def closure(root: str = "hpod") -> dict[str, str]:
-    """canonical name -> installed version, for every run-time dependency of ``root``."""
+    """canonical name -> installed version, for every run-time dependency of ``root`` and of
+    the extras the images install."""
     seen: dict[str, str] = {}
     expanded: set[str] = set()
-    todo = [Requirement(r) for r in metadata.requires(root) or []]
+    todo = [r for r in map(Requirement, metadata.requires(root) or [])
+            if _wanted(r, IMAGE_EXTRAS)]
+    for r in todo:
+        r.marker = None  # chosen above: the loop's own check is for their dependencies
     while todo:
         req = todo.pop()
         if req.marker is not None and not req.marker.evaluate({"extra": ""}):
-            continue  # an extra (dev) or another platform's dependency
+            continue  # another extra (dev) or another platform's dependency
         name = canonicalize_name(req.name)
         if name in seen or name in expanded:
             continue

@@ -8,11 +8,16 @@ Both hand :meth:`StudyMirror.sync_trial` objects with the attributes of an hpod 
 ``config``, ``state``, ``value``, ``resource``, ``bracket``, ``rung``, ``cost``, ``curve``,
 ``error``): the SDK's ``Trial`` and the engine's ``TrialRec`` both have them.
 
-Each hpod trial becomes one Optuna trial of the study ``hpod-<study id>``: its parameters (with
+Each hpod trial becomes one Optuna trial of the study ``<study name> [<study id>]`` (``hpod-<study
+id>`` when it has no name, or when an earlier mirror already wrote it so), whose metric name is the
+study's objective metric: its parameters (with
 the distributions of the study's search space), its learning curve as intermediate values (step =
 resource / ``resource_per_step``, a study user attribute, 1 when every resource is whole) and its
 state. Optuna trials cannot be reopened once finished, so a trial stays RUNNING while hpod may
-still promote it (queued, running, paused) and is finished only at a final hpod state:
+still promote it (queued, running, paused) and is finished only at a final hpod state, or, in a
+synchronous ``hyperband`` study, once as many trials of its bracket as the plan promotes have
+gone past the rung it waits at (it will not be promoted: it is PRUNED then, so its timeline bar
+ends when the rung's promotions are over, not when the study ends):
 
     completed at the maximum resource -> COMPLETE (value: the metric at that resource)
     completed below it, or stopped    -> PRUNED   (Optuna's reading of successive halving)
@@ -47,9 +52,20 @@ if TYPE_CHECKING:
 OPEN_STATES = ("queued", "running", "paused")
 SEGMENT_START = ("created", "promoted", "resumed")
 SEGMENT_END = ("paused", "completed", "stopped", "failed", "lost")
+METRIC_NAMES_ATTR = "study:metric_names"  # optuna.study.study._SYSTEM_ATTR_METRIC_NAMES
 
 
-def optuna_study_name(study_id: str) -> str:
+def optuna_study_name(info: pb.Study | str) -> str:
+    """The Optuna study's name: the hpod study's own name with its id (names need not be
+    unique in hpod, they must be in Optuna), or ``hpod-<id>`` for an unnamed study."""
+    if isinstance(info, str):
+        return legacy_study_name(info)
+    name = " ".join(info.spec.name.split())
+    return f"{name} [{info.id}]" if name else legacy_study_name(info.id)
+
+
+def legacy_study_name(study_id: str) -> str:
+    """What earlier mirrors called every study: found and reused, never duplicated."""
     return f"hpod-{study_id}"
 
 
@@ -187,19 +203,33 @@ class StudyMirror:
 
         self.storage = open_storage(storage) if isinstance(storage, str) else storage
         self.info = info
-        self.name = optuna_study_name(info.id)
+        self.name = optuna_study_name(info)
         self.distributions = optuna_distributions(info.spec)
         self.per_step = resource_per_step(info)
         maximize = info.spec.objective.direction == pb.DIRECTION_MAXIMIZE
         direction = StudyDirection.MAXIMIZE if maximize else StudyDirection.MINIMIZE
         self.optuna_study_id = self._open_study(direction)
         self.trials: dict[int, _Mirrored] = self._load_existing()
+        # Synchronous Hyperband promotes a fixed number of each rung's trials, so once that many
+        # have gone on, a trial still paused at the rung will never train again: it is
+        # finished (PRUNED) then, and its timeline ends there instead of at the study's end.
+        self.synchronous = info.spec.algorithm.name == "hyperband"
+        self.planned = {(b.s, i): r.n for b in info.plan.brackets for i, r in enumerate(b.rungs)}
+        self.reached: dict[tuple[int, int], set[int]] = {}  # (bracket, rung) -> trial ids
+        self.waiting: dict[int, Any] = {}         # hpod id -> a paused trial not yet passed
 
     # ------------------------------------------------------------ setup
 
     def _open_study(self, direction: Any) -> int:
         from optuna.exceptions import DuplicatedStudyError
 
+        legacy = legacy_study_name(self.info.id)
+        if legacy != self.name:
+            try:  # a study an earlier mirror wrote under the old name: keep writing there
+                self.storage.get_study_id_from_name(legacy)
+                self.name = legacy
+            except KeyError:
+                pass
         try:
             sid = self.storage.create_new_study([direction], self.name)
         except DuplicatedStudyError:
@@ -218,6 +248,10 @@ class StudyMirror:
                  "plan": [[[r.n, r.r] for r in b.rungs] for b in info.plan.brackets]}
         for key, value in attrs.items():
             self.storage.set_study_user_attr(sid, key, value)
+        # Optuna's own record of the objective's name (Study.set_metric_names), which the
+        # dashboard and trials_dataframe show instead of "Objective 0".
+        self.storage.set_study_system_attr(sid, METRIC_NAMES_ATTR,
+                                           [info.spec.objective.metric or "value"])
         return sid
 
     def _load_existing(self) -> dict[int, _Mirrored]:
@@ -247,15 +281,45 @@ class StudyMirror:
         from optuna.trial import TrialState
 
         if trial.state in OPEN_STATES:
-            return TrialState.RUNNING
+            return TrialState.PRUNED if self._passed_over(trial) else TrialState.RUNNING
         if trial.state in ("failed", "lost") or trial.value is None:
             return TrialState.FAIL
         max_r = self.info.spec.resource.max_resource
         at_max = trial.state == "completed" and trial.resource >= max_r - 1e-9
         return TrialState.COMPLETE if at_max else TrialState.PRUNED
 
+    def _passed_over(self, trial: Any) -> bool:
+        """A paused trial of a synchronous study whose next rung has all its planned trials."""
+        if not (self.synchronous and trial.state == "paused" and trial.value is not None):
+            return False
+        key = (trial.bracket, trial.rung + 1)
+        return key in self.planned and len(self.reached.get(key, ())) >= self.planned[key]
+
+    def _track(self, trial: Any, now: float | None) -> None:
+        """After a trial is written: count the rungs it reached, remember it if it waits at
+        one, and finish the waiting trials of its bracket that are now passed over."""
+        if not self.synchronous:
+            return
+        for rung in range(trial.rung + 1):
+            self.reached.setdefault((trial.bracket, rung), set()).add(trial.id)
+        m = self.trials.get(trial.id)
+        if trial.state == "paused" and m is not None and not m.finished:
+            self.waiting[trial.id] = trial
+        else:
+            self.waiting.pop(trial.id, None)
+        passed = [w for w in self.waiting.values()
+                  if w.bracket == trial.bracket and self._passed_over(w)]
+        for w in passed:
+            self.waiting.pop(w.id, None)
+        for w in passed:  # (their own _track finds nothing new: they reached no new rung)
+            if not self.trials[w.id].finished:
+                self._update(w, self.trials[w.id], now)
+
     def _user_attrs(self, trial: Any, m: _Mirrored) -> dict[str, Any]:
-        attrs = {"hpod_trial": trial.id, "hpod_state": trial.state, "bracket": trial.bracket,
+        # A passed-over trial is finished here before hpod ends it: it gets the state hpod
+        # gives such a trial (completed, at its rung), since a finished twin cannot change.
+        state = "completed" if self._passed_over(trial) else trial.state
+        attrs = {"hpod_trial": trial.id, "hpod_state": state, "bracket": trial.bracket,
                  "rung": trial.rung, "resource": trial.resource, "cost_s": trial.cost}
         if trial.error:
             attrs["error"] = trial.error[:500]
@@ -314,6 +378,7 @@ class StudyMirror:
         m.optuna_id = self.storage.create_new_trial(self.optuna_study_id, template_trial=ft)
         m.attrs = _copied(attrs)
         self.trials[trial.id] = m
+        self._track(trial, now)
 
     def _update(self, trial: Any, m: _Mirrored, now: float | None = None,
                 timed: set[int] | frozenset[int] = frozenset()) -> None:
@@ -333,6 +398,7 @@ class StudyMirror:
             values = None if trial.value is None or state.name == "FAIL" else [trial.value]
             self.storage.set_trial_state_values(m.optuna_id, state, values)
             m.finished = True
+        self._track(trial, now)
 
 
 _MISSING = object()

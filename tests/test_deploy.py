@@ -1,4 +1,4 @@
-"""Deployment files (issue 8), checked without a container engine: hadolint on the Dockerfile,
+"""Deployment files, checked without a container engine: hadolint on the Dockerfile,
 the Kubernetes manifests against the Kubernetes JSON schemas (``kubernetes-validate`` ships them,
 so nothing is downloaded), the kustomizations' references, and docker-compose.yml's shape."""
 
@@ -140,7 +140,9 @@ def test_constraints_pin_every_runtime_dependency() -> None:
         import tomllib
     except ImportError:  # Python 3.10
         tomllib = pytest.importorskip("tomli")
-    deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    extras = project["optional-dependencies"]
+    deps = [*project["dependencies"], *extras["server"], *extras["worker"]]  # the images'
     pins = {}
     for line in (DEPLOY / "constraints.txt").read_text().splitlines():
         if line.strip() and not line.startswith("#"):
@@ -176,20 +178,74 @@ def test_manifest_is_valid_kubernetes(path: Path) -> None:
         kv.validate(doc, K8S_VERSION, strict=True)
 
 
-@pytest.mark.parametrize("overlay", [k.parent for k in kustomizations()],
-                         ids=lambda p: str(p.relative_to(DEPLOY)))
-def test_kustomize_build_is_valid_kubernetes(overlay: Path) -> None:
-    """With kubectl present (it builds kustomizations offline), every overlay's output too."""
-    kv = pytest.importorskip("kubernetes_validate")
+def _with_secrets(tmp_path: Path) -> Path:
+    """A copy of deploy/ with its secrets made by deploy/make-secrets.sh, as an operator would."""
+    copy = tmp_path / "deploy"
+    shutil.copytree(DEPLOY, copy, ignore=shutil.ignore_patterns("*.env"))
+    res = subprocess.run(["bash", str(copy / "make-secrets.sh"), "team-a"], capture_output=True,
+                         text=True, timeout=60)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip().splitlines()[-1].startswith("hpod_")  # the token, shown once
+    return copy
+
+
+def test_make_secrets_writes_fresh_values_and_refuses_to_overwrite(tmp_path: Path) -> None:
+    copy = _with_secrets(tmp_path)
+    server = dict(line.split("=", 1) for line in
+                  (copy / "base" / "secrets" / "server.env").read_text().splitlines())
+    worker = (copy / "base" / "secrets" / "worker.env").read_text()
+    assert set(server) == {"REDIS_PASSWORD", "REDIS_WORKER_PASSWORD", "HPOD_REDIS_URL",
+                           "HPOD_TOKENS"}
+    assert len(server["REDIS_PASSWORD"]) >= 24 and "change-me" not in str(server)
+    assert f":{server['REDIS_PASSWORD']}@hpod-redis" in server["HPOD_REDIS_URL"]
+    assert f"hpod-worker:{server['REDIS_WORKER_PASSWORD']}@" in worker
+    from hpod.server.service.auth import parse_tokens
+
+    assert len(parse_tokens(server["HPOD_TOKENS"])) == 1  # authentication is on
+    again = subprocess.run(["bash", str(copy / "make-secrets.sh")], capture_output=True,
+                           text=True, timeout=60)
+    assert again.returncode != 0 and "exists" in again.stderr
+
+
+def test_no_manifest_carries_a_placeholder_secret() -> None:
+    for path in [*resource_files(), *kustomizations()]:
+        text = path.read_text()
+        assert "change-me" not in text and "stringData" not in text, path
+    gen = {g["name"]: g for g in yaml.safe_load(
+        (DEPLOY / "base" / "kustomization.yaml").read_text())["secretGenerator"]}
+    assert set(gen) == {"hpod-secrets", "hpod-worker-redis"}
+    assert all(e.startswith("secrets/") for g in gen.values() for e in g["envs"])
+
+
+def _kustomize(overlay: Path) -> subprocess.CompletedProcess:
     exe = shutil.which("kubectl")
     if exe is None:
         pytest.skip("kubectl not installed")
-    res = subprocess.run([exe, "kustomize", str(overlay)], capture_output=True, text=True,
-                         timeout=60)
+    return subprocess.run([exe, "kustomize", str(overlay)], capture_output=True, text=True,
+                          timeout=60)
+
+
+def test_kustomize_refuses_to_build_without_the_operators_secrets(tmp_path: Path) -> None:
+    copy = tmp_path / "deploy"
+    shutil.copytree(DEPLOY, copy, ignore=shutil.ignore_patterns("*.env"))
+    res = _kustomize(copy / "base")
+    assert res.returncode != 0 and "server.env" in res.stderr
+
+
+@pytest.mark.parametrize("overlay", [k.parent for k in kustomizations()],
+                         ids=lambda p: str(p.relative_to(DEPLOY)))
+def test_kustomize_build_is_valid_kubernetes(overlay: Path, tmp_path: Path) -> None:
+    """With kubectl present (it builds kustomizations offline), every overlay's output too,
+    once the operator's secrets exist."""
+    kv = pytest.importorskip("kubernetes_validate")
+    copy = _with_secrets(tmp_path)
+    res = _kustomize(copy / overlay.relative_to(DEPLOY))
     assert res.returncode == 0, res.stderr[-2000:]
     docs = [d for d in yaml.safe_load_all(res.stdout) if d]
     kinds = {d["kind"] for d in docs}
     assert {"Deployment", "Service", "ConfigMap", "Secret"} <= kinds
+    secrets = {d["metadata"]["name"]: d for d in docs if d["kind"] == "Secret"}
+    assert {"hpod-secrets", "hpod-worker-redis"} <= set(secrets)
     for doc in docs:
         kv.validate(doc, K8S_VERSION, strict=True)
 
@@ -209,15 +265,13 @@ def test_manifests_have_what_the_cluster_needs() -> None:
     claims = {v["persistentVolumeClaim"]["claimName"] for v in worker["volumes"]
               if "persistentVolumeClaim" in v}
     assert ("PersistentVolumeClaim", next(iter(claims))) in by
-    assert ("Secret", "hpod-secrets") in by and ("ConfigMap", "hpod-config") in by
+    assert ("ConfigMap", "hpod-config") in by
     # The server and the worker images; the worker's Redis URL is its own user's, in its own
     # Secret; its liveness is its heartbeat.
     assert server["image"] == "hpod-server" and worker["containers"][0]["image"] == "hpod-worker"
     url = {e["name"]: e for e in worker["containers"][0]["env"]}["HPOD_REDIS_URL"]
     secret = url["valueFrom"]["secretKeyRef"]["name"]
-    assert secret != "hpod-secrets" and ("Secret", secret) in by
-    assert by[("Secret", secret)]["stringData"]["HPOD_REDIS_URL"].startswith(
-        "redis://hpod-worker:")
+    assert secret == "hpod-worker-redis"  # generated from secrets/worker.env, not the server's
     assert "hpod.trainers.healthcheck" in worker["containers"][0]["livenessProbe"]["exec"][
         "command"]
     images = {i["name"] for i in yaml.safe_load((DEPLOY / "base" / "kustomization.yaml")

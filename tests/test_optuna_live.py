@@ -1,4 +1,4 @@
-"""The server's live Optuna mirror (``hpod server --optuna-storage``), issue 9.
+"""The server's live Optuna mirror (``hpod server --optuna-storage``).
 
 A real server process with real workers mirrors a running study into a journal file that this
 test reads with Optuna while the study runs; a server killed and restarted mid-study does not
@@ -29,6 +29,15 @@ from hpod.server.service.convert import config_from_spec
 from optuna.trial import FrozenTrial, TrialState
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+def load_mirror(study_id: str, storage: object) -> optuna.Study:
+    """The Optuna study a mirror wrote for hpod study ``study_id`` (found by its user attribute,
+    whatever its name); KeyError while there is none."""
+    for s in optuna.get_all_study_summaries(storage):
+        if s.user_attrs.get("hpod_study_id") == study_id:
+            return optuna.load_study(study_name=s.study_name, storage=storage)
+    raise KeyError(study_id)
 CLI = [sys.executable, "-m", "hpod.client.cli"]
 
 
@@ -43,7 +52,7 @@ def spec(seed: int, step_seconds: float) -> dict:
 def optuna_trials(storage: str, study_id: str) -> list[FrozenTrial]:
     """The mirror's Optuna trials as another process reads them ([] before it has any)."""
     try:
-        study = optuna.load_study(study_name=f"hpod-{study_id}", storage=open_storage(storage))
+        study = load_mirror(study_id, open_storage(storage))
     except KeyError:
         return []
     return study.get_trials(deepcopy=False)
@@ -61,7 +70,7 @@ def expected_state(hpod_state: str, resource: float, max_resource: float) -> Tri
 def assert_mirror_matches(storage: str, study_id: str, trials: dict, best_id: int | None,
                           best_value: float | None, max_resource: float) -> None:
     """``trials``: hpod trial id -> (config, curve, state, resource, value)."""
-    ostudy = optuna.load_study(study_name=f"hpod-{study_id}", storage=open_storage(storage))
+    ostudy = load_mirror(study_id, open_storage(storage))
     twins = [ot.user_attrs["hpod_trial"] for ot in ostudy.trials]
     assert sorted(twins) == sorted(trials), "exactly one Optuna trial per hpod trial"
     for ot in ostudy.trials:
@@ -128,7 +137,7 @@ def test_server_mirrors_a_running_study_into_a_journal(mirrored_cluster) -> None
         wait_for(lambda: all_mirrored(journal, study), 30, "the mirror to catch up")
         best = study.best_trial()
         assert_mirror_matches(journal, study.id, sdk_trials(study), best.id, best.value, 9)
-        ostudy = optuna.load_study(study_name=f"hpod-{study.id}", storage=open_storage(journal))
+        ostudy = load_mirror(study.id, open_storage(journal))
         assert len(ostudy.trials) == info.plan.max_trials == 17
         assert ostudy.user_attrs["resource_name"] == "epoch"
         assert all(ot.user_attrs["step_times"] for ot in ostudy.trials)
@@ -242,7 +251,7 @@ def test_asktell_study_mirror_maps_states_and_survives_a_restart(redis_server, t
         await mirror.stop()  # the final flush writes what the last pass had not
         best = eng.best_trial()
         assert_mirror_matches(journal, sid, engine_trials(m, sid), best.id, best.value, 9)
-        ostudy = optuna.load_study(study_name=f"hpod-{sid}", storage=open_storage(journal))
+        ostudy = load_mirror(sid, open_storage(journal))
         assert ostudy.direction == optuna.study.StudyDirection.MAXIMIZE
         assert isinstance(ostudy.best_params["width"], int)
         assert ostudy.best_params["batch"] in (16, 32, 64)
@@ -301,3 +310,47 @@ def test_a_failing_storage_is_logged_and_retried(redis_server, tmp_path, caplog)
         await m.stop()
 
     asyncio.run(go())
+
+
+# ---------------------------------------------------------------- timeline of passed-over trials
+
+
+def test_a_synchronous_trial_not_promoted_is_finished_when_its_rung_moves_on() -> None:
+    """Synchronous Hyperband: once the rung above has every trial the plan promotes, a trial
+    still paused below is finished (PRUNED) at once, so its Optuna timeline ends there; before
+    that it stays RUNNING (it may yet be promoted). Asynchronous studies keep it RUNNING."""
+    from types import SimpleNamespace
+
+    from hpod.server.optuna_mirror import StudyMirror
+    from hpod.v1 import hpod_pb2 as pb
+    from optuna.storages import InMemoryStorage
+
+    def trial(tid: int, state: str, rung: int, resource: float, value: float):
+        return SimpleNamespace(id=tid, config={}, state=state, value=value, resource=resource,
+                               bracket=1, rung=rung, cost=0.0, curve=[(resource, value)],
+                               error="")
+
+    def mirror(algorithm: str) -> StudyMirror:
+        info = pb.Study(id="s1")
+        info.spec.name = "sync"
+        info.spec.algorithm.name = algorithm
+        info.spec.resource.max_resource = 9
+        info.spec.objective.metric = "loss"
+        info.plan.brackets.add(s=1, rungs=[pb.Rung(n=3, r=3), pb.Rung(n=1, r=9)])
+        return StudyMirror(InMemoryStorage(), info)
+
+    for algorithm, expect in (("hyperband", TrialState.PRUNED), ("asha", TrialState.RUNNING)):
+        m = mirror(algorithm)
+        assert m.name == "sync [s1]" and m.optuna_study.metric_names == ["loss"]
+        for tid, value in ((0, 0.5), (1, 0.2), (2, 0.9)):
+            m.sync_trial(trial(tid, "paused", 0, 3, value))
+        states = {t.user_attrs["hpod_trial"]: t.state for t in m.optuna_study.trials}
+        assert set(states.values()) == {TrialState.RUNNING}  # none promoted yet
+        m.sync_trial(trial(1, "running", 1, 3, 0.2))  # the one the plan promotes
+        states = {t.user_attrs["hpod_trial"]: t for t in m.optuna_study.trials}
+        assert states[1].state == TrialState.RUNNING
+        for tid in (0, 2):
+            assert states[tid].state == expect, (algorithm, tid)
+            if expect == TrialState.PRUNED:
+                assert states[tid].datetime_complete is not None
+                assert states[tid].user_attrs["hpod_state"] == "completed"
