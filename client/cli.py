@@ -60,6 +60,10 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
                    help="how long a trial's next segment waits for the idle worker that holds "
                         "its model before any worker may take it from the checkpoint "
                         "(0: no affinity)")
+    p.add_argument("--checkpoint-dir", default=os.environ.get("HPOD_CHECKPOINT_DIR", ""),
+                   help="the workers' checkpoint directory, if this server can reach it (a "
+                        "shared volume): an ended study's checkpoints are deleted but for its "
+                        "best trials'")
     if _needs_server_options(argv):
         # Only for `hpod server`: the client commands never import the server package.
         from hpod.server.options import add_arguments as add_server_options
@@ -85,6 +89,10 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
                    help="models kept in memory after their segment (the N most recent), to "
                         "continue from when the server hands this worker the same trial's next "
                         "segment instead of reading the checkpoint (0: keep none)")
+    p.add_argument("--redis-retry-seconds", type=float,
+                   default=float(os.environ.get("HPOD_REDIS_RETRY_SECONDS", "60")),
+                   help="how long a worker retries Redis errors (lost connection, out of "
+                        "memory, loading) before it gives its job back")
     p.add_argument("--max-jobs", type=int, default=None, help=argparse.SUPPRESS)
 
     _add_local_parsers(sub)
@@ -208,16 +216,18 @@ def cmd_server(args: argparse.Namespace) -> int:
 
     run(f"{args.host}:{args.port}", Settings(redis_url=args.redis_url,
                                              lease_seconds=args.lease_seconds,
-                                             handoff_seconds=args.handoff_seconds),
+                                             handoff_seconds=args.handoff_seconds,
+                                             checkpoint_dir=args.checkpoint_dir),
         from_arguments(args))
     return 0
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
-    from hpod.trainers.base import load_all
+    from hpod.trainers.base import available
     from hpod.trainers.worker import main as worker_main
 
-    trainers = args.trainer or sorted(load_all())
+    os.environ["HPOD_REDIS_RETRY_SECONDS"] = str(args.redis_retry_seconds)
+    trainers = args.trainer or available()
     worker_main(args.redis_url, trainers, args.checkpoint_dir, args.data_dir,
                 args.lease_seconds, args.max_jobs, args.threads, args.log_format, args.slots,
                 args.keep_models)

@@ -116,7 +116,8 @@ class LocalCluster:
     def start_server(self) -> None:
         self.server = self._spawn("server", "--host", self.host, "--port", str(self.port),
                                   "--redis-url", str(self.redis_url), "--lease-seconds",
-                                  str(self.lease_seconds), *self.server_args,
+                                  str(self.lease_seconds), "--checkpoint-dir",
+                                  str(self.workdir / "checkpoints"), *self.server_args,
                                   log_name="server")
         with Client(self.address, **self.client_options) as c:
             c.wait_ready(60)

@@ -89,6 +89,7 @@ class TrialRec:
     worker: str = ""
     warm_resumes: int = 0
     segments: int = 0  # jobs it completed (its first segment and each continuation)
+    checkpoint_bytes: int = 0  # its newest checkpoint on disk, as its worker reported it
 
 
 @dataclass
@@ -137,6 +138,7 @@ class StudyEngine:
         self.epoch = ""
         self.state = ACTIVE
         self.error = ""  # why the study is FAILED or QUARANTINED
+        self.checkpoint_bytes = 0  # the trials' checkpoint_bytes, summed
         self.resource_used = 0.0
         self.cost_used = 0.0
         self.inputs = 0
@@ -177,6 +179,16 @@ class StudyEngine:
 
     def _op_epoch(self, tag: str) -> None:
         self.epoch = str(tag)
+
+    def _op_checkpoints_pruned(self, kept: list[int]) -> None:
+        """The study's checkpoints were pruned at its end: only the trials in ``kept`` still
+        have one."""
+        keep = set(kept)
+        for trial in self.trials.values():
+            if trial.id not in keep and trial.checkpoint_bytes:
+                self.checkpoint_bytes -= trial.checkpoint_bytes
+                trial.checkpoint_bytes = 0
+                self.effects.append(Effect("trial", trial_id=trial.id))
 
     def _op_fail_study(self, error: str) -> None:
         """The algorithm raised (the service logs this input after rebuilding the study
@@ -223,7 +235,8 @@ class StudyEngine:
 
     def _op_complete(self, job_id: str, value: float, resource: float | None = None,
                      cost: float | None = None,
-                     samples_per_second: float | None = None, warm: bool = False) -> None:
+                     samples_per_second: float | None = None, warm: bool = False,
+                     checkpoint_bytes: int | None = None) -> None:
         job = self._live_job(job_id)
         trial = self.trials[job.trial_id]
         resource = job.to_resource if not resource else float(resource)
@@ -244,6 +257,9 @@ class StudyEngine:
         if samples_per_second is not None and _finite(samples_per_second) \
                 and samples_per_second >= 0:
             trial.samples_per_second = float(samples_per_second)
+        if isinstance(checkpoint_bytes, int) and checkpoint_bytes >= 0:
+            self.checkpoint_bytes += checkpoint_bytes - trial.checkpoint_bytes
+            trial.checkpoint_bytes = checkpoint_bytes
         trial.worker = job.worker
         trial.warm_resumes += 1 if warm else 0
         trial.segments += 1
@@ -471,6 +487,7 @@ class StudyEngine:
             "epoch": self.epoch,
             "state": self.state,
             "error": self.error,
+            "checkpoint_bytes": self.checkpoint_bytes,
             "resource_used": self.resource_used,
             "cost_used": self.cost_used,
             "inputs": self.inputs,
@@ -490,6 +507,7 @@ class StudyEngine:
         eng.epoch = str(state.get("epoch", ""))
         eng.state = state["state"]
         eng.error = str(state.get("error", ""))
+        eng.checkpoint_bytes = int(state.get("checkpoint_bytes", 0))
         eng.resource_used = float(state["resource_used"])
         eng.cost_used = float(state["cost_used"])
         eng.inputs = int(state["inputs"])

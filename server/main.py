@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+import sys
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -41,6 +42,17 @@ def _interceptors(options: ServerOptions) -> list[grpc.aio.ServerInterceptor]:
     return chain
 
 
+def _warn_if_exposed(address: str, options: ServerOptions) -> None:
+    """Say loudly, on stderr and in the log, when anyone on the network could drive the
+    server: authentication off on a non-loopback address."""
+    from hpod.client.safety import insecure_bind_warning
+
+    warning = insecure_bind_warning(address, bool(load_tokens(options.tokens_file)))
+    if warning:
+        log.warning(warning)
+        print(warning, file=sys.stderr, flush=True)
+
+
 def _bind(server: grpc.aio.Server, address: str, options: ServerOptions) -> None:
     if options.tls is not None:
         port = server.add_secure_port(address, options.tls.credentials())
@@ -71,6 +83,7 @@ async def serve(address: str, settings: Settings, ready: asyncio.Event | None = 
         (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
          reflection.SERVICE_NAME), server)
     _bind(server, address, options)
+    _warn_if_exposed(address, options)
     gauges: asyncio.Task | None = None
     if options.metrics_port:
         metrics.serve(options.metrics_port, manager)

@@ -85,6 +85,10 @@ class Settings:
     # 0 runs them on the policy threads.
     fit_processes: int = 2
     recovery_concurrency: int = 2  # studies rebuilt at once after a restart
+    # The workers' checkpoint directory, when this server can reach it too (a shared volume,
+    # or `hpod local`): a study's checkpoints are pruned when it ends, keeping the best trials'.
+    checkpoint_dir: str = ""
+    keep_checkpoints: int = 3  # trials whose checkpoints survive the end of their study
 
 
 @dataclass
@@ -419,7 +423,36 @@ class StudyManager:
             raise
         if batch.snapshot is not None:
             live.snapshot_at, live.cpu_since_snapshot = eng.inputs, 0.0
+        if (self.settings.checkpoint_dir and eng.state != ACTIVE
+                and any(e.event == "study_ended" for e in effects)):
+            self._spawn(self._prune_checkpoints(sid), f"prune {sid}")
         self._publish(live, effects)
+
+    async def _prune_checkpoints(self, sid: str) -> None:
+        """Delete an ended study's checkpoints but for its best trials' newest ones, and log
+        what is left, so the study reports the disk it still uses."""
+        from hpod.trainers.checkpoints import prune_study_checkpoints
+
+        live = self.studies.get(sid)
+        if live is None:
+            return
+        eng = live.engine
+        sign = -1.0 if eng.config.maximize else 1.0
+        ranked = sorted((sign * t.value, t.id) for t in eng.trials.values()
+                        if t.value is not None)
+        keep = [tid for _, tid in ranked[:self.settings.keep_checkpoints]]
+        try:
+            res = await asyncio.get_running_loop().run_in_executor(
+                self._pool, prune_study_checkpoints, self.settings.checkpoint_dir, sid, keep)
+        except OSError:
+            log.warning("pruning the checkpoints of study %s failed", sid, exc_info=True,
+                        extra={"study_id": sid})
+            return
+        log.info("study %s ended: %d bytes of checkpoints freed, %d kept (trials %s)", sid,
+                 res.freed, res.kept, keep, extra={"study_id": sid})
+        async with live.lock:
+            if self._owns(sid, live):
+                await self._mutate(sid, live, {"op": "checkpoints_pruned", "kept": keep})
 
     def _snapshot_due(self, live: Live) -> bool:
         """A snapshot when the study ends (a restart then replays nothing for it), when the
@@ -719,6 +752,8 @@ def _event_to_input(ev: Mapping[str, Any]) -> dict[str, Any] | None:
                "samples_per_second": ev.get("samples_per_second")}
         if ev.get("warm"):
             inp["warm"] = True
+        if isinstance(ev.get("checkpoint_bytes"), int):
+            inp["checkpoint_bytes"] = ev["checkpoint_bytes"]
         return inp
     if op == "fail":
         return {"op": "fail", "job_id": ev["job_id"], "reason": ev.get("reason", "")}

@@ -116,7 +116,8 @@ def trial_to_pb(sid: str, t: TrialRec, curve: bool = True) -> pb.Trial:
                    has_value=t.value is not None, value=t.value or 0.0, bracket=t.bracket,
                    rung=t.rung, cost=t.cost, lost_jobs=t.lost_jobs, error=t.error,
                    samples_per_second=t.samples_per_second,
-                   warm_resumes=t.warm_resumes, segments=t.segments)
+                   warm_resumes=t.warm_resumes, segments=t.segments,
+                   checkpoint_bytes=t.checkpoint_bytes)
     if curve:
         msg.curve.extend(pb.CurvePoint(resource=r, value=v) for r, v in t.curve)
     return msg
@@ -158,6 +159,7 @@ def study_to_pb(eng: StudyEngine, created: float) -> pb.Study:
     spec = spec_to_pb(eng.config)
     spec.resource.max_resource = eng.max_resource()  # ID-HB may have raised it
     msg = pb.Study(id=eng.study_id, spec=spec, state=STUDY_STATES[eng.state], error=eng.error,
+                   checkpoint_bytes=eng.checkpoint_bytes,
                    create_time=ts, trials_total=counts["total"],
                    trials_running=counts["running"], trials_finished=counts["finished"],
                    resource_used=eng.resource_used, cost_used=eng.cost_used,

@@ -163,7 +163,7 @@ class StudySpec(_message.Message):
     def __init__(self, name: _Optional[str] = ..., search_space: _Optional[_Iterable[_Union[Parameter, _Mapping]]] = ..., objective: _Optional[_Union[Objective, _Mapping]] = ..., resource: _Optional[_Union[ResourceSpec, _Mapping]] = ..., algorithm: _Optional[_Union[AlgorithmSpec, _Mapping]] = ..., seed: _Optional[int] = ..., max_trials: _Optional[int] = ..., trainer: _Optional[str] = ..., trainer_settings: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., max_retries: _Optional[int] = ...) -> None: ...
 
 class Study(_message.Message):
-    __slots__ = ("id", "spec", "state", "create_time", "trials_total", "trials_running", "trials_finished", "resource_used", "cost_used", "best_trial", "plan", "error")
+    __slots__ = ("id", "spec", "state", "create_time", "trials_total", "trials_running", "trials_finished", "resource_used", "cost_used", "best_trial", "plan", "error", "checkpoint_bytes")
     ID_FIELD_NUMBER: _ClassVar[int]
     SPEC_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
@@ -176,6 +176,7 @@ class Study(_message.Message):
     BEST_TRIAL_FIELD_NUMBER: _ClassVar[int]
     PLAN_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
+    CHECKPOINT_BYTES_FIELD_NUMBER: _ClassVar[int]
     id: str
     spec: StudySpec
     state: StudyState
@@ -188,7 +189,8 @@ class Study(_message.Message):
     best_trial: Trial
     plan: Plan
     error: str
-    def __init__(self, id: _Optional[str] = ..., spec: _Optional[_Union[StudySpec, _Mapping]] = ..., state: _Optional[_Union[StudyState, str]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., trials_total: _Optional[int] = ..., trials_running: _Optional[int] = ..., trials_finished: _Optional[int] = ..., resource_used: _Optional[float] = ..., cost_used: _Optional[float] = ..., best_trial: _Optional[_Union[Trial, _Mapping]] = ..., plan: _Optional[_Union[Plan, _Mapping]] = ..., error: _Optional[str] = ...) -> None: ...
+    checkpoint_bytes: int
+    def __init__(self, id: _Optional[str] = ..., spec: _Optional[_Union[StudySpec, _Mapping]] = ..., state: _Optional[_Union[StudyState, str]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., trials_total: _Optional[int] = ..., trials_running: _Optional[int] = ..., trials_finished: _Optional[int] = ..., resource_used: _Optional[float] = ..., cost_used: _Optional[float] = ..., best_trial: _Optional[_Union[Trial, _Mapping]] = ..., plan: _Optional[_Union[Plan, _Mapping]] = ..., error: _Optional[str] = ..., checkpoint_bytes: _Optional[int] = ...) -> None: ...
 
 class Rung(_message.Message):
     __slots__ = ("n", "r")
@@ -283,7 +285,7 @@ class CurvePoint(_message.Message):
     def __init__(self, resource: _Optional[float] = ..., value: _Optional[float] = ...) -> None: ...
 
 class Trial(_message.Message):
-    __slots__ = ("study_id", "id", "config", "state", "curve", "resource", "has_value", "value", "bracket", "rung", "cost", "lost_jobs", "error", "samples_per_second", "warm_resumes", "segments")
+    __slots__ = ("study_id", "id", "config", "state", "curve", "resource", "has_value", "value", "bracket", "rung", "cost", "lost_jobs", "error", "samples_per_second", "warm_resumes", "segments", "checkpoint_bytes")
     STUDY_ID_FIELD_NUMBER: _ClassVar[int]
     ID_FIELD_NUMBER: _ClassVar[int]
     CONFIG_FIELD_NUMBER: _ClassVar[int]
@@ -300,6 +302,7 @@ class Trial(_message.Message):
     SAMPLES_PER_SECOND_FIELD_NUMBER: _ClassVar[int]
     WARM_RESUMES_FIELD_NUMBER: _ClassVar[int]
     SEGMENTS_FIELD_NUMBER: _ClassVar[int]
+    CHECKPOINT_BYTES_FIELD_NUMBER: _ClassVar[int]
     study_id: str
     id: int
     config: _struct_pb2.Struct
@@ -316,7 +319,8 @@ class Trial(_message.Message):
     samples_per_second: float
     warm_resumes: int
     segments: int
-    def __init__(self, study_id: _Optional[str] = ..., id: _Optional[int] = ..., config: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., state: _Optional[_Union[TrialState, str]] = ..., curve: _Optional[_Iterable[_Union[CurvePoint, _Mapping]]] = ..., resource: _Optional[float] = ..., has_value: _Optional[bool] = ..., value: _Optional[float] = ..., bracket: _Optional[int] = ..., rung: _Optional[int] = ..., cost: _Optional[float] = ..., lost_jobs: _Optional[int] = ..., error: _Optional[str] = ..., samples_per_second: _Optional[float] = ..., warm_resumes: _Optional[int] = ..., segments: _Optional[int] = ...) -> None: ...
+    checkpoint_bytes: int
+    def __init__(self, study_id: _Optional[str] = ..., id: _Optional[int] = ..., config: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., state: _Optional[_Union[TrialState, str]] = ..., curve: _Optional[_Iterable[_Union[CurvePoint, _Mapping]]] = ..., resource: _Optional[float] = ..., has_value: _Optional[bool] = ..., value: _Optional[float] = ..., bracket: _Optional[int] = ..., rung: _Optional[int] = ..., cost: _Optional[float] = ..., lost_jobs: _Optional[int] = ..., error: _Optional[str] = ..., samples_per_second: _Optional[float] = ..., warm_resumes: _Optional[int] = ..., segments: _Optional[int] = ..., checkpoint_bytes: _Optional[int] = ...) -> None: ...
 
 class ListTrialsRequest(_message.Message):
     __slots__ = ("study_id", "include_curves", "page_size", "page_token")
