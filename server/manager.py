@@ -329,7 +329,13 @@ class StudyManager:
             for job in result:
                 live.external_seen[job.job_id] = time.time()
         elif "job_id" in inp:
-            live.external_seen[inp["job_id"]] = time.time()
+            # The lease clock of a running external job restarts; an ended one has none (a
+            # clock kept for every job ever run would make the reaper's pass grow with the
+            # study).
+            if inp["job_id"] in live.engine.jobs:
+                live.external_seen[inp["job_id"]] = time.time()
+            else:
+                live.external_seen.pop(inp["job_id"], None)
         return result
 
     def _owns(self, sid: str, live: Live) -> bool:
