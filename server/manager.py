@@ -105,6 +105,7 @@ class Live:
     offloaded: bool = False  # its inputs run on the policy pool, not on the event loop
     busy: bool = False  # an input of it is being applied off the loop right now
     snapshot_at: int = 0  # engine.inputs at its last snapshot
+    log_len: int = 0  # entries its log in Redis holds: every commit checks it (StaleLog)
     cpu_since_snapshot: float = 0.0
 
 
@@ -127,6 +128,7 @@ class StudyManager:
             offload.set_runner(lambda fn, *args: self._fits.submit(fn, *args).result())
         self._rr = 0
         self._last_reclaim = 0.0
+        self._redis_run_id: str | None = None
         # Idle workers per trainer as the current dispatch pass saw them, minus those already
         # handed a job in it: where a continuation may go to the worker that holds its model.
         self._idle: dict[str, set[str]] = {}
@@ -219,6 +221,10 @@ class StudyManager:
             live = Live(engine, float(meta.get("created", time.time())))
             live.offloaded = _model_based(config)
             live.snapshot_at = engine.inputs - len(tail)
+            # The log starts at input `log_base`; what it holds before the tail is older
+            # than the snapshot (a log written before logs were trimmed).
+            base = int(meta.get("log_base", 0) or 0)
+            live.log_len = (snap["inputs"] if snap else 0) - base + len(tail)
             if problem:
                 await self._quarantine(sid, live, problem)
                 return
@@ -418,7 +424,7 @@ class StudyManager:
                                                                 "state": state})
             batch.snapshot_inputs = eng.inputs
         try:
-            await self.store.commit(sid, batch)
+            await self.store.commit(sid, batch, live.log_len)
         except Exception:
             # Memory may now be ahead of Redis (or not: EXEC may have run before the connection
             # broke). Redis is the truth: reload the study from it, now or once Redis is back.
@@ -427,6 +433,7 @@ class StudyManager:
             live.stale = True
             self._spawn(self._reload(sid), f"reload {sid}")
             raise
+        live.log_len = 0 if batch.snapshot is not None else live.log_len + len(inputs)
         if batch.snapshot is not None:
             live.snapshot_at, live.cpu_since_snapshot = eng.inputs, 0.0
         if (self.settings.checkpoint_dir and eng.state != ACTIVE
@@ -634,7 +641,29 @@ class StudyManager:
 
     # ---------------------------------------------------------------- leases
 
+    async def _check_redis_restart(self) -> None:
+        """After Redis restarted (its run id changed) it may have lost its last writes: a
+        study whose log no longer has the length this server wrote is reloaded from Redis,
+        which is the truth, and continues from there (lost segments are trained again)."""
+        run_id = await self.store.run_id()
+        if run_id == self._redis_run_id:
+            return
+        first, self._redis_run_id = self._redis_run_id is None, run_id
+        if first:
+            return
+        sids = [sid for sid, lv in self.studies.items()
+                if not lv.stale and lv.engine.state != STUDY_QUARANTINED]
+        for sid, n in zip(sids, await self.store.log_lengths(sids), strict=True):
+            live = self.studies.get(sid)
+            if live is not None and n != live.log_len:
+                log.warning("study %s: Redis restarted with %d log entries where %d were "
+                            "written; reloading the study from Redis", sid, n, live.log_len,
+                            extra={"study_id": sid})
+                live.stale = True
+                await self._reload(sid)
+
     async def _reap_once(self) -> None:
+        await self._check_redis_restart()
         for sid in [sid for sid, lv in self.studies.items() if lv.stale]:
             await self._reload(sid)
         lease = self.settings.lease_seconds

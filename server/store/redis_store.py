@@ -93,11 +93,52 @@ class Batch:
                     or self.study_fields or self.ack_ids or self.job_acks)
 
 
+class StaleLog(Exception):
+    """The study's log in Redis is not the one this copy of the study extends."""
+
+
+class _Ops:
+    """Commands for the commit script, each naming its key by position in KEYS."""
+
+    def __init__(self) -> None:
+        self.keys: list[str] = []
+        self._index: dict[str, int] = {}
+        self.ops: list[list[Any]] = []
+
+    def add(self, cmd: str, key: str, *args: Any) -> None:
+        if key not in self._index:
+            self.keys.append(key)
+            self._index[key] = len(self.keys) + 1  # KEYS[1] is the log
+        self.ops.append([cmd, self._index[key], *[str(a) for a in args]])
+
+
+def _pairs(mapping: Mapping[str, str]) -> list[str]:
+    return [x for kv in mapping.items() for x in kv]
+
+
+# The one write path, as a script so that it can be conditional: if the study's log does not
+# hold the number of entries the writer expects (ARGV[1]; -1: no check), nothing is written.
+# Then ARGV[2], a JSON list of [command, key index, args...], is run in order.
+_COMMIT = """
+local n = redis.call('LLEN', KEYS[1])
+local want = tonumber(ARGV[1])
+if want >= 0 and n ~= want then
+  return redis.error_reply('HPODSTALE its log has ' .. n .. ' entries where ' .. want ..
+                           ' were expected: Redis lost writes, or another copy wrote')
+end
+for _, op in ipairs(cjson.decode(ARGV[2])) do
+  redis.call(op[1], KEYS[op[2]], unpack(op, 3))
+end
+return n
+"""
+
+
 class RedisStore:
     def __init__(self, url: str) -> None:
         self.url = url
         self.r = aioredis.from_url(url, decode_responses=True)
         self._return_handoffs = self.r.register_script(_RETURN_HANDOFFS)
+        self._commit = self.r.register_script(_COMMIT)
 
     async def close(self) -> None:
         await self.r.aclose()
@@ -133,6 +174,16 @@ class RedisStore:
             raise ValueError(f"study {sid}: its log starts after its snapshot")
         return meta, snap, [json.loads(x) for x in log[start:]]
 
+    async def run_id(self) -> str:
+        """Redis's run id: it changes when Redis restarts (and may then have lost writes)."""
+        return str((await self.r.info("server")).get("run_id", ""))
+
+    async def log_lengths(self, sids: Sequence[str]) -> list[int]:
+        async with self.r.pipeline(transaction=False) as p:
+            for sid in sids:
+                p.llen(keys.log(sid))
+            return [int(n) for n in await p.execute()]
+
     async def mark_study(self, sid: str, state: str, error: str) -> None:
         """Record a state the server decided outside an engine commit (quarantine)."""
         await self.r.hset(keys.study(sid), mapping={"state": state, "error": error})
@@ -166,33 +217,45 @@ class RedisStore:
 
     # ---------------------------------------------------------------- the one write path
 
-    async def commit(self, sid: str, batch: Batch) -> None:
+    async def commit(self, sid: str, batch: Batch, log_len: int | None = None) -> None:
+        """Write ``batch`` in one atomic step. With ``log_len`` (what the caller knows the log
+        holds), the write happens only if the log holds exactly that many entries: otherwise
+        Redis lost writes (a restart from an AOF that missed its last second) or another copy
+        wrote, and :class:`StaleLog` is raised with nothing written."""
         if batch.empty():
             return
-        async with self.r.pipeline(transaction=True) as p:
-            if batch.inputs:
-                p.rpush(keys.log(sid), *[dumps(i) for i in batch.inputs])
-            if batch.trials:
-                p.hset(keys.trials(sid), mapping={str(k): v for k, v in batch.trials.items()})
-            for trainer, wid, job in batch.jobs:
-                p.xadd(keys.queue(trainer, wid), {"j": job})
-                if wid:  # so the reaper finds it even if its worker has just left
-                    p.sadd(keys.handoffs(), keys.handoff_member(trainer, wid))
-            if batch.stop_jobs:
-                p.sadd(keys.stopped_jobs(sid), *batch.stop_jobs)
-            if batch.study_fields:
-                p.hset(keys.study(sid), mapping=batch.study_fields)
-            if batch.ack_ids:
-                p.xack(keys.events(sid), keys.SERVER_GROUP, *batch.ack_ids)
-                p.xdel(keys.events(sid), *batch.ack_ids)
-            for stream, eid in batch.job_acks:
-                p.xack(stream, keys.WORKER_GROUP, eid)
-                p.xdel(stream, eid)
-            if batch.snapshot is not None:
-                p.set(keys.snapshot(sid), batch.snapshot)
-                p.delete(keys.log(sid))
-                p.hset(keys.study(sid), "log_base", batch.snapshot_inputs)
-            await p.execute()
+        ops = _Ops()
+        if batch.inputs:
+            ops.add("RPUSH", keys.log(sid), *[dumps(i) for i in batch.inputs])
+        if batch.trials:
+            ops.add("HSET", keys.trials(sid), *_pairs({str(k): v for k, v in
+                                                       batch.trials.items()}))
+        for trainer, wid, job in batch.jobs:
+            ops.add("XADD", keys.queue(trainer, wid), "*", "j", job)
+            if wid:  # so the reaper finds it even if its worker has just left
+                ops.add("SADD", keys.handoffs(), keys.handoff_member(trainer, wid))
+        if batch.stop_jobs:
+            ops.add("SADD", keys.stopped_jobs(sid), *batch.stop_jobs)
+        if batch.study_fields:
+            ops.add("HSET", keys.study(sid), *_pairs(batch.study_fields))
+        if batch.ack_ids:
+            ops.add("XACK", keys.events(sid), keys.SERVER_GROUP, *batch.ack_ids)
+            ops.add("XDEL", keys.events(sid), *batch.ack_ids)
+        for stream, eid in batch.job_acks:
+            ops.add("XACK", stream, keys.WORKER_GROUP, eid)
+            ops.add("XDEL", stream, eid)
+        if batch.snapshot is not None:
+            ops.add("SET", keys.snapshot(sid), batch.snapshot)
+            ops.add("DEL", keys.log(sid))
+            ops.add("HSET", keys.study(sid), "log_base", str(batch.snapshot_inputs))
+        try:
+            await self._commit(keys=[keys.log(sid), *ops.keys],
+                               args=[-1 if log_len is None else log_len,
+                                     json.dumps(ops.ops, separators=(",", ":"))])
+        except ResponseError as e:
+            if str(e).startswith("HPODSTALE"):
+                raise StaleLog(f"study {sid}: {str(e).removeprefix('HPODSTALE ')}") from None
+            raise
 
     # ---------------------------------------------------------------- worker events
 
