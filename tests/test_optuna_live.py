@@ -244,6 +244,7 @@ def test_asktell_study_mirror_maps_states_and_survives_a_restart(redis_server, t
         # A restarted server: a new manager recovers the study, a new mirror finds its twins.
         m = StudyManager(Settings(redis_url=redis_server.url))
         await m.start()
+        await m.ready()  # studies are rebuilt in the background after start
         mirror = LiveMirror(m, journal, interval=0.05).start()
         await drive(m, sid, 1000, fail=set())
         eng = m.studies[sid].engine

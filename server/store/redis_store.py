@@ -12,13 +12,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import re
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import redis.asyncio as aioredis
-from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import (
+    BusyLoadingError,
+    OutOfMemoryError,
+    ReadOnlyError,
+    RedisError,
+    ResponseError,
+)
 
 from . import keys
 
@@ -67,7 +74,15 @@ return #moved
 
 
 def dumps(obj: Any) -> str:
-    return json.dumps(obj, separators=(",", ":"), allow_nan=False)
+    return json.dumps(obj, separators=(",", ":"), allow_nan=False, default=_to_json)
+
+
+def _to_json(obj: Any) -> Any:
+    """Compact containers (the engine's learning curves) say how they are written."""
+    to_json = getattr(obj, "to_json", None)
+    if to_json is None:
+        raise TypeError(f"{type(obj).__name__} is not JSON serialisable")
+    return to_json()
 
 
 @dataclass
@@ -110,6 +125,19 @@ class _Ops:
             self.keys.append(key)
             self._index[key] = len(self.keys) + 1  # KEYS[1] is the log
         self.ops.append([cmd, self._index[key], *[str(a) for a in args]])
+
+
+def _script_error(e: ResponseError) -> ResponseError:
+    """The error a command inside the commit script met, as redis-py would have raised it
+    outside a script (out of memory, a read-only replica, a loading server are transient)."""
+    found = re.search(r"-(OOM|READONLY|LOADING|BUSY|MASTERDOWN|TRYAGAIN|CLUSTERDOWN) ", str(e))
+    kind = {"OOM": OutOfMemoryError, "READONLY": ReadOnlyError, "LOADING": BusyLoadingError,
+            }.get(found.group(1) if found else "")
+    if kind is not None:
+        return kind(str(e))
+    if found:  # transient too, but with no class of its own: the code leads the message
+        return ResponseError(f"{found.group(1)} {e}")
+    return e
 
 
 def _pairs(mapping: Mapping[str, str]) -> list[str]:
@@ -255,7 +283,7 @@ class RedisStore:
         except ResponseError as e:
             if str(e).startswith("HPODSTALE"):
                 raise StaleLog(f"study {sid}: {str(e).removeprefix('HPODSTALE ')}") from None
-            raise
+            raise _script_error(e) from None
 
     # ---------------------------------------------------------------- worker events
 
