@@ -39,6 +39,7 @@ KINDS = ("kill_worker", "kill_server", "kill_redis", "pause_redis", "redis_oom",
 def run(n_faults: int, n_studies: int, seed: int) -> dict[str, Any]:
     import redis
     from hpod.client.local import LocalCluster
+    from hpod.client.sdk import HpodError
     from hpod.server.store import keys
     from hpod.server.store.embedded import EmbeddedRedis
 
@@ -88,9 +89,13 @@ def run(n_faults: int, n_studies: int, seed: int) -> dict[str, Any]:
                     r.config_set("maxmemory", 1)
                     time.sleep(3.0)
                     r.config_set("maxmemory", 0)
-                if not raised and n_studies > 3 and studies[3].refresh().state == 2:
-                    studies[3].raise_max_resource()
-                    raised = True
+                if not raised and n_studies > 3:
+                    try:
+                        if studies[3].refresh().state == 2:
+                            studies[3].raise_max_resource()
+                            raised = True
+                    except HpodError:  # UNAVAILABLE during a fault: try after the next one
+                        pass
                 # a worker that died of a fault is replaced, as a scheduler would
                 dead = [w for w in cluster.workers if w.poll() is not None]
                 cluster.workers = [w for w in cluster.workers if w.poll() is None]
