@@ -17,8 +17,8 @@ digits explicitly (no warning).
   hinton``) with ε = 10 decayed by 0.998 after each epoch and the momentum p rising linearly
   from 0.5 to 0.99 over the first 500 epochs; no weight decay;
 * each hidden unit's incoming weight vector renormalised after every update to L2 norm at most
-  15 (``max_norm``). With ε = 10 it binds within the first epoch (``max_norm_hits`` counts the
-  updates after which it rescaled some unit): it is what lets so large a rate be used.
+  15 (``max_norm``). With ε = 10 it binds from the first epochs on (``max_norm_hits`` counts
+  the updates after which it rescaled some unit): it is what lets so large a rate be used.
 
 The recipe is MNIST's: 600 minibatches per epoch for 3,000 epochs. On the digits (15 minibatches
 per epoch) ε = 10 does not learn in tens of epochs; rates of 0.3 to 1 do (3-5 % validation
