@@ -6,7 +6,9 @@ two reproductions of the papers' claims that fit on a CPU.
                              [--precision fp32|bf16] [--compile] [--no-channels-last]
                              [--deterministic]
     python bench/trainers.py --reproduce grokking [--max-steps N] [--weight-decay W]
+                             [--recipe paper|modern]
     python bench/trainers.py --reproduce mup [--widths 64,256,1024] [--epochs E]
+                             [--recipe paper|modern]
     hpod bench trainers [same options]
 
 For each torch trainer, :func:`hpod.trainers.throughput.measure` builds it at its documented
@@ -277,7 +279,9 @@ def best_lr(width: int, parameterization: str, lrs: list[float], epochs: int,
 def reproduce_mup(widths: list[int], epochs: int, settings: dict[str, Any] | None = None,
                   lrs: list[float] | None = None) -> dict[str, Any]:
     settings = {"dataset": "digits", **(settings or {})}
-    lrs = lrs or [0.01 * 2 ** (k / 2) for k in range(13)]  # 0.01 .. 0.64
+    # Thirteen rates a factor sqrt(2) apart: 0.01 .. 0.64 for SGD, 1e-4 .. 6.4e-3 for AdamW.
+    low = 1e-4 if effective_config("mup_mlp", settings)["optimizer"] == "adamw" else 0.01
+    lrs = lrs or [low * 2 ** (k / 2) for k in range(13)]
     out: dict[str, Any] = {"what": "mup", "epochs": epochs, "lrs": lrs, "settings": settings,
                            "best_lr": {}, "losses": {}}
     t0 = time.perf_counter()
@@ -342,14 +346,17 @@ def main(argv: list[str] | None = None) -> int:
                     help="grokking: weight decay (default: the paper's 1)")
     ap.add_argument("--widths", default="64,256,1024", help="mup: widths to compare")
     ap.add_argument("--epochs", type=int, default=4, help="mup: epochs per run")
+    ap.add_argument("--recipe", default="paper", help="the trainer recipe to reproduce with")
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.reproduce:
         if args.reproduce == "grokking":
-            doc = reproduce_grokking(args.max_steps, args.weight_decay)
+            doc = reproduce_grokking(args.max_steps, args.weight_decay,
+                                     settings={"recipe": args.recipe})
         else:
-            doc = reproduce_mup([int(w) for w in args.widths.split(",")], args.epochs)
+            doc = reproduce_mup([int(w) for w in args.widths.split(",")], args.epochs,
+                                settings={"recipe": args.recipe})
         doc["machine"] = machine_info(quick=False)
         print(json.dumps(doc, indent=1, default=str) if args.json else render_reproduction(doc))
         return 0

@@ -38,7 +38,8 @@ hidden layers with biases, AdamW (``MuAdamW``) at 3e-3, cosine schedule.
 
 Data: MNIST from ``data_dir`` when present, scikit-learn's digits otherwise (as ``mlp``, with the
 same warning). Resource: epochs. Metric: ``val_loss`` (validation cross-entropy, minimize):
-smoother than the error rate, which matters for fitting scaling laws.
+smoother than the error rate, which matters for fitting scaling laws. Resume: bit-identical on
+the CPU; on a GPU as ``_cifar.py`` describes (``deterministic: true`` for bit-exact).
 """
 
 from __future__ import annotations
