@@ -7,7 +7,7 @@ two reproductions of the papers' claims that fit on a CPU.
                              [--deterministic]
     python bench/trainers.py --reproduce grokking [--max-steps N] [--weight-decay W]
                              [--recipe paper|modern]
-    python bench/trainers.py --reproduce mup [--widths 64,256,1024] [--epochs E]
+    python bench/trainers.py --reproduce mup [--widths 64,256,1024] [--epochs E] [--seeds S]
                              [--recipe paper|modern]
     hpod bench trainers [same options]
 
@@ -252,20 +252,24 @@ def reproduce_grokking(max_steps: int, weight_decay: float | None, seed: int = 0
             "seconds": time.perf_counter() - t0, "curve": curve}
 
 
+def final_train_loss(width: int, parameterization: str, lr: float, epochs: int,
+                     settings: dict[str, Any], seed: int) -> float:
+    t = get_trainer("mup_mlp")(
+        {"lr": lr, "width": width, "parameterization": parameterization},
+        TrainerContext(seed=seed, max_resource=epochs, device=str(pick_device()),
+                       settings=settings))
+    for _ in t.train(0, epochs):
+        pass
+    return t.last_train_loss if math.isfinite(t.last_train_loss) else math.inf
+
+
 def best_lr(width: int, parameterization: str, lrs: list[float], epochs: int,
-            settings: dict[str, Any]) -> tuple[float, list[float]]:
-    """The learning rate with the lowest training loss after ``epochs`` epochs, refined by a
-    parabola in log2(lr) through the best grid point and its neighbours."""
-    losses = []
-    for lr in lrs:
-        t = get_trainer("mup_mlp")(
-            {"lr": lr, "width": width, "parameterization": parameterization},
-            TrainerContext(seed=0, max_resource=epochs, device=str(pick_device()),
-                           settings=settings))
-        for _ in t.train(0, epochs):
-            pass
-        loss = t.last_train_loss
-        losses.append(loss if math.isfinite(loss) else math.inf)
+            settings: dict[str, Any], seeds: int = 1) -> tuple[float, list[float]]:
+    """The learning rate with the lowest training loss after ``epochs`` epochs (the mean over
+    ``seeds`` trial seeds), refined by a parabola in log2(lr) through the best grid point and
+    its neighbours."""
+    losses = [float(np.mean([final_train_loss(width, parameterization, lr, epochs, settings, s)
+                             for s in range(seeds)])) for lr in lrs]
     b = int(np.argmin(losses))
     if 0 < b < len(lrs) - 1 and all(math.isfinite(v) for v in losses[b - 1:b + 2]):
         y0, y1, y2 = losses[b - 1:b + 2]
@@ -277,17 +281,17 @@ def best_lr(width: int, parameterization: str, lrs: list[float], epochs: int,
 
 
 def reproduce_mup(widths: list[int], epochs: int, settings: dict[str, Any] | None = None,
-                  lrs: list[float] | None = None) -> dict[str, Any]:
+                  lrs: list[float] | None = None, seeds: int = 1) -> dict[str, Any]:
     settings = {"dataset": "digits", **(settings or {})}
-    # Thirteen rates a factor sqrt(2) apart: 0.01 .. 0.64 for SGD, 1e-4 .. 6.4e-3 for AdamW.
-    low = 1e-4 if effective_config("mup_mlp", settings)["optimizer"] == "adamw" else 0.01
-    lrs = lrs or [low * 2 ** (k / 2) for k in range(13)]
-    out: dict[str, Any] = {"what": "mup", "epochs": epochs, "lrs": lrs, "settings": settings,
-                           "best_lr": {}, "losses": {}}
+    # Rates a factor sqrt(2) apart: 0.01 .. 0.64 for SGD, 0.001 .. 0.128 for AdamW.
+    adamw = effective_config("mup_mlp", settings)["optimizer"] == "adamw"
+    lrs = lrs or [(1e-3 if adamw else 1e-2) * 2 ** (k / 2) for k in range(15 if adamw else 13)]
+    out: dict[str, Any] = {"what": "mup", "epochs": epochs, "seeds": seeds, "lrs": lrs,
+                           "settings": settings, "best_lr": {}, "losses": {}}
     t0 = time.perf_counter()
     for param in ("mup", "sp"):
         for w in widths:
-            best, losses = best_lr(w, param, lrs, epochs, settings)
+            best, losses = best_lr(w, param, lrs, epochs, settings, seeds)
             out["best_lr"].setdefault(param, {})[w] = best
             out["losses"].setdefault(param, {})[w] = losses
             print(f"  {param} width {w}: best lr {best:.3g} ({time.perf_counter() - t0:.0f} s)",
@@ -306,8 +310,8 @@ def render_reproduction(doc: dict[str, Any]) -> str:
                 f"at step {doc['steps_to_train_99']}, validation >= 99 % at step "
                 f"{doc['steps_to_val_99']} ({doc['seconds']:.0f} s)")
     widths = list(next(iter(doc["best_lr"].values())))
-    lines = [f"mup_mlp best learning rate after {doc['epochs']} epochs (settings "
-             f"{doc['settings']}):", "",
+    lines = [f"mup_mlp best learning rate after {doc['epochs']} epochs, mean of "
+             f"{doc['seeds']} seed(s) (settings {doc['settings']}):", "",
              "| parameterization | " + " | ".join(f"width {w}" for w in widths)
              + " | widest / narrowest |",
              "| --- | " + " | ".join("---:" for _ in widths) + " | ---: |"]
@@ -346,6 +350,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="grokking: weight decay (default: the paper's 1)")
     ap.add_argument("--widths", default="64,256,1024", help="mup: widths to compare")
     ap.add_argument("--epochs", type=int, default=4, help="mup: epochs per run")
+    ap.add_argument("--seeds", type=int, default=1, help="mup: trial seeds averaged per point")
     ap.add_argument("--recipe", default="paper", help="the trainer recipe to reproduce with")
     args = ap.parse_args(argv)
     if args.threads:
@@ -356,7 +361,7 @@ def main(argv: list[str] | None = None) -> int:
                                      settings={"recipe": args.recipe})
         else:
             doc = reproduce_mup([int(w) for w in args.widths.split(",")], args.epochs,
-                                settings={"recipe": args.recipe})
+                                settings={"recipe": args.recipe}, seeds=args.seeds)
         doc["machine"] = machine_info(quick=False)
         print(json.dumps(doc, indent=1, default=str) if args.json else render_reproduction(doc))
         return 0

@@ -211,9 +211,10 @@ def set_determinism(device: torch.device, deterministic: bool, benchmark: bool =
     turns off cuDNN autotuning, selects deterministic cuDNN algorithms, makes torch raise on any
     op that has no deterministic implementation, and sets cuBLAS's fixed workspace (which
     cuBLAS reads when a handle is first made: give ``CUBLAS_WORKSPACE_CONFIG=:4096:8`` in the
-    worker's environment to be sure). Costs speed on convolutions (no autotuning: commonly
-    10-30 %) and on scatter-style backward passes. These switches are process-wide: every
-    trainer in a worker process then runs deterministically. On the CPU there is nothing to do
+    worker's environment to be sure). It costs speed, mostly on convolutions (no autotuning)
+    and scatter-style backward passes; how much depends on model and GPU: ``python
+    bench/trainers.py --deterministic`` against a run without. These switches are process-wide:
+    every trainer in a worker process then runs deterministically. On the CPU there is nothing to do
     (its kernels are deterministic for a fixed thread count), so the flag changes nothing there.
     """
     if device.type != "cuda":
