@@ -19,7 +19,7 @@ from hpod.trainers.densenet import DenseNetBC, Transition
 from hpod.trainers.grokking import GrokTransformer, sinusoidal
 from hpod.trainers.mup_mlp import MuMLP
 from hpod.trainers.preact_resnet import PreActBottleneck, PreActResNet
-from test_trainers import roundtrip, write_cifar10
+from test_trainers import assert_resume_identical, roundtrip, write_cifar10
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -157,6 +157,21 @@ def test_grokking_batches_walk_through_epochs() -> None:
     assert sorted(torch.cat(batches[:2]).tolist()) == list(range(n))
     assert sorted(torch.cat(batches[2:4]).tolist()) == list(range(n))
     assert not torch.equal(torch.cat(batches[:2]), torch.cat(batches[2:4]))
+
+
+@pytest.mark.parametrize("sampling", ["epoch", "step"])
+def test_grokking_resumes_mid_epoch_bit_identically(sampling: str) -> None:
+    """Batches of 7 from 55 training equations: a unit of 100 steps ends inside an epoch, so
+    the checkpoint must carry the epoch's order and position."""
+    settings = {"p": 11, "width": 16, "heads": 2, "layers": 1, "batch_size": 7,
+                "sampling": sampling, "dropout": 0.1}
+    cls = get_trainer("grokking")
+    t = cls({}, ctx(settings=settings))
+    list(t.train(0, 1))
+    if sampling == "epoch":  # 8 batches per epoch; 100 = 12 * 8 + 4: mid-epoch
+        assert len(t.x_train) == 55 and t.cursor == 28
+    assert_resume_identical(lambda: cls({}, ctx(seed=2, max_resource=2, settings=settings)),
+                            1, 2)
 
 
 # ---------------------------------------------------------------- schedules
