@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -64,16 +65,21 @@ def resource_steps(done: int, r0: float, r1: float) -> range:
     return range(start + 1, stop + 1)
 
 
-def lr_factor(schedule: str, progress: float, warmup: float = 0.0) -> float:
+def lr_factor(schedule: str, progress: float, warmup: float = 0.0,
+              milestones: tuple[float, ...] = (0.5, 0.75), gamma: float = 0.1) -> float:
     """Multiplier of the peak learning rate at ``progress`` in [0, 1] of the study's maximum
     resource. Defined on the absolute position, not on the segment, so a trial resumed at a
     higher rung continues exactly the schedule it would have followed uninterrupted.
 
-    ``cosine``: optional linear warm-up then cosine to 0. ``onecycle``: Smith's one cycle (linear
-    up for the first 30 %, then cosine down, as torch's OneCycleLR with ``anneal='cos'`` minus
-    the momentum cycling). ``constant``: warm-up then flat.
+    ``step``: the papers' schedule, ``gamma`` at each of the ``milestones`` (divided by 10 at 50 %
+    and 75 %: DenseNet's Sec. 4.2, pre-act ResNet's 32k and 48k of 64k iterations). ``cosine``:
+    optional linear warm-up then cosine to 0. ``onecycle``: Smith's one cycle (linear up for the
+    first 30 %, then cosine down, as torch's OneCycleLR with ``anneal='cos'`` minus the momentum
+    cycling). ``constant``: warm-up then flat.
     """
     p = min(max(progress, 0.0), 1.0)
+    if schedule == "step":
+        return gamma ** sum(p >= m for m in milestones)
     if schedule == "onecycle":
         warmup = max(warmup, 0.3)
     if warmup > 0 and p < warmup:
@@ -84,7 +90,7 @@ def lr_factor(schedule: str, progress: float, warmup: float = 0.0) -> float:
     if schedule in ("cosine", "onecycle"):
         q = (p - warmup) / (1.0 - warmup) if warmup < 1 else 1.0
         return 0.5 * (1.0 + math.cos(math.pi * q))
-    raise ValueError(f"unknown schedule {schedule!r}; use cosine, onecycle or constant")
+    raise ValueError(f"unknown schedule {schedule!r}; use step, cosine, onecycle or constant")
 
 
 def set_lr(optimizer: torch.optim.Optimizer, factor: float) -> None:
@@ -93,8 +99,34 @@ def set_lr(optimizer: torch.optim.Optimizer, factor: float) -> None:
         group["lr"] = group["base_lr"] * factor
 
 
+class StepSeeded:
+    """A generator on the training device whose state is a pure function of ``(seed, step)``.
+
+    Dropout masks are drawn on the device where the activations are (a CPU draw copied over
+    would cost a host round trip per layer per step), but a device generator's state is
+    device-specific (a CUDA generator holds a Philox seed and offset, a CPU one a Mersenne
+    Twister state): saved in a checkpoint it could not be loaded by a worker of the other kind.
+    So the trainer reseeds this generator before every optimisation step from the trial seed and
+    the step counter, and checkpoints hold no device generator state at all: a resumed trial
+    draws, from its step on, exactly the masks an uninterrupted run on the same kind of device
+    would have drawn; on another kind of device it draws valid masks from that device's RNG.
+    """
+
+    def __init__(self, seed: int, device: torch.device | str) -> None:
+        self.seed = seed
+        self.generator = torch.Generator(device=device)
+        self.at(0)
+
+    def at(self, step: int) -> torch.Generator:
+        # SplitMix-style mixing: neighbouring (seed, step) pairs give unrelated streams.
+        x = (self.seed * 0x9E3779B97F4A7C15 + step * 0xBF58476D1CE4E5B9 + 1) % 2**64
+        x = ((x ^ (x >> 31)) * 0x94D049BB133111EB) % 2**64
+        self.generator.manual_seed(x ^ (x >> 29))
+        return self.generator
+
+
 class GenDropout(nn.Module):
-    """Dropout drawing its masks from a generator the trainer owns and checkpoints.
+    """Dropout drawing its masks from a generator the trainer owns (a :class:`StepSeeded`).
 
     ``nn.Dropout`` draws from the process-wide RNG, which a resumed trial cannot restore
     without also clobbering other trainers in the same process; with an owned generator, the
@@ -126,9 +158,13 @@ SHARED_SETTINGS = frozenset({"data_dir"})
 def get_config(
     config: Mapping[str, Any], defaults: Mapping[str, Any],
     settings: Mapping[str, Any] | None = None,
+    recipes: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> dict[str, Any]:
-    """The trainer's options: its defaults, overlaid by the study's ``trainer_settings`` (fixed,
-    not searched: a data set, a model size), overlaid by the trial's configuration (searched).
+    """The trainer's options: its defaults, overlaid by its ``recipe`` (a named bundle of
+    options, ``paper`` by default, from ``recipes``), overlaid by the study's
+    ``trainer_settings`` (fixed, not searched: a data set, a model size), overlaid by the trial's
+    configuration (searched). So ``recipe: paper`` with ``schedule: cosine`` is the paper's
+    recipe with one named modernisation.
 
     Unknown keys are an error, not a silent no-op: a typo in a fixed setting would otherwise
     tune the wrong model. Numbers may arrive as floats (protobuf Struct has no integers);
@@ -139,32 +175,75 @@ def get_config(
         unknown = sorted(set(given) - set(defaults))
         if unknown:
             raise ValueError(f"unknown {what} keys {unknown}; known: {sorted(defaults)}")
-    return {**defaults, **settings, **config}
+    preset: Mapping[str, Any] = {}
+    if recipes is not None:
+        name = str({**defaults, **settings, **config}.get("recipe", "paper"))
+        if name not in recipes:
+            raise ValueError(f"unknown recipe {name!r}; use one of {sorted(recipes)}")
+        preset = recipes[name]
+    return {**defaults, **preset, **settings, **config}
 
 
 def build_optimizer(
-    params: list[dict[str, Any]], name: str, lr: float, weight_decay: float, momentum: float
+    params: list[dict[str, Any]], name: str, lr: float, weight_decay: float, momentum: float,
+    nesterov: bool = True,
 ) -> torch.optim.Optimizer:
-    """SGD with Nesterov momentum or AdamW. Each group may carry an ``lr_mult``; its peak rate
-    is stored as ``base_lr`` so that schedules scale it without losing it."""
+    """SGD with (Nesterov or plain) momentum, or AdamW. Each group may carry an ``lr_mult`` and
+    a ``wd_mult``; its peak rate is stored as ``base_lr`` so that schedules scale it without
+    losing it."""
     groups = []
     for g in params:
         g = dict(g)
         g["lr"] = g["base_lr"] = lr * g.pop("lr_mult", 1.0)
+        g["weight_decay"] = weight_decay * g.pop("wd_mult", 1.0)
         groups.append(g)
     if name == "sgd":
-        return torch.optim.SGD(groups, lr=lr, momentum=momentum, nesterov=True,
+        return torch.optim.SGD(groups, lr=lr, momentum=momentum, nesterov=nesterov and momentum > 0,
                                weight_decay=weight_decay)
     if name == "adamw":
         return torch.optim.AdamW(groups, lr=lr, weight_decay=weight_decay)
     raise ValueError(f"unknown optimizer {name!r}; use sgd or adamw")
 
 
+def set_determinism(device: torch.device, deterministic: bool, benchmark: bool = False) -> None:
+    """``deterministic``: the same kernels in the same order on every run, so that a trial
+    resumed on the same kind of GPU (same torch, CUDA and cuDNN) continues bit for bit. It
+    turns off cuDNN autotuning, selects deterministic cuDNN algorithms, makes torch raise on any
+    op that has no deterministic implementation, and sets cuBLAS's fixed workspace (which
+    cuBLAS reads when a handle is first made: give ``CUBLAS_WORKSPACE_CONFIG=:4096:8`` in the
+    worker's environment to be sure). It costs speed, mostly on convolutions (no autotuning)
+    and scatter-style backward passes; how much depends on model and GPU: ``python
+    bench/trainers.py --deterministic`` against a run without. These switches are process-wide:
+    every trainer in a worker process then runs deterministically. On the CPU there is nothing to do
+    (its kernels are deterministic for a fixed thread count), so the flag changes nothing there.
+    """
+    if device.type != "cuda":
+        return
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True)
+        torch.backends.cudnn.deterministic = True
+        torch.backends.cudnn.benchmark = False
+    elif benchmark:
+        torch.backends.cudnn.benchmark = True  # fixed input shapes: autotuning pays off
+
+
+CPU_GENERATOR_STATE = torch.Generator().get_state().numel()
+
+
 class TorchState:
     """``state_dict``/``load_state_dict`` for a trainer with ``model`` and ``optimizer``: the
-    integer counters named in ``COUNTERS`` and the torch generators named in ``GENERATORS``
-    are saved beside them, so a resumed segment continues bit for bit. Mixed in before
-    ``Trainer`` so that it provides the two abstract methods."""
+    integer counters named in ``COUNTERS`` and the CPU generators named in ``GENERATORS`` are
+    saved beside them, so a resumed segment continues bit for bit. Mixed in before ``Trainer``
+    so that it provides the two abstract methods.
+
+    The checkpoint is device-independent: generator states are CPU tensors (every generator
+    named here lives on the CPU; device-side randomness is :class:`StepSeeded`, a function of
+    the seed and step counter, so it has no state to save), and tensors of the model and the
+    optimizer are moved by the worker's ``torch.load(map_location=...)`` onto whatever device
+    the resuming worker has. Checkpoints from earlier versions that also hold a device
+    generator's state (``dropout_rng``) load: that entry is ignored.
+    """
 
     COUNTERS: tuple[str, ...] = ("epoch", "step", "samples_seen")
     GENERATORS: tuple[str, ...] = ("data_rng",)
@@ -175,7 +254,12 @@ class TorchState:
         state: dict[str, Any] = {"model": self.model.state_dict(),
                                  "optimizer": self.optimizer.state_dict()}
         state.update({name: getattr(self, name) for name in self.COUNTERS})
-        state.update({name: getattr(self, name).get_state() for name in self.GENERATORS})
+        for name in self.GENERATORS:
+            g: torch.Generator = getattr(self, name)
+            if g.device.type != "cpu":  # a device state could not be resumed elsewhere
+                raise TypeError(f"generator {name!r} is on {g.device}; checkpointed "
+                                "generators must live on the CPU (see StepSeeded)")
+            state[name] = g.get_state()
         return state
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
@@ -184,4 +268,12 @@ class TorchState:
         for name in self.COUNTERS:
             setattr(self, name, int(state[name]))
         for name in self.GENERATORS:
-            getattr(self, name).set_state(state[name].cpu())
+            # map_location may have put the bytes on a GPU: generator states are set from CPU.
+            saved = state[name].cpu()
+            if saved.numel() != CPU_GENERATOR_STATE:
+                raise ValueError(
+                    f"checkpoint entry {name!r} holds a {saved.numel()}-byte generator state, "
+                    f"not a CPU generator's ({CPU_GENERATOR_STATE} bytes): it was written by a "
+                    "trainer whose generator lived on a GPU; retrain the trial from 0"
+                )
+            getattr(self, name).set_state(saved)
