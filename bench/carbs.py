@@ -226,7 +226,7 @@ class MuPDigits:
                 # The cosine schedule spans the trial's own epochs; one fixed seed, so the
                 # objective is a function of the configuration alone.
                 ctx = TrainerContext(seed=0, max_resource=float(epochs),
-                                     settings={"dataset": "digits"})
+                                     settings={"dataset": "digits", "recipe": "modern"})
                 trainer = MuPMLPTrainer({"lr": key[0], "width": key[1], "depth": self.depth},
                                         ctx)
                 self._live[key] = trainer

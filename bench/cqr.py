@@ -105,7 +105,7 @@ class MLPDigits:
             # One fixed trial seed: the objective is a function of the configuration alone,
             # the same for every method and seed of the benchmark.
             ctx = TrainerContext(seed=0, max_resource=self.max_resource,
-                                 settings={"dataset": "digits"})
+                                 settings={"dataset": "digits", "recipe": "modern"})
             self._cache[key] = (MLPTrainer(dict(config), ctx), {})
         trainer, curve = self._cache[key]
         if r not in curve:
