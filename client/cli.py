@@ -181,6 +181,10 @@ def _add_local_parsers(sub: Any) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    if os.environ.get("HPOD_PARENT_PID"):  # started by `hpod local` / `hpod demo`
+        from .parent import die_with_parent
+
+        die_with_parent()
     args = build_parser(argv).parse_args(argv)
     try:
         return int(COMMANDS[args.command](args) or 0)

@@ -26,6 +26,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .parent import PARENT_ENV
 from .sdk import Client
 
 if TYPE_CHECKING:
@@ -37,15 +38,6 @@ DEFAULT_TRAINERS = ("mlp", "analytic")
 STOP_SECONDS = 8.0  # how long a child gets after SIGTERM before SIGKILL
 
 
-def _die_with_parent() -> None:
-    """In the child before exec: SIGTERM when the parent dies (Linux PR_SET_PDEATHSIG)."""
-    if sys.platform.startswith("linux"):
-        import ctypes
-
-        try:
-            ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)
-        except OSError:
-            pass
 
 
 class LocalCluster:
@@ -85,10 +77,9 @@ class LocalCluster:
     def _spawn(self, *args: str, log_name: str) -> subprocess.Popen:
         log = open(self.workdir / f"{log_name}.log", "ab")  # noqa: SIM115 (lives with the child)
         out = log if self.quiet else None
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", PARENT_ENV: str(os.getpid())}
         return subprocess.Popen([sys.executable, "-m", "hpod.client.cli", *args],
-                                stdout=out, stderr=out, env=env, start_new_session=True,
-                                preexec_fn=_die_with_parent)
+                                stdout=out, stderr=out, env=env, start_new_session=True)
 
     def start(self) -> LocalCluster:
         try:

@@ -327,9 +327,10 @@ class StudyEngine:
         self._set_trial_state(job.trial_id, FAILED)
         if self._failing_from_the_start():
             first = min(t.id for t in self.trials.values() if t.state == FAILED)
+            # The error first: it is what a user reads in a one-line listing.
             self._op_fail_study(
-                f"the first {FAIL_FAST_TRIALS} trials all failed; the first error (trial "
-                f"{first}): {self.trials[first].error or 'no reason given'}")
+                f"{self.trials[first].error or 'no reason given'} (trial {first}; the first "
+                f"{FAIL_FAST_TRIALS} trials all failed)")
             return
         self._maybe_finish()
 
