@@ -29,8 +29,10 @@ learning-curve point and, as each job ends, what that segment cost (``Sampler.on
 
 from __future__ import annotations
 
+import bisect
+import heapq
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import Any
@@ -150,17 +152,78 @@ def continues(rule: str, previous: Sequence[float], value: float, eta: int) -> b
     return value <= sorted(values)[keep - 1]
 
 
+def _linear_quantile(at: Callable[[int], float], n: int, q: float) -> float:
+    """numpy's default (``linear``) quantile of n sorted values read through ``at``, with
+    numpy's own float steps (virtual index (n-1)q, the two-sided lerp), so it equals
+    ``np.quantile`` bit for bit without copying or partitioning the values."""
+    index = (n - 1) * q
+    lo = math.floor(index)
+    gamma = index - lo
+    a = at(lo)
+    b = at(min(lo + 1, n - 1))
+    diff = b - a
+    return b - diff * (1 - gamma) if gamma >= 0.5 else a + diff * gamma
+
+
+def _ray_q(eta: int) -> float:
+    return (100.0 / eta) / 100  # np.percentile divides the percentage by 100 itself
+
+
+Order = list[tuple[float, int]]  # a rung's (value, trial) entries, sorted
+
+
+def in_top_sorted(rule: str, tid: int, value: float, order: Order, eta: int) -> bool:
+    """:func:`in_top` over a rung's sorted entries, in O(log n): the same answers."""
+    n = len(order)
+    if rule == "asha_floor":
+        return bisect.bisect_left(order, (value, tid)) < n // eta
+    if n < 2:
+        return False
+    if rule == "linear_quantile":
+        return value <= _linear_quantile(lambda i: order[i][0], n, 1.0 / eta)
+    skip = bisect.bisect_left(order, (value, tid))  # the entry itself is not an "other"
+    return value <= _linear_quantile(lambda i: order[i + (i >= skip)][0], n - 1, _ray_q(eta))
+
+
+def continues_sorted(rule: str, previous: Order, value: float, eta: int) -> bool:
+    """:func:`continues` over the milestone's sorted earlier entries, in O(log n)."""
+    n = len(previous)
+    if rule == "ray_percentile":
+        return not n or value <= _linear_quantile(lambda i: previous[i][0], n, _ray_q(eta))
+    at = bisect.bisect_left(previous, (value, -1))  # where value sorts among the values
+
+    def merged(i: int) -> float:  # the i-th smallest of previous values plus ``value``
+        return previous[i][0] if i < at else value if i == at else previous[i - 1][0]
+
+    if rule == "linear_quantile":
+        return n + 1 < 2 or value <= _linear_quantile(merged, n + 1, 1.0 / eta)
+    keep = max(1, (n + 1) // eta)
+    return value <= merged(keep - 1)
+
+
 # --- state --------------------------------------------------------------------------------
 
 
 @dataclass
 class RungRecord:
-    """What one milestone of one bracket has seen: value and real resource per trial."""
+    """What one milestone of one bracket has seen: value and real resource per trial.
+
+    ``order`` (every entry, sorted) and ``candidates`` (a heap of paused, not-yet-promoted
+    entries; stale ones are dropped when they reach the top) are derived from the rest and the
+    trials' states: with them a promotion decision costs O(log n) instead of a scan of the rung.
+    """
 
     level: float
     values: dict[int, float] = field(default_factory=dict)
     resources: dict[int, float] = field(default_factory=dict)
     promoted: set[int] = field(default_factory=set)
+    order: Order = field(default_factory=list)
+    candidates: Order = field(default_factory=list)
+
+    def record(self, tid: int, value: float, resource: float) -> None:
+        self.values[tid] = value
+        self.resources[tid] = resource
+        bisect.insort(self.order, (value, tid))
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -173,6 +236,8 @@ class RungRecord:
         self.values = {int(t): float(v) for t, v in d["values"].items()}
         self.resources = {int(t): float(r) for t, r in d["resources"].items()}
         self.promoted = {int(t) for t in d["promoted"]}
+        self.order = sorted((v, t) for t, v in self.values.items())
+        self.candidates = []
 
 
 @dataclass
@@ -232,6 +297,29 @@ class ASHA(Algorithm):
         ]
         self.trials: dict[int, TrialRecord] = {}
         self.running: dict[int, Job] = {}
+        self._derive()
+
+    def _derive(self) -> None:
+        """Indexes kept beside the saved state (rebuilt by ``restore``): the running trials
+        with no rung yet, in id order (the sampler's pending list), and the best (value,
+        trial) at each resource level (the incumbent)."""
+        self._fresh: dict[int, None] = {
+            t: None for t, tr in self.trials.items() if t in self.running and tr.rung < 0}
+        self._level_best: dict[float, tuple[float, int]] = {}
+        for rungs in self.rungs:
+            for rung in rungs:
+                if rung.order:
+                    self._note_level(rung.level, *rung.order[0])
+        for tid, trial in self.trials.items():
+            if trial.status == "paused":
+                rung = self.rungs[trial.bracket][trial.rung]
+                if tid not in rung.promoted:
+                    heapq.heappush(rung.candidates, (rung.values[tid], tid))
+
+    def _note_level(self, level: float, value: float, tid: int) -> None:
+        best = self._level_best.get(level)
+        if best is None or (value, tid) < best:
+            self._level_best[level] = (value, tid)
 
     @staticmethod
     def _bracket_count(value: Any, available: int) -> int:
@@ -285,12 +373,16 @@ class ASHA(Algorithm):
     def _rung_candidate(self, b: int, k: int) -> tuple[float, int] | None:
         """The best paused, not-yet-promoted entry of rung k if it is in the rung's top."""
         rung = self.rungs[b][k]
-        paused = [(v, t) for t, v in rung.values.items()
-                  if t not in rung.promoted and self.trials[t].status == "paused"]
-        if not paused:
+        heap = rung.candidates
+        # An entry goes stale for good (promoted, or no longer paused): drop it lazily.
+        while heap and (heap[0][1] in rung.promoted
+                        or self.trials[heap[0][1]].status != "paused"):
+            heapq.heappop(heap)
+        if not heap:
             return None
-        value, tid = min(paused)
-        return (value, tid) if in_top(self.rule, tid, value, rung.values, self.eta) else None
+        value, tid = heap[0]
+        return (value, tid) if in_top_sorted(self.rule, tid, value, rung.order,
+                                             self.eta) else None
 
     def _start_trial(self) -> Job | None:
         if len(self.trials) >= self.max_trials:
@@ -299,6 +391,7 @@ class ASHA(Algorithm):
         b = self.draw_bracket()
         config = self.sampler.suggest(tid, self._pending())
         self.trials[tid] = TrialRecord(config=dict(config), bracket=b)
+        self._fresh[tid] = None
         # Stopping mode never pauses: one job to R, cut short by STOP decisions.
         to = self.levels[b] if self.mode == "promotion" else self.max_resource
         return Job(tid, dict(config), 0.0, to, bracket=b, rung=0)
@@ -313,8 +406,7 @@ class ASHA(Algorithm):
     def _pending(self) -> list[dict[str, Any]]:
         if not self.sampler.uses_pending:
             return []  # a scan of every trial per new trial, for a sampler that ignores it
-        return [t.config for tid, t in self.trials.items()
-                if tid in self.running and t.rung < 0]
+        return [self.trials[tid].config for tid in self._fresh]
 
     # --- telling ----------------------------------------------------------------------------
 
@@ -345,22 +437,24 @@ class ASHA(Algorithm):
             rung = rungs[k]
             if resource < rung.level:
                 break
-            previous = list(rung.values.values())
-            rung.values[tid] = value
-            rung.resources[tid] = resource
+            # The stopping test sees the values recorded before this one.
+            stop = self.mode == "stopping" and k < len(rungs) - 1 and not continues_sorted(
+                self.rule, rung.order, value, self.eta)
+            rung.record(tid, value, resource)
+            self._note_level(rung.level, value, tid)
             trial.rung = k
+            self._fresh.pop(tid, None)
             # A trial that jumped a rung has left the lower ones: never promote it from there.
             for lower in rungs[:k]:
                 if tid in lower.values:
                     lower.promoted.add(tid)
-            final = k == len(rungs) - 1
-            if self.mode == "stopping" and not final and not continues(
-                    self.rule, previous, value, self.eta):
+            if stop:
                 return False
         return True
 
     def on_job_end(self, job: Job, outcome: Outcome) -> None:
         self.running.pop(job.trial_id, None)
+        self._fresh.pop(job.trial_id, None)
         trial = self.trials.get(job.trial_id)
         if trial is None:
             return
@@ -381,6 +475,8 @@ class ASHA(Algorithm):
             self.rungs[trial.bracket]) - 1
         if self.mode == "promotion" and trial.status == "running" and at_milestone:
             trial.status = "paused"
+            rung = self.rungs[trial.bracket][trial.rung]
+            heapq.heappush(rung.candidates, (rung.values[job.trial_id], job.trial_id))
         else:
             self._end(job.trial_id, trial, "ended", Status.COMPLETED)
 
@@ -402,15 +498,9 @@ class ASHA(Algorithm):
     def best(self) -> tuple[int, float] | None:
         """The lowest value at the highest resource level any trial has reached (R once any
         trial completes), ties by trial id."""
-        by_level: dict[float, tuple[float, int]] = {}
-        for rungs in self.rungs:
-            for rung in rungs:
-                for t, v in rung.values.items():
-                    if rung.level not in by_level or (v, t) < by_level[rung.level]:
-                        by_level[rung.level] = (v, t)
-        if not by_level:
+        if not self._level_best:
             return None
-        value, tid = by_level[max(by_level)]
+        value, tid = self._level_best[max(self._level_best)]
         return tid, value
 
     def plan(self) -> Plan:
@@ -453,6 +543,7 @@ class ASHA(Algorithm):
         self.running = {int(t): Job.from_dict(d) for t, d in state["running"].items()}
         rng_restore(self.bracket_rng, state["bracket_rng"])
         self.sampler.restore(state["sampler"])
+        self._derive()
 
 
 class AsyncHyperband(ASHA):
