@@ -1,6 +1,7 @@
-"""The fast ASHA (ordered structures per rung) makes exactly the decisions of the
-straightforward one it replaced (``asha_reference.py``: a scan of every rung per decision), on
-seeded random runs with ties, early stops, failures, lost jobs and diverged values."""
+"""The fast ASHA (ordered structures per rung) and the indexed ID-HB make exactly the
+decisions of the straightforward versions they replaced (``asha_reference.py``: a scan of
+every rung per decision; ``idhb_reference.py``), on seeded random runs with ties, early stops,
+failures, lost jobs and diverged values."""
 
 from __future__ import annotations
 
@@ -153,3 +154,36 @@ def test_sorted_tests_agree_with_the_plain_ones() -> None:
                 rule, list(rung.values()), value, eta)
             for tid, v in rung.items():
                 assert in_top_sorted(rule, tid, v, order, eta) == in_top(rule, tid, v, rung, eta)
+
+
+# --- ID-HB: indexed rounds against the scanning reference -----------------------------------
+
+
+@pytest.mark.parametrize("variant", ["efficient", "preserving", "discarding"])
+@pytest.mark.parametrize("seed", [0, 1])
+def test_indexed_idhb_decides_as_the_reference(variant: str, seed: int) -> None:
+    from idhb_reference import ReferenceIDHyperband
+
+    ctx = Context(SPACE, Resource(9, 1, 3), seed, {"variant": variant})
+    fast, ref = build("idhb", ctx), ReferenceIDHyperband(ctx)
+    rng = random.Random(seed)
+    for _ in range(2):  # one run, then one raise of the maximum resource
+        running: list[Job] = []
+        while not (fast.done() and not running):
+            free = 7 - len(running)
+            if free and rng.random() < 0.6:
+                jobs = fast.next_jobs(rng.randint(1, free))
+                assert jobs == ref.next_jobs(len(jobs) if jobs else free)
+                running += jobs
+            if not running:
+                continue
+            job = running.pop(rng.randrange(len(running)))
+            roll = rng.random()
+            outcome = (Outcome(Status.FAILED) if roll < 0.05 else
+                       Outcome(Status.COMPLETED, round(rng.random(), 1), job.to_resource))
+            fast.on_job_end(job, outcome)
+            ref.on_job_end(job, outcome)
+            assert (fast.best(), fast.done()) == (ref.best(), ref.done())
+        assert fast.state() == ref.state()
+        fast.raise_max_resource()
+        ref.raise_max_resource()
