@@ -1,7 +1,7 @@
 """Today's ASHA, kept verbatim as a straightforward reference: every promotion decision is a
 scan of the rung (candidates, then the quantile test over all recorded values). The fast
 scheduler in ``server/algorithms/asha.py`` must make exactly the same decisions; see
-``test_asha_equivalence.py``. Not registered: built directly by the tests."""
+``test_scheduler_equivalence.py``. Not registered: built directly by the tests."""
 
 from __future__ import annotations
 

@@ -304,6 +304,23 @@ class Hyperband(Algorithm):
         self.last_point: dict[int, tuple[float, float]] = {}  # running trial -> (r, value)
         # Brackets are created when first needed, so many iterations cost nothing up front.
         self.brackets: list[_BracketRun] = []
+        self._derive()
+
+    def _derive(self) -> None:
+        """Indexes derived from the saved state (rebuilt by ``restore``): the first unfinished
+        bracket, only ever moving forward, and the incumbent, kept as results arrive. Both
+        were scans of every bracket per call, quadratic over a long study."""
+        self._skip = 0
+        self._best: tuple[float, int] | None = None
+        for b in self.brackets:
+            for i, res in enumerate(b.results):
+                for tid, loss in res.items():
+                    self._note_result(b, i, tid, loss)
+
+    def _note_result(self, b: _BracketRun, rung: int, tid: int, loss: float) -> None:
+        counts = self.return_rule == "best_any" or rung == len(b.rungs) - 1
+        if counts and math.isfinite(loss) and (self._best is None or (loss, tid) < self._best):
+            self._best = (loss, tid)
 
     # --- asking ---
 
@@ -334,7 +351,7 @@ class Hyperband(Algorithm):
         """Index of the first bracket not finished. Finishing is for good, so a cached pointer
         only moves forward; it is derived, not saved (``restore`` starts it at 0 again). Without
         it every ask rescans all earlier brackets: quadratic in the length of a long study."""
-        skip = getattr(self, "_skip", 0)
+        skip = self._skip
         while skip < len(self.brackets) and self.brackets[skip].finished:
             skip += 1
         self._skip = skip
@@ -375,6 +392,7 @@ class Hyperband(Algorithm):
         b = self.brackets[idx]
         loss = self._loss(tid, job, outcome)
         b.results[b.rung][tid] = loss
+        self._note_result(b, b.rung, tid, loss)
         if not math.isfinite(loss):
             failed = outcome.status if outcome.status is not Status.COMPLETED else Status.FAILED
             self._end_trial(tid, failed)
@@ -430,14 +448,9 @@ class Hyperband(Algorithm):
                 and self._first_unfinished() == len(self.brackets))
 
     def best(self) -> tuple[int, float] | None:
-        found: list[tuple[float, int]] = []
-        for b in self.brackets:
-            for i, res in enumerate(b.results):
-                if self.return_rule == "best_any" or i == len(b.rungs) - 1:
-                    found.extend((v, t) for t, v in res.items() if math.isfinite(v))
-        if not found:
+        if self._best is None:
             return None
-        value, tid = min(found)
+        value, tid = self._best
         return tid, value
 
     # --- persistence ---
@@ -458,7 +471,6 @@ class Hyperband(Algorithm):
         }
 
     def restore(self, state: Mapping[str, Any]) -> None:
-        self._skip = 0  # the finished-bracket pointer is derived from the brackets restored
         if state.get("version") != STATE_VERSION:
             raise ValueError(f"hyperband state version {state.get('version')!r} is not "
                              f"{STATE_VERSION}")
@@ -473,6 +485,7 @@ class Hyperband(Algorithm):
         for i, d in enumerate(state["brackets"]):
             self._bracket(i).load(d)
         self.sampler.restore(state["sampler"])
+        self._derive()
 
 
 register_algorithm("hyperband")(Hyperband)

@@ -35,6 +35,7 @@ worker waits for another bracket's rung.
 
 from __future__ import annotations
 
+import heapq
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -168,8 +169,45 @@ class IDHyperband(Algorithm):
         self.auto_raises = 0
         self.paid_full = 0.0  # every evaluation charged its full resource (the papers' unit)
         self.paid_incremental = 0.0  # what was trained, resuming from checkpoints
+        self._level_best: dict[Fraction, tuple[float, int]] = {}
+        self._unvalued: dict[int, None] = {}
+        self._todo: list[list[tuple[int, int]]] = []
+        self._outstanding: list[int] = []
         for s in range(self.s_max, -1, -1):
             self._add_bracket(s, self.R / self.eta**s)
+
+    def _derive(self) -> None:
+        """Indexes derived from the saved state (rebuilt by ``restore``), so that no answer
+        scans every trial: the best (value, trial) per resource level, the trials waiting for
+        their first result (the samplers' pending list, in id order), and per bracket the
+        round's members still to hand out and the count of results the round waits for."""
+        self._level_best = {}
+        self._unvalued = {}
+        for tid, trial in self.trials.items():
+            br = self.brackets[trial.bracket]
+            for i, v in enumerate(trial.values):
+                self._note_level(br.level(i, self.eta), v, tid)
+            if not trial.values and not trial.failed and not br.done:
+                self._unvalued[tid] = None
+        self._todo, self._outstanding = [], []
+        for j in range(len(self.brackets)):
+            self._todo.append([])
+            self._outstanding.append(0)
+            self._open_round(j)
+
+    def _open_round(self, j: int) -> None:
+        """Index bracket j's current round: who needs a job (a heap by place in the list, so
+        they go out in list order) and how many results are outstanding."""
+        br = self.brackets[j]
+        needing = [(i, t) for i, t in enumerate(br.current) if self._needs(t, br.round)]
+        self._outstanding[j] = len(needing)
+        self._todo[j] = [(i, t) for i, t in needing if t not in self.running]
+        heapq.heapify(self._todo[j])
+
+    def _note_level(self, level: Fraction, value: float, tid: int) -> None:
+        best = self._level_best.get(level)
+        if best is None or (value, tid) < best:
+            self._level_best[level] = (value, tid)
 
     def _auto_settings(self, st: Mapping[str, Any]) -> tuple[float | None, float | None]:
         threshold, ceiling = st.get("auto_raise_threshold"), st.get("max_resource_ceiling")
@@ -194,6 +232,8 @@ class IDHyperband(Algorithm):
         br = SHBracket(s=s, r_min=r_min, to_sample=bracket_size(self.s_max, s, self.eta))
         self.brackets.append(br)
         self.samplers.append(self._sampler_for(r_min))
+        self._todo.append([])
+        self._outstanding.append(0)
 
     def _sampler_for(self, r_min: Fraction) -> Sampler:
         """A sampler on the bracket's own stream, keyed by r_min as the reference code does:
@@ -218,11 +258,12 @@ class IDHyperband(Algorithm):
         for j, br in enumerate(self.brackets):
             if br.done:
                 continue
-            for tid in br.current:
-                if len(jobs) >= free:
-                    return jobs
-                if tid not in self.running and self._needs(tid, br.round):
-                    jobs.append(self._job(j, tid))
+            todo = self._todo[j]
+            while todo and len(jobs) < free:
+                _, tid = heapq.heappop(todo)
+                jobs.append(self._job(j, tid))
+            if len(jobs) >= free:
+                return jobs
             while br.round == 0 and br.to_sample > 0 and len(jobs) < free:
                 jobs.append(self._job(j, self._new_trial(j)))
         return jobs
@@ -234,13 +275,16 @@ class IDHyperband(Algorithm):
     def _new_trial(self, j: int) -> int:
         br = self.brackets[j]
         tid = len(self.trials)
-        pending = [t.config for t in self.trials.values() if not t.values and not t.failed
-                   and not self.brackets[t.bracket].done]
-        config = dict(self.samplers[j].suggest(tid, pending))
+        sampler = self.samplers[j]
+        pending = ([self.trials[t].config for t in self._unvalued]
+                   if sampler.uses_pending else [])
+        config = dict(sampler.suggest(tid, pending))
         self.trials[tid] = IDTrial(config=config, bracket=j)
+        self._unvalued[tid] = None
         br.pool.append(tid)
         br.current.append(tid)
         br.to_sample -= 1
+        self._outstanding[j] += 1
         return tid
 
     def _job(self, j: int, tid: int) -> Job:
@@ -266,16 +310,23 @@ class IDHyperband(Algorithm):
                 sampler.observe(tid, trial.config, resource, value)
 
     def on_job_end(self, job: Job, outcome: Outcome) -> None:
-        self.running.pop(job.trial_id, None)
+        was_running = self.running.pop(job.trial_id, None) is not None
         trial = self.trials.get(job.trial_id)
         if trial is None or job.rung != len(trial.values) or trial.failed:
+            self._requeue(job.trial_id, was_running)
             return  # not a job of ours, or a stale one: nothing to record
+        br = self.brackets[trial.bracket]
+        if br.round == len(trial.values) and not br.done:
+            self._outstanding[trial.bracket] -= 1  # the round gets this result (or failure)
+        self._unvalued.pop(job.trial_id, None)
         value = outcome.value
         if outcome.status is Status.COMPLETED and value is not None and math.isfinite(value):
             resource = float(outcome.resource if outcome.resource is not None
                              else job.to_resource)
             self._observe(job.trial_id, trial, resource, value)
             trial.values.append(float(value))
+            self._note_level(br.level(len(trial.values) - 1, self.eta), float(value),
+                             job.trial_id)
             trial.trained = max(trial.trained, resource)
             self.paid_full += job.to_resource
             self.paid_incremental += resource - job.from_resource
@@ -288,6 +339,17 @@ class IDHyperband(Algorithm):
             self.auto_raises += 1
             self._raise()
 
+    def _requeue(self, tid: int, was_running: bool) -> None:
+        """A job ended without a result for its round: its trial, if still needed there, goes
+        back to the round's queue at its place in the list."""
+        trial = self.trials.get(tid)
+        if trial is None or not was_running:
+            return
+        j = trial.bracket
+        br = self.brackets[j]
+        if not br.done and tid in br.current and self._needs(tid, br.round):
+            heapq.heappush(self._todo[j], (br.current.index(tid), tid))
+
     def _trial_end(self, tid: int, why: Status) -> None:
         for sampler in self.samplers:
             sampler.on_trial_end(tid, self.trials[tid].config, why)
@@ -298,7 +360,7 @@ class IDHyperband(Algorithm):
         """Close every round of bracket j whose results are all in; after a raise several
         rounds can close at once from the cache, without a job."""
         br = self.brackets[j]
-        while not br.done and self._round_complete(br):
+        while not br.done and self._round_complete(j):
             if br.round == br.s:
                 br.done = True
                 ended = br.current
@@ -308,14 +370,16 @@ class IDHyperband(Algorithm):
                 kept = set(survivors)
                 ended = [t for t in br.current if t not in kept]
                 br.current, br.round = survivors, br.round + 1
+                self._open_round(j)
             for tid in ended:
                 if not self.trials[tid].failed:
                     self._trial_end(tid, Status.COMPLETED)
 
-    def _round_complete(self, br: SHBracket) -> bool:
+    def _round_complete(self, j: int) -> bool:
+        br = self.brackets[j]
         if br.round == 0 and br.to_sample > 0:
             return False
-        return all(t not in self.running and not self._needs(t, br.round) for t in br.current)
+        return self._outstanding[j] == 0
 
     def _loss(self, tid: int, i: int) -> float:
         values = self.trials[tid].values
@@ -367,6 +431,7 @@ class IDHyperband(Algorithm):
             br.round, br.current, br.done, br.selections = 0, list(br.pool), False, []
         self._add_bracket(0, self.R)
         for j in range(len(self.brackets)):
+            self._open_round(j)
             self._advance(j)
 
     def improvement(self) -> float | None:
@@ -397,26 +462,14 @@ class IDHyperband(Algorithm):
         return (gain is not None and gain > self.threshold
                 and float(self.R * self.eta) <= self.ceiling)
 
-    def _levels(self) -> dict[Fraction, tuple[float, int]]:
-        """Best (value, trial) at each resource level any trial reached."""
-        best: dict[Fraction, tuple[float, int]] = {}
-        for tid, trial in self.trials.items():
-            br = self.brackets[trial.bracket]
-            for i, v in enumerate(trial.values):
-                level = br.level(i, self.eta)
-                if level not in best or (v, tid) < best[level]:
-                    best[level] = (v, tid)
-        return best
-
     # --- reading ----------------------------------------------------------------------------
 
     def best(self) -> tuple[int, float] | None:
         """The lowest value at the highest resource level reached (R once any trial has
         completed the current run), ties by trial id."""
-        levels = self._levels()
-        if not levels:
+        if not self._level_best:
             return None
-        value, tid = levels[max(levels)]
+        value, tid = self._level_best[max(self._level_best)]
         return tid, value
 
     def plan(self) -> Plan:
@@ -464,6 +517,7 @@ class IDHyperband(Algorithm):
                                                      br.r_min.numerator, br.r_min.denominator))
             sampler.restore(saved)
             self.samplers.append(sampler)
+        self._derive()
 
 
 register_algorithm("idhb")(IDHyperband)
