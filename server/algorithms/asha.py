@@ -21,7 +21,13 @@ levels. ``asha`` runs bracket 0 only unless ``brackets`` says more; ``async-hype
 
 Settings: ``mode``, ``quantile_rule`` (``asha_floor`` | ``linear_quantile`` | ``ray_percentile``),
 ``brackets`` (a count or ``"all"``), ``bracket_distribution``, ``sampler``. The study's
-``max_trials`` is how many new trials start in total. A trial whose reported value is not finite
+``max_trials`` is how many new trials start in total. ``budget`` (resource units,
+optional) stops the study by resource instead, as the paper runs ASHA until a time budget is
+spent: new trials start whenever nothing can be promoted, with or without a ``max_trials``
+cap, until the resource handed out (each job's ``to - from``) reaches the budget; then no job
+at all is handed out and the study ends with the jobs in flight. A trial-count stop leaves
+workers idle at the end (only promotions remain, fewer than the workers); a budget stop keeps
+them busy to the end. A trial whose reported value is not finite
 is treated as failed; failed and lost trials never block a rung. The sampler is told every
 learning-curve point and, as each job ends, what that segment cost (``Sampler.on_segment``):
 ``asha-carbs`` (``carbs.py``) is this scheduler with the cost-aware CARBS sampler.
@@ -61,7 +67,7 @@ from .samplers import make_sampler
 MODES = ("promotion", "stopping")
 QUANTILE_RULES = ("asha_floor", "linear_quantile", "ray_percentile")
 DISTRIBUTIONS = ("sync_proportional", "softmax_rungs")
-SETTINGS = ("mode", "quantile_rule", "brackets", "bracket_distribution", "sampler")
+SETTINGS = ("mode", "quantile_rule", "brackets", "bracket_distribution", "sampler", "budget")
 
 
 # --- exact resource arithmetic ------------------------------------------------------------
@@ -256,6 +262,16 @@ class TrialRecord:
         return dict(self.__dict__)
 
 
+def _budget(value: Any) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (
+            math.isfinite(value) and value > 0):
+        raise SettingsError("algorithm.settings.budget",
+                            f"must be a resource amount > 0 (got {value!r})")
+    return float(value)
+
+
 def _choice(settings: Mapping[str, Any], key: str, allowed: Sequence[str]) -> str:
     value = str(settings.get(key, allowed[0]))
     if value not in allowed:
@@ -276,10 +292,13 @@ class ASHA(Algorithm):
         self.mode = _choice(st, "mode", MODES)
         self.rule = _choice(st, "quantile_rule", QUANTILE_RULES)
         self.distribution = _choice(st, "bracket_distribution", DISTRIBUTIONS)
-        if not ctx.max_trials or ctx.max_trials < 1:
+        self.budget = _budget(st.get("budget"))
+        if self.budget is None and (not ctx.max_trials or ctx.max_trials < 1):
             raise SettingsError(
-                "max_trials", f"{self.name} needs max_trials >= 1 (how many trials to start)")
-        self.max_trials = int(ctx.max_trials)
+                "max_trials", f"{self.name} needs max_trials >= 1 (how many trials to start) "
+                "or algorithm.settings.budget (how much resource to spend)")
+        self.max_trials: int | None = int(ctx.max_trials) if ctx.max_trials else None
+        self.handed = 0.0  # resource handed out in jobs (to - from), against ``budget``
         self.eta = int(ctx.resource.eta)
         r_min = to_fraction(ctx.resource.min_resource)
         top = to_fraction(ctx.resource.max_resource)
@@ -336,14 +355,21 @@ class ASHA(Algorithm):
 
     def next_jobs(self, free: int) -> list[Job]:
         jobs: list[Job] = []
-        while len(jobs) < free:
+        while len(jobs) < free and not self._spent():
             job = self._promote() if self.mode == "promotion" else None
             job = job or self._start_trial()
             if job is None:
                 break
             self.running[job.trial_id] = job
+            self.handed += job.to_resource - job.from_resource
             jobs.append(job)
         return jobs
+
+    def _spent(self) -> bool:
+        return self.budget is not None and self.handed >= self.budget
+
+    def _trials_left(self) -> bool:
+        return self.max_trials is None or len(self.trials) < self.max_trials
 
     def _promote(self) -> Job | None:
         found = self._find_promotion()
@@ -385,7 +411,7 @@ class ASHA(Algorithm):
                                              self.eta) else None
 
     def _start_trial(self) -> Job | None:
-        if len(self.trials) >= self.max_trials:
+        if not self._trials_left():
             return None
         tid = len(self.trials)
         b = self.draw_bracket()
@@ -491,7 +517,11 @@ class ASHA(Algorithm):
         return self.rungs[bracket][k]
 
     def done(self) -> bool:
-        if self.running or len(self.trials) < self.max_trials:
+        if self.running:
+            return False
+        if self._spent():
+            return True
+        if self._trials_left():
             return False
         return self.mode == "stopping" or self._find_promotion() is None
 
@@ -509,7 +539,7 @@ class ASHA(Algorithm):
         brackets: list[Bracket] = []
         for s, p in enumerate(self.probabilities):
             levels = self.levels[s:]
-            n0 = self.max_trials * p
+            n0 = self._expected_trials() * p
             rungs = tuple(Rung(int(math.floor(n0 / self.eta**k + 1e-9)), r)
                           for k, r in enumerate(levels))
             brackets.append(Bracket(s, rungs))
@@ -523,6 +553,18 @@ class ASHA(Algorithm):
             notes=(f"{self.mode} mode, {self.rule} rule: rung sizes are expected values",),
         )
 
+    def _expected_trials(self) -> float:
+        """max_trials, or under a budget alone the trials it pays for at the expected
+        incremental resource per trial (1/eta of a rung's trials go on to the next)."""
+        if self.max_trials is not None or self.budget is None:
+            return float(self.max_trials or 0)
+        per_trial = 0.0
+        for s, p in enumerate(self.probabilities):
+            levels = [0.0, *self.levels[s:]]
+            per_trial += p * sum((levels[k + 1] - levels[k]) / self.eta**k
+                                 for k in range(len(levels) - 1))
+        return self.budget / per_trial
+
     def state(self) -> dict[str, Any]:
         return {
             "version": 1,
@@ -531,6 +573,7 @@ class ASHA(Algorithm):
             "running": {str(t): j.to_dict() for t, j in self.running.items()},
             "bracket_rng": rng_state(self.bracket_rng),
             "sampler": self.sampler.state(),
+            "handed": self.handed,
         }
 
     def restore(self, state: Mapping[str, Any]) -> None:
@@ -542,6 +585,7 @@ class ASHA(Algorithm):
                 rung.load(d)
         self.running = {int(t): Job.from_dict(d) for t, d in state["running"].items()}
         rng_restore(self.bracket_rng, state["bracket_rng"])
+        self.handed = float(state.get("handed", 0.0))  # absent from earlier snapshots
         self.sampler.restore(state["sampler"])
         self._derive()
 

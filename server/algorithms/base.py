@@ -21,7 +21,7 @@ import abc
 import enum
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, ClassVar, Protocol
 
 import numpy as np
 
@@ -180,6 +180,7 @@ class Sampler(abc.ABC):
     """Chooses the configuration of each new trial. Told every learning-curve point."""
 
     name: str = ""
+    capabilities: ClassVar[frozenset[Capability]] = frozenset()
     # False for samplers that ignore ``pending``: schedulers then skip building that list, a
     # scan of their running trials per new trial.
     uses_pending: bool = True
@@ -216,6 +217,59 @@ class Sampler(abc.ABC):
     def restore(self, state: Mapping[str, Any]) -> None: ...
 
 
+class Capability(str, enum.Enum):
+    """An optional ability an algorithm or sampler declares in its ``capabilities``; the
+    service asks for it through :func:`deepening` and :func:`pareto_source`, never by probing
+    attributes. Registration checks that a class declares exactly the capabilities whose
+    members it has (:data:`CAPABILITY_MEMBERS`)."""
+
+    DEEPENING = "deepening"  # the maximum resource can be raised (ID-HB)
+    PARETO = "pareto"  # keeps a cost/value Pareto front and scaling fits (CARBS)
+
+
+class Deepening(Protocol):
+    @property
+    def max_resource(self) -> float:
+        """The current maximum resource (it grows with each raise)."""
+
+    def raise_max_resource(self) -> None:
+        """R -> eta*R; PreconditionError while the current run is not complete."""
+
+
+class ParetoSource(Protocol):
+    def pareto_front(self) -> list[tuple[int, float, float]]:
+        """(representative trial, cost, value) per front point, cheapest first."""
+
+    def pareto_groups(self) -> list[list[int]]:
+        """The trials behind each front point."""
+
+    def pareto_configs(self) -> list[dict[str, Any]]:
+        """The configuration (with its resource, if any) of each front point."""
+
+    def scaling_fit(self) -> dict[str, dict[str, Any]]:
+        """Per parameter: how its best value scales with cost."""
+
+
+CAPABILITY_MEMBERS: dict[Capability, tuple[str, ...]] = {
+    Capability.DEEPENING: ("max_resource", "raise_max_resource"),
+    Capability.PARETO: ("pareto_front", "pareto_groups", "pareto_configs", "scaling_fit"),
+}
+
+
+def check_capabilities(cls: type) -> None:
+    """A class declares a capability iff it has every member of it (TypeError otherwise), so
+    a capability is never half implemented nor silently undeclared."""
+    declared = frozenset(getattr(cls, "capabilities", ()))
+    for cap, members in CAPABILITY_MEMBERS.items():
+        have = [m for m in members if hasattr(cls, m)]
+        if cap in declared and len(have) < len(members):
+            missing = sorted(set(members) - set(have))
+            raise TypeError(f"{cls.__name__} declares {cap.value} but lacks {missing}")
+        if cap not in declared and have:
+            raise TypeError(f"{cls.__name__} has {have} but does not declare "
+                            f"Capability.{cap.name} in its capabilities")
+
+
 class Algorithm(abc.ABC):
     """One study's policy. The service calls, in any interleaving:
 
@@ -227,6 +281,8 @@ class Algorithm(abc.ABC):
     """
 
     name: str = ""
+    capabilities: ClassVar[frozenset[Capability]] = frozenset()
+    sampler: Sampler | None = None  # the sampler a scheduler owns, if any
 
     @abc.abstractmethod
     def next_jobs(self, free: int) -> list[Job]: ...
@@ -266,6 +322,8 @@ SAMPLERS: dict[str, SamplerFactory] = {}
 
 def register_algorithm(name: str) -> Callable[[AlgorithmFactory], AlgorithmFactory]:
     def deco(factory: AlgorithmFactory) -> AlgorithmFactory:
+        if isinstance(factory, type):
+            check_capabilities(factory)
         ALGORITHMS[name] = factory
         return factory
 
@@ -274,10 +332,30 @@ def register_algorithm(name: str) -> Callable[[AlgorithmFactory], AlgorithmFacto
 
 def register_sampler(name: str) -> Callable[[SamplerFactory], SamplerFactory]:
     def deco(factory: SamplerFactory) -> SamplerFactory:
+        if isinstance(factory, type):
+            check_capabilities(factory)
         SAMPLERS[name] = factory
         return factory
 
     return deco
+
+
+def deepening(alg: Algorithm) -> Deepening | None:
+    """The algorithm as a :class:`Deepening` one, or None if it did not declare it."""
+    return alg if Capability.DEEPENING in alg.capabilities else None  # type: ignore[return-value]
+
+
+def can_deepen(alg: Algorithm) -> bool:
+    return Capability.DEEPENING in alg.capabilities
+
+
+def pareto_source(alg: Algorithm) -> ParetoSource | None:
+    """Whichever of the algorithm and its sampler keeps a cost/value front (the algorithm
+    first), or None."""
+    for obj in (alg, alg.sampler):
+        if obj is not None and Capability.PARETO in obj.capabilities:
+            return obj  # type: ignore[return-value]
+    return None
 
 
 def rng_for(seed: int, *path: int) -> np.random.Generator:

@@ -58,6 +58,7 @@ from sklearn.preprocessing import QuantileTransformer
 from .asha import AsyncHyperband
 from .base import (
     Algorithm,
+    Capability,
     Context,
     Decision,
     Job,
@@ -829,6 +830,8 @@ class Carbs(Algorithm):
     the searched resource parameter); ``max_trials`` trials in all. ``best()`` is the lowest
     value regardless of cost; ``pareto_front()`` is the cost/value front."""
 
+    capabilities = frozenset({Capability.PARETO})
+
     name = "carbs"
 
     def __init__(self, ctx: Context) -> None:
@@ -973,6 +976,8 @@ class CarbsSampler(Sampler):
     Under a scheduler that reports no segments (synchronous Hyperband, ID-HB, random), a trial
     that completes is observed once, at its last point, with the resource reached as its cost.
     """
+
+    capabilities = frozenset({Capability.PARETO})
 
     name = "carbs"
     uses_pending = False  # the core keeps its own pending trials (with their fantasies)

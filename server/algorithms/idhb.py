@@ -46,6 +46,7 @@ from .asha import largest_s, to_fraction
 from .base import (
     Algorithm,
     Bracket,
+    Capability,
     Context,
     Decision,
     Job,
@@ -147,6 +148,7 @@ class IDHyperband(Algorithm):
     """Iterative-deepening Hyperband; see the module docstring."""
 
     name = "idhb"
+    capabilities = frozenset({Capability.DEEPENING})
 
     def __init__(self, ctx: Context) -> None:
         st = ctx.settings
