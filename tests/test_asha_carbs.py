@@ -96,7 +96,7 @@ def test_asha_carbs_is_async_hyperband_with_the_carbs_sampler_and_checks_setting
 
     assert rejected({"sampler": "random"}) == "algorithm.settings.sampler"
     assert rejected({"carbs": 5}) == "algorithm.settings.carbs"
-    assert rejected({"carbs": {"bogus": 1}}) == "algorithm.settings.bogus"
+    assert rejected({"carbs": {"bogus": 1}}) == "algorithm.settings.carbs.bogus"
     assert rejected({"bogus": 1}) == "algorithm.settings.bogus"
     # The scheduler decides the resource: searching it too is a contradiction.
     with_epoch = SearchSpace((*SPACE.params, Float("epoch", 1, 9)))

@@ -75,6 +75,7 @@ from .base import (
     rng_restore,
     rng_state,
 )
+from .settings import ROOT, parse
 from .space import Categorical, Float, Int, SearchSpace
 
 log = logging.getLogger(__name__)
@@ -123,21 +124,22 @@ class CarbsConfig:
         return [f.name for f in fields(cls)]
 
     @classmethod
-    def from_settings(cls, settings: Mapping[str, Any], algorithm: str = "carbs") -> CarbsConfig:
-        check_settings(settings, cls.keys(), algorithm)
-        values = dict(settings)
-        if values.get("compat"):
+    def from_settings(cls, settings: Mapping[str, Any], where: str = ROOT) -> CarbsConfig:
+        """Parse CARBS's settings found at ``where`` (the top level for ``carbs``,
+        ``algorithm.settings.carbs`` for the sampler); errors name the full path."""
+        values = dict(settings) if isinstance(settings, Mapping) else settings
+        if isinstance(values, dict) and values.get("compat"):
             # The reference's behaviour everywhere a fix changes results, unless overridden.
             for key, ref in (("compat_success_variance", True), ("compat_pareto_quantile", True),
                              ("cost_cap_fallback", "random")):
                 values.setdefault(key, ref)
-        cfg = cls(**values)
-        cfg._check()
+        cfg = parse(cls, values, where)
+        cfg._check(where)
         return cfg
 
-    def _check(self) -> None:
+    def _check(self, where: str) -> None:
         def bad(key: str, why: str) -> SettingsError:
-            return SettingsError(f"algorithm.settings.{key}", why)
+            return SettingsError(f"{where}.{key}", why)
 
         if int(self.num_random_samples) != self.num_random_samples or self.num_random_samples < 2:
             raise bad("num_random_samples", "must be a whole number >= 2 (4 is usual)")
@@ -562,8 +564,8 @@ class CarbsCore:
     trial, then observe its value and cost, record a failure, or forget it."""
 
     def __init__(self, space: SearchSpace, settings: Mapping[str, Any],
-                 rng: np.random.Generator, algorithm: str = "carbs") -> None:
-        self.cfg = CarbsConfig.from_settings(settings, algorithm)
+                 rng: np.random.Generator, where: str = ROOT) -> None:
+        self.cfg = CarbsConfig.from_settings(settings, where)
         self.space = space
         self.dims = build_dims(space, self.cfg)
         self.rng = rng
@@ -842,7 +844,7 @@ class Carbs(Algorithm):
         self.max_trials = int(ctx.max_trials)
         self.max_resource = float(ctx.resource.max_resource)
         self.resource_param = self._resource_param(ctx, settings.pop("resource_param", None))
-        self.core = CarbsCore(ctx.space, settings, rng_for(ctx.seed, 0), self.name)
+        self.core = CarbsCore(ctx.space, settings, rng_for(ctx.seed, 0))
         self.started = 0
         self.running: dict[int, dict[str, Any]] = {}
         self.info: dict[int, dict[str, Any]] = {}
@@ -984,12 +986,10 @@ class CarbsSampler(Sampler):
 
     def __init__(self, ctx: Context, rng: np.random.Generator) -> None:
         settings = ctx.settings.get("carbs", {})
-        if not isinstance(settings, Mapping):
-            raise SettingsError("algorithm.settings.carbs", "must be a mapping of carbs settings")
         space = with_resource(ctx.space, ctx.resource)
         self.resource_name = space.names[-1]
         self.low, self.high = float(ctx.resource.min_resource), float(ctx.resource.max_resource)
-        self.core = CarbsCore(space, dict(settings), rng)
+        self.core = CarbsCore(space, settings, rng, f"{ROOT}.carbs")
         self.last: dict[int, tuple[float, float]] = {}  # trial -> (resource, value), last point
         self.spent: dict[int, float] = {}  # trial -> cost so far, once a segment was reported
 
