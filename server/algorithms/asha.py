@@ -41,7 +41,7 @@ import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from fractions import Fraction
-from typing import Any
+from typing import Any, Literal, get_args
 
 import numpy as np
 
@@ -56,18 +56,32 @@ from .base import (
     Rung,
     SettingsError,
     Status,
-    check_settings,
     register_algorithm,
     rng_for,
     rng_restore,
     rng_state,
 )
-from .samplers import make_sampler
+from .samplers import make_sampler, sampler_options
+from .settings import parse
 
-MODES = ("promotion", "stopping")
-QUANTILE_RULES = ("asha_floor", "linear_quantile", "ray_percentile")
-DISTRIBUTIONS = ("sync_proportional", "softmax_rungs")
-SETTINGS = ("mode", "quantile_rule", "brackets", "bracket_distribution", "sampler", "budget")
+Mode = Literal["promotion", "stopping"]
+QuantileRule = Literal["asha_floor", "linear_quantile", "ray_percentile"]
+Distribution = Literal["sync_proportional", "softmax_rungs"]
+MODES, QUANTILE_RULES, DISTRIBUTIONS = get_args(Mode), get_args(QuantileRule), get_args(
+    Distribution)
+
+
+@dataclass(frozen=True)
+class ASHASettings:
+    """``algorithm.settings`` of asha and async-hyperband (see the module docstring);
+    ``brackets`` None is the algorithm's default (1 for asha, "all" for async-hyperband)."""
+
+    mode: Mode = "promotion"
+    quantile_rule: QuantileRule = "asha_floor"
+    brackets: int | Literal["all"] | None = None
+    bracket_distribution: Distribution = "sync_proportional"
+    sampler: str = "random"
+    budget: float | None = None
 
 
 # --- exact resource arithmetic ------------------------------------------------------------
@@ -262,24 +276,6 @@ class TrialRecord:
         return dict(self.__dict__)
 
 
-def _budget(value: Any) -> float | None:
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (
-            math.isfinite(value) and value > 0):
-        raise SettingsError("algorithm.settings.budget",
-                            f"must be a resource amount > 0 (got {value!r})")
-    return float(value)
-
-
-def _choice(settings: Mapping[str, Any], key: str, allowed: Sequence[str]) -> str:
-    value = str(settings.get(key, allowed[0]))
-    if value not in allowed:
-        raise SettingsError(f"algorithm.settings.{key}",
-                            f"{value!r} is not one of {list(allowed)}")
-    return value
-
-
 class ASHA(Algorithm):
     """ASHA with ``brackets`` brackets (default 1); see the module docstring."""
 
@@ -287,12 +283,13 @@ class ASHA(Algorithm):
     default_brackets: int | str = 1
 
     def __init__(self, ctx: Context) -> None:
-        st = ctx.settings
-        check_settings(st, SETTINGS, self.name)
-        self.mode = _choice(st, "mode", MODES)
-        self.rule = _choice(st, "quantile_rule", QUANTILE_RULES)
-        self.distribution = _choice(st, "bracket_distribution", DISTRIBUTIONS)
-        self.budget = _budget(st.get("budget"))
+        st = parse(ASHASettings, ctx.settings, passthrough=sampler_options(ctx.settings))
+        self.settings = st
+        self.mode, self.rule, self.distribution = st.mode, st.quantile_rule, st.bracket_distribution
+        self.budget = st.budget
+        if self.budget is not None and not self.budget > 0:
+            raise SettingsError("algorithm.settings.budget",
+                                f"must be a resource amount > 0 (got {self.budget!r})")
         if self.budget is None and (not ctx.max_trials or ctx.max_trials < 1):
             raise SettingsError(
                 "max_trials", f"{self.name} needs max_trials >= 1 (how many trials to start) "
@@ -304,7 +301,8 @@ class ASHA(Algorithm):
         top = to_fraction(ctx.resource.max_resource)
         self.max_resource = float(top)
         self.levels = rung_levels(r_min, top, self.eta)
-        self.n_brackets = self._bracket_count(st.get("brackets", self.default_brackets),
+        self.n_brackets = self._bracket_count(
+            self.default_brackets if st.brackets is None else st.brackets,
                                               largest_s(r_min, top, self.eta) + 1)
         self.probabilities = bracket_probabilities(self.distribution, r_min, top, self.eta,
                                                    self.n_brackets)

@@ -35,7 +35,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from fractions import Fraction
 from itertools import pairwise
-from typing import Any
+from typing import Any, Literal, get_args
 
 from .base import (
     Algorithm,
@@ -49,16 +49,28 @@ from .base import (
     Rung,
     SettingsError,
     Status,
-    check_settings,
     register_algorithm,
     rng_for,
 )
-from .samplers import make_sampler
+from .samplers import make_sampler, sampler_options
+from .settings import parse
 
-ROUNDINGS = ("paper", "ray", "hpbandster")
-RESOURCE_ROUNDINGS = ("float", "int", "round")
-RETURN_RULES = ("best_at_R", "best_any")
-SETTINGS = ("rounding", "resource_rounding", "return_rule", "iterations", "sampler")
+Rounding = Literal["paper", "ray", "hpbandster"]
+ResourceRounding = Literal["float", "int", "round"]
+ReturnRule = Literal["best_at_R", "best_any"]
+ROUNDINGS, RESOURCE_ROUNDINGS = get_args(Rounding), get_args(ResourceRounding)
+RETURN_RULES = get_args(ReturnRule)
+
+
+@dataclass(frozen=True)
+class HyperbandSettings:
+    """``algorithm.settings`` of hyperband (see the module docstring)."""
+
+    rounding: Rounding = "paper"
+    resource_rounding: ResourceRounding = "float"
+    return_rule: ReturnRule = "best_at_R"
+    iterations: int = 1
+    sampler: str = "random"
 STATE_VERSION = 1
 
 Number = int | float | Fraction
@@ -270,30 +282,18 @@ def _loss_from_json(v: float | None) -> float:
     return math.inf if v is None else float(v)
 
 
-def _iterations(settings: Mapping[str, Any]) -> int:
-    v = settings.get("iterations", 1)
-    # Settings may arrive as doubles (protobuf Struct), so 2.0 is accepted as 2.
-    ok = isinstance(v, (int, float)) and not isinstance(v, bool) and v == int(v) and v >= 1
-    if not ok:
-        raise SettingsError("algorithm.settings.iterations",
-                            f"must be a whole number >= 1 (got {v!r})")
-    return int(v)
-
-
 class Hyperband(Algorithm):
     """Synchronous Hyperband; see the module docstring for settings and conventions."""
 
     name = "hyperband"
 
     def __init__(self, ctx: Context) -> None:
-        st = ctx.settings
-        check_settings(st, SETTINGS, self.name)
-        self.rounding = check_choice(st.get("rounding", "paper"), ROUNDINGS, "rounding")
-        self.resource_rounding = check_choice(
-            st.get("resource_rounding", "float"), RESOURCE_ROUNDINGS, "resource_rounding")
-        self.return_rule = check_choice(
-            st.get("return_rule", "best_at_R"), RETURN_RULES, "return_rule")
-        self.iterations = _iterations(st)
+        st = parse(HyperbandSettings, ctx.settings, passthrough=sampler_options(ctx.settings))
+        if st.iterations < 1:
+            raise SettingsError("algorithm.settings.iterations",
+                                f"must be a whole number >= 1 (got {st.iterations})")
+        self.rounding, self.resource_rounding = st.rounding, st.resource_rounding
+        self.return_rule, self.iterations = st.return_rule, st.iterations
         res = ctx.resource
         self.table = bracket_table(res.max_resource, res.eta, res.min_resource,
                                    self.rounding, self.resource_rounding)

@@ -40,7 +40,7 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from fractions import Fraction
-from typing import Any
+from typing import Any, Literal, get_args
 
 from .asha import largest_s, to_fraction
 from .base import (
@@ -57,14 +57,24 @@ from .base import (
     Sampler,
     SettingsError,
     Status,
-    check_settings,
     register_algorithm,
     rng_for,
 )
-from .samplers import make_sampler
+from .samplers import make_sampler, sampler_options
+from .settings import parse
 
-VARIANTS = ("efficient", "preserving", "discarding")
-SETTINGS = ("variant", "sampler", "auto_raise_threshold", "max_resource_ceiling")
+Variant = Literal["efficient", "preserving", "discarding"]
+VARIANTS = get_args(Variant)
+
+
+@dataclass(frozen=True)
+class IDHBSettings:
+    """``algorithm.settings`` of idhb (see the module docstring)."""
+
+    variant: Variant = "efficient"
+    sampler: str = "random"
+    auto_raise_threshold: float | None = None
+    max_resource_ceiling: float | None = None
 _SAMPLER_STREAM = 2  # rng_for path tag of the per-bracket sampler streams
 
 
@@ -151,13 +161,9 @@ class IDHyperband(Algorithm):
     capabilities = frozenset({Capability.DEEPENING})
 
     def __init__(self, ctx: Context) -> None:
-        st = ctx.settings
-        check_settings(st, SETTINGS, self.name)
+        st = parse(IDHBSettings, ctx.settings, passthrough=sampler_options(ctx.settings))
         self.ctx = ctx
-        self.variant = str(st.get("variant", "efficient"))
-        if self.variant not in VARIANTS:
-            raise SettingsError("algorithm.settings.variant",
-                                f"{self.variant!r} is not one of {list(VARIANTS)}")
+        self.variant = st.variant
         self.eta = int(ctx.resource.eta)
         self.r_min = to_fraction(ctx.resource.min_resource)
         self.R = to_fraction(ctx.resource.max_resource)
@@ -211,15 +217,13 @@ class IDHyperband(Algorithm):
         if best is None or (value, tid) < best:
             self._level_best[level] = (value, tid)
 
-    def _auto_settings(self, st: Mapping[str, Any]) -> tuple[float | None, float | None]:
-        threshold, ceiling = st.get("auto_raise_threshold"), st.get("max_resource_ceiling")
-        if threshold is not None and (not isinstance(threshold, (int, float))
-                                      or not threshold >= 0):
+    def _auto_settings(self, st: IDHBSettings) -> tuple[float | None, float | None]:
+        threshold, ceiling = st.auto_raise_threshold, st.max_resource_ceiling
+        if threshold is not None and not threshold >= 0:
             raise SettingsError("algorithm.settings.auto_raise_threshold",
                                 f"must be a number >= 0 (a relative improvement); got "
                                 f"{threshold!r}")
-        if ceiling is not None and (not isinstance(ceiling, (int, float))
-                                    or not ceiling >= float(self.R)):
+        if ceiling is not None and not ceiling >= float(self.R):
             raise SettingsError("algorithm.settings.max_resource_ceiling",
                                 f"must be a number >= max_resource ({float(self.R):g}); got "
                                 f"{ceiling!r}")

@@ -7,6 +7,7 @@ exactly this). Settings: ``sampler`` (default ``random``).
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from .base import (
@@ -18,18 +19,23 @@ from .base import (
     Plan,
     SettingsError,
     Status,
-    check_settings,
     register_algorithm,
     rng_for,
 )
-from .samplers import make_sampler
+from .samplers import make_sampler, sampler_options
+from .settings import parse
+
+
+@dataclass(frozen=True)
+class RandomSearchSettings:
+    sampler: str = "random"
 
 
 class RandomSearch(Algorithm):
     name = "random"
 
     def __init__(self, ctx: Context) -> None:
-        check_settings(ctx.settings, ["sampler"], self.name)
+        parse(RandomSearchSettings, ctx.settings, passthrough=sampler_options(ctx.settings))
         if not ctx.max_trials or ctx.max_trials < 1:
             raise SettingsError(
                 "max_trials", "random search needs max_trials >= 1 (how many trials to run)"

@@ -33,6 +33,13 @@ class RandomSampler(Sampler):
 register_sampler("random")(RandomSampler)
 
 
+def sampler_options(settings: Mapping[str, Any]) -> list[str]:
+    """The key of a scheduler's settings that holds its sampler's own options (``{"sampler":
+    "cqr", "cqr": {...}}``): the scheduler lets it through for the sampler to parse."""
+    name = settings.get("sampler")
+    return [name] if isinstance(name, str) else []
+
+
 def make_sampler(ctx: Context, rng: np.random.Generator, default: str = "random") -> Sampler:
     """The sampler a study's settings name (``settings["sampler"]``), built on ``rng``."""
     from . import SAMPLER_MODULES, load
