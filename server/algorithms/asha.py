@@ -40,7 +40,6 @@ import heapq
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from fractions import Fraction
 from typing import Any, Literal, get_args
 
 import numpy as np
@@ -61,6 +60,7 @@ from .base import (
     rng_restore,
     rng_state,
 )
+from .hb_math import bracket_probabilities, largest_s, rung_levels, to_fraction
 from .samplers import make_sampler, sampler_options
 from .settings import parse
 
@@ -85,48 +85,6 @@ class ASHASettings:
 
 
 # --- exact resource arithmetic ------------------------------------------------------------
-
-
-def to_fraction(x: float) -> Fraction:
-    """The exact rational a user meant: repr() turns 0.1 into 1/10, not its binary double."""
-    return Fraction(repr(float(x)))
-
-
-def largest_s(r_min: Fraction, max_resource: Fraction, eta: int) -> int:
-    """The largest s with r_min * eta**s <= R, exactly (a float log gives 4 for R=243, eta=3)."""
-    s = 0
-    while r_min * eta ** (s + 1) <= max_resource:
-        s += 1
-    return s
-
-
-def rung_levels(r_min: Fraction, max_resource: Fraction, eta: int) -> list[float]:
-    """Milestones r_min * eta**k strictly below R, then R, so every trial can end at R."""
-    levels: list[float] = []
-    k = 0
-    while r_min * eta**k < max_resource:
-        levels.append(float(r_min * eta**k))
-        k += 1
-    return [*levels, float(max_resource)]
-
-
-def bracket_probabilities(kind: str, r_min: Fraction, max_resource: Fraction, eta: int,
-                          n_brackets: int) -> list[float]:
-    """P(new trial goes to bracket s) for s = 0 .. n_brackets-1 (reference §1.5).
-
-    ``sync_proportional`` (Syne Tune): P(s) ∝ n / ((n - s) * r_s), r_s the bracket's first rung,
-    i.e. proportional to the synchronous Hyperband bracket sizes. ``softmax_rungs`` (Ray):
-    softmax over the number of rungs of each bracket.
-    """
-    if kind == "sync_proportional":
-        n = n_brackets
-        weights = [Fraction(n, n - s) / (r_min * eta**s) for s in range(n)]
-        total = sum(weights)
-        return [float(w / total) for w in weights]
-    sizes = [len(rung_levels(r_min, max_resource, eta)) - s for s in range(n_brackets)]
-    top = max(sizes)
-    exps = [math.exp(x - top) for x in sizes]
-    return [e / sum(exps) for e in exps]
 
 
 # --- the three quantile rules -------------------------------------------------------------
@@ -597,3 +555,7 @@ class AsyncHyperband(ASHA):
 
 register_algorithm("asha")(ASHA)
 register_algorithm("async-hyperband")(AsyncHyperband)
+
+
+__all__ = ["ASHA", "AsyncHyperband", "bracket_probabilities", "continues", "in_top",
+           "largest_s", "ray_cutoff", "rung_levels", "to_fraction"]

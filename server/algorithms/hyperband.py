@@ -34,7 +34,6 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from fractions import Fraction
-from itertools import pairwise
 from typing import Any, Literal, get_args
 
 from .base import (
@@ -45,12 +44,21 @@ from .base import (
     Job,
     Outcome,
     Plan,
-    Resource,
     Rung,
     SettingsError,
     Status,
     register_algorithm,
     rng_for,
+)
+from .hb_math import (
+    ExactBracket,
+    bracket_table,
+    exact,
+    full_cost,
+    incremental_cost,
+    rank,
+    rung_counts,
+    s_max_for,
 )
 from .samplers import make_sampler, sampler_options
 from .settings import parse
@@ -58,7 +66,6 @@ from .settings import parse
 Rounding = Literal["paper", "ray", "hpbandster"]
 ResourceRounding = Literal["float", "int", "round"]
 ReturnRule = Literal["best_at_R", "best_any"]
-ROUNDINGS, RESOURCE_ROUNDINGS = get_args(Rounding), get_args(ResourceRounding)
 RETURN_RULES = get_args(ReturnRule)
 
 
@@ -78,114 +85,6 @@ Number = int | float | Fraction
 # --- the bracket table: pure arithmetic, no study needed ---------------------------------
 
 
-@dataclass(frozen=True)
-class ExactBracket:
-    """One bracket with exact resources: ``rungs`` are (n_i, r_i) pairs."""
-
-    s: int
-    rungs: tuple[tuple[int, Fraction], ...]
-
-
-def exact(x: Number, where: str) -> Fraction:
-    """A user's number as the decimal it was written as: Fraction(repr(0.1)) is 1/10, while
-    Fraction(0.1) is the nearest binary float, which would put R=24.3, r_min=0.1 a hair
-    below 243 minimum units and lose a bracket."""
-    if isinstance(x, Fraction):
-        return x
-    if isinstance(x, int) and not isinstance(x, bool):
-        return Fraction(x)
-    f = float(x)
-    if not math.isfinite(f):
-        raise SettingsError(where, f"must be a finite number (got {x!r})")
-    return Fraction(repr(f))
-
-
-def s_max_for(ratio: Fraction, eta: int) -> int:
-    """The largest s with η^s <= R/r_min, by exact comparison (never a float log)."""
-    s = 0
-    while eta ** (s + 1) <= ratio:
-        s += 1
-    return s
-
-
-def rung_counts(s: int, s_max: int, eta: int, rounding: str) -> list[int]:
-    """n_0..n_s of bracket s under a rounding convention (see the module docstring)."""
-    if rounding == "hpbandster":
-        # Floor first, then scale: HpBandSter's (and the Python-2 website code's) order.
-        n0 = (s_max + 1) // (s + 1) * eta**s
-        return [max(n0 // eta**i, 1) for i in range(s + 1)]
-    n = -(-(s_max + 1) * eta**s // (s + 1))  # exact ceiling
-    if rounding == "ray":
-        counts = [n]
-        for _ in range(s):
-            counts.append(-(-counts[-1] // eta))
-        return counts
-    # ⌊n/η^i⌋ equals keeping ⌊n_{i-1}/η⌋ each round (floors of floors compose).
-    return [n // eta**i for i in range(s + 1)]
-
-
-def _round_resource(r: Fraction, mode: str) -> Fraction:
-    if mode == "int":
-        return Fraction(math.floor(r))
-    if mode == "round":
-        return Fraction(round(r))
-    return r
-
-
-def _rung_resources(s: int, big_r: Fraction, eta: int, mode: str) -> list[Fraction]:
-    rs = [_round_resource(big_r / eta ** (s - i), mode) for i in range(s + 1)]
-    # Rounding small fractional resources can give 0 or two equal rungs: a job of no length.
-    if rs[0] <= 0 or any(a >= b for a, b in pairwise(rs)):
-        raise SettingsError(
-            "algorithm.settings.resource_rounding",
-            f"{mode!r} rounding turns the rungs of bracket {s} into "
-            f"{[float(r) for r in rs]}, which are not increasing and positive; "
-            "use 'float' or a larger min_resource",
-        )
-    return rs
-
-
-def check_choice(value: Any, allowed: tuple[str, ...], key: str) -> str:
-    if not isinstance(value, str) or value not in allowed:
-        raise SettingsError(
-            f"algorithm.settings.{key}", f"{value!r} is not one of {list(allowed)}"
-        )
-    return value
-
-
-def bracket_table(
-    max_resource: Number,
-    eta: int,
-    min_resource: Number = 1,
-    rounding: str = "paper",
-    resource_rounding: str = "float",
-) -> tuple[ExactBracket, ...]:
-    """The brackets of one Hyperband iteration, most exploratory (s = s_max) first."""
-    Resource(float(max_resource), float(min_resource), eta).check()
-    check_choice(rounding, ROUNDINGS, "rounding")
-    check_choice(resource_rounding, RESOURCE_ROUNDINGS, "resource_rounding")
-    big_r = exact(max_resource, "resource.max_resource")
-    ratio = big_r / exact(min_resource, "resource.min_resource")
-    eta = int(eta)
-    top = s_max_for(ratio, eta)
-    return tuple(
-        ExactBracket(s, tuple(zip(rung_counts(s, top, eta, rounding),
-                                  _rung_resources(s, big_r, eta, resource_rounding),
-                                  strict=True)))
-        for s in range(top, -1, -1)
-    )
-
-
-def _full_cost(b: ExactBracket) -> Fraction:
-    return sum((n * r for n, r in b.rungs), Fraction(0))
-
-
-def _incremental_cost(b: ExactBracket) -> Fraction:
-    """What a bracket trains when promoted trials resume: n_i·(r_i − r_{i−1})."""
-    prev = [Fraction(0)] + [r for _, r in b.rungs[:-1]]
-    return sum((n * (r - p) for (n, r), p in zip(b.rungs, prev, strict=True)), Fraction(0))
-
-
 def plan_from_table(table: tuple[ExactBracket, ...], iterations: int = 1) -> Plan:
     """The Plan of ``iterations`` Hyperband iterations. Brackets are listed once (they repeat
     identically each iteration); the totals cover every iteration."""
@@ -198,8 +97,8 @@ def plan_from_table(table: tuple[ExactBracket, ...], iterations: int = 1) -> Pla
     return Plan(
         brackets=tuple(Bracket(b.s, tuple(Rung(n, float(r)) for n, r in b.rungs))
                        for b in table),
-        total_resource=float(iterations * sum(map(_full_cost, table), Fraction(0))),
-        incremental_resource=float(iterations * sum(map(_incremental_cost, table),
+        total_resource=float(iterations * sum(map(full_cost, table), Fraction(0))),
+        incremental_resource=float(iterations * sum(map(incremental_cost, table),
                                                     Fraction(0))),
         max_trials=iterations * sum(b.rungs[0][0] for b in table),
         notes=tuple(notes),
@@ -431,8 +330,8 @@ class Hyperband(Algorithm):
 
     def _survivors(self, b: _BracketRun) -> list[int]:
         """The planned number of lowest losses, ties by trial id; never a failed trial."""
-        ranked = sorted((v, t) for t, v in b.results[b.rung].items() if math.isfinite(v))
-        return [t for _, t in ranked[: b.rungs[b.rung + 1][0]]]
+        finite = {t: v for t, v in b.results[b.rung].items() if math.isfinite(v)}
+        return rank(finite)[: b.rungs[b.rung + 1][0]]
 
     def _end_trial(self, tid: int, status: Status) -> None:
         config = self.configs.pop(tid)
@@ -489,3 +388,7 @@ class Hyperband(Algorithm):
 
 
 register_algorithm("hyperband")(Hyperband)
+
+
+__all__ = ["ExactBracket", "Hyperband", "bracket_table", "exact", "hyperband_plan",
+           "plan_from_table", "rung_counts", "s_max_for"]

@@ -42,10 +42,8 @@ from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import Any, Literal, get_args
 
-from .asha import largest_s, to_fraction
 from .base import (
     Algorithm,
-    Bracket,
     Capability,
     Context,
     Decision,
@@ -53,12 +51,19 @@ from .base import (
     Outcome,
     Plan,
     PreconditionError,
-    Rung,
     Sampler,
     SettingsError,
     Status,
     register_algorithm,
     rng_for,
+)
+from .hb_math import (
+    bracket_size,
+    hyperband_table,
+    largest_s,
+    rank,
+    table_cost,
+    to_fraction,
 )
 from .samplers import make_sampler, sampler_options
 from .settings import parse
@@ -79,32 +84,6 @@ _SAMPLER_STREAM = 2  # rng_for path tag of the per-bracket sampler streams
 
 
 # --- synchronous Hyperband arithmetic (paper convention, exact) ---------------------------
-
-
-def bracket_size(s_max: int, s: int, eta: int) -> int:
-    """n = ceil((B/R) * eta**s / (s+1)) with B/R = s_max+1, in integers."""
-    return -(-((s_max + 1) * eta**s) // (s + 1))
-
-
-def hyperband_table(max_resource: Fraction, r_min: Fraction, eta: int) -> list[Bracket]:
-    """Hyperband(R, eta)'s brackets, s = s_max .. 0: n_i = floor(n / eta**i) configurations
-    at r_i = R * eta**(i-s)."""
-    s_max = largest_s(r_min, max_resource, eta)
-    brackets: list[Bracket] = []
-    for s in range(s_max, -1, -1):
-        n = bracket_size(s_max, s, eta)
-        rungs = tuple(Rung(n // eta**i, float(max_resource / eta ** (s - i)))
-                      for i in range(s + 1))
-        brackets.append(Bracket(s, rungs))
-    return brackets
-
-
-def table_cost(brackets: list[Bracket]) -> tuple[float, float]:
-    """(no-reuse cost, checkpoint-resume cost) of a bracket table."""
-    full = sum(b.budget for b in brackets)
-    incremental = sum(r.n * (r.r - (b.rungs[i - 1].r if i else 0.0))
-                      for b in brackets for i, r in enumerate(b.rungs))
-    return full, incremental
 
 
 # --- state --------------------------------------------------------------------------------
@@ -396,19 +375,19 @@ class IDHyperband(Algorithm):
         EfficientSuccessiveHalving / ConservativeSuccessiveHalving(strict))."""
         i, k = br.round, len(br.current) // self.eta
 
-        def rank(tids: list[int]) -> list[int]:
-            return sorted(tids, key=lambda t: (self._loss(t, i), t))
+        def ranked(tids: list[int]) -> list[int]:
+            return rank({t: self._loss(t, i) for t in tids})
 
         if self.variant == "efficient":
             auto = [t for t in br.current if len(self.trials[t].values) > i + 1]
-            rest = rank([t for t in br.current if len(self.trials[t].values) <= i + 1])
+            rest = ranked([t for t in br.current if len(self.trials[t].values) <= i + 1])
             return auto + rest[:max(0, k - len(auto))]
         candidates = list(br.current)
         if self.variant == "preserving":
             listed = set(br.current)
             candidates += [t for t in br.pool
                            if t not in listed and len(self.trials[t].values) > i]
-        return rank(candidates)[:k]
+        return ranked(candidates)[:k]
 
     # --- deepening --------------------------------------------------------------------------
 
@@ -527,3 +506,6 @@ class IDHyperband(Algorithm):
 
 
 register_algorithm("idhb")(IDHyperband)
+
+
+__all__ = ["IDHyperband", "bracket_size", "hyperband_table", "table_cost"]
