@@ -68,7 +68,9 @@ class SimResult:
     study_state: str
     wall_seconds: float
     engine_seconds: float
+    engine_cpu_seconds: float  # the engine's CPU time: steadier than wall on a shared machine
     overhead_us_per_event: float  # real seconds of engine work per input, in microseconds
+    engine_cpu_us_per_event: float  # the same in CPU time
     simulator_us_per_event: float  # everything else (heap, problem, bookkeeping)
     # (simulated seconds, resource consumed, best observed so far) at each improvement
     trace: list[tuple[float, float, float]] = field(default_factory=list)
@@ -144,6 +146,7 @@ class Simulator:
         self.jobs = 0
         self.worker_events = 0
         self.engine_seconds = 0.0
+        self.engine_cpu = 0.0
         self.best_observed = math.inf
         self.trace: list[tuple[float, float, float]] = []
         self.idle_ask_at = -1  # engine.inputs after the last ask that returned nothing
@@ -157,10 +160,11 @@ class Simulator:
     # ------------------------------------------------------------------ the engine
 
     def _apply(self, inp: Mapping[str, Any]) -> Any:
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.thread_time()
         result = self.engine.apply(inp)
         self.engine.take_effects()  # the live server turns these into Redis writes
         self.engine_seconds += time.perf_counter() - t0
+        self.engine_cpu += time.thread_time() - c0
         return result
 
     def _event(self, ev: dict[str, Any]) -> Any:
@@ -276,7 +280,9 @@ class Simulator:
             best_observed=self.best_observed if self.trace else None, optimum=optimum,
             regret=None if best_value is None or optimum is None else best_value - optimum,
             study_state=eng.state, wall_seconds=wall, engine_seconds=self.engine_seconds,
+            engine_cpu_seconds=self.engine_cpu,
             overhead_us_per_event=1e6 * self.engine_seconds / inputs,
+            engine_cpu_us_per_event=1e6 * self.engine_cpu / inputs,
             simulator_us_per_event=1e6 * max(wall - self.engine_seconds, 0.0) / inputs,
             trace=self.trace)
 

@@ -5,6 +5,7 @@ failures, lost jobs and diverged values."""
 
 from __future__ import annotations
 
+import bisect
 import math
 import random
 from typing import Any
@@ -189,3 +190,20 @@ def test_indexed_idhb_decides_as_the_reference(variant: str, seed: int) -> None:
         assert fast.state() == ref.state()
         fast.raise_max_resource()
         ref.raise_max_resource()
+
+
+def test_sorted_keys_rank_and_access_match_a_sorted_list() -> None:
+    from hpod.server.algorithms.ordered import SortedKeys
+
+    rng = random.Random(3)
+    keys = SortedKeys((rng.random(), -i) for i in range(700))
+    plain = sorted(keys)
+    for i in range(3000):  # enough to split buckets many times, at the ends and inside
+        key = (rng.choice([0.0, 1.0, rng.random()]), i)
+        keys.add(key)
+        plain.insert(bisect.bisect_left(plain, key), key)
+        probe = (rng.random(), 0)
+        assert keys.bisect_left(probe) == bisect.bisect_left(plain, probe)
+        j = rng.randrange(len(plain))
+        assert keys[j] == plain[j] and len(keys) == len(plain)
+    assert list(keys) == plain

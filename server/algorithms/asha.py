@@ -61,6 +61,7 @@ from .base import (
     rng_state,
 )
 from .hb_math import bracket_probabilities, largest_s, rung_levels, to_fraction
+from .ordered import SortedKeys
 from .samplers import make_sampler, sampler_options
 from .settings import parse
 
@@ -147,28 +148,34 @@ def _ray_q(eta: int) -> float:
     return (100.0 / eta) / 100  # np.percentile divides the percentage by 100 itself
 
 
-Order = list[tuple[float, int]]  # a rung's (value, trial) entries, sorted
+Order = list[tuple[float, int]]  # (value, trial) entries, sorted
+Sorted = Order | SortedKeys  # a rung's entries: a sorted list or the rung's own index
 
 
-def in_top_sorted(rule: str, tid: int, value: float, order: Order, eta: int) -> bool:
+def _rank(order: Sorted, key: tuple[float, int]) -> int:
+    return order.bisect_left(key) if isinstance(order, SortedKeys) else bisect.bisect_left(
+        order, key)
+
+
+def in_top_sorted(rule: str, tid: int, value: float, order: Sorted, eta: int) -> bool:
     """:func:`in_top` over a rung's sorted entries, in O(log n): the same answers."""
     n = len(order)
     if rule == "asha_floor":
-        return bisect.bisect_left(order, (value, tid)) < n // eta
+        return _rank(order, (value, tid)) < n // eta
     if n < 2:
         return False
     if rule == "linear_quantile":
         return value <= _linear_quantile(lambda i: order[i][0], n, 1.0 / eta)
-    skip = bisect.bisect_left(order, (value, tid))  # the entry itself is not an "other"
+    skip = _rank(order, (value, tid))  # the entry itself is not an "other"
     return value <= _linear_quantile(lambda i: order[i + (i >= skip)][0], n - 1, _ray_q(eta))
 
 
-def continues_sorted(rule: str, previous: Order, value: float, eta: int) -> bool:
+def continues_sorted(rule: str, previous: Sorted, value: float, eta: int) -> bool:
     """:func:`continues` over the milestone's sorted earlier entries, in O(log n)."""
     n = len(previous)
     if rule == "ray_percentile":
         return not n or value <= _linear_quantile(lambda i: previous[i][0], n, _ray_q(eta))
-    at = bisect.bisect_left(previous, (value, -1))  # where value sorts among the values
+    at = _rank(previous, (value, -1))  # where value sorts among the values
 
     def merged(i: int) -> float:  # the i-th smallest of previous values plus ``value``
         return previous[i][0] if i < at else value if i == at else previous[i - 1][0]
@@ -195,13 +202,13 @@ class RungRecord:
     values: dict[int, float] = field(default_factory=dict)
     resources: dict[int, float] = field(default_factory=dict)
     promoted: set[int] = field(default_factory=set)
-    order: Order = field(default_factory=list)
+    order: SortedKeys = field(default_factory=SortedKeys)
     candidates: Order = field(default_factory=list)
 
     def record(self, tid: int, value: float, resource: float) -> None:
         self.values[tid] = value
         self.resources[tid] = resource
-        bisect.insort(self.order, (value, tid))
+        self.order.add((value, tid))
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -214,7 +221,7 @@ class RungRecord:
         self.values = {int(t): float(v) for t, v in d["values"].items()}
         self.resources = {int(t): float(r) for t, r in d["resources"].items()}
         self.promoted = {int(t) for t in d["promoted"]}
-        self.order = sorted((v, t) for t, v in self.values.items())
+        self.order = SortedKeys((v, t) for t, v in self.values.items())
         self.candidates = []
 
 
