@@ -416,3 +416,14 @@ def test_suggest_is_fast_with_100_observations():
         c.suggest(trial)
         elapsed = time.perf_counter() - start
     assert elapsed < 1.5
+
+
+def test_suggest_never_changes_torchs_thread_count(monkeypatch):
+    import torch
+
+    def refuse(n: int) -> None:
+        raise AssertionError("torch's thread count is the process's, not a suggestion's")
+
+    monkeypatch.setattr(torch, "set_num_threads", refuse)
+    alg = make(trials=8)
+    assert len(run(alg, parallel=2)) == 8  # past the random phase: GPs fitted and asked

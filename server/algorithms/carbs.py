@@ -42,11 +42,10 @@ results:
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 import warnings
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
@@ -533,18 +532,6 @@ class Surrogates:
                 "pareto": self.pareto_at(logcost), "p_success": p_success}
 
 
-@contextlib.contextmanager
-def _torch_single_thread() -> Iterator[None]:
-    """These GPs are a few hundred points: torch's thread pool only adds overhead (and on a
-    loaded machine, a lot of it). Restored afterwards so the process setting is untouched."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
 def _cholesky(cov: np.ndarray) -> np.ndarray:
     jitter = 1e-9 * max(float(np.mean(np.diag(cov))), 1e-12)
     for _ in range(8):
@@ -616,8 +603,10 @@ class CarbsCore:
 
     def suggest(self, trial: int) -> tuple[dict[str, Any], dict[str, Any]]:
         """A configuration for ``trial`` (remembered as pending) and what led to it."""
-        with _torch_single_thread():
-            x, info = self._choose()
+        # torch's thread count is the process's (its operator's) to set, never toggled here:
+        # a GP of a few hundred points gains nothing from more than one thread, so run the
+        # server with OMP_NUM_THREADS=1 (or torch.set_num_threads(1) once at start-up).
+        x, info = self._choose()
         config = self.to_config(x)
         # Pending points sit exactly where their observation will, so a restored study (which
         # keeps configurations, not basic vectors) fits the very same models.
