@@ -23,6 +23,7 @@ from hpod.server.algorithms.base import (
     Rung,
     SettingsError,
     Status,
+    SuggestContext,
     check_settings,
     rng_for,
     rng_restore,
@@ -271,10 +272,10 @@ class ReferenceASHA(Algorithm):
             return None
         tid = len(self.trials)
         b = self.draw_bracket()
-        config = self.sampler.suggest(tid, self._pending())
-        self.trials[tid] = TrialRecord(config=dict(config), bracket=b)
         # Stopping mode never pauses: one job to R, cut short by STOP decisions.
         to = self.levels[b] if self.mode == "promotion" else self.max_resource
+        config = self.sampler.suggest(SuggestContext(tid, b, 0, to, self._pending()))
+        self.trials[tid] = TrialRecord(config=dict(config), bracket=b)
         return Job(tid, dict(config), 0.0, to, bracket=b, rung=0)
 
     def draw_bracket(self) -> int:

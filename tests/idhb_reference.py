@@ -24,6 +24,7 @@ from hpod.server.algorithms.base import (
     Sampler,
     SettingsError,
     Status,
+    SuggestContext,
     check_settings,
     rng_for,
 )
@@ -204,7 +205,8 @@ class ReferenceIDHyperband(Algorithm):
         tid = len(self.trials)
         pending = [t.config for t in self.trials.values() if not t.values and not t.failed
                    and not self.brackets[t.bracket].done]
-        config = dict(self.samplers[j].suggest(tid, pending))
+        ctx = SuggestContext(tid, br.s, 0, float(br.level(0, self.eta)), pending)
+        config = dict(self.samplers[j].suggest(ctx))
         self.trials[tid] = IDTrial(config=config, bracket=j)
         br.pool.append(tid)
         br.current.append(tid)

@@ -26,7 +26,7 @@ from hpod.server.algorithms import (
     Status,
     build,
 )
-from hpod.server.algorithms.base import Sampler, register_sampler
+from hpod.server.algorithms.base import Sampler, SuggestContext, register_sampler
 from hpod.server.algorithms.hyperband import Hyperband, bracket_table, hyperband_plan
 from hpod.server.algorithms.space import Float
 
@@ -451,8 +451,8 @@ class Recorder(Sampler):
         self.rng = rng
         Recorder.calls = []
 
-    def suggest(self, trial_id: int, pending: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
-        Recorder.calls.append(("suggest", trial_id, len(pending)))
+    def suggest(self, ctx: SuggestContext) -> dict[str, Any]:
+        Recorder.calls.append(("suggest", ctx.trial_id, len(ctx.pending)))
         return {"x": float(self.rng.uniform())}
 
     def observe(self, trial_id: int, config: Mapping[str, Any], resource: float,

@@ -55,6 +55,7 @@ from .base import (
     Rung,
     SettingsError,
     Status,
+    SuggestContext,
     register_algorithm,
     rng_for,
     rng_restore,
@@ -378,11 +379,11 @@ class ASHA(Algorithm):
             return None
         tid = len(self.trials)
         b = self.draw_bracket()
-        config = self.sampler.suggest(tid, self._pending())
-        self.trials[tid] = TrialRecord(config=dict(config), bracket=b)
-        self._fresh[tid] = None
         # Stopping mode never pauses: one job to R, cut short by STOP decisions.
         to = self.levels[b] if self.mode == "promotion" else self.max_resource
+        config = self.sampler.suggest(SuggestContext(tid, b, 0, to, self._pending()))
+        self.trials[tid] = TrialRecord(config=dict(config), bracket=b)
+        self._fresh[tid] = None
         return Job(tid, dict(config), 0.0, to, bracket=b, rung=0)
 
     def draw_bracket(self) -> int:

@@ -176,6 +176,24 @@ class Context:
     max_trials: int | None = None
 
 
+@dataclass(frozen=True)
+class SuggestContext:
+    """What a sampler is told when asked for a new trial's configuration: enough to model the
+    fidelity (BOHB-, DEHB- or multi-fidelity-CQR-style proposals).
+
+    ``bracket`` is the Hyperband bracket the trial joins (0 where there are none), ``rung``
+    the rung its first job ends at (bracket-local, 0 for every scheduler here), ``resource``
+    the resource that first job trains to (where the trial is first judged), ``pending`` the
+    configurations of running trials that have no result yet (empty for samplers that declare
+    ``uses_pending = False``)."""
+
+    trial_id: int
+    bracket: int = 0
+    rung: int = 0
+    resource: float = 0.0
+    pending: Sequence[Mapping[str, Any]] = ()
+
+
 class Sampler(abc.ABC):
     """Chooses the configuration of each new trial. Told every learning-curve point."""
 
@@ -186,9 +204,8 @@ class Sampler(abc.ABC):
     uses_pending: bool = True
 
     @abc.abstractmethod
-    def suggest(self, trial_id: int, pending: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
-        """A configuration for new trial ``trial_id``. ``pending`` are the configurations of
-        trials that are running and have no result yet (for samplers that avoid them)."""
+    def suggest(self, ctx: SuggestContext) -> dict[str, Any]:
+        """A configuration for new trial ``ctx.trial_id`` (see :class:`SuggestContext`)."""
 
     def observe(self, trial_id: int, config: Mapping[str, Any], resource: float,  # noqa: B027
                 value: float) -> None:

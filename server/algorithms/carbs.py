@@ -67,6 +67,7 @@ from .base import (
     Sampler,
     SettingsError,
     Status,
+    SuggestContext,
     check_settings,
     register_algorithm,
     register_sampler,
@@ -956,7 +957,7 @@ class CarbsSampler(Sampler):
 
     The scheduler, not CARBS, decides how far a trial trains, so the resource is one more input
     of the models (named like the resource, log-scaled over [min_resource, max_resource]). Each
-    job end a scheduler reports (``on_segment``: ASHA and asynchronous Hyperband do) is one
+    job end a scheduler reports (``on_segment``: every scheduler here does) is one
     observation: the configuration at the resource it reached, its value there, and its cost
     from scratch, the sum of what every segment of the trial cost so far (a promotion resumes
     from a checkpoint, so the segments add up to training from 0). A trial paused at a low rung
@@ -964,8 +965,8 @@ class CarbsSampler(Sampler):
     the cost measured at each rung. A suggestion is the best candidate over configuration and
     resource, returned without the resource (its pending fantasy sits at that resource).
 
-    Under a scheduler that reports no segments (synchronous Hyperband, ID-HB, random), a trial
-    that completes is observed once, at its last point, with the resource reached as its cost.
+    A trial for which a scheduler reported no segment is observed once when it completes, at
+    its last point, with the resource reached as its cost.
     """
 
     capabilities = frozenset({Capability.PARETO})
@@ -982,8 +983,8 @@ class CarbsSampler(Sampler):
         self.last: dict[int, tuple[float, float]] = {}  # trial -> (resource, value), last point
         self.spent: dict[int, float] = {}  # trial -> cost so far, once a segment was reported
 
-    def suggest(self, trial_id: int, pending: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
-        config = self.core.suggest(trial_id)[0]  # the core tracks its own pending trials
+    def suggest(self, ctx: SuggestContext) -> dict[str, Any]:
+        config = self.core.suggest(ctx.trial_id)[0]  # the core tracks its own pending trials
         return {k: v for k, v in config.items() if k != self.resource_name}
 
     def observe(self, trial_id: int, config: Mapping[str, Any], resource: float,

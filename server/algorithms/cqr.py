@@ -70,6 +70,7 @@ from .base import (
     Sampler,
     SettingsError,
     Status,
+    SuggestContext,
     check_settings,
     register_algorithm,
     register_sampler,
@@ -424,7 +425,8 @@ class CQRSampler(Sampler):
 
     # -- suggestions --
 
-    def suggest(self, trial_id: int, pending: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    def suggest(self, ctx: SuggestContext) -> dict[str, Any]:
+        pending = ctx.pending
         if len(self.trials) < self.cfg.num_init_random_draws:
             return self._random_suggestion(pending)
         model, x_best, y = self._fitted()

@@ -47,6 +47,7 @@ from .base import (
     Rung,
     SettingsError,
     Status,
+    SuggestContext,
     register_algorithm,
     rng_for,
 )
@@ -257,7 +258,7 @@ class Hyperband(Algorithm):
         return skip
 
     def _issue(self, idx: int, b: _BracketRun) -> Job:
-        tid = self._new_trial() if b.rung == 0 else b.members[b.issued]
+        tid = self._new_trial(b) if b.rung == 0 else b.members[b.issued]
         if b.rung == 0:
             b.members.append(tid)
         b.issued += 1
@@ -265,14 +266,15 @@ class Hyperband(Algorithm):
         lo, hi = b.span()
         return Job(tid, dict(self.configs[tid]), lo, hi, bracket=b.s, rung=b.rung)
 
-    def _new_trial(self) -> int:
+    def _new_trial(self, b: _BracketRun) -> int:
         tid = self.next_trial
         self.next_trial += 1
         # Sorted for a deterministic order; skipped for samplers that ignore it (random), where
         # sorting a thousand running trials per new trial was a hot spot of large studies.
         pending = ([self.configs[t] for t in sorted(self.running)]
                    if self.sampler.uses_pending else [])
-        self.configs[tid] = dict(self.sampler.suggest(tid, pending))
+        ctx = SuggestContext(tid, b.s, 0, b.rungs[0][1], pending)
+        self.configs[tid] = dict(self.sampler.suggest(ctx))
         return tid
 
     # --- telling ---
@@ -292,6 +294,10 @@ class Hyperband(Algorithm):
         loss = self._loss(tid, job, outcome)
         b.results[b.rung][tid] = loss
         self._note_result(b, b.rung, tid, loss)
+        if math.isfinite(loss):  # the same hook every scheduler calls, after the last point
+            at = outcome.resource if outcome.resource is not None else job.to_resource
+            self.sampler.on_segment(tid, self.configs[tid], job.from_resource, at, loss,
+                                    outcome.cost)
         if not math.isfinite(loss):
             failed = outcome.status if outcome.status is not Status.COMPLETED else Status.FAILED
             self._end_trial(tid, failed)

@@ -54,6 +54,7 @@ from .base import (
     Sampler,
     SettingsError,
     Status,
+    SuggestContext,
     register_algorithm,
     rng_for,
 )
@@ -263,7 +264,8 @@ class IDHyperband(Algorithm):
         sampler = self.samplers[j]
         pending = ([self.trials[t].config for t in self._unvalued]
                    if sampler.uses_pending else [])
-        config = dict(sampler.suggest(tid, pending))
+        ctx = SuggestContext(tid, br.s, 0, float(br.level(0, self.eta)), pending)
+        config = dict(sampler.suggest(ctx))
         self.trials[tid] = IDTrial(config=config, bracket=j)
         self._unvalued[tid] = None
         br.pool.append(tid)
@@ -310,6 +312,9 @@ class IDHyperband(Algorithm):
                              else job.to_resource)
             self._observe(job.trial_id, trial, resource, value)
             trial.values.append(float(value))
+            for sampler in self.samplers:  # the hook every scheduler calls, after the point
+                sampler.on_segment(job.trial_id, trial.config, job.from_resource, resource,
+                                   float(value), outcome.cost)
             self._note_level(br.level(len(trial.values) - 1, self.eta), float(value),
                              job.trial_id)
             trial.trained = max(trial.trained, resource)

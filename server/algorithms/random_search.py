@@ -19,6 +19,7 @@ from .base import (
     Plan,
     SettingsError,
     Status,
+    SuggestContext,
     register_algorithm,
     rng_for,
 )
@@ -52,7 +53,8 @@ class RandomSearch(Algorithm):
         jobs: list[Job] = []
         while len(jobs) < free and self.started < self.max_trials:
             tid = self.started
-            config = self.sampler.suggest(tid, list(self.running.values()))
+            pending = list(self.running.values()) if self.sampler.uses_pending else []
+            config = self.sampler.suggest(SuggestContext(tid, 0, 0, self.max_resource, pending))
             self.running[tid] = config
             self.started += 1
             jobs.append(Job(tid, config, 0.0, self.max_resource, bracket=0, rung=0))
@@ -69,6 +71,9 @@ class RandomSearch(Algorithm):
         if outcome.status is Status.COMPLETED and outcome.value is not None:
             self.results[job.trial_id] = float(outcome.value)
             self._note_best(job.trial_id, float(outcome.value))
+            at = job.to_resource if outcome.resource is None else outcome.resource
+            self.sampler.on_segment(job.trial_id, config, job.from_resource, at,
+                                    float(outcome.value), outcome.cost)
         self.sampler.on_trial_end(job.trial_id, config, outcome.status)
 
     def plan(self) -> Plan:

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from .base import Context, Sampler, SettingsError, Status, register_sampler
+from .base import Context, Sampler, SettingsError, Status, SuggestContext, register_sampler
 from .space import Categorical, Float, SearchSpace
 
 DEFAULTS = {"n_startup_trials": 10, "multivariate": True, "constant_liar": True}
@@ -75,10 +75,10 @@ class TPESampler(Sampler):
         self.suggested = 0
         self.points: dict[int, dict[str, Any]] = {}  # trial -> {"config", "curve": {r: v}}
 
-    def suggest(self, trial_id: int, pending: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    def suggest(self, ctx: SuggestContext) -> dict[str, Any]:
         token = _BUILDING.set(True)
         try:
-            return self._suggest(pending)
+            return self._suggest(ctx.pending)
         finally:
             _BUILDING.reset(token)
 
