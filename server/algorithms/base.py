@@ -313,6 +313,15 @@ class Algorithm(abc.ABC):
     @abc.abstractmethod
     def plan(self) -> Plan: ...
 
+    def finalized(self) -> list[int]:
+        """Trials the latest ``on_job_end`` decided will get no more resource although their
+        last job completed below the maximum resource: paused trials that a synchronous rung
+        dropped (Hyperband, ID-HB). The service reads it right after each ``on_job_end`` and
+        turns those PAUSED trials into COMPLETED ones. Only the latest call's decisions are
+        kept (nothing accumulates, nothing is saved). Default: none, for schedulers that
+        decide nothing about paused trials (ASHA can always still promote one)."""
+        return []
+
     @abc.abstractmethod
     def done(self) -> bool:
         """True when the algorithm will hand out no more jobs and none is outstanding."""

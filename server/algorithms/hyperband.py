@@ -212,6 +212,7 @@ class Hyperband(Algorithm):
         were scans of every bracket per call, quadratic over a long study."""
         self._skip = 0
         self._best: tuple[float, int] | None = None
+        self._dropped: list[int] = []  # trials the latest job end dropped from a bracket
         for b in self.brackets:
             for i, res in enumerate(b.results):
                 for tid, loss in res.items():
@@ -286,6 +287,7 @@ class Hyperband(Algorithm):
         return Decision.CONTINUE  # synchronous HB never stops a segment early
 
     def on_job_end(self, job: Job, outcome: Outcome) -> None:
+        self._dropped = []
         tid = job.trial_id
         idx = self.running.pop(tid, None)
         if idx is None:
@@ -330,6 +332,7 @@ class Hyperband(Algorithm):
             for tid, loss in b.results[b.rung].items():
                 if math.isfinite(loss) and tid not in keep:
                     self._end_trial(tid, Status.COMPLETED)
+                    self._dropped.append(tid)
             b.rung += 1
             b.members, b.issued = keep, 0
             b.results.append({})
@@ -344,6 +347,9 @@ class Hyperband(Algorithm):
         self.sampler.on_trial_end(tid, config, status)
 
     # --- answers ---
+
+    def finalized(self) -> list[int]:
+        return list(self._dropped)
 
     def plan(self) -> Plan:
         return plan_from_table(self.table, self.iterations)

@@ -159,6 +159,7 @@ class IDHyperband(Algorithm):
         self.paid_incremental = 0.0  # what was trained, resuming from checkpoints
         self._level_best: dict[Fraction, tuple[float, int]] = {}
         self._unvalued: dict[int, None] = {}
+        self._dropped: list[int] = []
         self._todo: list[list[tuple[int, int]]] = []
         self._outstanding: list[int] = []
         for s in range(self.s_max, -1, -1):
@@ -171,6 +172,7 @@ class IDHyperband(Algorithm):
         round's members still to hand out and the count of results the round waits for."""
         self._level_best = {}
         self._unvalued = {}
+        self._dropped = []  # trials the latest job end (or raise) finished
         for tid, trial in self.trials.items():
             br = self.brackets[trial.bracket]
             for i, v in enumerate(trial.values):
@@ -297,6 +299,7 @@ class IDHyperband(Algorithm):
                 sampler.observe(tid, trial.config, resource, value)
 
     def on_job_end(self, job: Job, outcome: Outcome) -> None:
+        self._dropped = []
         was_running = self.running.pop(job.trial_id, None) is not None
         trial = self.trials.get(job.trial_id)
         if trial is None or job.rung != len(trial.values) or trial.failed:
@@ -364,6 +367,7 @@ class IDHyperband(Algorithm):
             for tid in ended:
                 if not self.trials[tid].failed:
                     self._trial_end(tid, Status.COMPLETED)
+                    self._dropped.append(tid)
 
     def _round_complete(self, j: int) -> bool:
         br = self.brackets[j]
@@ -413,6 +417,7 @@ class IDHyperband(Algorithm):
         self._raise()
 
     def _raise(self) -> None:
+        self._dropped = []
         self.R *= self.eta
         self.s_max += 1
         for br in self.brackets:
@@ -453,6 +458,9 @@ class IDHyperband(Algorithm):
                 and float(self.R * self.eta) <= self.ceiling)
 
     # --- reading ----------------------------------------------------------------------------
+
+    def finalized(self) -> list[int]:
+        return list(self._dropped)
 
     def best(self) -> tuple[int, float] | None:
         """The lowest value at the highest resource level reached (R once any trial has
