@@ -58,11 +58,10 @@ from .base import (
     SuggestContext,
     register_algorithm,
     rng_for,
-    rng_restore,
-    rng_state,
 )
 from .hb_math import bracket_probabilities, largest_s, rung_levels, to_fraction
 from .ordered import SortedKeys
+from .persist import DERIVED, Persistent, record
 from .samplers import make_sampler, sampler_options
 from .settings import parse
 
@@ -190,6 +189,7 @@ def continues_sorted(rule: str, previous: Sorted, value: float, eta: int) -> boo
 # --- state --------------------------------------------------------------------------------
 
 
+@record
 @dataclass
 class RungRecord:
     """What one milestone of one bracket has seen: value and real resource per trial.
@@ -203,29 +203,16 @@ class RungRecord:
     values: dict[int, float] = field(default_factory=dict)
     resources: dict[int, float] = field(default_factory=dict)
     promoted: set[int] = field(default_factory=set)
-    order: SortedKeys = field(default_factory=SortedKeys)
-    candidates: Order = field(default_factory=list)
+    order: SortedKeys = field(default_factory=SortedKeys, metadata=DERIVED)
+    candidates: Order = field(default_factory=list, metadata=DERIVED)
 
     def record(self, tid: int, value: float, resource: float) -> None:
         self.values[tid] = value
         self.resources[tid] = resource
         self.order.add((value, tid))
 
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "values": {str(t): v for t, v in self.values.items()},
-            "resources": {str(t): r for t, r in self.resources.items()},
-            "promoted": sorted(self.promoted),
-        }
 
-    def load(self, d: Mapping[str, Any]) -> None:
-        self.values = {int(t): float(v) for t, v in d["values"].items()}
-        self.resources = {int(t): float(r) for t, r in d["resources"].items()}
-        self.promoted = {int(t) for t in d["promoted"]}
-        self.order = SortedKeys((v, t) for t, v in self.values.items())
-        self.candidates = []
-
-
+@record
 @dataclass
 class TrialRecord:
     """``status``: running | paused (its job ended at a milestone) | stopping (told STOP, job
@@ -238,12 +225,12 @@ class TrialRecord:
     trained: float = 0.0
     seen: float = -1.0  # the last resource the sampler was told about
 
-    def to_dict(self) -> dict[str, Any]:
-        return dict(self.__dict__)
 
-
-class ASHA(Algorithm):
+class ASHA(Persistent, Algorithm):
     """ASHA with ``brackets`` brackets (default 1); see the module docstring."""
+
+    saved = ("trials", "rungs", "running", "bracket_rng", "sampler", "handed")
+    state_version = 2
 
     name = "asha"
     default_brackets: int | str = 1
@@ -291,6 +278,8 @@ class ASHA(Algorithm):
         self._level_best: dict[float, tuple[float, int]] = {}
         for rungs in self.rungs:
             for rung in rungs:
+                rung.order = SortedKeys((v, t) for t, v in rung.values.items())
+                rung.candidates = []
                 if rung.order:
                     self._note_level(rung.level, *rung.order[0])
         for tid, trial in self.trials.items():
@@ -528,30 +517,6 @@ class ASHA(Algorithm):
             per_trial += p * sum((levels[k + 1] - levels[k]) / self.eta**k
                                  for k in range(len(levels) - 1))
         return self.budget / per_trial
-
-    def state(self) -> dict[str, Any]:
-        return {
-            "version": 1,
-            "trials": {str(t): tr.to_dict() for t, tr in self.trials.items()},
-            "rungs": [[r.to_dict() for r in rungs] for rungs in self.rungs],
-            "running": {str(t): j.to_dict() for t, j in self.running.items()},
-            "bracket_rng": rng_state(self.bracket_rng),
-            "sampler": self.sampler.state(),
-            "handed": self.handed,
-        }
-
-    def restore(self, state: Mapping[str, Any]) -> None:
-        if state.get("version") != 1:
-            raise ValueError(f"unknown {self.name} state version {state.get('version')!r}")
-        self.trials = {int(t): TrialRecord(**d) for t, d in state["trials"].items()}
-        for rungs, saved in zip(self.rungs, state["rungs"], strict=True):
-            for rung, d in zip(rungs, saved, strict=True):
-                rung.load(d)
-        self.running = {int(t): Job.from_dict(d) for t, d in state["running"].items()}
-        rng_restore(self.bracket_rng, state["bracket_rng"])
-        self.handed = float(state.get("handed", 0.0))  # absent from earlier snapshots
-        self.sampler.restore(state["sampler"])
-        self._derive()
 
 
 class AsyncHyperband(ASHA):

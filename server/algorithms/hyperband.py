@@ -61,6 +61,7 @@ from .hb_math import (
     rung_counts,
     s_max_for,
 )
+from .persist import Persistent, record
 from .samplers import make_sampler, sampler_options
 from .settings import parse
 
@@ -79,7 +80,6 @@ class HyperbandSettings:
     return_rule: ReturnRule = "best_at_R"
     iterations: int = 1
     sampler: str = "random"
-STATE_VERSION = 1
 
 Number = int | float | Fraction
 
@@ -123,6 +123,7 @@ def hyperband_plan(
 # --- the scheduler -------------------------------------------------------------------------
 
 
+@record
 @dataclass
 class _BracketRun:
     """Where one bracket's successive halving stands. Only the current rung is open: its
@@ -159,31 +160,13 @@ class _BracketRun:
         lo = 0.0 if self.rung == 0 else self.rungs[self.rung - 1][1]
         return lo, self.rungs[self.rung][1]
 
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "rung": self.rung,
-            "members": list(self.members),
-            "issued": self.issued,
-            "results": [[[t, _json_loss(v)] for t, v in res.items()] for res in self.results],
-        }
 
-    def load(self, d: Mapping[str, Any]) -> None:
-        self.rung = int(d["rung"])
-        self.members = [int(t) for t in d["members"]]
-        self.issued = int(d["issued"])
-        self.results = [{int(t): _loss_from_json(v) for t, v in res} for res in d["results"]]
-
-
-def _json_loss(v: float) -> float | None:
-    return v if math.isfinite(v) else None  # JSON has no Infinity
-
-
-def _loss_from_json(v: float | None) -> float:
-    return math.inf if v is None else float(v)
-
-
-class Hyperband(Algorithm):
+class Hyperband(Persistent, Algorithm):
     """Synchronous Hyperband; see the module docstring for settings and conventions."""
+
+    saved = ("plan_key", "next_trial", "configs", "running", "last_point", "brackets",
+             "sampler")
+    state_version = 2
 
     name = "hyperband"
 
@@ -204,6 +187,7 @@ class Hyperband(Algorithm):
         self.last_point: dict[int, tuple[float, float]] = {}  # running trial -> (r, value)
         # Brackets are created when first needed, so many iterations cost nothing up front.
         self.brackets: list[_BracketRun] = []
+        self.plan_key = self._fingerprint()
         self._derive()
 
     def _derive(self) -> None:
@@ -366,37 +350,16 @@ class Hyperband(Algorithm):
 
     # --- persistence ---
 
-    def _fingerprint(self) -> list[Any]:
-        return [self.iterations, [[b.s, [[n, str(r)] for n, r in b.rungs]] for b in self.table]]
-
-    def state(self) -> dict[str, Any]:
-        return {
-            "version": STATE_VERSION,
-            "plan": self._fingerprint(),
-            "next_trial": self.next_trial,
-            "configs": [[t, c] for t, c in self.configs.items()],
-            "running": [[t, i] for t, i in self.running.items()],
-            "last_point": [[t, r, v] for t, (r, v) in self.last_point.items()],
-            "brackets": [b.to_dict() for b in self.brackets],
-            "sampler": self.sampler.state(),
-        }
+    def _fingerprint(self) -> str:
+        """The iterations and bracket table, so a state is never restored under others."""
+        return repr([self.iterations, [[b.s, [[n, str(r)] for n, r in b.rungs]]
+                                       for b in self.table]])
 
     def restore(self, state: Mapping[str, Any]) -> None:
-        if state.get("version") != STATE_VERSION:
-            raise ValueError(f"hyperband state version {state.get('version')!r} is not "
-                             f"{STATE_VERSION}")
-        if state["plan"] != self._fingerprint():
+        if state.get("plan_key") not in (None, self.plan_key):
             raise ValueError("hyperband state was saved under other resource or rounding "
                              "settings than this study's")
-        self.next_trial = int(state["next_trial"])
-        self.configs = {int(t): dict(c) for t, c in state["configs"]}
-        self.running = {int(t): int(i) for t, i in state["running"]}
-        self.last_point = {int(t): (float(r), float(v)) for t, r, v in state["last_point"]}
-        self.brackets = []
-        for i, d in enumerate(state["brackets"]):
-            self._bracket(i).load(d)
-        self.sampler.restore(state["sampler"])
-        self._derive()
+        super().restore(state)
 
 
 register_algorithm("hyperband")(Hyperband)

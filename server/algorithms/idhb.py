@@ -66,6 +66,7 @@ from .hb_math import (
     table_cost,
     to_fraction,
 )
+from .persist import Persistent, decode, record
 from .samplers import make_sampler, sampler_options
 from .settings import parse
 
@@ -90,6 +91,7 @@ _SAMPLER_STREAM = 2  # rng_for path tag of the per-bracket sampler streams
 # --- state --------------------------------------------------------------------------------
 
 
+@record
 @dataclass
 class IDTrial:
     """One configuration. ``values[i]`` is its loss at rung i of its bracket; successive
@@ -102,10 +104,8 @@ class IDTrial:
     trained: float = 0.0  # the real resource its checkpoint holds
     seen: float = -1.0  # the last resource the samplers were told about
 
-    def to_dict(self) -> dict[str, Any]:
-        return dict(self.__dict__)
 
-
+@record
 @dataclass
 class SHBracket:
     """One successive-halving bracket across raises. ``pool`` is every trial it ever started
@@ -124,18 +124,13 @@ class SHBracket:
     def level(self, i: int, eta: int) -> Fraction:
         return self.r_min * eta**i
 
-    def to_dict(self) -> dict[str, Any]:
-        d = dict(self.__dict__)
-        d["r_min"] = str(self.r_min)
-        return d
 
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> SHBracket:
-        return cls(**{**d, "r_min": Fraction(d["r_min"])})
-
-
-class IDHyperband(Algorithm):
+class IDHyperband(Persistent, Algorithm):
     """Iterative-deepening Hyperband; see the module docstring."""
+
+    saved = ("R", "s_max", "raises", "auto_raises", "paid_full", "paid_incremental", "trials",
+             "running", "brackets")
+    state_version = 2
 
     name = "idhb"
     capabilities = frozenset({Capability.DEEPENING})
@@ -485,37 +480,19 @@ class IDHyperband(Algorithm):
         return self.run_complete()
 
     def state(self) -> dict[str, Any]:
-        return {
-            "version": 1,
-            "R": str(self.R),
-            "s_max": self.s_max,
-            "raises": self.raises,
-            "auto_raises": self.auto_raises,
-            "paid_full": self.paid_full,
-            "paid_incremental": self.paid_incremental,
-            "trials": {str(t): tr.to_dict() for t, tr in self.trials.items()},
-            "running": {str(t): j.to_dict() for t, j in self.running.items()},
-            "brackets": [br.to_dict() for br in self.brackets],
-            "samplers": [s.state() for s in self.samplers],
-        }
+        # One sampler per bracket, and a raise adds brackets: saved beside the rest.
+        return {**super().state(), "samplers": [s.state() for s in self.samplers]}
 
     def restore(self, state: Mapping[str, Any]) -> None:
-        if state.get("version") != 1:
-            raise ValueError(f"unknown {self.name} state version {state.get('version')!r}")
-        self.R, self.s_max = Fraction(state["R"]), int(state["s_max"])
-        self.raises, self.auto_raises = int(state["raises"]), int(state["auto_raises"])
-        self.paid_full = float(state["paid_full"])
-        self.paid_incremental = float(state["paid_incremental"])
-        self.trials = {int(t): IDTrial(**d) for t, d in state["trials"].items()}
-        self.running = {int(t): Job.from_dict(d) for t, d in state["running"].items()}
-        self.brackets = [SHBracket.from_dict(d) for d in state["brackets"]]
-        self.samplers = []
-        for br, saved in zip(self.brackets, state["samplers"], strict=True):
-            sampler = make_sampler(self.ctx, rng_for(self.ctx.seed, _SAMPLER_STREAM,
-                                                     br.r_min.numerator, br.r_min.denominator))
-            sampler.restore(saved)
-            self.samplers.append(sampler)
-        self._derive()
+        if state.get("version") == self.state_version:  # else the base class says why not
+            samplers = []
+            for br, saved in zip(decode(state["brackets"]), state["samplers"], strict=True):
+                sampler = make_sampler(self.ctx, rng_for(
+                    self.ctx.seed, _SAMPLER_STREAM, br.r_min.numerator, br.r_min.denominator))
+                sampler.restore(saved)
+                samplers.append(sampler)
+            self.samplers = samplers
+        super().restore(state)
 
 
 register_algorithm("idhb")(IDHyperband)

@@ -6,7 +6,6 @@ exactly this). Settings: ``sampler`` (default ``random``).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,6 +22,7 @@ from .base import (
     register_algorithm,
     rng_for,
 )
+from .persist import Persistent
 from .samplers import make_sampler, sampler_options
 from .settings import parse
 
@@ -32,8 +32,10 @@ class RandomSearchSettings:
     sampler: str = "random"
 
 
-class RandomSearch(Algorithm):
+class RandomSearch(Persistent, Algorithm):
     name = "random"
+    saved = ("started", "running", "results", "sampler")
+    state_version = 2
 
     def __init__(self, ctx: Context) -> None:
         parse(RandomSearchSettings, ctx.settings, passthrough=sampler_options(ctx.settings))
@@ -47,7 +49,11 @@ class RandomSearch(Algorithm):
         self.started = 0
         self.running: dict[int, dict[str, Any]] = {}
         self.results: dict[int, float] = {}
-        self._best: tuple[float, int] | None = None  # (value, trial): derived, not saved
+        self._derive()
+
+    def _derive(self) -> None:
+        self._best: tuple[float, int] | None = min(  # (value, trial), kept as results arrive
+            ((v, t) for t, v in self.results.items()), default=None)
 
     def next_jobs(self, free: int) -> list[Job]:
         jobs: list[Job] = []
@@ -94,22 +100,6 @@ class RandomSearch(Algorithm):
     def _note_best(self, tid: int, value: float) -> None:
         if self._best is None or (value, tid) < self._best:
             self._best = (value, tid)
-
-    def state(self) -> dict[str, Any]:
-        return {
-            "version": 1,
-            "started": self.started,
-            "running": {str(k): v for k, v in self.running.items()},
-            "results": {str(k): v for k, v in self.results.items()},
-            "sampler": self.sampler.state(),
-        }
-
-    def restore(self, state: Mapping[str, Any]) -> None:
-        self.started = int(state["started"])
-        self.running = {int(k): dict(v) for k, v in state["running"].items()}
-        self.results = {int(k): float(v) for k, v in state["results"].items()}
-        self._best = min(((v, t) for t, v in self.results.items()), default=None)
-        self.sampler.restore(state["sampler"])
 
 
 register_algorithm("random")(RandomSearch)
