@@ -192,9 +192,11 @@ class Hyperband(Persistent, Algorithm):
 
     def _derive(self) -> None:
         """Indexes derived from the saved state (rebuilt by ``restore``): the first unfinished
-        bracket, only ever moving forward, and the incumbent, kept as results arrive. Both
-        were scans of every bracket per call, quadratic over a long study."""
+        bracket, only ever moving forward, the brackets with a job to hand out, and the
+        incumbent, kept as results arrive. Each was a scan of every bracket (or of every bracket
+        still open, a window that widens with the study) per call."""
         self._skip = 0
+        self._runnable = {i for i, b in enumerate(self.brackets) if b.runnable()}
         self._best: tuple[float, int] | None = None
         self._dropped: list[int] = []  # trials the latest job end dropped from a bracket
         for b in self.brackets:
@@ -218,19 +220,30 @@ class Hyperband(Persistent, Algorithm):
             spec = self.table[len(self.brackets) % len(self.table)]
             rungs = tuple((n, float(r)) for n, r in spec.rungs)
             self.brackets.append(_BracketRun(spec.s, rungs))
+            self._runnable.add(len(self.brackets) - 1)
         return self.brackets[idx]
 
     def next_jobs(self, free: int) -> list[Job]:
         jobs: list[Job] = []
-        idx = self._first_unfinished()
         # Earlier brackets (the most exploratory first) get workers first; a later bracket
         # only starts once the earlier ones have nothing runnable, so nobody idles.
+        for idx in sorted(self._runnable):
+            if len(jobs) >= free:
+                return jobs
+            self._fill(idx, free, jobs)
+        idx = len(self.brackets)
         while len(jobs) < free and idx < self.total_brackets:
-            b = self._bracket(idx)
-            while len(jobs) < free and b.runnable():
-                jobs.append(self._issue(idx, b))
+            self._bracket(idx)
+            self._fill(idx, free, jobs)
             idx += 1
         return jobs
+
+    def _fill(self, idx: int, free: int, jobs: list[Job]) -> None:
+        b = self.brackets[idx]
+        while len(jobs) < free and b.runnable():
+            jobs.append(self._issue(idx, b))
+        if not b.runnable():
+            self._runnable.discard(idx)
 
     def _first_unfinished(self) -> int:
         """Index of the first bracket not finished. Finishing is for good, so a cached pointer
@@ -290,6 +303,8 @@ class Hyperband(Persistent, Algorithm):
         elif b.last:
             self._end_trial(tid, Status.COMPLETED)
         self._advance(b)
+        if b.runnable():  # a rung closed: its survivors have jobs to hand out
+            self._runnable.add(idx)
 
     def _loss(self, tid: int, job: Job, outcome: Outcome) -> float:
         """The rung result; anything but a finite completed value ranks last (+inf)."""
