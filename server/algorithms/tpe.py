@@ -18,14 +18,24 @@ import logging
 import math
 from collections.abc import Mapping, Sequence
 from contextvars import ContextVar
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from .base import Context, Sampler, SettingsError, Status, SuggestContext, register_sampler
+from .settings import ROOT, parse
 from .space import Categorical, Float, SearchSpace
 
-DEFAULTS = {"n_startup_trials": 10, "multivariate": True, "constant_liar": True}
+
+@dataclass(frozen=True)
+class TPESettings:
+    """``algorithm.settings.tpe`` (see the module docstring)."""
+
+    n_startup_trials: int = 10
+    multivariate: bool = True
+    constant_liar: bool = True
+    min_points: int | None = None  # default: number of parameters + 2
 
 # Each suggestion builds a throwaway in-memory Optuna study, and Optuna logs the creation of
 # every study at INFO. Rather than lower Optuna's process-wide log level, one filter on that
@@ -61,13 +71,10 @@ class TPESampler(Sampler):
 
     def __init__(self, ctx: Context, rng: np.random.Generator) -> None:
         self.space = ctx.space
-        opts = dict(ctx.settings.get("tpe") or {})
-        unknown = sorted(set(opts) - {*DEFAULTS, "min_points"})
-        if unknown:
-            raise SettingsError(f"algorithm.settings.tpe.{unknown[0]}",
-                                f"unknown TPE setting; known: {sorted([*DEFAULTS, 'min_points'])}")
-        self.opts = {**DEFAULTS, **opts}
-        self.min_points = int(opts.get("min_points", len(self.space) + 2))
+        st = parse(TPESettings, ctx.settings.get("tpe"), f"{ROOT}.tpe")
+        self.opts = {"n_startup_trials": st.n_startup_trials, "multivariate": st.multivariate,
+                     "constant_liar": st.constant_liar}
+        self.min_points = len(self.space) + 2 if st.min_points is None else st.min_points
         if self.min_points < 1:
             raise SettingsError("algorithm.settings.tpe.min_points", "must be >= 1")
         # One draw from the study's generator fixes this sampler's seed for good.
