@@ -75,9 +75,8 @@ from .base import (
     register_algorithm,
     register_sampler,
     rng_for,
-    rng_restore,
-    rng_state,
 )
+from .persist import Persistent
 from .random_search import RandomSearch
 from .settings import ROOT, parse
 from .space import Categorical, Float, Int, SearchSpace
@@ -367,7 +366,7 @@ def concat_columns(a: Columns, b: Columns) -> Columns:
 # --- the sampler --------------------------------------------------------------------------------
 
 
-class CQRSampler(Sampler):
+class CQRSampler(Persistent, Sampler):
     """Conformalised quantile-regression sampler (see the module docstring for settings).
 
     Observations are kept per trial as (resource, value) points; the model is a pure function
@@ -376,6 +375,8 @@ class CQRSampler(Sampler):
     """
 
     name = "cqr"
+    saved = ("rng", "fit_seed", "trials")
+    state_version = 2
 
     def __init__(self, ctx: Context, rng: np.random.Generator) -> None:
         self.cfg = CQRSettings.from_settings(ctx.settings)
@@ -487,23 +488,7 @@ class CQRSampler(Sampler):
 
     # -- persistence --
 
-    def state(self) -> dict[str, Any]:
-        return {
-            "version": 1,
-            "rng": rng_state(self.rng),
-            "fit_seed": self.fit_seed,
-            "trials": {str(t): {"config": e["config"], "points": e["points"]}
-                       for t, e in self.trials.items()},
-        }
-
-    def restore(self, state: Mapping[str, Any]) -> None:
-        rng_restore(self.rng, state["rng"])
-        self.fit_seed = int(state["fit_seed"])
-        self.trials = {
-            int(t): {"config": dict(e["config"]),
-                     "points": [[float(r), float(v)] for r, v in e["points"]]}
-            for t, e in state["trials"].items()
-        }
+    def _derive(self) -> None:
         self._version += 1  # the model is refitted on demand, identically
         self._model = None
 

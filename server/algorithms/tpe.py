@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from .base import Context, Sampler, SettingsError, Status, SuggestContext, register_sampler
+from .persist import Persistent
 from .settings import ROOT, parse
 from .space import Categorical, Float, SearchSpace
 
@@ -66,8 +67,10 @@ def _distributions(space: SearchSpace) -> dict[str, Any]:
     return out
 
 
-class TPESampler(Sampler):
+class TPESampler(Persistent, Sampler):
     name = "tpe"
+    saved = ("seed", "suggested", "points")
+    state_version = 2
 
     def __init__(self, ctx: Context, rng: np.random.Generator) -> None:
         self.space = ctx.space
@@ -129,17 +132,6 @@ class TPESampler(Sampler):
 
     def on_trial_end(self, trial_id: int, config: Mapping[str, Any], status: Status) -> None:
         return None
-
-    def state(self) -> dict[str, Any]:
-        return {"seed": self.seed, "suggested": self.suggested, "points": {
-            str(t): {"config": e["config"], "curve": dict(e["curve"])}
-            for t, e in self.points.items()}}
-
-    def restore(self, state: Mapping[str, Any]) -> None:
-        self.seed = int(state["seed"])
-        self.suggested = int(state["suggested"])
-        self.points = {int(t): {"config": dict(e["config"]), "curve": dict(e["curve"])}
-                       for t, e in state["points"].items()}
 
 
 register_sampler("tpe")(TPESampler)
