@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .algorithms import Decision, Job, Outcome, Status
-from .algorithms.base import PreconditionError, TransientAlgorithmError
+from .algorithms.base import PreconditionError, TransientAlgorithmError, deepening
 from .study import StudyConfig
 
 
@@ -317,6 +317,7 @@ class StudyEngine:
             state = PAUSED
         self._end_job(job, "completed")
         self._set_trial_state(trial.id, state, resource=resource, value=value)
+        self._close_dropped()
         self._maybe_finish()
 
     def _op_fail(self, job_id: str, reason: str = "") -> None:
@@ -325,6 +326,7 @@ class StudyEngine:
         self.algorithm.on_job_end(job.algo_job(), Outcome(Status.FAILED))
         self._end_job(job, "failed")
         self._set_trial_state(job.trial_id, FAILED)
+        self._close_dropped()
         if self._failing_from_the_start():
             first = min(t.id for t in self.trials.values() if t.state == FAILED)
             # The error first: it is what a user reads in a one-line listing.
@@ -358,6 +360,7 @@ class StudyEngine:
             return
         self.algorithm.on_job_end(job.algo_job(), Outcome(Status.LOST))
         self._set_trial_state(trial.id, LOST)
+        self._close_dropped()
         self._maybe_finish()
 
     def _op_stop(self) -> None:
@@ -369,16 +372,17 @@ class StudyEngine:
         self._finish(STUDY_STOPPED)
 
     def _op_raise_max_resource(self) -> None:
-        raise_r = getattr(self.algorithm, "raise_max_resource", None)
-        if raise_r is None:
+        deep = deepening(self.algorithm)
+        if deep is None:
             raise EngineError("precondition", f"algorithm {self.config.algorithm!r} cannot "
                               "raise its maximum resource; use algorithm 'idhb'")
         if self.state in (STUDY_STOPPED, STUDY_FAILED, STUDY_QUARANTINED):
             raise EngineError("precondition", f"the study is {self.state}")
         try:
-            raise_r()
+            deep.raise_max_resource()
         except PreconditionError as e:
             raise EngineError("precondition", str(e)) from None
+        self._close_dropped()
         self.state = ACTIVE
         self.effects.append(Effect("study"))
 
@@ -473,6 +477,15 @@ class StudyEngine:
         if len(self.ended_jobs) > ENDED_JOBS_KEPT:  # dicts keep insertion order: drop oldest
             del self.ended_jobs[next(iter(self.ended_jobs))]
 
+    def _close_dropped(self) -> None:
+        """Paused trials the algorithm's latest job end dropped for good (a synchronous rung
+        that closed without them) are finished at their rung: COMPLETED now, not when the
+        study ends. A later raise of R that resumes one makes it QUEUED again."""
+        for tid in self.algorithm.finalized():
+            trial = self.trials.get(tid)
+            if trial is not None and trial.state == PAUSED:
+                self._set_trial_state(tid, COMPLETED)
+
     def _maybe_finish(self) -> None:
         if self.state == ACTIVE and not self.jobs and self.algorithm.done():
             self._finish(STUDY_COMPLETED)
@@ -490,8 +503,8 @@ class StudyEngine:
 
     def max_resource(self) -> float:
         """The current maximum: an algorithm that can raise it (ID-HB) says what it is now."""
-        current = getattr(self.algorithm, "max_resource", None)
-        return float(current) if current is not None else self.config.resource.max_resource
+        deep = deepening(self.algorithm)
+        return float(deep.max_resource) if deep is not None else self.config.resource.max_resource
 
     def best_trial(self) -> TrialRec | None:
         # Cached between inputs that cannot change it: the service reads it on every commit,

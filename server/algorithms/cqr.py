@@ -70,15 +70,16 @@ from .base import (
     Sampler,
     SettingsError,
     Status,
+    SuggestContext,
     check_settings,
     register_algorithm,
     register_sampler,
     rng_for,
-    rng_restore,
-    rng_state,
 )
 from .offload import compute
+from .persist import Persistent
 from .random_search import RandomSearch
+from .settings import ROOT, parse
 from .space import Categorical, Float, Int, SearchSpace
 
 CONFORMAL_MODES = ("standard", "syne_compat", "none")
@@ -117,19 +118,7 @@ class CQRSettings:
     @classmethod
     def from_settings(cls, settings: Mapping[str, Any]) -> CQRSettings:
         """Parse ``settings["cqr"]``; a SettingsError names the offending field."""
-        raw = settings.get("cqr", {})
-        if raw is None:
-            raw = {}
-        if not isinstance(raw, Mapping):
-            raise SettingsError("algorithm.settings.cqr",
-                                "must be a mapping of CQR options, e.g. {quantiles: 5}")
-        fields = {f.name: f for f in dataclasses.fields(cls)}
-        unknown = sorted(set(raw) - set(fields))
-        if unknown:
-            raise SettingsError(f"algorithm.settings.cqr.{unknown[0]}",
-                                f"unknown CQR setting; known settings: {sorted(fields)}")
-        values = {k: _parse_field(k, fields[k].default, v) for k, v in raw.items()}
-        parsed = cls(**values)
+        parsed = parse(cls, settings.get("cqr"), f"{ROOT}.cqr")
         parsed._check()
         return parsed
 
@@ -171,29 +160,6 @@ def _at_least(name: str, value: int, low: int) -> None:
 def _choice(name: str, value: str, allowed: Sequence[str]) -> None:
     if value not in allowed:
         _fail(name, f"must be one of {list(allowed)} (got {value!r})")
-
-
-def _parse_field(name: str, default: Any, value: Any) -> Any:
-    """Coerce one setting to its default's type. Numbers may arrive as floats (a protobuf
-    Struct has no integers), so 2000.0 is a valid integer; booleans are never numbers."""
-    if name == "max_fit_samples" and value is None:
-        return None
-    if isinstance(default, bool):
-        if not isinstance(value, bool):
-            _fail(name, f"must be true or false (got {value!r})")
-        return value
-    if isinstance(default, str):
-        if not isinstance(value, str):
-            _fail(name, f"must be a string (got {value!r})")
-        return value
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(
-            value):
-        _fail(name, f"must be a finite number (got {value!r})")
-    if isinstance(default, float):
-        return float(value)
-    if int(value) != value:
-        _fail(name, f"must be a whole number (got {value!r})")
-    return int(value)
 
 
 # --- pure pieces: levels, conformal correction, acquisition --------------------------------
@@ -401,7 +367,7 @@ def concat_columns(a: Columns, b: Columns) -> Columns:
 # --- the sampler --------------------------------------------------------------------------------
 
 
-class CQRSampler(Sampler):
+class CQRSampler(Persistent, Sampler):
     """Conformalised quantile-regression sampler (see the module docstring for settings).
 
     Observations are kept per trial as (resource, value) points; the model is a pure function
@@ -410,6 +376,8 @@ class CQRSampler(Sampler):
     """
 
     name = "cqr"
+    saved = ("rng", "fit_seed", "trials")
+    state_version = 2
 
     def __init__(self, ctx: Context, rng: np.random.Generator) -> None:
         self.cfg = CQRSettings.from_settings(ctx.settings)
@@ -459,7 +427,8 @@ class CQRSampler(Sampler):
 
     # -- suggestions --
 
-    def suggest(self, trial_id: int, pending: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    def suggest(self, ctx: SuggestContext) -> dict[str, Any]:
+        pending = ctx.pending
         if len(self.trials) < self.cfg.num_init_random_draws:
             return self._random_suggestion(pending)
         model, x_best, y = self._fitted()
@@ -522,23 +491,7 @@ class CQRSampler(Sampler):
 
     # -- persistence --
 
-    def state(self) -> dict[str, Any]:
-        return {
-            "version": 1,
-            "rng": rng_state(self.rng),
-            "fit_seed": self.fit_seed,
-            "trials": {str(t): {"config": e["config"], "points": e["points"]}
-                       for t, e in self.trials.items()},
-        }
-
-    def restore(self, state: Mapping[str, Any]) -> None:
-        rng_restore(self.rng, state["rng"])
-        self.fit_seed = int(state["fit_seed"])
-        self.trials = {
-            int(t): {"config": dict(e["config"]),
-                     "points": [[float(r), float(v)] for r, v in e["points"]]}
-            for t, e in state["trials"].items()
-        }
+    def _derive(self) -> None:
         self._version += 1  # the model is refitted on demand, identically
         self._model = None
 
