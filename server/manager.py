@@ -122,9 +122,11 @@ class StudyManager:
         self._pool = ThreadPoolExecutor(settings.policy_threads, thread_name_prefix="policy")
         self._fits: ProcessPoolExecutor | None = None
         if settings.fit_processes > 0:
-            # forkserver: a fork of this process (threads, an event loop, sockets) is unsafe.
+            # spawn: a fork of this process (threads, an event loop, sockets) is unsafe, and a
+            # forkserver would outlive a killed server; spawned workers die with it.
             self._fits = ProcessPoolExecutor(
-                settings.fit_processes, mp_context=multiprocessing.get_context("forkserver"))
+                settings.fit_processes, mp_context=multiprocessing.get_context("spawn"),
+                initializer=offload.worker_dies_with_parent)
             offload.set_runner(lambda fn, *args: self._fits.submit(fn, *args).result())
         self._rr = 0
         self._last_reclaim = 0.0

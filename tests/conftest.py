@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 
 import pytest
+
+# One math thread per process: the suite starts many processes (servers, workers, fits) on
+# small machines, where torch's and BLAS's default of one thread per core oversubscribes them.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 from hpod.client.local import LocalCluster
 from hpod.server.store.embedded import EmbeddedRedis
 

@@ -9,6 +9,9 @@ function is pure (it gets its own seeded generator, never the algorithm's).
 
 from __future__ import annotations
 
+import os
+import signal
+import sys
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -28,3 +31,17 @@ def set_runner(runner: Callable[..., Any] | None) -> None:
     """Install (or, with None, remove) the runner: ``runner(fn, *args)`` returns the result."""
     global _runner
     _runner = runner
+
+
+def worker_dies_with_parent() -> None:
+    """Initializer of the service's fit processes: they end with the server, even if it is
+    killed (Linux PR_SET_PDEATHSIG), instead of lingering as orphans."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        try:
+            ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)
+        except OSError:
+            return
+    if os.getppid() == 1:  # the server died before the request took effect
+        os._exit(0)
