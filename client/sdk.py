@@ -62,6 +62,7 @@ class Trial:
     samples_per_second: float = 0.0  # training throughput of its latest job (0: not reported)
     warm_resumes: int = 0  # segments continued from a worker's memory, not the checkpoint
     segments: int = 0  # jobs it completed: 1 + the continuations it had
+    checkpoint_bytes: int = 0  # its newest checkpoint on disk (0 once pruned)
 
 
 @dataclass
@@ -111,7 +112,8 @@ def trial_from_pb(t: pb.Trial, int_params: set[str]) -> Trial:
                  bracket=t.bracket, rung=t.rung, cost=t.cost,
                  curve=[(p.resource, p.value) for p in t.curve], lost_jobs=t.lost_jobs,
                  error=t.error, samples_per_second=t.samples_per_second,
-                 warm_resumes=t.warm_resumes, segments=t.segments)
+                 warm_resumes=t.warm_resumes, segments=t.segments,
+                 checkpoint_bytes=t.checkpoint_bytes)
 
 
 class Client:

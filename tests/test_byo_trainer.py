@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import redis
+from helpers import wait_for
 from hpod.client.local import LocalCluster
 from hpod.server.store import keys
 from hpod.trainers import base
@@ -160,10 +161,18 @@ def test_user_class_and_function_trainers_run_hyperband_end_to_end(tmp_path,
     spec = {"resource": {"max_resource": 9, "eta": 3}, "algorithm": {"name": "hyperband"},
             "seed": 3}
     # --keep-models 0: every continuation reads its checkpoint, none continues in memory.
+    # The server's own pruning at a study's end is off here ("--checkpoint-dir" ""), so the
+    # workers' life cycle alone is seen (tests/test_runtime.py covers the server's).
     with LocalCluster(workers=2, trainers=trainers, workdir=str(tmp_path / "c"),
-                      worker_args=("--keep-models", "0")) as cluster, \
+                      worker_args=("--keep-models", "0"),
+                      server_args=("--checkpoint-dir", "")) as cluster, \
             cluster.client() as client:
         r = redis.Redis.from_url(cluster.redis_url, decode_responses=True)
+        # The server accepts a study for a trainer that is not built in only once a worker
+        # declares it: wait for both workers to register (slow on a loaded machine).
+        wait_for(lambda: len([w for w in r.zrange(keys.workers(), 0, -1)
+                              if r.hget(keys.worker(w), "trainers")]) == 2,
+                 timeout=120, what="both workers registered")
         studies = [
             client.create_study({**spec, "name": "class", "trainer": trainers[0],
                                  "objective": {"metric": "val_loss"}}),

@@ -139,3 +139,26 @@ def test_unknown_plugin_module_stops_the_server_with_the_reason(monkeypatch) -> 
     monkeypatch.setenv("HPOD_PLUGINS", "no_such_module_for_hpod")
     with pytest.raises(SystemExit, match="no_such_module_for_hpod"):
         plugins.load_plugins()
+
+
+@pytest.mark.slow
+def test_an_ended_study_keeps_only_its_best_trials_checkpoints_and_reports_its_disk(
+        tmp_path) -> None:
+    with LocalCluster(workers=2, trainers=("analytic",), workdir=str(tmp_path),
+                      lease_seconds=30.0) as cluster, cluster.client() as client:
+        study = client.create_study(analytic(seed=5))
+        assert study.wait(timeout=180).state == pb.STUDY_STATE_COMPLETED
+        folder = cluster.workdir / "checkpoints" / study.id
+
+        def on_disk() -> dict[int, int]:
+            return {int(p.name): sum(f.stat().st_size for f in p.iterdir())
+                    for p in folder.iterdir() if p.is_dir() and any(p.iterdir())}
+
+        wait_for(lambda: len(on_disk()) <= 3, timeout=60, what="checkpoints pruned")
+        best = sorted((t.value, t.id) for t in study.trials() if t.value is not None)[:3]
+        assert set(on_disk()) == {tid for _, tid in best}
+        wait_for(lambda: study.refresh().checkpoint_bytes == sum(on_disk().values()),
+                 timeout=60, what="the study's disk use reported")
+        assert study.info.checkpoint_bytes > 0
+        kept = {t.id: t.checkpoint_bytes for t in study.trials() if t.checkpoint_bytes}
+        assert kept == on_disk()
