@@ -1,4 +1,4 @@
-"""Continuation affinity (issue 4): how often a promoted trial continues in the memory of the
+"""Continuation affinity: how often a promoted trial continues in the memory of the
 worker that trained it, and what each such continuation saves.
 
     python bench/affinity.py [--trainer analytic] [--workers 4] [--keep-models 8] [--json]

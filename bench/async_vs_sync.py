@@ -1,4 +1,4 @@
-"""Asynchronous against synchronous Hyperband in wall time (issue 4), on the simulated cluster.
+"""Asynchronous against synchronous Hyperband in wall time, on the simulated cluster.
 
     python bench/async_vs_sync.py [--problems branin-mf,hartmann6-mf] [--workers 4]
         [--seeds 10] [--budget 60] [--plot bench/plots/async_vs_sync.png] [--json]

@@ -1,5 +1,4 @@
-"""Cost-aware search: hpod's ``carbs`` against random search and imbue's reference CARBS
-(issue 10, "Must show").
+"""Cost-aware search: hpod's ``carbs`` against random search and imbue's reference CARBS.
 
     python bench/carbs.py [--problems scaling-law,mup-digits] [--methods carbs,random,imbue-carbs]
                           [--seeds 5] [--budget 1] [--mup-budget 0.25] [--workers 4] [--jobs 2]

@@ -1,4 +1,4 @@
-"""Optimisation quality against peers (issue 7 §2), on the simulated cluster.
+"""Optimisation quality against peers, on the simulated cluster.
 
     python bench/compare.py --problem branin-mf,hartmann6-mf --algorithms hyperband,asha@cqr \
         --peers optuna --seeds 5 --workers 4 --budget 100 [--plots DIR] [--json]

@@ -1,4 +1,4 @@
-"""Conformal quantile regression search against its baselines (issue 5, "Must show").
+"""Conformal quantile regression search against its baselines.
 
     python bench/cqr.py [--seeds 10] [--mlp-seeds 3] [--budget 20] [--mlp-budget 10]
                         [--max-resource 9] [--workers 4] [--jobs 2]

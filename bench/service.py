@@ -1,4 +1,4 @@
-"""Service overhead (issue 7 §3): hpod's round trips next to the floor of this machine.
+"""Service overhead: hpod's round trips next to the floor of this machine.
 
     python bench/service.py [--json] [--rounds 500] [--seconds 3] [--workers 1,16,256]
 

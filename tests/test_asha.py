@@ -1,5 +1,5 @@
-"""ASHA (promotion and stopping) and asynchronous Hyperband, against reference/algorithms.md
-§1.4-1.6 and the tests of §1.10 items 5-7."""
+"""ASHA (promotion and stopping) and asynchronous Hyperband, against Li et al., MLSys 2020
+(Algorithms 1 and 2) and the promotion sequences the paper implies."""
 
 from __future__ import annotations
 

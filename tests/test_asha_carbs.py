@@ -1,4 +1,4 @@
-"""Cost-aware and multi-fidelity together (issue 10, part 5): ``asha-carbs``, where CARBS
+"""Cost-aware and multi-fidelity together: ``asha-carbs``, where CARBS
 proposes configurations, asynchronous Hyperband decides how far each trains, and CARBS's models
 see the cost measured at every rung. The pure algorithm here; tests/test_carbs_service.py runs
 it on real workers."""

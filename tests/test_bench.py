@@ -1,4 +1,4 @@
-"""Smoke tests of the benchmarks (issue 7): each entry runs in a reduced form; no timings are
+"""Smoke tests of the benchmarks: each entry runs in a reduced form; no timings are
 asserted, since CI machines differ."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Smoke test of bench/async_vs_sync.py (issue 4): every method runs and is summarised; no
+"""Smoke test of bench/async_vs_sync.py: every method runs and is summarised; no
 timing is asserted (the clock is simulated, and the numbers belong in bench/README.md)."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Smoke test of ``bench/carbs.py --quick`` (issue 10): hpod's ``carbs`` against random search on
+"""Smoke test of ``bench/carbs.py --quick``: hpod's ``carbs`` against random search on
 both problems at a tiny budget, in its own process as a user would run it, writing its table,
 JSON and plot. imbue's reference is requested without an interpreter for it, so the benchmark
 must skip it and say why. No timings or hypervolume orderings are asserted: two seeds on a few

@@ -1,4 +1,4 @@
-"""Smoke test of ``bench/cqr.py --quick`` (issue 5): it runs end to end, in its own process as a
+"""Smoke test of ``bench/cqr.py --quick``: it runs end to end, in its own process as a
 user would run it, and writes its table, JSON and plot. No timings or regret values are
 asserted: two seeds on a budget of 2 R say nothing about which method is better."""
 

@@ -1,4 +1,4 @@
-"""Smoke test of bench/trainers.py (issue 6): ``--quick`` in a subprocess, as CI runs it. No
+"""Smoke test of bench/trainers.py: ``--quick`` in a subprocess, as CI runs it. No
 timings are asserted, since CI machines differ; only that every trainer is measured."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""CARBS (server/algorithms/carbs.py): the checks of reference/algorithms.md §4.10 and the fixes
+"""CARBS (server/algorithms/carbs.py): the checks of Fetterman et al. (2023) and the fixes
 of the reference's known bugs."""
 
 from __future__ import annotations

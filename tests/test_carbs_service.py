@@ -1,6 +1,6 @@
-"""CARBS through the real service (issue 10): cost measured by real worker processes, the
+"""CARBS through the real service: cost measured by real worker processes, the
 study's ``cost_source``, the Pareto front and scaling fits by RPC, SDK and CLI, known-front
-recovery and a known scaling exponent (reference/algorithms.md §4.10 items 7 and 8) on the
+recovery and a known scaling exponent (Fetterman et al., 2023) on the
 ``scaling`` trainer, ``asha-carbs`` (CARBS with asynchronous Hyperband, cost measured per rung),
 and the same suggestions for the same seed, also across a server restart mid-study.
 

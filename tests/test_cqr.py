@@ -1,4 +1,4 @@
-"""CQR search: reference/algorithms.md §3.6 items 1-7, and hpod's own guarantees (seeded
+"""CQR search (Salinas et al., ICML 2023): the paper's properties, and hpod's own guarantees (seeded
 determinism, save/restore, pending trials, settings errors).
 
 Models are kept small (few trees, few candidates) so the file runs in seconds: the properties

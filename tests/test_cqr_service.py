@@ -1,4 +1,4 @@
-"""CQR through the real service (issue 5, "Must show"): the same seed gives the same
+"""CQR through the real service: the same seed gives the same
 suggestions twice in a row and across a server restart mid-study; with 4 concurrent workers no
 two trials share a configuration.
 

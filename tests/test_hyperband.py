@@ -1,7 +1,7 @@
 """Synchronous Hyperband: the bracket arithmetic of Li et al. (JMLR 2018) to the last unit, the
 peers' rounding conventions, and full runs driven by a small deterministic worker pool.
 
-Tables and tests follow shared/reference/algorithms.md §1.2, §1.3 and §1.10.
+Tables and tests follow Li et al., JMLR 2018 (Table 1 and Algorithm 1).
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""Iterative-deepening Hyperband against reference/algorithms.md §1.2 (tables) and §2.7."""
+"""Iterative-deepening Hyperband against the Hyperband tables (Li et al., JMLR 2018) and
+the identities of Brandt et al. (2023)."""
 
 from __future__ import annotations
 

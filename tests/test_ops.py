@@ -1,4 +1,4 @@
-"""Operations (issue 8): a worker drains on SIGTERM and its job moves on at once; the metrics
+"""Operations: a worker drains on SIGTERM and its job moves on at once; the metrics
 endpoint serves the study's numbers while it runs."""
 
 from __future__ import annotations

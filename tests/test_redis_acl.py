@@ -1,4 +1,4 @@
-"""Workers authenticate to Redis as their own ACL user (issue 8): real worker processes logged in
+"""Workers authenticate to Redis as their own ACL user: real worker processes logged in
 as the user ``hpod redis-acl --apply`` made run a real study end to end, and the same credentials
 are refused (NOPERM) for everything outside the job protocol.
 

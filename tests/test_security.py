@@ -1,4 +1,4 @@
-"""A real server with TLS, hashed tokens, tenants and limits (issue 8).
+"""A real server with TLS, hashed tokens, tenants and limits.
 
 Tenant isolation is checked for every method of the ``Hpod`` service, enumerated from the
 descriptor: a new RPC that takes a study, trial or job id and skips the ownership check fails

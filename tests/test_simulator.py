@@ -1,4 +1,4 @@
-"""The simulated cluster (issue 7 §1): the real engine and algorithms on a simulated clock.
+"""The simulated cluster: the real engine and algorithms on a simulated clock.
 
 Small sizes only: the 1,000-worker / 100,000-trial run is a benchmark (bench/README.md).
 """

@@ -398,7 +398,7 @@ def test_crop_flip() -> None:
     assert offsets.min() == 0 and offsets.max() == 8 and 400 < int(flips.sum()) < 600
 
 
-# ---------------------------------------------------------------- issue 6 models, tiny
+# ---------------------------------------------------------------- the paper models, tiny
 
 TINY: dict[str, dict[str, Any]] = {
     "densenet": {"depth": 10, "growth_rate": 4, "batch_size": 8},

@@ -1,4 +1,4 @@
-"""Trainers through the whole service (issue 6): one worker process with two slots (two jobs
+"""Trainers through the whole service: one worker process with two slots (two jobs
 at once, each its own worker to the server), samples per second on every trial, and a
 grokking-transformer study on CPU workers reporting validation-accuracy curves."""
 

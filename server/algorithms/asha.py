@@ -11,7 +11,7 @@ Two forms, chosen by the setting ``mode``:
   answer to its learning-curve point is STOP.
 
 One milestone rule for both: the first report with resource >= milestone counts, and the real
-resource of that report is recorded (reference/algorithms.md §1.9, P4).
+resource of that report is recorded (Li et al., MLSys 2020, Algorithm 2).
 
 Rung levels are ``r_min * eta**k`` below R, then R itself; bracket ``s`` skips the first ``s``
 levels. ``asha`` runs bracket 0 only unless ``brackets`` says more; ``async-hyperband`` runs all

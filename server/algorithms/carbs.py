@@ -1,7 +1,7 @@
 """CARBS: cost-aware Pareto-region Bayesian search (Fetterman et al., "Tune As You Scale", 2023).
 
-A local Bayesian search around the cost/performance Pareto front, after imbue-ai/carbs (see
-``reference/algorithms.md`` §4). Every parameter is mapped to an unbounded *basic* space
+A local Bayesian search around the cost/performance Pareto front, after imbue-ai/carbs (Fetterman
+et al., 2023). Every parameter is mapped to an unbounded *basic* space
 (linear, log10 or logit, divided by a ``scale``); candidates are Gaussian steps of radius 0.3
 around the Pareto groups; each is scored by
 

@@ -5,8 +5,8 @@ quantile level, widens (or narrows) the symmetric quantile pairs by split confor
 once there are enough observations, and proposes the candidate whose randomly chosen quantile is
 lowest ("Thompson sampling over quantiles"). Any scheduler whose settings say
 ``sampler: cqr`` uses it; the ``cqr`` *algorithm* is single-fidelity search (every trial
-trains to the maximum resource) with this sampler. The specification is
-``reference/algorithms.md`` §3; the reference implementation is Syne Tune's ``CQR``.
+trains to the maximum resource) with this sampler. The method is Salinas et
+al., ICML 2023; the reference implementation is Syne Tune's ``CQR``.
 
 Settings live in a nested mapping under the key ``cqr`` of the algorithm's settings (one key a
 scheduler has to accept, and a Struct carries it unchanged)::

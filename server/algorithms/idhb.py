@@ -3,7 +3,7 @@
 Runs synchronous Hyperband (the paper's Algorithm 1 arithmetic, exact) with maximum resource R.
 Once that run is complete, :meth:`IDHyperband.raise_max_resource` multiplies R by eta and the
 study continues as Hyperband(eta*R), reusing every (trial, resource) result already paid for
-(reference/algorithms.md §2):
+(Brandt et al., "Iterative Deepening Hyperband", 2023):
 
 * every old bracket keeps its first rung r_min and gets one more round (s -> s+1), a new s=0
   bracket starts at the new R; the bracket set is exactly that of Hyperband(eta*R);
