@@ -21,6 +21,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError, ResponseError
 
 from . import keys
+from .leases import Leases
 
 SNAPSHOT_EVERY = 200  # the least number of inputs between snapshots
 STOP_SET_TTL = 7 * 86400  # seconds a deleted study's stop set is kept for late workers
@@ -66,6 +67,41 @@ return #moved
 """
 
 
+# Runs ARGV[2..] as commands, each given as its length then its words, only while the study's
+# owner key (KEYS[1]) holds ARGV[1]: the fencing check and the writes are one atomic step.
+# KEYS: owner. ARGV: owner value, then (n, word1 .. wordn)*.
+_FENCED = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then
+  return redis.error_reply('FENCED the study is owned by another replica now')
+end
+local i = 2
+while i <= #ARGV do
+  local n = tonumber(ARGV[i])
+  redis.call(unpack(ARGV, i + 1, i + n))
+  i = i + n + 1
+end
+return 1
+"""
+# Words per command at most: Lua's unpack has a bounded stack; longer RPUSH, HSET, SADD,
+# XACK and XDEL are split (the script runs them all at once anyway).
+MAX_WORDS = 1000
+
+
+class LeaseLost(RedisError):
+    """A write of a study this replica no longer owns: refused inside Redis, nothing written."""
+
+    def __init__(self, sid: str) -> None:
+        super().__init__(f"study {sid}: its lease is held by another replica now")
+        self.sid = sid
+
+
+def _chunked(head: list[Any], words: list[Any], unit: int = 1) -> list[list[Any]]:
+    """``head + words`` as one or more commands of at most MAX_WORDS words each, never
+    splitting a group of ``unit`` words (a field and its value)."""
+    step = max(unit, (MAX_WORDS - len(head)) // unit * unit)
+    return [head + words[i:i + step] for i in range(0, len(words), step)]
+
+
 def dumps(obj: Any) -> str:
     return json.dumps(obj, separators=(",", ":"), allow_nan=False)
 
@@ -98,6 +134,8 @@ class RedisStore:
         self.url = url
         self.r = aioredis.from_url(url, decode_responses=True)
         self._return_handoffs = self.r.register_script(_RETURN_HANDOFFS)
+        self._fenced = self.r.register_script(_FENCED)
+        self.leases = Leases(self.r)
 
     async def close(self) -> None:
         await self.r.aclose()
@@ -107,13 +145,15 @@ class RedisStore:
 
     # ---------------------------------------------------------------- studies
 
-    async def create_study(self, sid: str, config: Mapping[str, Any], name: str) -> None:
-        async with self.r.pipeline(transaction=True) as p:
-            p.hset(keys.study(sid), mapping={"config": dumps(config), "state": "active",
-                                             "created": repr(time.time()), "name": name})
-            p.sadd(keys.studies(), sid)
-            p.xgroup_create(keys.events(sid), keys.SERVER_GROUP, id="0", mkstream=True)
-            await p.execute()
+    async def create_study(self, sid: str, config: Mapping[str, Any], name: str,
+                           fence: str | None = None) -> None:
+        # The id joins the global set first (another slot on a cluster): an id without a
+        # study hash is skipped at load, a study hash without its id would be invisible.
+        await self.r.sadd(keys.studies(), sid)
+        await self.execute(sid, [
+            ["HSET", keys.study(sid), "config", dumps(config), "state", "active",
+             "created", repr(time.time()), "name", name],
+            ["XGROUP", "CREATE", keys.events(sid), keys.SERVER_GROUP, "0", "MKSTREAM"]], fence)
 
     async def study_ids(self) -> list[str]:
         return sorted(await self.r.smembers(keys.studies()))
@@ -133,19 +173,20 @@ class RedisStore:
             raise ValueError(f"study {sid}: its log starts after its snapshot")
         return meta, snap, [json.loads(x) for x in log[start:]]
 
-    async def mark_study(self, sid: str, state: str, error: str) -> None:
+    async def mark_study(self, sid: str, state: str, error: str,
+                         fence: str | None = None) -> None:
         """Record a state the server decided outside an engine commit (quarantine)."""
-        await self.r.hset(keys.study(sid), mapping={"state": state, "error": error})
+        await self.execute(sid, [["HSET", keys.study(sid), "state", state, "error", error]],
+                           fence)
 
-    async def delete_study(self, sid: str) -> None:
+    async def delete_study(self, sid: str, fence: str | None = None) -> None:
         # The stop set outlives the study for a while: it names every job the study had out,
-        # and is how a worker holding one of them learns to drop or stop it.
+        # and is how a worker holding one of them learns to drop or stop it. The lease keys go
+        # last, in the same step, so no other replica can take the study half-deleted.
         stop = keys.stopped_jobs(sid)
-        async with self.r.pipeline(transaction=True) as p:
-            p.srem(keys.studies(), sid)
-            p.delete(*[k for k in keys.study_keys(sid) if k != stop])
-            p.expire(stop, STOP_SET_TTL)
-            await p.execute()
+        await self.execute(sid, [["DEL", *[k for k in keys.study_keys(sid) if k != stop]],
+                                 ["EXPIRE", stop, str(STOP_SET_TTL)]], fence)
+        await self.r.srem(keys.studies(), sid)
 
     async def ensure_job_stream(self, trainer: str) -> None:
         try:
@@ -166,33 +207,63 @@ class RedisStore:
 
     # ---------------------------------------------------------------- the one write path
 
-    async def commit(self, sid: str, batch: Batch) -> None:
+    async def commit(self, sid: str, batch: Batch, fence: str | None = None) -> None:
+        """Write ``batch`` atomically. With ``fence`` (the owner value the study's copy was
+        loaded under) one script checks the study's lease and writes, so a replica that lost
+        the study writes nothing (``LeaseLost``); without it (a job entry of no study) a plain
+        MULTI/EXEC."""
         if batch.empty():
             return
-        async with self.r.pipeline(transaction=True) as p:
-            if batch.inputs:
-                p.rpush(keys.log(sid), *[dumps(i) for i in batch.inputs])
-            if batch.trials:
-                p.hset(keys.trials(sid), mapping={str(k): v for k, v in batch.trials.items()})
-            for trainer, wid, job in batch.jobs:
-                p.xadd(keys.queue(trainer, wid), {"j": job})
-                if wid:  # so the reaper finds it even if its worker has just left
-                    p.sadd(keys.handoffs(), keys.handoff_member(trainer, wid))
-            if batch.stop_jobs:
-                p.sadd(keys.stopped_jobs(sid), *batch.stop_jobs)
-            if batch.study_fields:
-                p.hset(keys.study(sid), mapping=batch.study_fields)
-            if batch.ack_ids:
-                p.xack(keys.events(sid), keys.SERVER_GROUP, *batch.ack_ids)
-                p.xdel(keys.events(sid), *batch.ack_ids)
-            for stream, eid in batch.job_acks:
-                p.xack(stream, keys.WORKER_GROUP, eid)
-                p.xdel(stream, eid)
-            if batch.snapshot is not None:
-                p.set(keys.snapshot(sid), batch.snapshot)
-                p.delete(keys.log(sid))
-                p.hset(keys.study(sid), "log_base", batch.snapshot_inputs)
-            await p.execute()
+        await self.execute(sid, self._commands(sid, batch), fence)
+
+    def _commands(self, sid: str, batch: Batch) -> list[list[Any]]:
+        cmds: list[list[Any]] = []
+        if batch.inputs:
+            cmds += _chunked(["RPUSH", keys.log(sid)], [dumps(i) for i in batch.inputs])
+        if batch.trials:
+            cmds += _chunked(["HSET", keys.trials(sid)],
+                             [x for k, v in batch.trials.items() for x in (str(k), v)], 2)
+        for trainer, wid, job in batch.jobs:
+            cmds.append(["XADD", keys.queue(trainer, wid), "*", "j", job])
+            if wid:  # so the reaper finds it even if its worker has just left
+                cmds.append(["SADD", keys.handoffs(), keys.handoff_member(trainer, wid)])
+        if batch.stop_jobs:
+            cmds += _chunked(["SADD", keys.stopped_jobs(sid)], batch.stop_jobs)
+        if batch.study_fields:
+            cmds.append(["HSET", keys.study(sid),
+                         *[x for kv in batch.study_fields.items() for x in kv]])
+        if batch.ack_ids:
+            cmds += _chunked(["XACK", keys.events(sid), keys.SERVER_GROUP], batch.ack_ids)
+            cmds += _chunked(["XDEL", keys.events(sid)], batch.ack_ids)
+        for stream, eid in batch.job_acks:
+            cmds.append(["XACK", stream, keys.WORKER_GROUP, eid])
+            cmds.append(["XDEL", stream, eid])
+        if batch.snapshot is not None:
+            cmds.append(["SET", keys.snapshot(sid), batch.snapshot])
+            cmds.append(["DEL", keys.log(sid)])
+            cmds.append(["HSET", keys.study(sid), "log_base", str(batch.snapshot_inputs)])
+        return cmds
+
+    async def execute(self, sid: str, cmds: list[list[Any]], fence: str | None) -> None:
+        """Run ``cmds`` as one atomic step; with ``fence``, only while the study's owner key
+        holds exactly that value."""
+        if not cmds:
+            return
+        if fence is None:
+            async with self.r.pipeline(transaction=True) as p:
+                for cmd in cmds:
+                    p.execute_command(*cmd)
+                await p.execute()
+            return
+        args: list[Any] = [fence]
+        for cmd in cmds:
+            args += [len(cmd), *cmd]
+        try:
+            await self._fenced(keys=[keys.owner(sid)], args=args)
+        except ResponseError as e:
+            if str(e).startswith("FENCED"):
+                raise LeaseLost(sid) from None
+            raise
 
     # ---------------------------------------------------------------- worker events
 
@@ -232,6 +303,22 @@ class RedisStore:
             out.append((sid, [(eid, json.loads(fields["e"]))
                               for eid, fields in reply[1] if fields]))
         return out
+
+    async def take_pending(self, sid: str, consumer: str) -> int:
+        """Claim for ``consumer`` every event of the study that the group delivered and nobody
+        acknowledged (a previous owner read them, then died or gave the study back); they are
+        then read again in stream order. Returns how many."""
+        taken, cursor = 0, "0-0"
+        while True:
+            reply = await self.r.xautoclaim(keys.events(sid), keys.SERVER_GROUP, consumer, 0,
+                                            start_id=cursor, count=1000)
+            cursor = reply[0]
+            taken += len(reply[1])
+            if cursor == "0-0":
+                return taken
+
+    async def study_exists(self, sid: str) -> bool:
+        return bool(await self.r.sismember(keys.studies(), sid))
 
     # ---------------------------------------------------------------- workers and leases
 
