@@ -1,0 +1,247 @@
+"""Several server replicas on one Redis: study leases with fencing, failover on kill -9,
+rolling restarts. Real Redis, real server and worker processes."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import threading
+import time
+from collections import Counter
+
+import grpc
+import pytest
+import redis
+from helpers import wait_for
+from hpod.client.local import LocalCluster, free_port
+from hpod.client.sdk import Client
+from hpod.server.store import keys
+from hpod.server.store.leases import replica_of
+from hpod.server.store.redis_store import Batch, LeaseLost, RedisStore
+from hpod.v1 import hpod_pb2 as pb
+from test_faults import assert_nothing_lost_or_doubled, slow_spec
+
+LEASE = 3.0  # study leases and job leases in these tests, seconds
+
+
+# ---------------------------------------------------------------- fencing, on a real Redis
+
+
+def test_a_stale_owner_can_never_commit(redis_server) -> None:
+    async def scenario() -> None:
+        a, b = RedisStore(redis_server.url), RedisStore(redis_server.url)
+        try:
+            sid = "sfence"
+            held_a = await a.leases.acquire(sid, "replica-a", 0.2)
+            assert held_a is not None and replica_of(held_a) == "replica-a"
+            await a.create_study(sid, {"x": 1}, "fenced", held_a)
+            # B cannot take a study whose lease is live...
+            assert await b.leases.acquire(sid, "replica-b", 5.0) is None
+            await asyncio.sleep(0.4)  # ...A stalls past its lease: B takes it
+            held_b = await b.leases.acquire(sid, "replica-b", 5.0)
+            assert held_b is not None and held_b != held_a
+            assert int(held_b.partition("|")[0]) > int(held_a.partition("|")[0])
+            # A, waking up, still believes it owns the study: its commit writes nothing.
+            with pytest.raises(LeaseLost):
+                await a.commit(sid, Batch(inputs=[{"op": "stale"}],
+                                          study_fields={"state": "stale"}), held_a)
+            assert await a.r.lrange(keys.log(sid), 0, -1) == []
+            assert await a.r.hget(keys.study(sid), "state") == "active"
+            await b.commit(sid, Batch(inputs=[{"op": "fresh"}], study_fields={"state": "x"}),
+                           held_b)
+            assert await b.r.lrange(keys.log(sid), 0, -1) == ['{"op":"fresh"}']
+            # A renewing finds the lease gone; releasing it does not free B's.
+            assert await a.leases.renew({sid: held_a}, 5.0) == {sid}
+            assert not await a.leases.release(sid, held_a)
+            assert await b.leases.renew({sid: held_b}, 5.0) == set()
+            # A replica restarted under the same id takes its study back, with a new token.
+            again = await b.leases.acquire(sid, "replica-b", 5.0)
+            assert again is not None and again != held_b
+            with pytest.raises(LeaseLost):
+                await b.commit(sid, Batch(inputs=[{"op": "old copy"}]), held_b)
+        finally:
+            await a.close()
+            await b.close()
+
+    asyncio.run(scenario())
+
+
+def test_large_commits_are_split_into_bounded_commands(redis_server) -> None:
+    async def scenario() -> None:
+        store = RedisStore(redis_server.url)
+        try:
+            sid = "sbig"
+            held = await store.leases.acquire(sid, "r", 5.0)
+            await store.create_study(sid, {}, "big", held)
+            trials = {i: f'{{"id":{i}}}' for i in range(3000)}
+            inputs = [{"op": "n", "i": i} for i in range(2500)]
+            await store.commit(sid, Batch(inputs=inputs, trials=trials), held)
+            assert await store.r.llen(keys.log(sid)) == 2500
+            assert await store.r.hlen(keys.trials(sid)) == 3000
+        finally:
+            await store.close()
+
+    asyncio.run(scenario())
+
+
+# ---------------------------------------------------------------- real processes
+
+
+def owners(r: redis.Redis, sids: list[str]) -> dict[str, str]:
+    return {sid: replica_of(r.get(keys.owner(sid))) for sid in sids}
+
+
+def spread(r: redis.Redis, sids: list[str], replicas: int) -> bool:
+    got = owners(r, sids)
+    return all(got.values()) and len(set(got.values())) == replicas
+
+
+class AppliedBy(threading.Thread):
+    """Samples each study's ``applied_by`` field (replica and time of its last applied worker
+    events): the failover time is the first time a new owner applied an event minus the last
+    time the dead replica did."""
+
+    def __init__(self, r: redis.Redis, sids: list[str]) -> None:
+        super().__init__(daemon=True)
+        self.r, self.sids = r, sids
+        self.seen: dict[str, list[tuple[str, float]]] = {s: [] for s in sids}
+        self.halt = threading.Event()
+
+    def run(self) -> None:
+        while not self.halt.is_set():
+            for sid in self.sids:
+                raw = self.r.hget(keys.study(sid), "applied_by")
+                if raw:
+                    rid, _, at = raw.rpartition(" ")
+                    if not self.seen[sid] or self.seen[sid][-1] != (rid, float(at)):
+                        self.seen[sid].append((rid, float(at)))
+            time.sleep(0.02)
+
+    def failover(self, sid: str, dead: str) -> float | None:
+        seen = self.seen[sid]
+        last_dead = max((t for rid, t in seen if rid == dead), default=None)
+        after = [t for rid, t in seen if rid != dead and last_dead is not None and t > last_dead]
+        return None if last_dead is None or not after else min(after) - last_dead
+
+
+def replica_cluster(tmp_path, workers: int) -> LocalCluster:
+    return LocalCluster(workers=workers, trainers=("analytic",), workdir=str(tmp_path),
+                        lease_seconds=LEASE, server_args=("--study-lease-seconds", str(LEASE)))
+
+
+def all_addresses(cluster: LocalCluster) -> str:
+    """One target naming every replica: the channel moves to another when one goes away,
+    as behind a Kubernetes Service."""
+    return "ipv4:" + ",".join(f"127.0.0.1:{p}" for p in [cluster.port, *cluster.replicas])
+
+
+def wait_all(client: Client, sids: list[str], timeout: float) -> dict[str, pb.Study]:
+    deadline = time.time() + timeout
+    done: dict[str, pb.Study] = {}
+    while len(done) < len(sids):
+        assert time.time() < deadline, f"studies still running: {set(sids) - set(done)}"
+        for sid in sids:
+            if sid not in done:
+                info = client.study(sid).info
+                if info.state != pb.STUDY_STATE_ACTIVE:
+                    done[sid] = info
+        time.sleep(0.3)
+    return done
+
+
+@pytest.mark.slow
+def test_kill_9_of_the_busiest_replica_moves_its_studies_and_loses_nothing(tmp_path) -> None:
+    with replica_cluster(tmp_path, workers=4) as cluster:
+        for _ in range(2):
+            cluster.add_replica(free_port())
+        r = redis.Redis.from_url(cluster.redis_url, decode_responses=True)
+        with Client(all_addresses(cluster), timeout=60) as client:
+            studies = [client.create_study(slow_spec(seed=10 + i)) for i in range(6)]
+            sids = [s.id for s in studies]
+            wait_for(lambda: spread(r, sids, 3), timeout=60, what="studies on all 3 replicas")
+            sampler = AppliedBy(r, sids)
+            sampler.start()
+            wait_for(lambda: sum(client.study(s).info.trials_finished for s in sids) >= 6,
+                     timeout=120, what="six finished trials")
+            by_owner = owners(r, sids)
+            dead, _ = Counter(by_owner.values()).most_common(1)[0]
+            port = int(dead.rpartition(":")[2])
+            proc = cluster.server if port == cluster.port else cluster.replicas[port]
+            moved = [s for s, rid in by_owner.items() if rid == dead]
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait()
+            done = wait_all(client, sids, timeout=300)
+            sampler.halt.set()
+            sampler.join()
+            for sid in sids:
+                assert done[sid].state == pb.STUDY_STATE_COMPLETED, done[sid].error
+                study = client.study(sid)
+                assert_nothing_lost_or_doubled(study, study.info)
+            assert all(rid != dead for rid in owners(r, moved).values() if rid)
+            times = {sid: sampler.failover(sid, dead) for sid in moved}
+            print(f"\nfailover after kill -9 of {dead} (study lease {LEASE:g}s): "
+                  + ", ".join(f"{sid} {t:.2f}s" if t is not None else f"{sid} (ended before)"
+                              for sid, t in times.items()))
+
+
+class Prober(threading.Thread):
+    """Reads and ask/tell-free writes through one channel to all replicas, all the time;
+    records every status other than OK."""
+
+    def __init__(self, address: str, sid: str) -> None:
+        super().__init__(daemon=True)
+        self.address, self.sid = address, sid
+        self.codes: Counter = Counter()
+        self.calls = 0
+        self.halt = threading.Event()
+
+    def run(self) -> None:
+        from hpod.v1 import hpod_pb2_grpc as pb_grpc
+
+        channel = grpc.insecure_channel(self.address)
+        stub = pb_grpc.HpodStub(channel)
+        calls = [lambda: stub.GetStudy(pb.GetStudyRequest(study_id=self.sid), timeout=10),
+                 lambda: stub.ListTrials(pb.ListTrialsRequest(study_id=self.sid), timeout=10),
+                 lambda: stub.ListStudies(pb.ListStudiesRequest(), timeout=10)]
+        while not self.halt.is_set():
+            for call in calls:
+                self.calls += 1
+                try:
+                    call()
+                except grpc.RpcError as e:
+                    self.codes[e.code()] += 1
+            time.sleep(0.05)
+        channel.close()
+
+
+@pytest.mark.slow
+def test_rolling_restart_of_every_replica_during_a_study(tmp_path) -> None:
+    with replica_cluster(tmp_path, workers=2) as cluster:
+        for _ in range(2):
+            cluster.add_replica(free_port())
+        with Client(all_addresses(cluster), timeout=60) as client:
+            spec = {**slow_spec(seed=21), "trainer_settings": {"step_seconds": 0.8}}
+            study = client.create_study(spec)
+            prober = Prober(all_addresses(cluster), study.id)
+            prober.start()
+            wait_for(lambda: study.refresh().trials_finished >= 1, timeout=120,
+                     what="a finished trial")
+            for port in [cluster.port, *cluster.replicas]:
+                proc = cluster.server if port == cluster.port else cluster.replicas[port]
+                proc.send_signal(signal.SIGTERM)
+                assert proc.wait(30) == 0
+                fresh = cluster.launch_server(port, f"server-{port}-again")
+                if port == cluster.port:
+                    cluster.server = fresh
+                else:
+                    cluster.replicas[port] = fresh
+                time.sleep(2 * LEASE)  # the restarted replica takes its share back
+            info = wait_all(client, [study.id], timeout=300)[study.id]
+            prober.halt.set()
+            prober.join()
+            assert info.state == pb.STUDY_STATE_COMPLETED, info.error
+            assert set(prober.codes) <= {grpc.StatusCode.UNAVAILABLE}, prober.codes
+            assert_nothing_lost_or_doubled(study, study.refresh())
+            print(f"\nrolling restart: {prober.calls} calls, "
+                  f"{prober.codes[grpc.StatusCode.UNAVAILABLE]} UNAVAILABLE (retried)")
