@@ -20,7 +20,7 @@ from . import logs, metrics
 from .manager import Settings, StudyManager
 from .options import ServerOptions
 from .optuna_live import LiveMirror
-from .routing import Router
+from .routing import Router, peer_credentials
 from .service.auth import AuthInterceptor, load_tokens
 from .service.decoding import DecodingInterceptor
 from .service.servicer import HpodServicer
@@ -80,7 +80,7 @@ async def serve(address: str, settings: Settings, ready: asyncio.Event | None = 
                              options=[("grpc.max_receive_message_length", size),
                                       ("grpc.max_send_message_length", size)])
     servicer = HpodServicer(manager, options.limits)
-    servicer.router = Router(manager)
+    servicer.router = Router(manager, *peer_credentials(options))
     pb_grpc.add_HpodServicer_to_server(servicer, server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)

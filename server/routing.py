@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -26,6 +28,7 @@ from hpod.v1 import hpod_pb2_grpc as pb_grpc
 
 from .engine import EngineError
 from .manager import StudyManager
+from .options import ServerOptions
 from .service import pages
 
 log = logging.getLogger("hpod.server")
@@ -43,15 +46,40 @@ def _moving(sid: str) -> EngineError:
                        "owner stopped or is handing it over); retry in a moment")
 
 
+def peer_credentials(options: ServerOptions) -> tuple[grpc.ChannelCredentials | None, str]:
+    """How a replica calls its peers: plaintext, or with TLS on the gRPC port the way the
+    health checker does (``server/healthcheck.py``): trusting ``HPOD_TLS_CA`` (default the
+    server's own certificate), expecting the name ``HPOD_TLS_SERVER_NAME`` (every replica
+    serves the same certificate), and under mutual TLS presenting ``HPOD_TLS_CLIENT_CERT``/
+    ``KEY`` or else the server's own pair."""
+    if options.tls is None:
+        return None, ""
+
+    def read(path: str) -> bytes | None:
+        return Path(path).read_bytes() if path else None
+
+    mutual = bool(options.tls.client_ca)
+    key = os.environ.get("HPOD_TLS_CLIENT_KEY") or (options.tls.key if mutual else "")
+    cert = os.environ.get("HPOD_TLS_CLIENT_CERT") or (options.tls.cert if mutual else "")
+    creds = grpc.ssl_channel_credentials(read(os.environ.get("HPOD_TLS_CA", ""))
+                                         or read(options.tls.cert), read(key), read(cert))
+    return creds, os.environ.get("HPOD_TLS_SERVER_NAME", "localhost")
+
+
 class Router:
-    def __init__(self, manager: StudyManager) -> None:
+    def __init__(self, manager: StudyManager, credentials: grpc.ChannelCredentials | None = None,
+                 server_name: str = "") -> None:
         self.m = manager
+        self._credentials = credentials
+        self._options = [("grpc.ssl_target_name_override", server_name)] if server_name else []
         self._channels: dict[str, grpc.aio.Channel] = {}
 
     def _stub(self, address: str) -> pb_grpc.HpodStub:
         ch = self._channels.get(address)
         if ch is None:
-            ch = self._channels[address] = grpc.aio.insecure_channel(address)
+            ch = self._channels[address] = (
+                grpc.aio.secure_channel(address, self._credentials, options=self._options)
+                if self._credentials is not None else grpc.aio.insecure_channel(address))
         return pb_grpc.HpodStub(ch)
 
     async def close(self) -> None:
