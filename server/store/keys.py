@@ -19,7 +19,8 @@ def studies() -> str:
 
 
 def study(sid: str) -> str:
-    """HASH: config (JSON), state, created, name, summary (JSON)."""
+    """HASH: config (JSON), state, created, name, summary (JSON), log_base, applied_by
+    (``<replica> <unix time>`` of the last commit that applied worker events)."""
     return f"{PREFIX}:{{{sid}}}:study"
 
 
