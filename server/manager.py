@@ -495,7 +495,8 @@ class StudyManager:
                         "dropping it here", sid, extra={"study_id": sid})
             self.ownership.forget(sid)
             self._drop(sid)
-            raise
+            raise EngineError("unavailable", f"study {sid} moved to another server replica; "
+                              "retry (the call is forwarded to its new owner)") from None
         except Exception:
             # Memory may now be ahead of Redis (or not: EXEC may have run before the connection
             # broke). Redis is the truth: reload the study from it, now or once Redis is back.

@@ -75,7 +75,7 @@ def rpc(fn: Callable) -> Callable:
     @functools.wraps(fn)
     async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> Any:
         try:
-            if self.router is not None and fn.__name__ in ROUTED:
+            if fn.__name__ in ROUTED and getattr(self, "router", None) is not None:
                 checks.name(request.study_id, "study_id", self.limits)
                 forwarded = await self.router.unary(fn.__name__, request, context)
                 if forwarded is not None:

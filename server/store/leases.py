@@ -12,8 +12,12 @@ whatever it still believes. All keys of one script carry the study's hash tag: o
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import redis.asyncio as aioredis
+from redis.asyncio.client import Pipeline
+from redis.commands.core import AsyncScript
+from redis.exceptions import OutOfMemoryError, ReadOnlyError, ResponseError
 
 from . import keys
 
@@ -49,6 +53,22 @@ return 0
 """
 
 
+async def run_script(script: AsyncScript, keys: list[str], args: list[Any],
+                     client: Pipeline | None = None) -> Any:
+    """Run a Lua script. A write refused inside it for a passing reason (out of memory, a
+    read-only replica) comes back from Redis wrapped as a script error; it is raised as the
+    error it is, so callers treat it as retryable like the same refusal outside a script."""
+    try:
+        return await script(keys=keys, args=args, client=client)
+    except ResponseError as e:
+        text = str(e)
+        if "OOM command not allowed" in text:
+            raise OutOfMemoryError(text) from None
+        if "READONLY" in text:
+            raise ReadOnlyError(text) from None
+        raise
+
+
 def replica_of(value: str | None) -> str:
     """The replica id in an owner value (``""`` for none)."""
     return (value or "").partition("|")[2]
@@ -63,8 +83,8 @@ class Leases:
 
     async def acquire(self, sid: str, replica: str, lease_s: float) -> str | None:
         """Take the study if it is free or was this replica's: the owner value, else None."""
-        got = await self._acquire(keys=[keys.owner(sid), keys.fence(sid)],
-                                  args=[replica, int(lease_s * 1000)])
+        got = await run_script(self._acquire, [keys.owner(sid), keys.fence(sid)],
+                               [replica, int(lease_s * 1000)])
         return got or None
 
     async def renew(self, held: dict[str, str], lease_s: float) -> set[str]:
@@ -80,7 +100,7 @@ class Leases:
         return {sid for sid, ok in zip(held, replies, strict=True) if ok != 1}
 
     async def release(self, sid: str, value: str) -> bool:
-        return bool(await self._release(keys=[keys.owner(sid)], args=[value]))
+        return bool(await run_script(self._release, [keys.owner(sid)], [value]))
 
     async def owners(self, sids: list[str]) -> dict[str, str]:
         """Study -> owner value, for the studies that have a live lease."""

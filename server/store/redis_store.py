@@ -21,7 +21,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError, ResponseError
 
 from . import keys
-from .leases import Leases
+from .leases import Leases, run_script
 
 SNAPSHOT_EVERY = 200  # the least number of inputs between snapshots
 STOP_SET_TTL = 7 * 86400  # seconds a deleted study's stop set is kept for late workers
@@ -259,7 +259,7 @@ class RedisStore:
         for cmd in cmds:
             args += [len(cmd), *cmd]
         try:
-            await self._fenced(keys=[keys.owner(sid)], args=args)
+            await run_script(self._fenced, [keys.owner(sid)], args)
         except ResponseError as e:
             if str(e).startswith("FENCED"):
                 raise LeaseLost(sid) from None
