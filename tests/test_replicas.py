@@ -245,3 +245,95 @@ def test_rolling_restart_of_every_replica_during_a_study(tmp_path) -> None:
             assert_nothing_lost_or_doubled(study, study.refresh())
             print(f"\nrolling restart: {prober.calls} calls, "
                   f"{prober.codes[grpc.StatusCode.UNAVAILABLE]} UNAVAILABLE (retried)")
+
+
+def external_spec(seed: int) -> dict:
+    return {"seed": seed, "resource": {"max_resource": 9, "eta": 3},
+            "search_space": {"x": {"type": "float", "low": 0.0, "high": 1.0}},
+            "algorithm": {"name": "asha"}, "max_trials": 20}
+
+
+def answers(client: Client, sid: str) -> bool:
+    try:
+        client.stub.GetStudy(pb.GetStudyRequest(study_id=sid), timeout=10)
+        return True
+    except grpc.RpcError:
+        return False
+
+
+@pytest.mark.slow
+def test_any_replica_answers_reads_writes_listings_and_watches(tmp_path) -> None:
+    with replica_cluster(tmp_path, workers=0) as cluster:
+        other = free_port()
+        cluster.add_replica(other)
+        r = redis.Redis.from_url(cluster.redis_url, decode_responses=True)
+        with Client(cluster.address, timeout=60) as a, \
+                Client(f"127.0.0.1:{other}", timeout=60) as b:
+            sids = [a.create_study(external_spec(seed)).id for seed in range(5)]
+            wait_for(lambda: spread(r, sids, 2), timeout=60, what="studies on both replicas")
+            # A study listed by no replica is one still being rebuilt by its new owner.
+            wait_for(lambda: all(answers(a, sid) for sid in sids), timeout=60,
+                     what="the moved studies rebuilt")
+            for client in (a, b):
+                # Paged one study at a time, merged from both replicas, in creation order.
+                assert [s.id for s in client.iter_studies(page_size=1)] == sids
+                assert [s.id for s in client.iter_studies(page_size=2)] == sids
+            for sid in sids:  # ask/tell through each replica: half of these are forwarded
+                for client in (a, b):
+                    study = client.study(sid)
+                    job = study.ask(wait=False)
+                    assert job is not None
+                    assert job.report(1.0, 0.5) is False
+                    job.complete(0.5)
+                    trial = study.trial(job.trial_id)
+                    assert trial.curve == [(1.0, 0.5)] and trial.state != "running"
+            # A watch through the replica that does not own the study relays the owner's.
+            sid = next(s for s, rid in owners(r, sids).items() if rid.endswith(f":{other}"))
+            stream = a.stub.WatchStudy(pb.WatchStudyRequest(study_id=sid))
+            seen: list = []
+
+            def read_one() -> None:
+                for ev in stream:
+                    seen.append(ev.kind)
+                    return
+
+            threading.Thread(target=read_one, daemon=True).start()
+            deadline = time.time() + 60
+            while not seen and time.time() < deadline:  # until the watch is open and sees one
+                job = a.study(sid).ask(wait=False)
+                if job is not None:
+                    job.complete(0.5, resource=job.to_resource)
+                time.sleep(0.2)
+            stream.cancel()
+            assert seen, "no event relayed by the watch"
+            a.study(sid).stop()  # a write forwarded to the owner
+            assert b.study(sid).info.state != pb.STUDY_STATE_ACTIVE
+            with pytest.raises(Exception, match="no study"):
+                b.study("s0000000000")
+
+
+@pytest.mark.slow
+def test_a_replica_paused_past_its_lease_never_writes_again(tmp_path) -> None:
+    with replica_cluster(tmp_path, workers=3) as cluster:
+        cluster.add_replica(free_port())
+        r = redis.Redis.from_url(cluster.redis_url, decode_responses=True)
+        with Client(all_addresses(cluster), timeout=60) as client:
+            sids = [client.create_study(slow_spec(seed=30 + i)).id for i in range(4)]
+            wait_for(lambda: spread(r, sids, 2), timeout=60, what="studies on both replicas")
+            wait_for(lambda: sum(client.study(s).info.trials_finished for s in sids) >= 4,
+                     timeout=120, what="four finished trials")
+            paused = owners(r, sids)[sids[0]]
+            port = int(paused.rpartition(":")[2])
+            proc = cluster.server if port == cluster.port else cluster.replicas[port]
+            os.kill(proc.pid, signal.SIGSTOP)
+            try:
+                wait_for(lambda: paused not in owners(r, sids).values(), timeout=60,
+                         what="its studies taken by the other replica")
+            finally:
+                os.kill(proc.pid, signal.SIGCONT)  # it wakes up believing it owns them
+            done = wait_all(client, sids, timeout=300)
+            for sid in sids:
+                assert done[sid].state == pb.STUDY_STATE_COMPLETED, done[sid].error
+                study = client.study(sid)
+                assert_nothing_lost_or_doubled(study, study.info)
+            assert proc.poll() is None, "the paused replica should live on"
