@@ -650,8 +650,12 @@ class StudyManager:
                 return  # the algorithm raised: the study is being rebuilt (and failed)
             # Jobs the study does not know (handed out before a Redis rollback lost them) are
             # told to stop, so a worker does not train on for nothing.
-            await self._commit(sid, live, applied, [eid for eid, _ in entries],
-                               stop_jobs=unknown)
+            try:
+                await self._commit(sid, live, applied, [eid for eid, _ in entries],
+                                   stop_jobs=unknown)
+            except EngineError:
+                return  # the study moved to another replica: its owner applies them
+
             metrics.EVENTS_APPLIED.inc(len(applied))
             metrics.WARM_RESUMES.inc(sum(1 for i in applied if i.get("warm")))
 

@@ -38,7 +38,7 @@ class Ownership:
                  study_ids: Callable[[], Awaitable[list[str]]],
                  adopt: Callable[[str, str], Awaitable[None]],
                  give_up: Callable[[str], Awaitable[None]],
-                 lost: Callable[[str], Awaitable[None]]) -> None:
+                 lost: Callable[[str], None]) -> None:
         self.leases = leases
         self.replica = replica
         self.address = address
@@ -61,7 +61,7 @@ class Ownership:
             log.warning("study %s: lease lost (another replica owns it now)", sid,
                         extra={"study_id": sid})
             self.held.pop(sid, None)
-            await self._lost(sid)
+            self._lost(sid)
         if self.draining:
             return
         replicas = await self.leases.live_replicas(self.lease_s)

@@ -323,12 +323,14 @@ def test_a_replica_paused_past_its_lease_never_writes_again(tmp_path) -> None:
             wait_for(lambda: sum(client.study(s).info.trials_finished for s in sids) >= 4,
                      timeout=120, what="four finished trials")
             paused = owners(r, sids)[sids[0]]
+            moved = [s for s, rid in owners(r, sids).items() if rid == paused]
             port = int(paused.rpartition(":")[2])
             proc = cluster.server if port == cluster.port else cluster.replicas[port]
             os.kill(proc.pid, signal.SIGSTOP)
             try:
-                wait_for(lambda: paused not in owners(r, sids).values(), timeout=60,
-                         what="its studies taken by the other replica")
+                wait_for(lambda: all(rid not in ("", paused)
+                                     for rid in owners(r, moved).values()),
+                         timeout=60, what="its studies taken by the other replica")
             finally:
                 os.kill(proc.pid, signal.SIGCONT)  # it wakes up believing it owns them
             done = wait_all(client, sids, timeout=300)
