@@ -4,11 +4,13 @@ rolling restarts. Real Redis, real server and worker processes."""
 from __future__ import annotations
 
 import asyncio
+import multiprocessing
 import os
 import signal
 import threading
 import time
 from collections import Counter
+from typing import Any
 
 import grpc
 import pytest
@@ -185,34 +187,29 @@ def test_kill_9_of_the_busiest_replica_moves_its_studies_and_loses_nothing(tmp_p
                               for sid, t in times.items()))
 
 
-class Prober(threading.Thread):
-    """Reads and ask/tell-free writes through one channel to all replicas, all the time;
-    records every status other than OK."""
+def probe(address: str, sid: str, halt: Any, out: Any) -> None:
+    """Reads through one channel to all replicas, all the time; puts (calls, {code: count})
+    for every status other than OK. A process of its own: a thread using gRPC while the test
+    forks servers can deadlock the fork."""
+    from hpod.v1 import hpod_pb2_grpc as pb_grpc
 
-    def __init__(self, address: str, sid: str) -> None:
-        super().__init__(daemon=True)
-        self.address, self.sid = address, sid
-        self.codes: Counter = Counter()
-        self.calls = 0
-        self.halt = threading.Event()
-
-    def run(self) -> None:
-        from hpod.v1 import hpod_pb2_grpc as pb_grpc
-
-        channel = grpc.insecure_channel(self.address)
-        stub = pb_grpc.HpodStub(channel)
-        calls = [lambda: stub.GetStudy(pb.GetStudyRequest(study_id=self.sid), timeout=10),
-                 lambda: stub.ListTrials(pb.ListTrialsRequest(study_id=self.sid), timeout=10),
-                 lambda: stub.ListStudies(pb.ListStudiesRequest(), timeout=10)]
-        while not self.halt.is_set():
-            for call in calls:
-                self.calls += 1
-                try:
-                    call()
-                except grpc.RpcError as e:
-                    self.codes[e.code()] += 1
-            time.sleep(0.05)
-        channel.close()
+    channel = grpc.insecure_channel(address)
+    stub = pb_grpc.HpodStub(channel)
+    calls = [lambda: stub.GetStudy(pb.GetStudyRequest(study_id=sid), timeout=10),
+             lambda: stub.ListTrials(pb.ListTrialsRequest(study_id=sid), timeout=10),
+             lambda: stub.ListStudies(pb.ListStudiesRequest(), timeout=10)]
+    codes: Counter = Counter()
+    n = 0
+    while not halt.is_set():
+        for call in calls:
+            n += 1
+            try:
+                call()
+            except grpc.RpcError as e:
+                codes[e.code().name] += 1
+        time.sleep(0.05)
+    channel.close()
+    out.put((n, dict(codes)))
 
 
 @pytest.mark.slow
@@ -223,7 +220,9 @@ def test_rolling_restart_of_every_replica_during_a_study(tmp_path) -> None:
         with Client(all_addresses(cluster), timeout=60) as client:
             spec = {**slow_spec(seed=21), "trainer_settings": {"step_seconds": 0.8}}
             study = client.create_study(spec)
-            prober = Prober(all_addresses(cluster), study.id)
+            ctx = multiprocessing.get_context("spawn")
+            halt, out = ctx.Event(), ctx.Queue()
+            prober = ctx.Process(target=probe, args=(all_addresses(cluster), study.id, halt, out))
             prober.start()
             wait_for(lambda: study.refresh().trials_finished >= 1, timeout=120,
                      what="a finished trial")
@@ -238,13 +237,14 @@ def test_rolling_restart_of_every_replica_during_a_study(tmp_path) -> None:
                     cluster.replicas[port] = fresh
                 time.sleep(2 * LEASE)  # the restarted replica takes its share back
             info = wait_all(client, [study.id], timeout=300)[study.id]
-            prober.halt.set()
-            prober.join()
+            halt.set()
+            calls, codes = out.get(timeout=60)
+            prober.join(30)
             assert info.state == pb.STUDY_STATE_COMPLETED, info.error
-            assert set(prober.codes) <= {grpc.StatusCode.UNAVAILABLE}, prober.codes
+            assert set(codes) <= {"UNAVAILABLE"}, codes
             assert_nothing_lost_or_doubled(study, study.refresh())
-            print(f"\nrolling restart: {prober.calls} calls, "
-                  f"{prober.codes[grpc.StatusCode.UNAVAILABLE]} UNAVAILABLE (retried)")
+            print(f"\nrolling restart: {calls} calls, {codes.get('UNAVAILABLE', 0)} "
+                  "UNAVAILABLE (retried)")
 
 
 def external_spec(seed: int) -> dict:
