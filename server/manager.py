@@ -272,7 +272,9 @@ class StudyManager:
             if fence is None:  # not (or no longer) ours
                 return
             meta, snap, tail = await self.store.load_study(sid)
-            if not meta:
+            if not meta:  # deleted meanwhile (its id leaves the set last): not a study to hold
+                self.ownership.forget(sid)
+                await self.store.leases.release(sid, fence)
                 return
             config = StudyConfig.from_dict(json.loads(meta["config"]))
             loop = asyncio.get_running_loop()
