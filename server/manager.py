@@ -272,8 +272,12 @@ class StudyManager:
             if fence is None:  # not (or no longer) ours
                 return
             meta, snap, tail = await self.store.load_study(sid)
-            if not meta:  # deleted meanwhile (its id leaves the set last): not a study to hold
+            if not meta:
+                # Deleted (its id leaves the set last), or a creation that died half-way: a
+                # creator holds the lease while it writes, so holding it here means neither
+                # is under way, and the id is dropped for good.
                 self.ownership.forget(sid)
+                await self.store.forget_study_id(sid)
                 await self.store.leases.release(sid, fence)
                 return
             config = StudyConfig.from_dict(json.loads(meta["config"]))

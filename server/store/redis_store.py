@@ -317,6 +317,9 @@ class RedisStore:
             if cursor == "0-0":
                 return taken
 
+    async def forget_study_id(self, sid: str) -> None:
+        await self.r.srem(keys.studies(), sid)
+
     async def study_exists(self, sid: str) -> bool:
         return bool(await self.r.sismember(keys.studies(), sid))
 
