@@ -26,6 +26,7 @@ import grpc
 from hpod.v1 import hpod_pb2 as pb
 from hpod.v1 import hpod_pb2_grpc as pb_grpc
 
+from . import tenancy
 from .engine import EngineError
 from .manager import StudyManager
 from .options import ServerOptions
@@ -98,6 +99,10 @@ class Router:
         return FORWARD_TIMEOUT if left is None else max(0.1, left)
 
     async def owner_address(self, sid: str, context: Any) -> str | None:
+        found = await self._owner(sid, context)
+        return None if found is None else found[1]
+
+    async def _owner(self, sid: str, context: Any) -> tuple[str, str] | None:
         """The address to forward a call about ``sid`` to, or None to answer here (owned
         here, or no such study: answered NOT_FOUND here)."""
         if not sid or self.m.is_local(sid):
@@ -105,23 +110,26 @@ class Router:
         forwarded = any(k == FORWARDED for k, _ in context.invocation_metadata() or ())
         owner = await self.m.ownership.owner_of(sid)
         if owner is None or owner[0] == self.m.settings.consumer or not owner[1]:
-            if await self.m.store.study_exists(sid):
+            tenant = await self.m.store.study_tenant(sid)
+            # Another tenant's study is answered here, NOT_FOUND, like a missing one.
+            if tenant is not None and tenancy.visible(tenant):
                 raise _moving(sid)
             return None
         if forwarded:
             raise _moving(sid)
-        return owner[1]
+        return owner
 
     async def unary(self, method: str, request: Any, context: Any) -> Any:
         """Forward a unary call to the study's owner; returns None to answer it here."""
-        address = await self.owner_address(getattr(request, "study_id", ""), context)
-        if address is None:
+        sid = getattr(request, "study_id", "")
+        owner = await self._owner(sid, context)
+        if owner is None:
             return None
         try:
-            return await getattr(self._stub(address), method)(
+            return await getattr(self._stub(owner[1]), method)(
                 request, metadata=self._metadata(context), timeout=self._timeout(context))
         except grpc.aio.AioRpcError as e:
-            await context.abort(_code(e), e.details() or "")
+            await context.abort(_code(e), _details(e, sid, owner))
 
     async def stream(self, method: str, request: Any, context: Any
                      ) -> AsyncIterator[Any] | None:
@@ -190,6 +198,18 @@ class Router:
 def _unavailable_listing(rid: str) -> EngineError:
     return EngineError("unavailable", f"server replica {rid} did not answer while listing "
                        "studies (it may be restarting); retry in a moment")
+
+
+def _details(e: grpc.aio.AioRpcError, sid: str, owner: tuple[str, str]) -> str:
+    """The owner's message; when the owner itself could not be reached, says so and what
+    happens next (its lease expires and another replica takes the study)."""
+    text = e.details() or ""
+    if e.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED) and (
+            "connect" in text or "Socket closed" in text or not text):
+        return (f"study {sid} is owned by server replica {owner[0]} ({owner[1]}), which does "
+                "not answer; another replica takes the study once its lease expires: retry in "
+                f"a moment ({text[:200]})")
+    return text
 
 
 def _code(e: grpc.aio.AioRpcError) -> grpc.StatusCode:

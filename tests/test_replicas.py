@@ -173,6 +173,16 @@ def test_kill_9_of_the_busiest_replica_moves_its_studies_and_loses_nothing(tmp_p
             moved = [s for s, rid in by_owner.items() if rid == dead]
             os.kill(proc.pid, signal.SIGKILL)
             proc.wait()
+            # Until its lease expires a study of the dead replica is "moving": UNAVAILABLE (the
+            # SDK retries reads), never NOT_FOUND.
+            survivor = next(p for p in [cluster.port, *cluster.replicas] if p != port)
+            with Client(f"127.0.0.1:{survivor}") as direct:
+                for sid in moved:
+                    try:
+                        direct.stub.GetStudy(pb.GetStudyRequest(study_id=sid), timeout=10)
+                    except grpc.RpcError as e:
+                        assert e.code() == grpc.StatusCode.UNAVAILABLE, e.details()
+                        assert "retry" in e.details()
             done = wait_all(client, sids, timeout=300)
             sampler.halt.set()
             sampler.join()

@@ -320,6 +320,13 @@ class RedisStore:
     async def forget_study_id(self, sid: str) -> None:
         await self.r.srem(keys.studies(), sid)
 
+    async def study_tenant(self, sid: str) -> str | None:
+        """The tenant owning a stored study, or None when there is no such study."""
+        raw = await self.r.hget(keys.study(sid), "config")
+        if raw is None:
+            return None
+        return str(json.loads(raw).get("tenant", "") or "")
+
     async def study_exists(self, sid: str) -> bool:
         return bool(await self.r.sismember(keys.studies(), sid))
 
