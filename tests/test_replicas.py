@@ -349,3 +349,40 @@ def test_a_replica_paused_past_its_lease_never_writes_again(tmp_path) -> None:
                 study = client.study(sid)
                 assert_nothing_lost_or_doubled(study, study.info)
             assert proc.poll() is None, "the paused replica should live on"
+
+
+@pytest.mark.slow
+def test_replicas_forward_over_mutual_tls_and_keep_tenants_apart(tmp_path, monkeypatch) -> None:
+    pytest.importorskip("cryptography")
+    from hpod.server.service.auth import hash_token
+    from tls_certs import make_certs
+
+    certs = make_certs(tmp_path / "certs")
+    tokens = tmp_path / "tokens"
+    tokens.write_text(f"{hash_token('t-a')} team-a user\n{hash_token('t-b')} team-b user\n")
+    # How a replica calls its peers: trusting the CA, presenting a client certificate.
+    monkeypatch.setenv("HPOD_TLS_CA", certs["ca"])
+    monkeypatch.setenv("HPOD_TLS_CLIENT_CERT", certs["client_cert"])
+    monkeypatch.setenv("HPOD_TLS_CLIENT_KEY", certs["client_key"])
+    mtls = {"tls_ca": certs["ca"], "tls_cert": certs["client_cert"],
+            "tls_key": certs["client_key"]}
+    args = ("--tls-cert", certs["server_cert"], "--tls-key", certs["server_key"],
+            "--tls-client-ca", certs["ca"], "--tokens-file", str(tokens),
+            "--study-lease-seconds", str(LEASE))
+    with LocalCluster(workers=0, workdir=str(tmp_path), server_args=args,
+                      client_options={**mtls, "token": "t-a"}) as cluster:
+        cluster.add_replica(free_port())
+        r = redis.Redis.from_url(cluster.redis_url, decode_responses=True)
+        with Client(cluster.address, timeout=60, token="t-a", **mtls) as a, \
+                Client(cluster.address, timeout=10, token="t-b", **mtls) as b:
+            sids = [a.create_study(external_spec(seed)).id for seed in range(2)]
+            wait_for(lambda: spread(r, sids, 2), timeout=60, what="studies on both replicas")
+            wait_for(lambda: all(answers(a, sid) for sid in sids), timeout=60,
+                     what="the moved studies rebuilt")
+            job = a.study(sids[1]).ask(wait=False)  # one of them forwarded, over mutual TLS
+            assert job is not None
+            assert [s.id for s in a.list_studies()] == sids
+            assert b.list_studies() == []
+            for sid in sids:  # another tenant's study is missing, wherever it lives
+                with pytest.raises(Exception, match="no study"):
+                    b.study(sid)
