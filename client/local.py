@@ -65,6 +65,7 @@ class LocalCluster:
         self.worker_args = worker_args  # extra `hpod worker` flags (--keep-models, ...)
         self.client_options = client_options or {}  # Client(...) keywords: token, tls_ca, ...
         self.server: subprocess.Popen | None = None
+        self.replicas: dict[int, subprocess.Popen] = {}  # further servers by port
         self.workers: list[subprocess.Popen] = []
         self.worker_trainers: list[tuple[str, ...]] = []  # what each worker runs
         self.worker_logs: list[Path] = []
@@ -105,13 +106,25 @@ class LocalCluster:
         return self
 
     def start_server(self) -> None:
-        self.server = self._spawn("server", "--host", self.host, "--port", str(self.port),
-                                  "--redis-url", str(self.redis_url), "--lease-seconds",
-                                  str(self.lease_seconds), "--checkpoint-dir",
-                                  str(self.workdir / "checkpoints"), *self.server_args,
-                                  log_name="server")
-        with Client(self.address, **self.client_options) as c:
+        self.server = self.launch_server(self.port, "server")
+
+    def launch_server(self, port: int, log_name: str) -> subprocess.Popen:
+        proc = self._spawn("server", "--host", self.host, "--port", str(port),
+                           "--redis-url", str(self.redis_url), "--lease-seconds",
+                           str(self.lease_seconds), "--checkpoint-dir",
+                           str(self.workdir / "checkpoints"), *self.server_args,
+                           log_name=log_name)
+        host = self.address.rpartition(":")[0]
+        with Client(f"{host}:{port}", **self.client_options) as c:
             c.wait_ready(60)
+        return proc
+
+    def add_replica(self, port: int) -> subprocess.Popen:
+        """One more server on the same Redis (a replica: ``server/ownership.py``), logging to
+        ``server-<port>.log``; stopped with the cluster."""
+        proc = self.launch_server(port, f"server-{port}")
+        self.replicas[port] = proc
+        return proc
 
     def add_worker(self, trainers: tuple[str, ...] | None = None) -> subprocess.Popen:
         trainers = tuple(trainers or self.trainers)
@@ -142,7 +155,8 @@ class LocalCluster:
     def stop(self, timeout: float = STOP_SECONDS) -> None:
         """SIGTERM to every worker and the server at once, SIGKILL to any still running after
         ``timeout`` s, then Redis (which writes its append-only file on SIGTERM)."""
-        procs = [p for p in [*self.workers, self.server] if p is not None]
+        procs = [p for p in [*self.workers, self.server, *self.replicas.values()]
+                 if p is not None]
         for proc in procs:
             if proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)

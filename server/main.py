@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import signal
+import socket
 import sys
 
 import grpc
@@ -18,6 +20,7 @@ from . import logs, metrics
 from .manager import Settings, StudyManager
 from .options import ServerOptions
 from .optuna_live import LiveMirror
+from .routing import Router, peer_credentials
 from .service.auth import AuthInterceptor, load_tokens
 from .service.decoding import DecodingInterceptor
 from .service.servicer import HpodServicer
@@ -67,6 +70,7 @@ async def serve(address: str, settings: Settings, ready: asyncio.Event | None = 
     """Serve until SIGTERM/SIGINT; then stop taking calls, let running ones finish, and close."""
     options = options or ServerOptions()
     size = options.limits.max_message_bytes
+    settings = _replica_settings(settings, address, options)
     manager = StudyManager(settings)
     mirror = _optuna_mirror(manager, options)  # a bad URL stops here, before anything runs
     await manager.start()
@@ -76,6 +80,7 @@ async def serve(address: str, settings: Settings, ready: asyncio.Event | None = 
                              options=[("grpc.max_receive_message_length", size),
                                       ("grpc.max_send_message_length", size)])
     servicer = HpodServicer(manager, options.limits)
+    servicer.router = Router(manager, *peer_credentials(options))
     pb_grpc.add_HpodServicer_to_server(servicer, server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -104,7 +109,10 @@ async def serve(address: str, settings: Settings, ready: asyncio.Event | None = 
     await stop.wait()
     probe.cancel()
     await health_servicer.enter_graceful_shutdown()
+    # Studies go to the other replicas first; calls still arriving are forwarded to them.
+    await manager.drain()
     await server.stop(grace=5)
+    await servicer.router.close()
     if gauges is not None:
         gauges.cancel()
     if mirror is not None:
@@ -157,6 +165,17 @@ def _optuna_mirror(manager: StudyManager, options: ServerOptions) -> LiveMirror 
         return LiveMirror(manager, options.optuna_storage, options.optuna_mirror_interval)
     except ValueError as e:
         raise SystemExit(f"hpod server: {e}") from None
+
+
+def _replica_settings(settings: Settings, address: str, options: ServerOptions) -> Settings:
+    """This replica's id, the address peers forward to, and its study lease."""
+    host, _, port = address.rpartition(":")
+    wildcard = host in ("", "0.0.0.0", "::", "[::]")
+    advertise = options.advertise_address or (
+        f"{socket.gethostname()}:{port}" if wildcard else address)
+    replica = options.replica_id or f"{socket.gethostname()}:{port}"
+    return dataclasses.replace(settings, consumer=replica, advertise_address=advertise,
+                               study_lease_seconds=options.study_lease_seconds)
 
 
 def _redacted(url: str) -> str:

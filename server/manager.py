@@ -34,6 +34,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import math
 import multiprocessing
 import secrets
 import time
@@ -55,7 +56,8 @@ from .engine import (
     JobRec,
     StudyEngine,
 )
-from .store.redis_store import SNAPSHOT_EVERY, Batch, RedisStore, dumps
+from .ownership import Ownership
+from .store.redis_store import SNAPSHOT_EVERY, Batch, LeaseLost, RedisStore, dumps
 from .study import StudyConfig
 
 # Algorithms and samplers that fit a model on every suggestion: their inputs never run on the
@@ -77,7 +79,13 @@ class Settings:
     lease_seconds: float = 10.0
     event_batch: int = 500
     tick_seconds: float = 0.05
+    # This replica's id: its consumer name on the event streams and its name on study leases.
+    # A replica restarted under the same id takes its studies back at once.
     consumer: str = "server-1"
+    # How long a study stays owned by a replica that stopped renewing its lease (it died):
+    # about the failover time. Renewed every third of it.
+    study_lease_seconds: float = 10.0
+    advertise_address: str = ""  # host:port where other replicas forward this one's calls
     # How long a continuation waits for the idle worker that holds its model (0: no affinity).
     handoff_seconds: float = 1.0
     policy_threads: int = 4  # threads that run model-based studies' inputs, off the loop
@@ -107,6 +115,7 @@ class Live:
     snapshot_at: int = 0  # engine.inputs at its last snapshot
     log_len: int = 0  # entries its log in Redis holds: every commit checks it (StaleLog)
     cpu_since_snapshot: float = 0.0
+    fence: str | None = None  # the lease this copy was loaded under; every commit checks it
 
 
 class StudyManager:
@@ -134,26 +143,75 @@ class StudyManager:
         # Idle workers per trainer as the current dispatch pass saw them, minus those already
         # handed a job in it: where a continuation may go to the worker that holds its model.
         self._idle: dict[str, set[str]] = {}
+        self.ownership = Ownership(self.store.leases, settings.consumer,
+                                   settings.advertise_address, settings.study_lease_seconds,
+                                   self.store.study_ids, self._adopt, self._give_up, self._drop)
+        self._gate: asyncio.Semaphore | None = None
+        self._ownership_task: asyncio.Task | None = None
 
     # ---------------------------------------------------------------- life cycle
 
     async def start(self) -> None:
-        """Start the loops and rebuild the stored studies in the background: the caller can
-        bind its port at once; a study answers UNAVAILABLE until it is rebuilt."""
+        """Take this replica's share of the stored studies and start the loops; the studies
+        are rebuilt in the background, so the caller can bind its port at once; a study
+        answers UNAVAILABLE until it is rebuilt."""
         await self.store.ping()
-        sids = await self.store.study_ids()
-        self.loading = {sid: "being rebuilt after a restart" for sid in sids}
-        gate = asyncio.Semaphore(max(1, self.settings.recovery_concurrency))
-
-        async def rebuild(sid: str) -> None:
-            async with gate:
-                await self._recover_with_retries(sid)
-
+        self._gate = asyncio.Semaphore(max(1, self.settings.recovery_concurrency))
+        await self.ownership.step()
         self._tasks = [asyncio.create_task(self._loop(self._apply_once, 0.0), name="apply"),
                        asyncio.create_task(self._loop(self._dispatch_once), name="dispatch"),
                        asyncio.create_task(self._loop(self._reap_once, 1.0), name="reap")]
-        self._tasks += [asyncio.create_task(rebuild(sid), name=f"recover {sid}")
-                        for sid in sids]
+        self._ownership_task = asyncio.create_task(self.ownership.run(), name="ownership")
+
+    async def _adopt(self, sid: str, fence: str) -> None:
+        """A study this replica just took: rebuilt in the background (UNAVAILABLE till then)."""
+        self.loading[sid] = "being rebuilt after a restart or a failover"
+
+        async def rebuild() -> None:
+            assert self._gate is not None
+            async with self._gate:
+                await self._recover_with_retries(sid)
+
+        self._spawn(rebuild(), f"recover {sid}")
+
+    async def _give_up(self, sid: str) -> None:
+        """Out of memory before the lease is released: no write of it can follow."""
+        live = self.studies.get(sid)
+        if live is None:
+            self._drop(sid)
+            return
+        async with live.lock:
+            self._drop(sid)
+        if not self.ownership.draining:
+            # Let a read of its events already on the way finish: they stay pending under
+            # this replica's consumer, and the next owner claims them all before reading on.
+            await asyncio.sleep(0.3)
+
+    def _drop(self, sid: str) -> None:
+        """Forget a study this replica no longer owns (given back, lease lost, deleted)."""
+        self.loading.pop(sid, None)
+        live = self.studies.pop(sid, None)
+        if live is None:
+            return
+        live.stale = True  # this copy never writes again
+        for q in live.watchers:
+            q.put_nowait(None)  # a watch ends; the client watches again, on the new owner
+
+    def is_local(self, sid: str) -> bool:
+        """Whether this replica owns the study (loaded or being loaded)."""
+        return sid in self.studies or sid in self.loading
+
+    async def drain(self) -> None:
+        """SIGTERM: stop the loops and give every study back, so the other replicas take
+        them within one ownership period; calls still arriving are forwarded to them."""
+        tasks = [*self._tasks, *([self._ownership_task] if self._ownership_task else [])]
+        for t in tasks:
+            t.cancel()
+        if tasks:
+            await asyncio.wait(tasks, timeout=5.0)
+        self._tasks = []
+        self._ownership_task = None
+        await self.ownership.drain()
 
     async def ready(self) -> None:
         """Wait until every study found at start-up is rebuilt (or quarantined)."""
@@ -163,7 +221,8 @@ class StudyManager:
     async def stop(self, timeout: float = 5.0) -> None:
         """Cancel the loops and close Redis, each bounded by ``timeout``: a shutdown must not
         hang on a Redis call that does not answer its cancellation."""
-        tasks = [*self._tasks, *self._background]
+        tasks = [*self._tasks, *self._background,
+                 *([self._ownership_task] if self._ownership_task else [])]
         for t in tasks:
             t.cancel()
         if tasks:
@@ -198,7 +257,7 @@ class StudyManager:
 
     async def _recover_with_retries(self, sid: str) -> None:
         delay = 0.5
-        while True:
+        while sid in self.ownership.held:
             try:
                 await self._recover(sid)
                 return
@@ -212,15 +271,26 @@ class StudyManager:
             delay = min(delay * 2, 10.0)
 
     async def _recover(self, sid: str, apply_pending: bool = True) -> None:
+        fence = self.ownership.held.get(sid)
         try:
+            if fence is None:  # not (or no longer) ours
+                return
             meta, snap, tail = await self.store.load_study(sid)
             if not meta:
+                # Deleted (its id leaves the set last), or a creation that died half-way: a
+                # creator holds the lease while it writes, so holding it here means neither
+                # is under way, and the id is dropped for good.
+                self.ownership.forget(sid)
+                await self.store.forget_study_id(sid)
+                await self.store.leases.release(sid, fence)
                 return
             config = StudyConfig.from_dict(json.loads(meta["config"]))
             loop = asyncio.get_running_loop()
             engine, problem = await loop.run_in_executor(
                 self._pool, _rebuild, sid, config, snap, tail)
-            live = Live(engine, float(meta.get("created", time.time())))
+            if self.ownership.held.get(sid) != fence:
+                return  # lost while it was rebuilt
+            live = Live(engine, float(meta.get("created", time.time())), fence=fence)
             live.offloaded = _model_based(config)
             live.snapshot_at = engine.inputs - len(tail)
             # The log starts at input `log_base`; what it holds before the tail is older
@@ -249,7 +319,10 @@ class StudyManager:
                      extra={"study_id": sid})
         finally:
             self.loading.pop(sid, None)
-        if apply_pending:
+        if apply_pending and sid in self.studies:
+            # Events a previous owner read and never acknowledged are taken over first, so
+            # they are applied in stream order, before any newer one.
+            await self.store.take_pending(sid, self.settings.consumer)
             await self._apply_pending([sid])
 
     async def _quarantine(self, sid: str, live: Live, problem: str) -> None:
@@ -257,7 +330,7 @@ class StudyManager:
         eng = live.engine
         eng.state, eng.error = STUDY_QUARANTINED, problem
         self.studies[sid] = live
-        await self.store.mark_study(sid, STUDY_QUARANTINED, problem)
+        await self.store.mark_study(sid, STUDY_QUARANTINED, problem, live.fence)
         log.error("study %s quarantined: %s", sid, problem, extra={"study_id": sid})
 
     async def _apply_pending(self, sids: list[str] | None = None) -> None:
@@ -276,10 +349,15 @@ class StudyManager:
     async def create(self, config: StudyConfig) -> Live:
         config.check()
         sid = "s" + secrets.token_hex(5)
-        await self.store.create_study(sid, config.to_dict(), config.name)
+        fence = await self.ownership.take_new(sid)  # its creator owns it
+        try:
+            await self.store.create_study(sid, config.to_dict(), config.name, fence)
+        except BaseException:
+            self.ownership.forget(sid)
+            raise
         if config.trainer:
             await self.store.ensure_job_stream(config.trainer)
-        live = Live(StudyEngine(sid, config), time.time())
+        live = Live(StudyEngine(sid, config), time.time(), fence=fence)
         live.offloaded = _model_based(config)
         self.studies[sid] = live
         async with live.lock:
@@ -319,7 +397,8 @@ class StudyManager:
                 raise EngineError("unavailable", f"study {sid} is reloading; retry in a moment")
             if live.engine.state == ACTIVE:
                 await self._mutate(sid, live, {"op": "stop"})
-            await self.store.delete_study(sid)
+            await self.store.delete_study(sid, live.fence)
+            self.ownership.forget(sid)
             self.studies.pop(sid, None)
             live.stale = True  # no late commit may re-create its keys
             for q in live.watchers:
@@ -420,13 +499,24 @@ class StudyManager:
             self._add_effect(eng, batch, eff)
         batch.study_fields = {"state": eng.state, "error": eng.error,
                               "summary": dumps(self.summary(live))}
+        if ack_ids:  # who applied worker events last, and when (failover is measured by it)
+            batch.study_fields["applied_by"] = f"{self.settings.consumer} {time.time():.3f}"
         if inputs and self._snapshot_due(live):
             state = eng.state_dict()
             batch.snapshot = await self._off_loop(live, dumps, {"inputs": eng.inputs,
                                                                 "state": state})
             batch.snapshot_inputs = eng.inputs
         try:
-            await self.store.commit(sid, batch, live.log_len)
+            await self.store.commit(sid, batch, live.fence, live.log_len)
+        except LeaseLost:
+            # Another replica owns the study now (this one paused past its lease): nothing
+            # was written, and this copy is dropped; the owner answers for it from now on.
+            log.warning("study %s: commit refused, its lease is held by another replica; "
+                        "dropping it here", sid, extra={"study_id": sid})
+            self.ownership.forget(sid)
+            self._drop(sid)
+            raise EngineError("unavailable", f"study {sid} moved to another server replica; "
+                              "retry (the call is forwarded to its new owner)") from None
         except Exception:
             # Memory may now be ahead of Redis (or not: EXEC may have run before the connection
             # broke). Redis is the truth: reload the study from it, now or once Redis is back.
@@ -581,8 +671,12 @@ class StudyManager:
                 return  # the algorithm raised: the study is being rebuilt (and failed)
             # Jobs the study does not know (handed out before a Redis rollback lost them) are
             # told to stop, so a worker does not train on for nothing.
-            await self._commit(sid, live, applied, [eid for eid, _ in entries],
-                               stop_jobs=unknown)
+            try:
+                await self._commit(sid, live, applied, [eid for eid, _ in entries],
+                                   stop_jobs=unknown)
+            except EngineError:
+                return  # the study moved to another replica: its owner applies them
+
             metrics.EVENTS_APPLIED.inc(len(applied))
             metrics.WARM_RESUMES.inc(sum(1 for i in applied if i.get("warm")))
 
@@ -600,7 +694,9 @@ class StudyManager:
         self._rr += 1
         for trainer, sids in by_trainer.items():
             queued = sum(self.studies[s].engine.queued_jobs() for s in sids if s in self.studies)
-            free = len(idle.get(trainer, ())) - queued
+            # The idle workers are shared by every replica, each asking its own studies: each
+            # asks for its share, rounded up (a few jobs queued in excess only wait).
+            free = math.ceil(len(idle.get(trainer, ())) / self.ownership.live_replicas) - queued
             if free <= 0:
                 continue
             order = sids[self._rr % len(sids):] + sids[:self._rr % len(sids)]
@@ -676,7 +772,9 @@ class StudyManager:
             sid = job["study_id"] if job else "_"
             live = self.studies.get(sid)
             if live is None or not job:
-                if sid not in self.loading:  # a study being rebuilt reaps it once ready
+                # A study being rebuilt here reaps it once ready, another replica's study is
+                # that replica's to reap; only a job of no study at all is dropped here.
+                if sid not in self.loading and not (job and await self.store.study_exists(sid)):
                     await self.store.commit(sid, Batch(job_acks=[(queue, eid)]))
                 continue
             async with live.lock:

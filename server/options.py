@@ -77,6 +77,10 @@ class ServerOptions:
     log_format: str = "text"  # text | json
     optuna_storage: str = ""  # mirror every study live into it (server/optuna_live.py); "": off
     optuna_mirror_interval: float = 1.0  # seconds between the mirror's passes
+    # Several replicas on one Redis (server/ownership.py, server/routing.py):
+    replica_id: str = ""  # "": <hostname>:<port>, stable across restarts of one replica
+    advertise_address: str = ""  # where peers forward calls; "": derived from the bind address
+    study_lease_seconds: float = 10.0  # a dead replica's studies move after about this long
 
     @classmethod
     def from_env(cls) -> ServerOptions:
@@ -86,7 +90,10 @@ class ServerOptions:
                    metrics_port=env_int("HPOD_METRICS_PORT", 0),
                    log_format=env("HPOD_LOG_FORMAT", "text"),
                    optuna_storage=env("HPOD_OPTUNA_STORAGE"),
-                   optuna_mirror_interval=env_float("HPOD_OPTUNA_MIRROR_INTERVAL", 1.0))
+                   optuna_mirror_interval=env_float("HPOD_OPTUNA_MIRROR_INTERVAL", 1.0),
+                   replica_id=env("HPOD_REPLICA_ID"),
+                   advertise_address=env("HPOD_ADVERTISE_ADDRESS"),
+                   study_lease_seconds=env_float("HPOD_STUDY_LEASE_SECONDS", 10.0))
 
 
 def add_arguments(p: Any) -> None:
@@ -118,6 +125,15 @@ def add_arguments(p: Any) -> None:
                         "(sqlite:///hpod.db, postgresql://...) or a journal file path")
     p.add_argument("--optuna-mirror-interval", type=float, default=d.optuna_mirror_interval,
                    help="seconds between the Optuna mirror's writes")
+    p.add_argument("--replica-id", default=d.replica_id,
+                   help="this replica's name among servers sharing the Redis (default "
+                        "<hostname>:<port>; keep it across restarts to take studies back at once)")
+    p.add_argument("--advertise-address", default=d.advertise_address,
+                   help="host:port where other replicas reach this one to forward calls "
+                        "(default: the bind address, or <hostname>:<port> when binding all)")
+    p.add_argument("--study-lease-seconds", type=float, default=d.study_lease_seconds,
+                   help="how long a replica that stopped renewing keeps its studies: about "
+                        "the failover time after a crash")
 
 
 def from_arguments(a: Any) -> ServerOptions:
@@ -133,4 +149,13 @@ def from_arguments(a: Any) -> ServerOptions:
     return ServerOptions(tls=tls, tokens_file=a.tokens_file, limits=limits,
                          metrics_port=a.metrics_port, log_format=a.log_format,
                          optuna_storage=a.optuna_storage,
-                         optuna_mirror_interval=a.optuna_mirror_interval)
+                         optuna_mirror_interval=a.optuna_mirror_interval,
+                         replica_id=a.replica_id, advertise_address=a.advertise_address,
+                         study_lease_seconds=_positive(a.study_lease_seconds,
+                                                       "--study-lease-seconds"))
+
+
+def _positive(value: float, flag: str) -> float:
+    if not value > 0:
+        raise SystemExit(f"{flag} must be a positive number of seconds, got {value}")
+    return value

@@ -57,6 +57,12 @@ _RETRY = ("the server cannot reach Redis right now or it did not answer in time;
           "shortly (a repeated report is recognised as one)")
 
 
+# Calls about one study: another replica's study is forwarded to its owner (server/routing.py).
+ROUTED = frozenset({"GetStudy", "StopStudy", "DeleteStudy", "RaiseMaxResource", "ListTrials",
+                    "GetTrial", "GetBestTrial", "GetParetoFront", "AskJob", "ReportProgress",
+                    "CompleteJob", "FailJob"})
+
+
 def _transient(e: RedisError) -> bool:
     code = getattr(e, "status_code", None) or str(e).split(" ", 1)[0]
     return isinstance(e, _TRANSIENT_CLASSES) or code in _TRANSIENT_CODES
@@ -69,6 +75,11 @@ def rpc(fn: Callable) -> Callable:
     @functools.wraps(fn)
     async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> Any:
         try:
+            if fn.__name__ in ROUTED and getattr(self, "router", None) is not None:
+                checks.name(request.study_id, "study_id", self.limits)
+                forwarded = await self.router.unary(fn.__name__, request, context)
+                if forwarded is not None:
+                    return forwarded
             return await fn(self, request, context)
         except grpc.aio.AbortError:
             raise
@@ -148,6 +159,7 @@ class HpodServicer(pb_grpc.HpodServicer):
         # Set by the health probe (server/main.py): while Redis does not answer, a write is
         # refused at once (UNAVAILABLE, retryable) instead of waiting on the store.
         self.store_reachable = True
+        self.router: Any = None  # server/routing.py's Router when replicas share the Redis
 
     def _writable(self) -> None:
         if not self.store_reachable:
@@ -206,18 +218,22 @@ class HpodServicer(pb_grpc.HpodServicer):
         size = pages.size(request.page_size)
         after = pages.after(request.page_token, "studies")
         key = tuple(after) if after is not None else None
-        if key is not None and (len(key) != 2 or not isinstance(key[0], (int, float))
+        if key is not None and (len(key) != 2 or not isinstance(key[0], int)
                                 or not isinstance(key[1], str)):
             raise checks.invalid("page_token", "is not a next_page_token this listing "
                                  "returned; start again with an empty page_token")
-        rows = sorted((lv.created, sid) for sid, lv in self.m.studies.items()
+        # Keyed by the creation time in nanoseconds, as Study.create_time carries it, so
+        # pages merged from several replicas (server/routing.py) continue exactly.
+        rows = sorted((int(lv.created * 1e9), sid) for sid, lv in self.m.studies.items()
                       if tenancy.visible(lv.engine.config.tenant)
-                      and (key is None or (lv.created, sid) > key))
+                      and (key is None or (int(lv.created * 1e9), sid) > key))
         studies, last = pages.fill(rows, size, lambda row: convert.study_to_pb(
-            self.m.studies[row[1]].engine, row[0]))
+            self.m.studies[row[1]].engine, self.m.studies[row[1]].created))
         resp = pb.ListStudiesResponse(studies=studies)
         if last is not None:
             resp.next_page_token = pages.token("studies", list(last))
+        if self.router is not None and not self.router.local_only(context):
+            return await self.router.list_studies(request, context, resp)
         return resp
 
     @rpc
@@ -243,6 +259,20 @@ class HpodServicer(pb_grpc.HpodServicer):
         return await self.GetStudy(pb.GetStudyRequest(study_id=request.study_id), context)
 
     async def WatchStudy(self, request: pb.WatchStudyRequest, context: Any) -> Any:
+        try:
+            checks.name(request.study_id, "study_id", self.limits)
+            relay = (await self.router.stream("WatchStudy", request, context)
+                     if self.router is not None else None)
+        except EngineError as e:
+            await context.abort(CODES[e.code], e.message[:MAX_MESSAGE])
+            return
+        except RedisError:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, _RETRY)
+            return
+        if relay is not None:
+            async for ev in relay:
+                yield ev
+            return
         try:
             live = await self._live(request.study_id)
         except EngineError as e:

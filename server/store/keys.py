@@ -19,7 +19,8 @@ def studies() -> str:
 
 
 def study(sid: str) -> str:
-    """HASH: config (JSON), state, created, name, summary (JSON)."""
+    """HASH: config (JSON), state, created, name, summary (JSON), log_base, applied_by
+    (``<replica> <unix time>`` of the last commit that applied worker events)."""
     return f"{PREFIX}:{{{sid}}}:study"
 
 
@@ -94,5 +95,27 @@ def worker(wid: str) -> str:
     return f"{PREFIX}:worker:{wid}"
 
 
+def owner(sid: str) -> str:
+    """STRING ``<fencing token>|<replica id>`` with an expiry: the replica that owns the study
+    while it renews the lease (``server/ownership.py``). Every commit of the study checks it."""
+    return f"{PREFIX}:{{{sid}}}:owner"
+
+
+def fence(sid: str) -> str:
+    """STRING counter: the study's last fencing token; each new lease takes the next one."""
+    return f"{PREFIX}:{{{sid}}}:fence"
+
+
+def replicas() -> str:
+    """ZSET server replica id -> last heartbeat (unix seconds)."""
+    return f"{PREFIX}:replicas"
+
+
+def replica(rid: str) -> str:
+    """HASH: address (host:port where peers forward calls), pid, started."""
+    return f"{PREFIX}:replica:{rid}"
+
+
 def study_keys(sid: str) -> list[str]:
-    return [study(sid), log(sid), snapshot(sid), trials(sid), events(sid), stopped_jobs(sid)]
+    return [study(sid), log(sid), snapshot(sid), trials(sid), events(sid), stopped_jobs(sid),
+            owner(sid), fence(sid)]

@@ -28,6 +28,7 @@ from redis.exceptions import (
 )
 
 from . import keys
+from .leases import Leases, run_script
 
 SNAPSHOT_EVERY = 200  # the least number of inputs between snapshots
 STOP_SET_TTL = 7 * 86400  # seconds a deleted study's stop set is kept for late workers
@@ -73,6 +74,50 @@ return #moved
 """
 
 
+# Runs ARGV[3..] as commands, each given as its length then its words, only while the study's
+# owner key (KEYS[1]) holds ARGV[1] and, unless ARGV[2] is -1, its log (KEYS[2]) holds ARGV[2]
+# entries: the checks and the writes are one atomic step.
+# KEYS: owner, log. ARGV: owner value, log length or -1, then (n, word1 .. wordn)*.
+_FENCED = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then
+  return redis.error_reply('FENCED the study is owned by another replica now')
+end
+local want = tonumber(ARGV[2])
+if want >= 0 then
+  local n = redis.call('LLEN', KEYS[2])
+  if n ~= want then
+    return redis.error_reply('HPODSTALE its log has ' .. n .. ' entries where ' .. want ..
+                             ' were expected: Redis lost writes, or another copy wrote')
+  end
+end
+local i = 3
+while i <= #ARGV do
+  local n = tonumber(ARGV[i])
+  redis.call(unpack(ARGV, i + 1, i + n))
+  i = i + n + 1
+end
+return 1
+"""
+# Words per command at most: Lua's unpack has a bounded stack; longer RPUSH, HSET, SADD,
+# XACK and XDEL are split (the script runs them all at once anyway).
+MAX_WORDS = 1000
+
+
+class LeaseLost(RedisError):
+    """A write of a study this replica no longer owns: refused inside Redis, nothing written."""
+
+    def __init__(self, sid: str) -> None:
+        super().__init__(f"study {sid}: its lease is held by another replica now")
+        self.sid = sid
+
+
+def _chunked(head: list[Any], words: list[Any], unit: int = 1) -> list[list[Any]]:
+    """``head + words`` as one or more commands of at most MAX_WORDS words each, never
+    splitting a group of ``unit`` words (a field and its value)."""
+    step = max(unit, (MAX_WORDS - len(head)) // unit * unit)
+    return [head + words[i:i + step] for i in range(0, len(words), step)]
+
+
 def dumps(obj: Any) -> str:
     return json.dumps(obj, separators=(",", ":"), allow_nan=False, default=_to_json)
 
@@ -112,24 +157,9 @@ class StaleLog(Exception):
     """The study's log in Redis is not the one this copy of the study extends."""
 
 
-class _Ops:
-    """Commands for the commit script, each naming its key by position in KEYS."""
-
-    def __init__(self) -> None:
-        self.keys: list[str] = []
-        self._index: dict[str, int] = {}
-        self.ops: list[list[Any]] = []
-
-    def add(self, cmd: str, key: str, *args: Any) -> None:
-        if key not in self._index:
-            self.keys.append(key)
-            self._index[key] = len(self.keys) + 1  # KEYS[1] is the log
-        self.ops.append([cmd, self._index[key], *[str(a) for a in args]])
-
-
 def _script_error(e: ResponseError) -> ResponseError:
-    """The error a command inside the commit script met, as redis-py would have raised it
-    outside a script (out of memory, a read-only replica, a loading server are transient)."""
+    """The error a command inside a script met, as redis-py would have raised it outside a
+    script (out of memory, a read-only replica, a loading server are transient)."""
     found = re.search(r"-(OOM|READONLY|LOADING|BUSY|MASTERDOWN|TRYAGAIN|CLUSTERDOWN) ", str(e))
     kind = {"OOM": OutOfMemoryError, "READONLY": ReadOnlyError, "LOADING": BusyLoadingError,
             }.get(found.group(1) if found else "")
@@ -140,33 +170,13 @@ def _script_error(e: ResponseError) -> ResponseError:
     return e
 
 
-def _pairs(mapping: Mapping[str, str]) -> list[str]:
-    return [x for kv in mapping.items() for x in kv]
-
-
-# The one write path, as a script so that it can be conditional: if the study's log does not
-# hold the number of entries the writer expects (ARGV[1]; -1: no check), nothing is written.
-# Then ARGV[2], a JSON list of [command, key index, args...], is run in order.
-_COMMIT = """
-local n = redis.call('LLEN', KEYS[1])
-local want = tonumber(ARGV[1])
-if want >= 0 and n ~= want then
-  return redis.error_reply('HPODSTALE its log has ' .. n .. ' entries where ' .. want ..
-                           ' were expected: Redis lost writes, or another copy wrote')
-end
-for _, op in ipairs(cjson.decode(ARGV[2])) do
-  redis.call(op[1], KEYS[op[2]], unpack(op, 3))
-end
-return n
-"""
-
-
 class RedisStore:
     def __init__(self, url: str) -> None:
         self.url = url
         self.r = aioredis.from_url(url, decode_responses=True)
         self._return_handoffs = self.r.register_script(_RETURN_HANDOFFS)
-        self._commit = self.r.register_script(_COMMIT)
+        self._fenced = self.r.register_script(_FENCED)
+        self.leases = Leases(self.r)
 
     async def close(self) -> None:
         await self.r.aclose()
@@ -176,13 +186,15 @@ class RedisStore:
 
     # ---------------------------------------------------------------- studies
 
-    async def create_study(self, sid: str, config: Mapping[str, Any], name: str) -> None:
-        async with self.r.pipeline(transaction=True) as p:
-            p.hset(keys.study(sid), mapping={"config": dumps(config), "state": "active",
-                                             "created": repr(time.time()), "name": name})
-            p.sadd(keys.studies(), sid)
-            p.xgroup_create(keys.events(sid), keys.SERVER_GROUP, id="0", mkstream=True)
-            await p.execute()
+    async def create_study(self, sid: str, config: Mapping[str, Any], name: str,
+                           fence: str | None = None) -> None:
+        # The id joins the global set first (another slot on a cluster): an id without a
+        # study hash is skipped at load, a study hash without its id would be invisible.
+        await self.r.sadd(keys.studies(), sid)
+        await self.execute(sid, [
+            ["HSET", keys.study(sid), "config", dumps(config), "state", "active",
+             "created", repr(time.time()), "name", name],
+            ["XGROUP", "CREATE", keys.events(sid), keys.SERVER_GROUP, "0", "MKSTREAM"]], fence)
 
     async def study_ids(self) -> list[str]:
         return sorted(await self.r.smembers(keys.studies()))
@@ -212,19 +224,20 @@ class RedisStore:
                 p.llen(keys.log(sid))
             return [int(n) for n in await p.execute()]
 
-    async def mark_study(self, sid: str, state: str, error: str) -> None:
+    async def mark_study(self, sid: str, state: str, error: str,
+                         fence: str | None = None) -> None:
         """Record a state the server decided outside an engine commit (quarantine)."""
-        await self.r.hset(keys.study(sid), mapping={"state": state, "error": error})
+        await self.execute(sid, [["HSET", keys.study(sid), "state", state, "error", error]],
+                           fence)
 
-    async def delete_study(self, sid: str) -> None:
+    async def delete_study(self, sid: str, fence: str | None = None) -> None:
         # The stop set outlives the study for a while: it names every job the study had out,
-        # and is how a worker holding one of them learns to drop or stop it.
+        # and is how a worker holding one of them learns to drop or stop it. The lease keys go
+        # last, in the same step, so no other replica can take the study half-deleted.
         stop = keys.stopped_jobs(sid)
-        async with self.r.pipeline(transaction=True) as p:
-            p.srem(keys.studies(), sid)
-            p.delete(*[k for k in keys.study_keys(sid) if k != stop])
-            p.expire(stop, STOP_SET_TTL)
-            await p.execute()
+        await self.execute(sid, [["DEL", *[k for k in keys.study_keys(sid) if k != stop]],
+                                 ["EXPIRE", stop, str(STOP_SET_TTL)]], fence)
+        await self.r.srem(keys.studies(), sid)
 
     async def ensure_job_stream(self, trainer: str) -> None:
         try:
@@ -245,42 +258,66 @@ class RedisStore:
 
     # ---------------------------------------------------------------- the one write path
 
-    async def commit(self, sid: str, batch: Batch, log_len: int | None = None) -> None:
-        """Write ``batch`` in one atomic step. With ``log_len`` (what the caller knows the log
-        holds), the write happens only if the log holds exactly that many entries: otherwise
-        Redis lost writes (a restart from an AOF that missed its last second) or another copy
-        wrote, and :class:`StaleLog` is raised with nothing written."""
+    async def commit(self, sid: str, batch: Batch, fence: str | None = None,
+                     log_len: int | None = None) -> None:
+        """Write ``batch`` atomically. With ``fence`` (the owner value the study's copy was
+        loaded under) one script checks the study's lease and writes, so a replica that lost
+        the study writes nothing (``LeaseLost``); without it (a job entry of no study) a plain
+        MULTI/EXEC. With ``log_len`` (what the caller knows the study's log holds) the same
+        script also checks the log's length: a Redis that came back without its last writes,
+        or another writer, makes it raise :class:`StaleLog` with nothing written."""
         if batch.empty():
             return
-        ops = _Ops()
+        await self.execute(sid, self._commands(sid, batch), fence, log_len)
+
+    def _commands(self, sid: str, batch: Batch) -> list[list[Any]]:
+        cmds: list[list[Any]] = []
         if batch.inputs:
-            ops.add("RPUSH", keys.log(sid), *[dumps(i) for i in batch.inputs])
+            cmds += _chunked(["RPUSH", keys.log(sid)], [dumps(i) for i in batch.inputs])
         if batch.trials:
-            ops.add("HSET", keys.trials(sid), *_pairs({str(k): v for k, v in
-                                                       batch.trials.items()}))
+            cmds += _chunked(["HSET", keys.trials(sid)],
+                             [x for k, v in batch.trials.items() for x in (str(k), v)], 2)
         for trainer, wid, job in batch.jobs:
-            ops.add("XADD", keys.queue(trainer, wid), "*", "j", job)
+            cmds.append(["XADD", keys.queue(trainer, wid), "*", "j", job])
             if wid:  # so the reaper finds it even if its worker has just left
-                ops.add("SADD", keys.handoffs(), keys.handoff_member(trainer, wid))
+                cmds.append(["SADD", keys.handoffs(), keys.handoff_member(trainer, wid)])
         if batch.stop_jobs:
-            ops.add("SADD", keys.stopped_jobs(sid), *batch.stop_jobs)
+            cmds += _chunked(["SADD", keys.stopped_jobs(sid)], batch.stop_jobs)
         if batch.study_fields:
-            ops.add("HSET", keys.study(sid), *_pairs(batch.study_fields))
+            cmds.append(["HSET", keys.study(sid),
+                         *[x for kv in batch.study_fields.items() for x in kv]])
         if batch.ack_ids:
-            ops.add("XACK", keys.events(sid), keys.SERVER_GROUP, *batch.ack_ids)
-            ops.add("XDEL", keys.events(sid), *batch.ack_ids)
+            cmds += _chunked(["XACK", keys.events(sid), keys.SERVER_GROUP], batch.ack_ids)
+            cmds += _chunked(["XDEL", keys.events(sid)], batch.ack_ids)
         for stream, eid in batch.job_acks:
-            ops.add("XACK", stream, keys.WORKER_GROUP, eid)
-            ops.add("XDEL", stream, eid)
+            cmds.append(["XACK", stream, keys.WORKER_GROUP, eid])
+            cmds.append(["XDEL", stream, eid])
         if batch.snapshot is not None:
-            ops.add("SET", keys.snapshot(sid), batch.snapshot)
-            ops.add("DEL", keys.log(sid))
-            ops.add("HSET", keys.study(sid), "log_base", str(batch.snapshot_inputs))
+            cmds.append(["SET", keys.snapshot(sid), batch.snapshot])
+            cmds.append(["DEL", keys.log(sid)])
+            cmds.append(["HSET", keys.study(sid), "log_base", str(batch.snapshot_inputs)])
+        return cmds
+
+    async def execute(self, sid: str, cmds: list[list[Any]], fence: str | None,
+                      log_len: int | None = None) -> None:
+        """Run ``cmds`` as one atomic step; with ``fence``, only while the study's owner key
+        holds exactly that value (and, with ``log_len``, its log that many entries)."""
+        if not cmds:
+            return
+        if fence is None:
+            async with self.r.pipeline(transaction=True) as p:
+                for cmd in cmds:
+                    p.execute_command(*cmd)
+                await p.execute()
+            return
+        args: list[Any] = [fence, -1 if log_len is None else log_len]
+        for cmd in cmds:
+            args += [len(cmd), *cmd]
         try:
-            await self._commit(keys=[keys.log(sid), *ops.keys],
-                               args=[-1 if log_len is None else log_len,
-                                     json.dumps(ops.ops, separators=(",", ":"))])
+            await run_script(self._fenced, [keys.owner(sid), keys.log(sid)], args)
         except ResponseError as e:
+            if str(e).startswith("FENCED"):
+                raise LeaseLost(sid) from None
             if str(e).startswith("HPODSTALE"):
                 raise StaleLog(f"study {sid}: {str(e).removeprefix('HPODSTALE ')}") from None
             raise _script_error(e) from None
@@ -323,6 +360,32 @@ class RedisStore:
             out.append((sid, [(eid, json.loads(fields["e"]))
                               for eid, fields in reply[1] if fields]))
         return out
+
+    async def take_pending(self, sid: str, consumer: str) -> int:
+        """Claim for ``consumer`` every event of the study that the group delivered and nobody
+        acknowledged (a previous owner read them, then died or gave the study back); they are
+        then read again in stream order. Returns how many."""
+        taken, cursor = 0, "0-0"
+        while True:
+            reply = await self.r.xautoclaim(keys.events(sid), keys.SERVER_GROUP, consumer, 0,
+                                            start_id=cursor, count=1000)
+            cursor = reply[0]
+            taken += len(reply[1])
+            if cursor == "0-0":
+                return taken
+
+    async def forget_study_id(self, sid: str) -> None:
+        await self.r.srem(keys.studies(), sid)
+
+    async def study_tenant(self, sid: str) -> str | None:
+        """The tenant owning a stored study, or None when there is no such study."""
+        raw = await self.r.hget(keys.study(sid), "config")
+        if raw is None:
+            return None
+        return str(json.loads(raw).get("tenant", "") or "")
+
+    async def study_exists(self, sid: str) -> bool:
+        return bool(await self.r.sismember(keys.studies(), sid))
 
     # ---------------------------------------------------------------- workers and leases
 

@@ -1,0 +1,388 @@
+"""Several server replicas on one Redis: study leases with fencing, failover on kill -9,
+rolling restarts. Real Redis, real server and worker processes."""
+
+from __future__ import annotations
+
+import asyncio
+import multiprocessing
+import os
+import signal
+import threading
+import time
+from collections import Counter
+from typing import Any
+
+import grpc
+import pytest
+import redis
+from helpers import wait_for
+from hpod.client.local import LocalCluster, free_port
+from hpod.client.sdk import Client
+from hpod.server.store import keys
+from hpod.server.store.leases import replica_of
+from hpod.server.store.redis_store import Batch, LeaseLost, RedisStore
+from hpod.v1 import hpod_pb2 as pb
+from test_faults import assert_nothing_lost_or_doubled, slow_spec
+
+LEASE = 3.0  # study leases and job leases in these tests, seconds
+
+
+# ---------------------------------------------------------------- fencing, on a real Redis
+
+
+def test_a_stale_owner_can_never_commit(redis_server) -> None:
+    async def scenario() -> None:
+        a, b = RedisStore(redis_server.url), RedisStore(redis_server.url)
+        try:
+            sid = "sfence"
+            held_a = await a.leases.acquire(sid, "replica-a", 0.2)
+            assert held_a is not None and replica_of(held_a) == "replica-a"
+            await a.create_study(sid, {"x": 1}, "fenced", held_a)
+            # B cannot take a study whose lease is live...
+            assert await b.leases.acquire(sid, "replica-b", 5.0) is None
+            await asyncio.sleep(0.4)  # ...A stalls past its lease: B takes it
+            held_b = await b.leases.acquire(sid, "replica-b", 5.0)
+            assert held_b is not None and held_b != held_a
+            assert int(held_b.partition("|")[0]) > int(held_a.partition("|")[0])
+            # A, waking up, still believes it owns the study: its commit writes nothing.
+            with pytest.raises(LeaseLost):
+                await a.commit(sid, Batch(inputs=[{"op": "stale"}],
+                                          study_fields={"state": "stale"}), held_a)
+            assert await a.r.lrange(keys.log(sid), 0, -1) == []
+            assert await a.r.hget(keys.study(sid), "state") == "active"
+            await b.commit(sid, Batch(inputs=[{"op": "fresh"}], study_fields={"state": "x"}),
+                           held_b)
+            assert await b.r.lrange(keys.log(sid), 0, -1) == ['{"op":"fresh"}']
+            # A renewing finds the lease gone; releasing it does not free B's.
+            assert await a.leases.renew({sid: held_a}, 5.0) == {sid}
+            assert not await a.leases.release(sid, held_a)
+            assert await b.leases.renew({sid: held_b}, 5.0) == set()
+            # A replica restarted under the same id takes its study back, with a new token.
+            again = await b.leases.acquire(sid, "replica-b", 5.0)
+            assert again is not None and again != held_b
+            with pytest.raises(LeaseLost):
+                await b.commit(sid, Batch(inputs=[{"op": "old copy"}]), held_b)
+        finally:
+            await a.close()
+            await b.close()
+
+    asyncio.run(scenario())
+
+
+def test_large_commits_are_split_into_bounded_commands(redis_server) -> None:
+    async def scenario() -> None:
+        store = RedisStore(redis_server.url)
+        try:
+            sid = "sbig"
+            held = await store.leases.acquire(sid, "r", 5.0)
+            await store.create_study(sid, {}, "big", held)
+            trials = {i: f'{{"id":{i}}}' for i in range(3000)}
+            inputs = [{"op": "n", "i": i} for i in range(2500)]
+            await store.commit(sid, Batch(inputs=inputs, trials=trials), held)
+            assert await store.r.llen(keys.log(sid)) == 2500
+            assert await store.r.hlen(keys.trials(sid)) == 3000
+        finally:
+            await store.close()
+
+    asyncio.run(scenario())
+
+
+# ---------------------------------------------------------------- real processes
+
+
+def owners(r: redis.Redis, sids: list[str]) -> dict[str, str]:
+    return {sid: replica_of(r.get(keys.owner(sid))) for sid in sids}
+
+
+def spread(r: redis.Redis, sids: list[str], replicas: int) -> bool:
+    got = owners(r, sids)
+    return all(got.values()) and len(set(got.values())) == replicas
+
+
+class AppliedBy(threading.Thread):
+    """Samples each study's ``applied_by`` field (replica and time of its last applied worker
+    events): the failover time is the first time a new owner applied an event minus the last
+    time the dead replica did."""
+
+    def __init__(self, r: redis.Redis, sids: list[str]) -> None:
+        super().__init__(daemon=True)
+        self.r, self.sids = r, sids
+        self.seen: dict[str, list[tuple[str, float]]] = {s: [] for s in sids}
+        self.halt = threading.Event()
+
+    def run(self) -> None:
+        while not self.halt.is_set():
+            for sid in self.sids:
+                raw = self.r.hget(keys.study(sid), "applied_by")
+                if raw:
+                    rid, _, at = raw.rpartition(" ")
+                    if not self.seen[sid] or self.seen[sid][-1] != (rid, float(at)):
+                        self.seen[sid].append((rid, float(at)))
+            time.sleep(0.02)
+
+    def failover(self, sid: str, dead: str) -> float | None:
+        seen = self.seen[sid]
+        last_dead = max((t for rid, t in seen if rid == dead), default=None)
+        after = [t for rid, t in seen if rid != dead and last_dead is not None and t > last_dead]
+        return None if last_dead is None or not after else min(after) - last_dead
+
+
+def replica_cluster(tmp_path, workers: int) -> LocalCluster:
+    return LocalCluster(workers=workers, trainers=("analytic",), workdir=str(tmp_path),
+                        lease_seconds=LEASE, server_args=("--study-lease-seconds", str(LEASE)))
+
+
+def all_addresses(cluster: LocalCluster) -> str:
+    """One target naming every replica: the channel moves to another when one goes away,
+    as behind a Kubernetes Service."""
+    return "ipv4:" + ",".join(f"127.0.0.1:{p}" for p in [cluster.port, *cluster.replicas])
+
+
+def wait_all(client: Client, sids: list[str], timeout: float) -> dict[str, pb.Study]:
+    deadline = time.time() + timeout
+    done: dict[str, pb.Study] = {}
+    while len(done) < len(sids):
+        assert time.time() < deadline, f"studies still running: {set(sids) - set(done)}"
+        for sid in sids:
+            if sid not in done:
+                info = client.study(sid).info
+                if info.state != pb.STUDY_STATE_ACTIVE:
+                    done[sid] = info
+        time.sleep(0.3)
+    return done
+
+
+@pytest.mark.slow
+def test_kill_9_of_the_busiest_replica_moves_its_studies_and_loses_nothing(tmp_path) -> None:
+    with replica_cluster(tmp_path, workers=4) as cluster:
+        for _ in range(2):
+            cluster.add_replica(free_port())
+        r = redis.Redis.from_url(cluster.redis_url, decode_responses=True)
+        with Client(all_addresses(cluster), timeout=60) as client:
+            studies = [client.create_study(slow_spec(seed=10 + i)) for i in range(6)]
+            sids = [s.id for s in studies]
+            wait_for(lambda: spread(r, sids, 3), timeout=60, what="studies on all 3 replicas")
+            sampler = AppliedBy(r, sids)
+            sampler.start()
+            wait_for(lambda: sum(client.study(s).info.trials_finished for s in sids) >= 6,
+                     timeout=120, what="six finished trials")
+            by_owner = owners(r, sids)
+            dead, _ = Counter(by_owner.values()).most_common(1)[0]
+            port = int(dead.rpartition(":")[2])
+            proc = cluster.server if port == cluster.port else cluster.replicas[port]
+            moved = [s for s, rid in by_owner.items() if rid == dead]
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait()
+            # Until its lease expires a study of the dead replica is "moving": UNAVAILABLE (the
+            # SDK retries reads), never NOT_FOUND.
+            survivor = next(p for p in [cluster.port, *cluster.replicas] if p != port)
+            with Client(f"127.0.0.1:{survivor}") as direct:
+                for sid in moved:
+                    try:
+                        direct.stub.GetStudy(pb.GetStudyRequest(study_id=sid), timeout=10)
+                    except grpc.RpcError as e:
+                        assert e.code() == grpc.StatusCode.UNAVAILABLE, e.details()
+                        assert "retry" in e.details()
+            done = wait_all(client, sids, timeout=300)
+            sampler.halt.set()
+            sampler.join()
+            for sid in sids:
+                assert done[sid].state == pb.STUDY_STATE_COMPLETED, done[sid].error
+                study = client.study(sid)
+                assert_nothing_lost_or_doubled(study, study.info)
+            assert all(rid != dead for rid in owners(r, moved).values() if rid)
+            times = {sid: sampler.failover(sid, dead) for sid in moved}
+            print(f"\nfailover after kill -9 of {dead} (study lease {LEASE:g}s): "
+                  + ", ".join(f"{sid} {t:.2f}s" if t is not None else f"{sid} (ended before)"
+                              for sid, t in times.items()))
+
+
+def probe(address: str, sid: str, halt: Any, out: Any) -> None:
+    """Reads through one channel to all replicas, all the time; puts (calls, {code: count})
+    for every status other than OK. A process of its own: a thread using gRPC while the test
+    forks servers can deadlock the fork."""
+    from hpod.v1 import hpod_pb2_grpc as pb_grpc
+
+    channel = grpc.insecure_channel(address)
+    stub = pb_grpc.HpodStub(channel)
+    calls = [lambda: stub.GetStudy(pb.GetStudyRequest(study_id=sid), timeout=10),
+             lambda: stub.ListTrials(pb.ListTrialsRequest(study_id=sid), timeout=10),
+             lambda: stub.ListStudies(pb.ListStudiesRequest(), timeout=10)]
+    codes: Counter = Counter()
+    n = 0
+    while not halt.is_set():
+        for call in calls:
+            n += 1
+            try:
+                call()
+            except grpc.RpcError as e:
+                codes[e.code().name] += 1
+        time.sleep(0.05)
+    channel.close()
+    out.put((n, dict(codes)))
+
+
+@pytest.mark.slow
+def test_rolling_restart_of_every_replica_during_a_study(tmp_path) -> None:
+    with replica_cluster(tmp_path, workers=2) as cluster:
+        for _ in range(2):
+            cluster.add_replica(free_port())
+        with Client(all_addresses(cluster), timeout=60) as client:
+            spec = {**slow_spec(seed=21), "trainer_settings": {"step_seconds": 0.8}}
+            study = client.create_study(spec)
+            ctx = multiprocessing.get_context("spawn")
+            halt, out = ctx.Event(), ctx.Queue()
+            prober = ctx.Process(target=probe, args=(all_addresses(cluster), study.id, halt, out))
+            prober.start()
+            wait_for(lambda: study.refresh().trials_finished >= 1, timeout=120,
+                     what="a finished trial")
+            for port in [cluster.port, *cluster.replicas]:
+                proc = cluster.server if port == cluster.port else cluster.replicas[port]
+                proc.send_signal(signal.SIGTERM)
+                assert proc.wait(30) == 0
+                fresh = cluster.launch_server(port, f"server-{port}-again")
+                if port == cluster.port:
+                    cluster.server = fresh
+                else:
+                    cluster.replicas[port] = fresh
+                time.sleep(2 * LEASE)  # the restarted replica takes its share back
+            info = wait_all(client, [study.id], timeout=300)[study.id]
+            halt.set()
+            calls, codes = out.get(timeout=60)
+            prober.join(30)
+            assert info.state == pb.STUDY_STATE_COMPLETED, info.error
+            assert set(codes) <= {"UNAVAILABLE"}, codes
+            assert_nothing_lost_or_doubled(study, study.refresh())
+            print(f"\nrolling restart: {calls} calls, {codes.get('UNAVAILABLE', 0)} "
+                  "UNAVAILABLE (retried)")
+
+
+def external_spec(seed: int) -> dict:
+    return {"seed": seed, "resource": {"max_resource": 9, "eta": 3},
+            "search_space": {"x": {"type": "float", "low": 0.0, "high": 1.0}},
+            "algorithm": {"name": "asha"}, "max_trials": 20}
+
+
+def answers(client: Client, sid: str) -> bool:
+    try:
+        client.stub.GetStudy(pb.GetStudyRequest(study_id=sid), timeout=10)
+        return True
+    except grpc.RpcError:
+        return False
+
+
+@pytest.mark.slow
+def test_any_replica_answers_reads_writes_listings_and_watches(tmp_path) -> None:
+    with replica_cluster(tmp_path, workers=0) as cluster:
+        other = free_port()
+        cluster.add_replica(other)
+        r = redis.Redis.from_url(cluster.redis_url, decode_responses=True)
+        with Client(cluster.address, timeout=60) as a, \
+                Client(f"127.0.0.1:{other}", timeout=60) as b:
+            sids = [a.create_study(external_spec(seed)).id for seed in range(5)]
+            wait_for(lambda: spread(r, sids, 2), timeout=60, what="studies on both replicas")
+            # A study listed by no replica is one still being rebuilt by its new owner.
+            wait_for(lambda: all(answers(a, sid) for sid in sids), timeout=60,
+                     what="the moved studies rebuilt")
+            for client in (a, b):
+                # Paged one study at a time, merged from both replicas, in creation order.
+                assert [s.id for s in client.iter_studies(page_size=1)] == sids
+                assert [s.id for s in client.iter_studies(page_size=2)] == sids
+            for sid in sids:  # ask/tell through each replica: half of these are forwarded
+                for client in (a, b):
+                    study = client.study(sid)
+                    job = study.ask(wait=False)
+                    assert job is not None
+                    assert job.report(1.0, 0.5) is False
+                    job.complete(0.5)
+                    trial = study.trial(job.trial_id)
+                    assert trial.curve == [(1.0, 0.5)] and trial.state != "running"
+            # A watch through the replica that does not own the study relays the owner's.
+            sid = next(s for s, rid in owners(r, sids).items() if rid.endswith(f":{other}"))
+            stream = a.stub.WatchStudy(pb.WatchStudyRequest(study_id=sid))
+            seen: list = []
+
+            def read_one() -> None:
+                for ev in stream:
+                    seen.append(ev.kind)
+                    return
+
+            threading.Thread(target=read_one, daemon=True).start()
+            deadline = time.time() + 60
+            while not seen and time.time() < deadline:  # until the watch is open and sees one
+                job = a.study(sid).ask(wait=False)
+                if job is not None:
+                    job.complete(0.5, resource=job.to_resource)
+                time.sleep(0.2)
+            stream.cancel()
+            assert seen, "no event relayed by the watch"
+            a.study(sid).stop()  # a write forwarded to the owner
+            assert b.study(sid).info.state != pb.STUDY_STATE_ACTIVE
+            with pytest.raises(Exception, match="no study"):
+                b.study("s0000000000")
+
+
+@pytest.mark.slow
+def test_a_replica_paused_past_its_lease_never_writes_again(tmp_path) -> None:
+    with replica_cluster(tmp_path, workers=3) as cluster:
+        cluster.add_replica(free_port())
+        r = redis.Redis.from_url(cluster.redis_url, decode_responses=True)
+        with Client(all_addresses(cluster), timeout=60) as client:
+            sids = [client.create_study(slow_spec(seed=30 + i)).id for i in range(4)]
+            wait_for(lambda: spread(r, sids, 2), timeout=60, what="studies on both replicas")
+            wait_for(lambda: sum(client.study(s).info.trials_finished for s in sids) >= 4,
+                     timeout=120, what="four finished trials")
+            paused = owners(r, sids)[sids[0]]
+            moved = [s for s, rid in owners(r, sids).items() if rid == paused]
+            port = int(paused.rpartition(":")[2])
+            proc = cluster.server if port == cluster.port else cluster.replicas[port]
+            os.kill(proc.pid, signal.SIGSTOP)
+            try:
+                wait_for(lambda: all(rid not in ("", paused)
+                                     for rid in owners(r, moved).values()),
+                         timeout=60, what="its studies taken by the other replica")
+            finally:
+                os.kill(proc.pid, signal.SIGCONT)  # it wakes up believing it owns them
+            done = wait_all(client, sids, timeout=300)
+            for sid in sids:
+                assert done[sid].state == pb.STUDY_STATE_COMPLETED, done[sid].error
+                study = client.study(sid)
+                assert_nothing_lost_or_doubled(study, study.info)
+            assert proc.poll() is None, "the paused replica should live on"
+
+
+@pytest.mark.slow
+def test_replicas_forward_over_mutual_tls_and_keep_tenants_apart(tmp_path, monkeypatch) -> None:
+    pytest.importorskip("cryptography")
+    from hpod.server.service.auth import hash_token
+    from tls_certs import make_certs
+
+    certs = make_certs(tmp_path / "certs")
+    tokens = tmp_path / "tokens"
+    tokens.write_text(f"{hash_token('t-a')} team-a user\n{hash_token('t-b')} team-b user\n")
+    # How a replica calls its peers: trusting the CA, presenting a client certificate.
+    monkeypatch.setenv("HPOD_TLS_CA", certs["ca"])
+    monkeypatch.setenv("HPOD_TLS_CLIENT_CERT", certs["client_cert"])
+    monkeypatch.setenv("HPOD_TLS_CLIENT_KEY", certs["client_key"])
+    mtls = {"tls_ca": certs["ca"], "tls_cert": certs["client_cert"],
+            "tls_key": certs["client_key"]}
+    args = ("--tls-cert", certs["server_cert"], "--tls-key", certs["server_key"],
+            "--tls-client-ca", certs["ca"], "--tokens-file", str(tokens),
+            "--study-lease-seconds", str(LEASE))
+    with LocalCluster(workers=0, workdir=str(tmp_path), server_args=args,
+                      client_options={**mtls, "token": "t-a"}) as cluster:
+        cluster.add_replica(free_port())
+        r = redis.Redis.from_url(cluster.redis_url, decode_responses=True)
+        with Client(cluster.address, timeout=60, token="t-a", **mtls) as a, \
+                Client(cluster.address, timeout=10, token="t-b", **mtls) as b:
+            sids = [a.create_study(external_spec(seed)).id for seed in range(2)]
+            wait_for(lambda: spread(r, sids, 2), timeout=60, what="studies on both replicas")
+            wait_for(lambda: all(answers(a, sid) for sid in sids), timeout=60,
+                     what="the moved studies rebuilt")
+            job = a.study(sids[1]).ask(wait=False)  # one of them forwarded, over mutual TLS
+            assert job is not None
+            assert [s.id for s in a.list_studies()] == sids
+            assert b.list_studies() == []
+            for sid in sids:  # another tenant's study is missing, wherever it lives
+                with pytest.raises(Exception, match="no study"):
+                    b.study(sid)
