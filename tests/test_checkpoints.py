@@ -129,7 +129,8 @@ class Feeder:
 def running(tmp_path):
     """A worker (keep no models, so every continuation reads its checkpoint) in a thread."""
     with EmbeddedRedis(str(tmp_path / "redis")) as rs:
-        w = Worker(rs.url, ["analytic"], str(tmp_path / "ckpt"), lease_seconds=4.0,
+        w = Worker(rs.url, ["analytic"], str(tmp_path / "ckpt"), delete_after=0.0,
+                   lease_seconds=4.0,
                    keep_models=0)
         t = threading.Thread(target=w.run, daemon=True)
         t.start()
@@ -252,7 +253,7 @@ def stepping(config, ctx) -> None:
 def test_sigterm_hands_a_function_job_back_and_keeps_its_start(tmp_path) -> None:
     trainer = f"{__name__}:stepping"
     with EmbeddedRedis(str(tmp_path / "redis")) as rs:
-        w = Worker(rs.url, [trainer], str(tmp_path / "ckpt"), keep_models=0)
+        w = Worker(rs.url, [trainer], str(tmp_path / "ckpt"), keep_models=0, delete_after=0.0)
         t = threading.Thread(target=w.run, daemon=True)
         t.start()
         feed, study_dir = Feeder(rs.url), tmp_path / "ckpt" / STUDY

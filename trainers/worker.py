@@ -34,6 +34,8 @@ of them needs it: a worker of the analytic trainer or of a numpy function never 
 Checkpoints (``trainers/checkpoints.py``): a trial keeps only its newest one. Once a segment's
 completion is recorded, the checkpoint it resumed from is deleted; a job stopped for good (a
 STOP decision, a stopped study) or failed writes none and deletes the one it resumed from.
+Deletions wait ``DELETE_AFTER_SECONDS`` (10 s): a Redis that loses its last second of writes
+may hand the segment out again, and it must still find its start.
 A job that may be retried elsewhere (its lease lapsed: the server may have handed it on) keeps
 every file, since the retry resumes from the segment's start. Whether the lease lapsed is known
 from the renewals themselves: each returns whether the entry was still ours, and a gap between
@@ -78,6 +80,11 @@ log = logging.getLogger("hpod.worker")
 # (which draws only from generators each trainer owns) runs concurrently.
 _BUILD_LOCK = threading.Lock()
 
+
+# How long a checkpoint nothing needs any more is kept (``HPOD_CHECKPOINT_GRACE_SECONDS``):
+# longer than the writes a Redis with `appendfsync everysec` can lose (its last second), so a
+# segment run again after such a loss still finds the checkpoint it starts from.
+DELETE_AFTER_SECONDS = 10.0
 
 class Released(Exception):
     """SIGTERM arrived mid-segment: stop at this step and hand the job back."""
@@ -151,8 +158,13 @@ class Worker:
     def __init__(self, redis_url: str, trainers: list[str], checkpoint_dir: str,
                  data_dir: str | None = None, worker_id: str | None = None,
                  lease_seconds: float = 10.0, keep_models: int = 1,
-                 retry_seconds: float | None = None, socket_timeout: float = 5.0) -> None:
+                 retry_seconds: float | None = None, socket_timeout: float = 5.0,
+                 delete_after: float | None = None) -> None:
         self.classes = resolve(trainers)
+        if delete_after is None:
+            delete_after = float(os.environ.get("HPOD_CHECKPOINT_GRACE_SECONDS",
+                                                DELETE_AFTER_SECONDS))
+        self.delete_after = delete_after
         self.worker_id = worker_id or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         if retry_seconds is None:
             retry_seconds = float(os.environ.get("HPOD_REDIS_RETRY_SECONDS", "60"))
@@ -174,6 +186,8 @@ class Worker:
         self.keep_models = keep_models
         # The last trained models, oldest first: identity -> (resource reached, trainer).
         self.kept: OrderedDict[tuple, tuple[float, Any]] = OrderedDict()
+        # Checkpoints no job needs any more, deleted once their time comes: (when, path).
+        self.doomed: list[tuple[float, Path]] = []
 
     @property
     def lease(self) -> Lease | None:
@@ -206,6 +220,7 @@ class Worker:
             while not self.draining.is_set():
                 if max_jobs is not None and self.jobs_done >= max_jobs:
                     break
+                self._delete_due()
                 try:
                     if self.needs_idle:
                         self.q.set_idle()
@@ -220,6 +235,7 @@ class Worker:
                 if lease is not None:
                     self.run_job(lease, taken_at)
         finally:
+            self._delete_due(every=True)
             self.draining.set()
             self.beats_done.set()
             self.q.close()  # from here on, one attempt per call: shutdown never waits
@@ -314,8 +330,21 @@ class Worker:
         if final:
             self.kept.pop(_identity(run.job), None)
         if doomed and run.watch.kept():
-            for path in doomed:
-                checkpoints.delete(path)
+            # Not at once: Redis may still lose the write that recorded this end (with
+            # `appendfsync everysec`, about its last second), and then the segment runs again
+            # from the checkpoint it resumed from.
+            when = time.monotonic() + self.delete_after
+            self.doomed += [(when, path) for path in doomed]
+            if self.delete_after <= 0:
+                self._delete_due()
+
+    def _delete_due(self, every: bool = False) -> None:
+        """Delete the doomed checkpoints whose time has come (all of them with ``every``)."""
+        now = time.monotonic()
+        due = [p for when, p in self.doomed if every or when <= now]
+        self.doomed = [(when, p) for when, p in self.doomed if not (every or when <= now)]
+        for path in due:
+            checkpoints.delete(path)
 
     def _doomed(self, run: JobRun, final: bool) -> list[Path]:
         """Checkpoints of this trial that no job can need once this one's end is recorded:
