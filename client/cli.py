@@ -547,6 +547,9 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     print(f"  best {best}{regret}")
     print(f"  simulated {res.simulated_seconds / 3600:.2f} h, utilisation "
           f"{res.utilisation:.1%}, resource used {res.resource_used:g}")
+    print(f"  utilisation {res.utilisation_before_drain:.1%} until the last new trial started "
+          f"({res.drain_start / 3600:.2f} h), then a drain of {res.drain_seconds / 3600:.2f} h"
+          + (f"; maximum resource raised {res.raises} time(s)" if res.raises else ""))
     print(f"  {res.events} events in {res.wall_seconds:.2f} s: engine "
           f"{res.overhead_us_per_event:.1f} us/event, simulator "
           f"{res.simulator_us_per_event:.1f} us/event")

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .algorithms import Decision, Job, Outcome, Status
-from .algorithms.base import PreconditionError, TransientAlgorithmError
+from .algorithms.base import PreconditionError, TransientAlgorithmError, deepening
 from .study import StudyConfig
 
 
@@ -314,14 +314,14 @@ class StudyEngine:
         self._finish(STUDY_STOPPED)
 
     def _op_raise_max_resource(self) -> None:
-        raise_r = getattr(self.algorithm, "raise_max_resource", None)
-        if raise_r is None:
+        deep = deepening(self.algorithm)
+        if deep is None:
             raise EngineError("precondition", f"algorithm {self.config.algorithm!r} cannot "
                               "raise its maximum resource; use algorithm 'idhb'")
         if self.state in (STUDY_STOPPED, STUDY_FAILED, STUDY_QUARANTINED):
             raise EngineError("precondition", f"the study is {self.state}")
         try:
-            raise_r()
+            deep.raise_max_resource()
         except PreconditionError as e:
             raise EngineError("precondition", str(e)) from None
         self.state = ACTIVE
@@ -435,8 +435,8 @@ class StudyEngine:
 
     def max_resource(self) -> float:
         """The current maximum: an algorithm that can raise it (ID-HB) says what it is now."""
-        current = getattr(self.algorithm, "max_resource", None)
-        return float(current) if current is not None else self.config.resource.max_resource
+        deep = deepening(self.algorithm)
+        return float(deep.max_resource) if deep is not None else self.config.resource.max_resource
 
     def best_trial(self) -> TrialRec | None:
         # Cached between inputs that cannot change it: the service reads it on every commit,

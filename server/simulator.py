@@ -12,6 +12,13 @@ The clock is an event heap keyed by (simulated time, sequence number): each runn
 exactly one entry (its next point), so the heap never grows beyond the number of workers and
 equal times resolve in a fixed order, which keeps a run deterministic given its seed.
 
+Utilisation is reported twice: up to the *drain* (the moment the last new trial started: the
+study's trial limit, or its budget, stops new work there, and only work on existing trials
+remains) and overall. An algorithm that can raise its maximum resource (ID-HB) is raised,
+as an operator would with ``hpod study raise``, each time a run completes with fewer than
+``max_trials`` trials started; a segment longer than ``MAX_POINTS`` units reports every
+``ceil(span / MAX_POINTS)`` units, so a raised R of thousands of units stays cheap to simulate.
+
 Idle workers ask again after each job end, which is when a scheduler can release work (a rung
 completes, a trial pauses); asking after every progress point would multiply the asks while a
 synchronous rung waits, and no algorithm here releases work on a progress point.
@@ -27,7 +34,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .algorithms import Resource, SearchSpace
-from .engine import ACTIVE, JobRec, StudyEngine
+from .algorithms.base import can_deepen
+from .engine import ACTIVE, STUDY_COMPLETED, JobRec, StudyEngine
 from .manager import _event_to_input
 from .problems import Problem, get_problem
 from .study import StudyConfig
@@ -45,7 +53,11 @@ class SimResult:
     worker_events: int
     simulated_seconds: float
     busy_seconds: float
-    utilisation: float
+    utilisation: float  # busy worker-seconds / (workers x simulated seconds), overall
+    drain_start: float  # simulated seconds at which the last new trial started
+    utilisation_before_drain: float  # the same ratio over [0, drain_start]
+    drain_seconds: float  # the tail after drain_start, where only existing trials train
+    raises: int  # times the maximum resource was raised (algorithms that deepen)
     resource_used: float  # resource of ended jobs, as the engine counts it
     consumed: float  # resource trained, counted at each reported point
     best_value: float | None  # the algorithm's incumbent, by its own rule
@@ -56,7 +68,9 @@ class SimResult:
     study_state: str
     wall_seconds: float
     engine_seconds: float
+    engine_cpu_seconds: float  # the engine's CPU time: steadier than wall on a shared machine
     overhead_us_per_event: float  # real seconds of engine work per input, in microseconds
+    engine_cpu_us_per_event: float  # the same in CPU time
     simulator_us_per_event: float  # everything else (heap, problem, bookkeeping)
     # (simulated seconds, resource consumed, best observed so far) at each improvement
     trace: list[tuple[float, float, float]] = field(default_factory=list)
@@ -80,11 +94,16 @@ class _Run:
     index: int = 0
 
 
+MAX_POINTS = 128  # learning-curve points per segment at most (every unit up to this span)
+
+
 def resource_steps(r0: float, r1: float) -> list[float]:
-    """The points a worker reports for a segment: each whole unit above r0, then r1 itself
-    (so fractional rung resources such as 1/3 or 26.7 are reported exactly)."""
-    first = math.floor(r0 + 1e-9) + 1
-    steps = [float(r) for r in range(first, math.ceil(r1 - 1e-9))]
+    """The points a worker reports for a segment: each whole unit above r0 (each multiple of
+    a coarser stride on a segment longer than MAX_POINTS units), then r1 itself (so
+    fractional rung resources such as 1/3 or 26.7 are reported exactly)."""
+    stride = max(1, math.ceil((r1 - r0) / MAX_POINTS))
+    first = (math.floor(r0 / stride + 1e-9) + 1) * stride
+    steps = [float(r) for r in range(first, math.ceil(r1 - 1e-9), stride)]
     return [*steps, float(r1)]
 
 
@@ -127,17 +146,25 @@ class Simulator:
         self.jobs = 0
         self.worker_events = 0
         self.engine_seconds = 0.0
+        self.engine_cpu = 0.0
         self.best_observed = math.inf
         self.trace: list[tuple[float, float, float]] = []
         self.idle_ask_at = -1  # engine.inputs after the last ask that returned nothing
+        # Busy worker-seconds integrated as the clock moves, and their value when the last
+        # new trial started (the start of the drain).
+        self.busy_integral = 0.0
+        self.clock_at = 0.0
+        self.drain = (0.0, 0.0)
+        self.raises = 0
 
     # ------------------------------------------------------------------ the engine
 
     def _apply(self, inp: Mapping[str, Any]) -> Any:
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.thread_time()
         result = self.engine.apply(inp)
         self.engine.take_effects()  # the live server turns these into Redis writes
         self.engine_seconds += time.perf_counter() - t0
+        self.engine_cpu += time.thread_time() - c0
         return result
 
     def _event(self, ev: dict[str, Any]) -> Any:
@@ -154,8 +181,11 @@ class Simulator:
             return
         if self.idle_ask_at == self.engine.inputs:
             return  # nothing happened since the engine last had nothing to give
+        trials = len(self.engine.trials)
         jobs: list[JobRec] = self._apply({"op": "ask", "free": len(self.idle)})
         self.idle_ask_at = -1 if jobs else self.engine.inputs
+        if len(self.engine.trials) > trials:
+            self.drain = (self.now, self.busy_integral)
         for job in jobs:
             self._start(job, self.idle.pop())
 
@@ -201,11 +231,29 @@ class Simulator:
         self._dispatch()
         while self.heap and self.engine.state == ACTIVE and not self._spent():
             at, _, run = heapq.heappop(self.heap)
-            self.now = at
+            self._advance_clock(at)
             free_before = len(self.idle)
             self._step(run)
             if len(self.idle) > free_before:
                 self._dispatch()
+            if not self.heap and self._deepen():
+                self._dispatch()
+
+    def _advance_clock(self, at: float) -> None:
+        self.busy_integral += (self.n_workers - len(self.idle)) * (at - self.clock_at)
+        self.now = self.clock_at = at
+
+    def _deepen(self) -> bool:
+        """Raise the maximum resource of a completed run that started fewer trials than
+        asked for, if the algorithm can (ID-HB); False when it cannot or need not."""
+        eng = self.engine
+        want = self.config.max_trials or 0
+        if eng.state != STUDY_COMPLETED or len(eng.trials) >= want \
+                or not can_deepen(eng.algorithm):
+            return False
+        self._apply({"op": "raise_max_resource"})
+        self.raises += 1
+        return True
 
     def _spent(self) -> bool:
         return self.budget is not None and self.consumed >= self.budget
@@ -217,18 +265,24 @@ class Simulator:
         optimum = getattr(self.problem, "optimum", None)
         inputs = max(eng.inputs, 1)
         span = self.now * self.n_workers
+        drain_at, drain_busy = self.drain
         return SimResult(
             problem=self.problem.name, algorithm=self.config.algorithm,
             workers=self.n_workers, seed=self.config.seed, trials=len(eng.trials),
             jobs=self.jobs, events=eng.inputs, worker_events=self.worker_events,
             simulated_seconds=self.now, busy_seconds=self.busy,
-            utilisation=self.busy / span if span > 0 else 0.0,
+            utilisation=self.busy / span if span > 0 else 0.0, drain_start=drain_at,
+            utilisation_before_drain=(drain_busy / (drain_at * self.n_workers)
+                                      if drain_at > 0 else 1.0),
+            drain_seconds=self.now - drain_at, raises=self.raises,
             resource_used=eng.resource_used, consumed=self.consumed, best_value=best_value,
             best_trial=best.id if best is not None else None,
             best_observed=self.best_observed if self.trace else None, optimum=optimum,
             regret=None if best_value is None or optimum is None else best_value - optimum,
             study_state=eng.state, wall_seconds=wall, engine_seconds=self.engine_seconds,
+            engine_cpu_seconds=self.engine_cpu,
             overhead_us_per_event=1e6 * self.engine_seconds / inputs,
+            engine_cpu_us_per_event=1e6 * self.engine_cpu / inputs,
             simulator_us_per_event=1e6 * max(wall - self.engine_seconds, 0.0) / inputs,
             trace=self.trace)
 

@@ -22,7 +22,7 @@ from hpod.server.algorithms import (
     build,
 )
 from hpod.server.algorithms.asha import AsyncHyperband
-from hpod.server.algorithms.base import rng_for
+from hpod.server.algorithms.base import SuggestContext, rng_for
 from hpod.server.algorithms.carbs import AshaCarbs, CarbsSampler
 from hpod.server.algorithms.space import Float
 from hpod.server.engine import StudyEngine
@@ -96,7 +96,7 @@ def test_asha_carbs_is_async_hyperband_with_the_carbs_sampler_and_checks_setting
 
     assert rejected({"sampler": "random"}) == "algorithm.settings.sampler"
     assert rejected({"carbs": 5}) == "algorithm.settings.carbs"
-    assert rejected({"carbs": {"bogus": 1}}) == "algorithm.settings.bogus"
+    assert rejected({"carbs": {"bogus": 1}}) == "algorithm.settings.carbs.bogus"
     assert rejected({"bogus": 1}) == "algorithm.settings.bogus"
     # The scheduler decides the resource: searching it too is a contradiction.
     with_epoch = SearchSpace((*SPACE.params, Float("epoch", 1, 9)))
@@ -230,7 +230,7 @@ def test_front_holds_configurations_at_a_resource_and_cost_scales_with_it() -> N
 def test_sampler_under_a_scheduler_without_segments_observes_completed_trials() -> None:
     ctx = Context(SPACE, Resource(max_resource=9), seed=0, settings={"sampler": "carbs"})
     s = CarbsSampler(ctx, rng_for(0, 0))
-    config = s.suggest(0, [])
+    config = s.suggest(SuggestContext(0, pending=[]))
     assert set(config) == {"lr", "momentum"}  # the resource is the scheduler's business
     s.observe(0, config, 3.0, 0.5)
     s.on_trial_end(0, config, Status.COMPLETED)

@@ -20,7 +20,7 @@ from hpod.server.algorithms import (
     Status,
     build,
 )
-from hpod.server.algorithms.base import rng_for
+from hpod.server.algorithms.base import SuggestContext, rng_for
 from hpod.server.algorithms.carbs import (
     CarbsConfig,
     CarbsCore,
@@ -356,13 +356,13 @@ def test_sampler_is_registered_and_uses_the_resource_as_cost():
     sampler = make_sampler(ctx, rng_for(0, 0))
     assert isinstance(sampler, CarbsSampler)
     for trial in range(6):
-        config = sampler.suggest(trial, [])
+        config = sampler.suggest(SuggestContext(trial, pending=[]))
         sampler.observe(trial, config, 3.0, 0.5)
         sampler.on_trial_end(trial, config, Status.COMPLETED)
     assert [o.cost for o in sampler.core.successes] == [3.0] * 6
     twin = CarbsSampler(ctx, rng_for(0, 0))
     twin.restore(json.loads(json.dumps(sampler.state())))
-    assert twin.suggest(6, []) == sampler.suggest(6, [])
+    assert twin.suggest(SuggestContext(6)) == sampler.suggest(SuggestContext(6))
 
 
 # --- search quality and speed ----------------------------------------------------------------
@@ -416,3 +416,14 @@ def test_suggest_is_fast_with_100_observations():
         c.suggest(trial)
         elapsed = time.perf_counter() - start
     assert elapsed < 1.5
+
+
+def test_suggest_never_changes_torchs_thread_count(monkeypatch):
+    import torch
+
+    def refuse(n: int) -> None:
+        raise AssertionError("torch's thread count is the process's, not a suggestion's")
+
+    monkeypatch.setattr(torch, "set_num_threads", refuse)
+    alg = make(trials=8)
+    assert len(run(alg, parallel=2)) == 8  # past the random phase: GPs fitted and asked

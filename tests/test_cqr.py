@@ -22,7 +22,7 @@ from hpod.server.algorithms import (
     Status,
     build,
 )
-from hpod.server.algorithms.base import SAMPLERS, rng_for
+from hpod.server.algorithms.base import SAMPLERS, SuggestContext, rng_for
 from hpod.server.algorithms.cqr import (
     CQRSampler,
     CQRSettings,
@@ -66,7 +66,7 @@ def feed(s: CQRSampler, f: Callable[[Mapping[str, Any]], float], n: int,
     """Ask and tell ``n`` trials one after another; returns the configurations."""
     out = []
     for tid in range(start, start + n):
-        config = s.suggest(tid, [])
+        config = s.suggest(SuggestContext(tid, pending=[]))
         s.observe(tid, config, 1.0, f(config))
         out.append(config)
     return out
@@ -246,10 +246,10 @@ def test_highest_rung_target() -> None:
 def test_random_until_five_results_then_fitted() -> None:
     s = sampler()
     feed(s, branin, 4)
-    s.suggest(4, [])
+    s.suggest(SuggestContext(4, pending=[]))
     assert s._model is None  # 4 results: still random
     s.observe(4, s.space.sample(np.random.default_rng(0)), 1.0, 3.0)
-    s.suggest(5, [])
+    s.suggest(SuggestContext(5, pending=[]))
     assert s._model is not None
     assert len(s._model[3]) == 5  # fitted at the first suggestion after 5 results
 
@@ -284,8 +284,8 @@ def test_pending_configuration_is_not_proposed_again(penalty: bool) -> None:
     feed(s, bowl, 10)
     duplicates = 0
     for tid in range(10, 30, 2):  # two workers ask before either reports, ten times
-        first = s.suggest(tid, [])
-        duplicates += s.suggest(tid + 1, [first]) == first
+        first = s.suggest(SuggestContext(tid, pending=[]))
+        duplicates += s.suggest(SuggestContext(tid + 1, pending=[first])) == first
     if penalty:
         assert duplicates == 0
     else:
@@ -297,14 +297,14 @@ def test_four_workers_get_four_configurations() -> None:
     feed(s, bowl, 6)
     pending: list[dict[str, Any]] = []
     for tid in range(6, 10):
-        pending.append(s.suggest(tid, pending))
+        pending.append(s.suggest(SuggestContext(tid, pending=pending)))
     assert len({json.dumps(c, sort_keys=True) for c in pending}) == 4
 
 
 def test_startup_avoids_pending_duplicates() -> None:
     s = sampler(SearchSpace((Categorical("c", ("p", "q")),)))
-    first = s.suggest(0, [])
-    assert s.suggest(1, [first]) != first
+    first = s.suggest(SuggestContext(0, pending=[]))
+    assert s.suggest(SuggestContext(1, pending=[first])) != first
 
 
 # --- determinism and persistence --------------------------------------------------------------
@@ -323,7 +323,8 @@ def test_state_round_trip_continues_identically() -> None:
     b = sampler(seed=3, local_fraction=0.3)
     b.restore(saved)
     pending = [{"x1": 1.0, "x2": 2.0, "shift": "b"}]
-    assert a.suggest(8, pending) == b.suggest(8, pending)
+    ask = SuggestContext(8, pending=pending)
+    assert a.suggest(ask) == b.suggest(ask)
     assert feed(a, branin, 4, start=9) == feed(b, branin, 4, start=9)
 
 

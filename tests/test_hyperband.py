@@ -26,7 +26,7 @@ from hpod.server.algorithms import (
     Status,
     build,
 )
-from hpod.server.algorithms.base import Sampler, register_sampler
+from hpod.server.algorithms.base import Sampler, SuggestContext, register_sampler
 from hpod.server.algorithms.hyperband import Hyperband, bracket_table, hyperband_plan
 from hpod.server.algorithms.space import Float
 
@@ -451,8 +451,8 @@ class Recorder(Sampler):
         self.rng = rng
         Recorder.calls = []
 
-    def suggest(self, trial_id: int, pending: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
-        Recorder.calls.append(("suggest", trial_id, len(pending)))
+    def suggest(self, ctx: SuggestContext) -> dict[str, Any]:
+        Recorder.calls.append(("suggest", ctx.trial_id, len(ctx.pending)))
         return {"x": float(self.rng.uniform())}
 
     def observe(self, trial_id: int, config: Mapping[str, Any], resource: float,
@@ -518,3 +518,18 @@ def test_bad_resources_name_the_field() -> None:
 
 def test_settings_as_protobuf_doubles() -> None:
     assert make(iterations=2.0).iterations == 2
+
+
+def test_finalized_names_the_paused_trials_a_rung_dropped() -> None:
+    alg = make(9, 3)  # brackets s=2 (9, 3, 1 trials), s=1, s=0
+    jobs = alg.next_jobs(9)  # bracket s=2, rung 0
+    assert len(jobs) == 9
+    for i, job in enumerate(jobs[:-1]):
+        alg.on_job_end(job, Outcome(Status.COMPLETED, float(i), job.to_resource))
+        assert alg.finalized() == []  # the rung is still open: every trial may go on
+    alg.on_job_end(jobs[-1], Outcome(Status.COMPLETED, 8.0, jobs[-1].to_resource))
+    # Rung 0 closed: the best 3 go on, the other 6 paused trials are done for good.
+    assert sorted(alg.finalized()) == sorted(j.trial_id for j in jobs[3:])
+    nxt = alg.next_jobs(1)
+    alg.on_job_end(nxt[0], Outcome(Status.COMPLETED, 0.0, nxt[0].to_resource))
+    assert alg.finalized() == []  # only the latest job end's decisions are reported

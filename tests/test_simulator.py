@@ -142,3 +142,35 @@ def test_cli_simulate_json() -> None:
         assert key in res, key
     assert res["algorithm"] == "hyperband" and res["workers"] == 50
     assert res["study_state"] == "completed"
+
+
+def test_utilisation_before_the_drain_and_overall() -> None:
+    # ASHA always has a new trial for a free worker until its trial limit: no idle worker
+    # before the drain; after it only promotions remain, fewer than the workers.
+    res = _run(algorithm="asha", workers=20, max_trials=200)
+    assert res["utilisation_before_drain"] == pytest.approx(1.0)
+    assert 0 < res["drain_start"] < res["simulated_seconds"]
+    assert res["drain_seconds"] == pytest.approx(res["simulated_seconds"] - res["drain_start"])
+    assert res["utilisation"] < res["utilisation_before_drain"]
+
+
+def test_asha_budget_stop_keeps_workers_busy_through_the_end() -> None:
+    by_count = _run(algorithm="asha", workers=20, max_trials=200)
+    by_budget = _run(algorithm="asha", workers=20, max_trials=0,
+                     settings={"budget": by_count["resource_used"]})
+    assert by_budget["study_state"] == "completed"
+    assert by_budget["resource_used"] >= by_count["resource_used"]
+    assert by_budget["utilisation"] > by_count["utilisation"]
+    assert by_budget["drain_seconds"] < by_count["drain_seconds"]
+
+
+def test_idhb_is_raised_until_the_trial_limit() -> None:
+    res = _run(algorithm="idhb", workers=10, max_trials=60, max_resource=9)
+    assert res["study_state"] == "completed"
+    assert res["raises"] >= 1 and res["trials"] >= 60
+
+
+def test_long_segments_report_a_bounded_number_of_points() -> None:
+    steps = resource_steps(0, 6561)
+    assert len(steps) <= 129 and steps[-1] == 6561.0 and steps[0] == 52.0
+    assert resource_steps(0, 128) == [float(r) for r in range(1, 129)]

@@ -58,3 +58,29 @@ def test_tpe_beats_random_search_inside_hyperband():
     tpe = np.median([best(s, "tpe") for s in range(5)])
     rnd = np.median([best(s, "random") for s in range(5)])
     assert tpe < rnd
+
+
+def test_suggest_leaves_optunas_logging_as_the_process_set_it():
+    import logging
+
+    import optuna
+
+    records: list[str] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            records.append(record.getMessage())
+
+    handler = Keep()
+    optuna.logging.get_logger("optuna").addHandler(handler)
+    before = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(optuna.logging.INFO)
+    try:
+        run(hyperband(0, "tpe"), stop_after=12)
+        assert optuna.logging.get_verbosity() == optuna.logging.INFO
+        assert not [m for m in records if "new study created" in m]  # ours stay quiet
+        optuna.create_study()  # ...and the process's own studies still log
+        assert [m for m in records if "new study created" in m]
+    finally:
+        optuna.logging.get_logger("optuna").removeHandler(handler)
+        optuna.logging.set_verbosity(before)

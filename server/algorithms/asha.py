@@ -21,7 +21,13 @@ levels. ``asha`` runs bracket 0 only unless ``brackets`` says more; ``async-hype
 
 Settings: ``mode``, ``quantile_rule`` (``asha_floor`` | ``linear_quantile`` | ``ray_percentile``),
 ``brackets`` (a count or ``"all"``), ``bracket_distribution``, ``sampler``. The study's
-``max_trials`` is how many new trials start in total. A trial whose reported value is not finite
+``max_trials`` is how many new trials start in total. ``budget`` (resource units,
+optional) stops the study by resource instead, as the paper runs ASHA until a time budget is
+spent: new trials start whenever nothing can be promoted, with or without a ``max_trials``
+cap, until the resource handed out (each job's ``to - from``) reaches the budget; then no job
+at all is handed out and the study ends with the jobs in flight. A trial-count stop leaves
+workers idle at the end (only promotions remain, fewer than the workers); a budget stop keeps
+them busy to the end. A trial whose reported value is not finite
 is treated as failed; failed and lost trials never block a rung. The sampler is told every
 learning-curve point and, as each job ends, what that segment cost (``Sampler.on_segment``):
 ``asha-carbs`` (``carbs.py``) is this scheduler with the cost-aware CARBS sampler.
@@ -29,11 +35,12 @@ learning-curve point and, as each job ends, what that segment cost (``Sampler.on
 
 from __future__ import annotations
 
+import bisect
+import heapq
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from fractions import Fraction
-from typing import Any
+from typing import Any, Literal, get_args
 
 import numpy as np
 
@@ -48,63 +55,37 @@ from .base import (
     Rung,
     SettingsError,
     Status,
-    check_settings,
+    SuggestContext,
     register_algorithm,
     rng_for,
-    rng_restore,
-    rng_state,
 )
-from .samplers import make_sampler
+from .hb_math import bracket_probabilities, largest_s, rung_levels, to_fraction
+from .ordered import SortedKeys
+from .persist import DERIVED, Persistent, record
+from .samplers import make_sampler, sampler_options
+from .settings import parse
 
-MODES = ("promotion", "stopping")
-QUANTILE_RULES = ("asha_floor", "linear_quantile", "ray_percentile")
-DISTRIBUTIONS = ("sync_proportional", "softmax_rungs")
-SETTINGS = ("mode", "quantile_rule", "brackets", "bracket_distribution", "sampler")
+Mode = Literal["promotion", "stopping"]
+QuantileRule = Literal["asha_floor", "linear_quantile", "ray_percentile"]
+Distribution = Literal["sync_proportional", "softmax_rungs"]
+MODES, QUANTILE_RULES, DISTRIBUTIONS = get_args(Mode), get_args(QuantileRule), get_args(
+    Distribution)
+
+
+@dataclass(frozen=True)
+class ASHASettings:
+    """``algorithm.settings`` of asha and async-hyperband (see the module docstring);
+    ``brackets`` None is the algorithm's default (1 for asha, "all" for async-hyperband)."""
+
+    mode: Mode = "promotion"
+    quantile_rule: QuantileRule = "asha_floor"
+    brackets: int | Literal["all"] | None = None
+    bracket_distribution: Distribution = "sync_proportional"
+    sampler: str = "random"
+    budget: float | None = None
 
 
 # --- exact resource arithmetic ------------------------------------------------------------
-
-
-def to_fraction(x: float) -> Fraction:
-    """The exact rational a user meant: repr() turns 0.1 into 1/10, not its binary double."""
-    return Fraction(repr(float(x)))
-
-
-def largest_s(r_min: Fraction, max_resource: Fraction, eta: int) -> int:
-    """The largest s with r_min * eta**s <= R, exactly (a float log gives 4 for R=243, eta=3)."""
-    s = 0
-    while r_min * eta ** (s + 1) <= max_resource:
-        s += 1
-    return s
-
-
-def rung_levels(r_min: Fraction, max_resource: Fraction, eta: int) -> list[float]:
-    """Milestones r_min * eta**k strictly below R, then R, so every trial can end at R."""
-    levels: list[float] = []
-    k = 0
-    while r_min * eta**k < max_resource:
-        levels.append(float(r_min * eta**k))
-        k += 1
-    return [*levels, float(max_resource)]
-
-
-def bracket_probabilities(kind: str, r_min: Fraction, max_resource: Fraction, eta: int,
-                          n_brackets: int) -> list[float]:
-    """P(new trial goes to bracket s) for s = 0 .. n_brackets-1 (reference §1.5).
-
-    ``sync_proportional`` (Syne Tune): P(s) ∝ n / ((n - s) * r_s), r_s the bracket's first rung,
-    i.e. proportional to the synchronous Hyperband bracket sizes. ``softmax_rungs`` (Ray):
-    softmax over the number of rungs of each bracket.
-    """
-    if kind == "sync_proportional":
-        n = n_brackets
-        weights = [Fraction(n, n - s) / (r_min * eta**s) for s in range(n)]
-        total = sum(weights)
-        return [float(w / total) for w in weights]
-    sizes = [len(rung_levels(r_min, max_resource, eta)) - s for s in range(n_brackets)]
-    top = max(sizes)
-    exps = [math.exp(x - top) for x in sizes]
-    return [e / sum(exps) for e in exps]
 
 
 # --- the three quantile rules -------------------------------------------------------------
@@ -150,31 +131,88 @@ def continues(rule: str, previous: Sequence[float], value: float, eta: int) -> b
     return value <= sorted(values)[keep - 1]
 
 
+def _linear_quantile(at: Callable[[int], float], n: int, q: float) -> float:
+    """numpy's default (``linear``) quantile of n sorted values read through ``at``, with
+    numpy's own float steps (virtual index (n-1)q, the two-sided lerp), so it equals
+    ``np.quantile`` bit for bit without copying or partitioning the values."""
+    index = (n - 1) * q
+    lo = math.floor(index)
+    gamma = index - lo
+    a = at(lo)
+    b = at(min(lo + 1, n - 1))
+    diff = b - a
+    return b - diff * (1 - gamma) if gamma >= 0.5 else a + diff * gamma
+
+
+def _ray_q(eta: int) -> float:
+    return (100.0 / eta) / 100  # np.percentile divides the percentage by 100 itself
+
+
+Order = list[tuple[float, int]]  # (value, trial) entries, sorted
+Sorted = Order | SortedKeys  # a rung's entries: a sorted list or the rung's own index
+
+
+def _rank(order: Sorted, key: tuple[float, int]) -> int:
+    return order.bisect_left(key) if isinstance(order, SortedKeys) else bisect.bisect_left(
+        order, key)
+
+
+def in_top_sorted(rule: str, tid: int, value: float, order: Sorted, eta: int) -> bool:
+    """:func:`in_top` over a rung's sorted entries, in O(log n): the same answers."""
+    n = len(order)
+    if rule == "asha_floor":
+        return _rank(order, (value, tid)) < n // eta
+    if n < 2:
+        return False
+    if rule == "linear_quantile":
+        return value <= _linear_quantile(lambda i: order[i][0], n, 1.0 / eta)
+    skip = _rank(order, (value, tid))  # the entry itself is not an "other"
+    return value <= _linear_quantile(lambda i: order[i + (i >= skip)][0], n - 1, _ray_q(eta))
+
+
+def continues_sorted(rule: str, previous: Sorted, value: float, eta: int) -> bool:
+    """:func:`continues` over the milestone's sorted earlier entries, in O(log n)."""
+    n = len(previous)
+    if rule == "ray_percentile":
+        return not n or value <= _linear_quantile(lambda i: previous[i][0], n, _ray_q(eta))
+    at = _rank(previous, (value, -1))  # where value sorts among the values
+
+    def merged(i: int) -> float:  # the i-th smallest of previous values plus ``value``
+        return previous[i][0] if i < at else value if i == at else previous[i - 1][0]
+
+    if rule == "linear_quantile":
+        return n + 1 < 2 or value <= _linear_quantile(merged, n + 1, 1.0 / eta)
+    keep = max(1, (n + 1) // eta)
+    return value <= merged(keep - 1)
+
+
 # --- state --------------------------------------------------------------------------------
 
 
+@record
 @dataclass
 class RungRecord:
-    """What one milestone of one bracket has seen: value and real resource per trial."""
+    """What one milestone of one bracket has seen: value and real resource per trial.
+
+    ``order`` (every entry, sorted) and ``candidates`` (a heap of paused, not-yet-promoted
+    entries; stale ones are dropped when they reach the top) are derived from the rest and the
+    trials' states: with them a promotion decision costs O(log n) instead of a scan of the rung.
+    """
 
     level: float
     values: dict[int, float] = field(default_factory=dict)
     resources: dict[int, float] = field(default_factory=dict)
     promoted: set[int] = field(default_factory=set)
+    order: SortedKeys = field(default_factory=SortedKeys, metadata=DERIVED)
+    candidates: Order = field(default_factory=list, metadata=DERIVED)
 
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "values": {str(t): v for t, v in self.values.items()},
-            "resources": {str(t): r for t, r in self.resources.items()},
-            "promoted": sorted(self.promoted),
-        }
-
-    def load(self, d: Mapping[str, Any]) -> None:
-        self.values = {int(t): float(v) for t, v in d["values"].items()}
-        self.resources = {int(t): float(r) for t, r in d["resources"].items()}
-        self.promoted = {int(t) for t in d["promoted"]}
+    def record(self, tid: int, value: float, resource: float) -> None:
+        self.values[tid] = value
+        self.resources[tid] = resource
+        self.order.add((value, tid))
 
 
+@record
 @dataclass
 class TrialRecord:
     """``status``: running | paused (its job ended at a milestone) | stopping (told STOP, job
@@ -187,40 +225,37 @@ class TrialRecord:
     trained: float = 0.0
     seen: float = -1.0  # the last resource the sampler was told about
 
-    def to_dict(self) -> dict[str, Any]:
-        return dict(self.__dict__)
 
-
-def _choice(settings: Mapping[str, Any], key: str, allowed: Sequence[str]) -> str:
-    value = str(settings.get(key, allowed[0]))
-    if value not in allowed:
-        raise SettingsError(f"algorithm.settings.{key}",
-                            f"{value!r} is not one of {list(allowed)}")
-    return value
-
-
-class ASHA(Algorithm):
+class ASHA(Persistent, Algorithm):
     """ASHA with ``brackets`` brackets (default 1); see the module docstring."""
+
+    saved = ("trials", "rungs", "running", "bracket_rng", "sampler", "handed")
+    state_version = 2
 
     name = "asha"
     default_brackets: int | str = 1
 
     def __init__(self, ctx: Context) -> None:
-        st = ctx.settings
-        check_settings(st, SETTINGS, self.name)
-        self.mode = _choice(st, "mode", MODES)
-        self.rule = _choice(st, "quantile_rule", QUANTILE_RULES)
-        self.distribution = _choice(st, "bracket_distribution", DISTRIBUTIONS)
-        if not ctx.max_trials or ctx.max_trials < 1:
+        st = parse(ASHASettings, ctx.settings, passthrough=sampler_options(ctx.settings))
+        self.settings = st
+        self.mode, self.rule, self.distribution = st.mode, st.quantile_rule, st.bracket_distribution
+        self.budget = st.budget
+        if self.budget is not None and not self.budget > 0:
+            raise SettingsError("algorithm.settings.budget",
+                                f"must be a resource amount > 0 (got {self.budget!r})")
+        if self.budget is None and (not ctx.max_trials or ctx.max_trials < 1):
             raise SettingsError(
-                "max_trials", f"{self.name} needs max_trials >= 1 (how many trials to start)")
-        self.max_trials = int(ctx.max_trials)
+                "max_trials", f"{self.name} needs max_trials >= 1 (how many trials to start) "
+                "or algorithm.settings.budget (how much resource to spend)")
+        self.max_trials: int | None = int(ctx.max_trials) if ctx.max_trials else None
+        self.handed = 0.0  # resource handed out in jobs (to - from), against ``budget``
         self.eta = int(ctx.resource.eta)
         r_min = to_fraction(ctx.resource.min_resource)
         top = to_fraction(ctx.resource.max_resource)
         self.max_resource = float(top)
         self.levels = rung_levels(r_min, top, self.eta)
-        self.n_brackets = self._bracket_count(st.get("brackets", self.default_brackets),
+        self.n_brackets = self._bracket_count(
+            self.default_brackets if st.brackets is None else st.brackets,
                                               largest_s(r_min, top, self.eta) + 1)
         self.probabilities = bracket_probabilities(self.distribution, r_min, top, self.eta,
                                                    self.n_brackets)
@@ -232,6 +267,31 @@ class ASHA(Algorithm):
         ]
         self.trials: dict[int, TrialRecord] = {}
         self.running: dict[int, Job] = {}
+        self._derive()
+
+    def _derive(self) -> None:
+        """Indexes kept beside the saved state (rebuilt by ``restore``): the running trials
+        with no rung yet, in id order (the sampler's pending list), and the best (value,
+        trial) at each resource level (the incumbent)."""
+        self._fresh: dict[int, None] = {
+            t: None for t, tr in self.trials.items() if t in self.running and tr.rung < 0}
+        self._level_best: dict[float, tuple[float, int]] = {}
+        for rungs in self.rungs:
+            for rung in rungs:
+                rung.order = SortedKeys((v, t) for t, v in rung.values.items())
+                rung.candidates = []
+                if rung.order:
+                    self._note_level(rung.level, *rung.order[0])
+        for tid, trial in self.trials.items():
+            if trial.status == "paused":
+                rung = self.rungs[trial.bracket][trial.rung]
+                if tid not in rung.promoted:
+                    heapq.heappush(rung.candidates, (rung.values[tid], tid))
+
+    def _note_level(self, level: float, value: float, tid: int) -> None:
+        best = self._level_best.get(level)
+        if best is None or (value, tid) < best:
+            self._level_best[level] = (value, tid)
 
     @staticmethod
     def _bracket_count(value: Any, available: int) -> int:
@@ -248,14 +308,21 @@ class ASHA(Algorithm):
 
     def next_jobs(self, free: int) -> list[Job]:
         jobs: list[Job] = []
-        while len(jobs) < free:
+        while len(jobs) < free and not self._spent():
             job = self._promote() if self.mode == "promotion" else None
             job = job or self._start_trial()
             if job is None:
                 break
             self.running[job.trial_id] = job
+            self.handed += job.to_resource - job.from_resource
             jobs.append(job)
         return jobs
+
+    def _spent(self) -> bool:
+        return self.budget is not None and self.handed >= self.budget
+
+    def _trials_left(self) -> bool:
+        return self.max_trials is None or len(self.trials) < self.max_trials
 
     def _promote(self) -> Job | None:
         found = self._find_promotion()
@@ -285,22 +352,27 @@ class ASHA(Algorithm):
     def _rung_candidate(self, b: int, k: int) -> tuple[float, int] | None:
         """The best paused, not-yet-promoted entry of rung k if it is in the rung's top."""
         rung = self.rungs[b][k]
-        paused = [(v, t) for t, v in rung.values.items()
-                  if t not in rung.promoted and self.trials[t].status == "paused"]
-        if not paused:
+        heap = rung.candidates
+        # An entry goes stale for good (promoted, or no longer paused): drop it lazily.
+        while heap and (heap[0][1] in rung.promoted
+                        or self.trials[heap[0][1]].status != "paused"):
+            heapq.heappop(heap)
+        if not heap:
             return None
-        value, tid = min(paused)
-        return (value, tid) if in_top(self.rule, tid, value, rung.values, self.eta) else None
+        value, tid = heap[0]
+        return (value, tid) if in_top_sorted(self.rule, tid, value, rung.order,
+                                             self.eta) else None
 
     def _start_trial(self) -> Job | None:
-        if len(self.trials) >= self.max_trials:
+        if not self._trials_left():
             return None
         tid = len(self.trials)
         b = self.draw_bracket()
-        config = self.sampler.suggest(tid, self._pending())
-        self.trials[tid] = TrialRecord(config=dict(config), bracket=b)
         # Stopping mode never pauses: one job to R, cut short by STOP decisions.
         to = self.levels[b] if self.mode == "promotion" else self.max_resource
+        config = self.sampler.suggest(SuggestContext(tid, b, 0, to, self._pending()))
+        self.trials[tid] = TrialRecord(config=dict(config), bracket=b)
+        self._fresh[tid] = None
         return Job(tid, dict(config), 0.0, to, bracket=b, rung=0)
 
     def draw_bracket(self) -> int:
@@ -313,8 +385,7 @@ class ASHA(Algorithm):
     def _pending(self) -> list[dict[str, Any]]:
         if not self.sampler.uses_pending:
             return []  # a scan of every trial per new trial, for a sampler that ignores it
-        return [t.config for tid, t in self.trials.items()
-                if tid in self.running and t.rung < 0]
+        return [self.trials[tid].config for tid in self._fresh]
 
     # --- telling ----------------------------------------------------------------------------
 
@@ -345,22 +416,24 @@ class ASHA(Algorithm):
             rung = rungs[k]
             if resource < rung.level:
                 break
-            previous = list(rung.values.values())
-            rung.values[tid] = value
-            rung.resources[tid] = resource
+            # The stopping test sees the values recorded before this one.
+            stop = self.mode == "stopping" and k < len(rungs) - 1 and not continues_sorted(
+                self.rule, rung.order, value, self.eta)
+            rung.record(tid, value, resource)
+            self._note_level(rung.level, value, tid)
             trial.rung = k
+            self._fresh.pop(tid, None)
             # A trial that jumped a rung has left the lower ones: never promote it from there.
             for lower in rungs[:k]:
                 if tid in lower.values:
                     lower.promoted.add(tid)
-            final = k == len(rungs) - 1
-            if self.mode == "stopping" and not final and not continues(
-                    self.rule, previous, value, self.eta):
+            if stop:
                 return False
         return True
 
     def on_job_end(self, job: Job, outcome: Outcome) -> None:
         self.running.pop(job.trial_id, None)
+        self._fresh.pop(job.trial_id, None)
         trial = self.trials.get(job.trial_id)
         if trial is None:
             return
@@ -381,6 +454,8 @@ class ASHA(Algorithm):
             self.rungs[trial.bracket]) - 1
         if self.mode == "promotion" and trial.status == "running" and at_milestone:
             trial.status = "paused"
+            rung = self.rungs[trial.bracket][trial.rung]
+            heapq.heappush(rung.candidates, (rung.values[job.trial_id], job.trial_id))
         else:
             self._end(job.trial_id, trial, "ended", Status.COMPLETED)
 
@@ -395,22 +470,20 @@ class ASHA(Algorithm):
         return self.rungs[bracket][k]
 
     def done(self) -> bool:
-        if self.running or len(self.trials) < self.max_trials:
+        if self.running:
+            return False
+        if self._spent():
+            return True
+        if self._trials_left():
             return False
         return self.mode == "stopping" or self._find_promotion() is None
 
     def best(self) -> tuple[int, float] | None:
         """The lowest value at the highest resource level any trial has reached (R once any
         trial completes), ties by trial id."""
-        by_level: dict[float, tuple[float, int]] = {}
-        for rungs in self.rungs:
-            for rung in rungs:
-                for t, v in rung.values.items():
-                    if rung.level not in by_level or (v, t) < by_level[rung.level]:
-                        by_level[rung.level] = (v, t)
-        if not by_level:
+        if not self._level_best:
             return None
-        value, tid = by_level[max(by_level)]
+        value, tid = self._level_best[max(self._level_best)]
         return tid, value
 
     def plan(self) -> Plan:
@@ -419,7 +492,7 @@ class ASHA(Algorithm):
         brackets: list[Bracket] = []
         for s, p in enumerate(self.probabilities):
             levels = self.levels[s:]
-            n0 = self.max_trials * p
+            n0 = self._expected_trials() * p
             rungs = tuple(Rung(int(math.floor(n0 / self.eta**k + 1e-9)), r)
                           for k, r in enumerate(levels))
             brackets.append(Bracket(s, rungs))
@@ -433,26 +506,17 @@ class ASHA(Algorithm):
             notes=(f"{self.mode} mode, {self.rule} rule: rung sizes are expected values",),
         )
 
-    def state(self) -> dict[str, Any]:
-        return {
-            "version": 1,
-            "trials": {str(t): tr.to_dict() for t, tr in self.trials.items()},
-            "rungs": [[r.to_dict() for r in rungs] for rungs in self.rungs],
-            "running": {str(t): j.to_dict() for t, j in self.running.items()},
-            "bracket_rng": rng_state(self.bracket_rng),
-            "sampler": self.sampler.state(),
-        }
-
-    def restore(self, state: Mapping[str, Any]) -> None:
-        if state.get("version") != 1:
-            raise ValueError(f"unknown {self.name} state version {state.get('version')!r}")
-        self.trials = {int(t): TrialRecord(**d) for t, d in state["trials"].items()}
-        for rungs, saved in zip(self.rungs, state["rungs"], strict=True):
-            for rung, d in zip(rungs, saved, strict=True):
-                rung.load(d)
-        self.running = {int(t): Job.from_dict(d) for t, d in state["running"].items()}
-        rng_restore(self.bracket_rng, state["bracket_rng"])
-        self.sampler.restore(state["sampler"])
+    def _expected_trials(self) -> float:
+        """max_trials, or under a budget alone the trials it pays for at the expected
+        incremental resource per trial (1/eta of a rung's trials go on to the next)."""
+        if self.max_trials is not None or self.budget is None:
+            return float(self.max_trials or 0)
+        per_trial = 0.0
+        for s, p in enumerate(self.probabilities):
+            levels = [0.0, *self.levels[s:]]
+            per_trial += p * sum((levels[k + 1] - levels[k]) / self.eta**k
+                                 for k in range(len(levels) - 1))
+        return self.budget / per_trial
 
 
 class AsyncHyperband(ASHA):
@@ -464,3 +528,7 @@ class AsyncHyperband(ASHA):
 
 register_algorithm("asha")(ASHA)
 register_algorithm("async-hyperband")(AsyncHyperband)
+
+
+__all__ = ["ASHA", "AsyncHyperband", "bracket_probabilities", "continues", "in_top",
+           "largest_s", "ray_cutoff", "rung_levels", "to_fraction"]

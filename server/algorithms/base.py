@@ -21,7 +21,7 @@ import abc
 import enum
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, ClassVar, Protocol
 
 import numpy as np
 
@@ -183,18 +183,36 @@ class Context:
     max_trials: int | None = None
 
 
+@dataclass(frozen=True)
+class SuggestContext:
+    """What a sampler is told when asked for a new trial's configuration: enough to model the
+    fidelity (BOHB-, DEHB- or multi-fidelity-CQR-style proposals).
+
+    ``bracket`` is the Hyperband bracket the trial joins (0 where there are none), ``rung``
+    the rung its first job ends at (bracket-local, 0 for every scheduler here), ``resource``
+    the resource that first job trains to (where the trial is first judged), ``pending`` the
+    configurations of running trials that have no result yet (empty for samplers that declare
+    ``uses_pending = False``)."""
+
+    trial_id: int
+    bracket: int = 0
+    rung: int = 0
+    resource: float = 0.0
+    pending: Sequence[Mapping[str, Any]] = ()
+
+
 class Sampler(abc.ABC):
     """Chooses the configuration of each new trial. Told every learning-curve point."""
 
     name: str = ""
+    capabilities: ClassVar[frozenset[Capability]] = frozenset()
     # False for samplers that ignore ``pending``: schedulers then skip building that list, a
     # scan of their running trials per new trial.
     uses_pending: bool = True
 
     @abc.abstractmethod
-    def suggest(self, trial_id: int, pending: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
-        """A configuration for new trial ``trial_id``. ``pending`` are the configurations of
-        trials that are running and have no result yet (for samplers that avoid them)."""
+    def suggest(self, ctx: SuggestContext) -> dict[str, Any]:
+        """A configuration for new trial ``ctx.trial_id`` (see :class:`SuggestContext`)."""
 
     def observe(self, trial_id: int, config: Mapping[str, Any], resource: float,  # noqa: B027
                 value: float) -> None:
@@ -223,6 +241,59 @@ class Sampler(abc.ABC):
     def restore(self, state: Mapping[str, Any]) -> None: ...
 
 
+class Capability(str, enum.Enum):
+    """An optional ability an algorithm or sampler declares in its ``capabilities``; the
+    service asks for it through :func:`deepening` and :func:`pareto_source`, never by probing
+    attributes. Registration checks that a class declares exactly the capabilities whose
+    members it has (:data:`CAPABILITY_MEMBERS`)."""
+
+    DEEPENING = "deepening"  # the maximum resource can be raised (ID-HB)
+    PARETO = "pareto"  # keeps a cost/value Pareto front and scaling fits (CARBS)
+
+
+class Deepening(Protocol):
+    @property
+    def max_resource(self) -> float:
+        """The current maximum resource (it grows with each raise)."""
+
+    def raise_max_resource(self) -> None:
+        """R -> eta*R; PreconditionError while the current run is not complete."""
+
+
+class ParetoSource(Protocol):
+    def pareto_front(self) -> list[tuple[int, float, float]]:
+        """(representative trial, cost, value) per front point, cheapest first."""
+
+    def pareto_groups(self) -> list[list[int]]:
+        """The trials behind each front point."""
+
+    def pareto_configs(self) -> list[dict[str, Any]]:
+        """The configuration (with its resource, if any) of each front point."""
+
+    def scaling_fit(self) -> dict[str, dict[str, Any]]:
+        """Per parameter: how its best value scales with cost."""
+
+
+CAPABILITY_MEMBERS: dict[Capability, tuple[str, ...]] = {
+    Capability.DEEPENING: ("max_resource", "raise_max_resource"),
+    Capability.PARETO: ("pareto_front", "pareto_groups", "pareto_configs", "scaling_fit"),
+}
+
+
+def check_capabilities(cls: type) -> None:
+    """A class declares a capability iff it has every member of it (TypeError otherwise), so
+    a capability is never half implemented nor silently undeclared."""
+    declared = frozenset(getattr(cls, "capabilities", ()))
+    for cap, members in CAPABILITY_MEMBERS.items():
+        have = [m for m in members if hasattr(cls, m)]
+        if cap in declared and len(have) < len(members):
+            missing = sorted(set(members) - set(have))
+            raise TypeError(f"{cls.__name__} declares {cap.value} but lacks {missing}")
+        if cap not in declared and have:
+            raise TypeError(f"{cls.__name__} has {have} but does not declare "
+                            f"Capability.{cap.name} in its capabilities")
+
+
 class Algorithm(abc.ABC):
     """One study's policy. The service calls, in any interleaving:
 
@@ -234,6 +305,8 @@ class Algorithm(abc.ABC):
     """
 
     name: str = ""
+    capabilities: ClassVar[frozenset[Capability]] = frozenset()
+    sampler: Sampler | None = None  # the sampler a scheduler owns, if any
 
     @abc.abstractmethod
     def next_jobs(self, free: int) -> list[Job]: ...
@@ -246,6 +319,15 @@ class Algorithm(abc.ABC):
 
     @abc.abstractmethod
     def plan(self) -> Plan: ...
+
+    def finalized(self) -> list[int]:
+        """Trials the latest ``on_job_end`` decided will get no more resource although their
+        last job completed below the maximum resource: paused trials that a synchronous rung
+        dropped (Hyperband, ID-HB). The service reads it right after each ``on_job_end`` and
+        turns those PAUSED trials into COMPLETED ones. Only the latest call's decisions are
+        kept (nothing accumulates, nothing is saved). Default: none, for schedulers that
+        decide nothing about paused trials (ASHA can always still promote one)."""
+        return []
 
     @abc.abstractmethod
     def done(self) -> bool:
@@ -273,6 +355,8 @@ SAMPLERS: dict[str, SamplerFactory] = {}
 
 def register_algorithm(name: str) -> Callable[[AlgorithmFactory], AlgorithmFactory]:
     def deco(factory: AlgorithmFactory) -> AlgorithmFactory:
+        if isinstance(factory, type):
+            check_capabilities(factory)
         ALGORITHMS[name] = factory
         return factory
 
@@ -281,10 +365,30 @@ def register_algorithm(name: str) -> Callable[[AlgorithmFactory], AlgorithmFacto
 
 def register_sampler(name: str) -> Callable[[SamplerFactory], SamplerFactory]:
     def deco(factory: SamplerFactory) -> SamplerFactory:
+        if isinstance(factory, type):
+            check_capabilities(factory)
         SAMPLERS[name] = factory
         return factory
 
     return deco
+
+
+def deepening(alg: Algorithm) -> Deepening | None:
+    """The algorithm as a :class:`Deepening` one, or None if it did not declare it."""
+    return alg if Capability.DEEPENING in alg.capabilities else None  # type: ignore[return-value]
+
+
+def can_deepen(alg: Algorithm) -> bool:
+    return Capability.DEEPENING in alg.capabilities
+
+
+def pareto_source(alg: Algorithm) -> ParetoSource | None:
+    """Whichever of the algorithm and its sampler keeps a cost/value front (the algorithm
+    first), or None."""
+    for obj in (alg, alg.sampler):
+        if obj is not None and Capability.PARETO in obj.capabilities:
+            return obj  # type: ignore[return-value]
+    return None
 
 
 def rng_for(seed: int, *path: int) -> np.random.Generator:

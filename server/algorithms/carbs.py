@@ -42,11 +42,10 @@ results:
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 import warnings
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
@@ -58,6 +57,7 @@ from sklearn.preprocessing import QuantileTransformer
 from .asha import AsyncHyperband
 from .base import (
     Algorithm,
+    Capability,
     Context,
     Decision,
     Job,
@@ -67,6 +67,7 @@ from .base import (
     Sampler,
     SettingsError,
     Status,
+    SuggestContext,
     check_settings,
     register_algorithm,
     register_sampler,
@@ -74,6 +75,7 @@ from .base import (
     rng_restore,
     rng_state,
 )
+from .settings import ROOT, parse
 from .space import Categorical, Float, Int, SearchSpace
 
 log = logging.getLogger(__name__)
@@ -122,21 +124,22 @@ class CarbsConfig:
         return [f.name for f in fields(cls)]
 
     @classmethod
-    def from_settings(cls, settings: Mapping[str, Any], algorithm: str = "carbs") -> CarbsConfig:
-        check_settings(settings, cls.keys(), algorithm)
-        values = dict(settings)
-        if values.get("compat"):
+    def from_settings(cls, settings: Mapping[str, Any], where: str = ROOT) -> CarbsConfig:
+        """Parse CARBS's settings found at ``where`` (the top level for ``carbs``,
+        ``algorithm.settings.carbs`` for the sampler); errors name the full path."""
+        values = dict(settings) if isinstance(settings, Mapping) else settings
+        if isinstance(values, dict) and values.get("compat"):
             # The reference's behaviour everywhere a fix changes results, unless overridden.
             for key, ref in (("compat_success_variance", True), ("compat_pareto_quantile", True),
                              ("cost_cap_fallback", "random")):
                 values.setdefault(key, ref)
-        cfg = cls(**values)
-        cfg._check()
+        cfg = parse(cls, values, where)
+        cfg._check(where)
         return cfg
 
-    def _check(self) -> None:
+    def _check(self, where: str) -> None:
         def bad(key: str, why: str) -> SettingsError:
-            return SettingsError(f"algorithm.settings.{key}", why)
+            return SettingsError(f"{where}.{key}", why)
 
         if int(self.num_random_samples) != self.num_random_samples or self.num_random_samples < 2:
             raise bad("num_random_samples", "must be a whole number >= 2 (4 is usual)")
@@ -530,18 +533,6 @@ class Surrogates:
                 "pareto": self.pareto_at(logcost), "p_success": p_success}
 
 
-@contextlib.contextmanager
-def _torch_single_thread() -> Iterator[None]:
-    """These GPs are a few hundred points: torch's thread pool only adds overhead (and on a
-    loaded machine, a lot of it). Restored afterwards so the process setting is untouched."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
 def _cholesky(cov: np.ndarray) -> np.ndarray:
     jitter = 1e-9 * max(float(np.mean(np.diag(cov))), 1e-12)
     for _ in range(8):
@@ -561,8 +552,8 @@ class CarbsCore:
     trial, then observe its value and cost, record a failure, or forget it."""
 
     def __init__(self, space: SearchSpace, settings: Mapping[str, Any],
-                 rng: np.random.Generator, algorithm: str = "carbs") -> None:
-        self.cfg = CarbsConfig.from_settings(settings, algorithm)
+                 rng: np.random.Generator, where: str = ROOT) -> None:
+        self.cfg = CarbsConfig.from_settings(settings, where)
         self.space = space
         self.dims = build_dims(space, self.cfg)
         self.rng = rng
@@ -613,8 +604,10 @@ class CarbsCore:
 
     def suggest(self, trial: int) -> tuple[dict[str, Any], dict[str, Any]]:
         """A configuration for ``trial`` (remembered as pending) and what led to it."""
-        with _torch_single_thread():
-            x, info = self._choose()
+        # torch's thread count is the process's (its operator's) to set, never toggled here:
+        # a GP of a few hundred points gains nothing from more than one thread, so run the
+        # server with OMP_NUM_THREADS=1 (or torch.set_num_threads(1) once at start-up).
+        x, info = self._choose()
         config = self.to_config(x)
         # Pending points sit exactly where their observation will, so a restored study (which
         # keeps configurations, not basic vectors) fits the very same models.
@@ -829,6 +822,8 @@ class Carbs(Algorithm):
     the searched resource parameter); ``max_trials`` trials in all. ``best()`` is the lowest
     value regardless of cost; ``pareto_front()`` is the cost/value front."""
 
+    capabilities = frozenset({Capability.PARETO})
+
     name = "carbs"
 
     def __init__(self, ctx: Context) -> None:
@@ -839,7 +834,7 @@ class Carbs(Algorithm):
         self.max_trials = int(ctx.max_trials)
         self.max_resource = float(ctx.resource.max_resource)
         self.resource_param = self._resource_param(ctx, settings.pop("resource_param", None))
-        self.core = CarbsCore(ctx.space, settings, rng_for(ctx.seed, 0), self.name)
+        self.core = CarbsCore(ctx.space, settings, rng_for(ctx.seed, 0))
         self.started = 0
         self.running: dict[int, dict[str, Any]] = {}
         self.info: dict[int, dict[str, Any]] = {}
@@ -962,7 +957,7 @@ class CarbsSampler(Sampler):
 
     The scheduler, not CARBS, decides how far a trial trains, so the resource is one more input
     of the models (named like the resource, log-scaled over [min_resource, max_resource]). Each
-    job end a scheduler reports (``on_segment``: ASHA and asynchronous Hyperband do) is one
+    job end a scheduler reports (``on_segment``: every scheduler here does) is one
     observation: the configuration at the resource it reached, its value there, and its cost
     from scratch, the sum of what every segment of the trial cost so far (a promotion resumes
     from a checkpoint, so the segments add up to training from 0). A trial paused at a low rung
@@ -970,26 +965,26 @@ class CarbsSampler(Sampler):
     the cost measured at each rung. A suggestion is the best candidate over configuration and
     resource, returned without the resource (its pending fantasy sits at that resource).
 
-    Under a scheduler that reports no segments (synchronous Hyperband, ID-HB, random), a trial
-    that completes is observed once, at its last point, with the resource reached as its cost.
+    A trial for which a scheduler reported no segment is observed once when it completes, at
+    its last point, with the resource reached as its cost.
     """
+
+    capabilities = frozenset({Capability.PARETO})
 
     name = "carbs"
     uses_pending = False  # the core keeps its own pending trials (with their fantasies)
 
     def __init__(self, ctx: Context, rng: np.random.Generator) -> None:
         settings = ctx.settings.get("carbs", {})
-        if not isinstance(settings, Mapping):
-            raise SettingsError("algorithm.settings.carbs", "must be a mapping of carbs settings")
         space = with_resource(ctx.space, ctx.resource)
         self.resource_name = space.names[-1]
         self.low, self.high = float(ctx.resource.min_resource), float(ctx.resource.max_resource)
-        self.core = CarbsCore(space, dict(settings), rng)
+        self.core = CarbsCore(space, settings, rng, f"{ROOT}.carbs")
         self.last: dict[int, tuple[float, float]] = {}  # trial -> (resource, value), last point
         self.spent: dict[int, float] = {}  # trial -> cost so far, once a segment was reported
 
-    def suggest(self, trial_id: int, pending: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
-        config = self.core.suggest(trial_id)[0]  # the core tracks its own pending trials
+    def suggest(self, ctx: SuggestContext) -> dict[str, Any]:
+        config = self.core.suggest(ctx.trial_id)[0]  # the core tracks its own pending trials
         return {k: v for k, v in config.items() if k != self.resource_name}
 
     def observe(self, trial_id: int, config: Mapping[str, Any], resource: float,

@@ -70,6 +70,7 @@ from .base import (
     Sampler,
     SettingsError,
     Status,
+    SuggestContext,
     check_settings,
     register_algorithm,
     register_sampler,
@@ -79,6 +80,7 @@ from .base import (
 )
 from .offload import compute
 from .random_search import RandomSearch
+from .settings import ROOT, parse
 from .space import Categorical, Float, Int, SearchSpace
 
 CONFORMAL_MODES = ("standard", "syne_compat", "none")
@@ -117,19 +119,7 @@ class CQRSettings:
     @classmethod
     def from_settings(cls, settings: Mapping[str, Any]) -> CQRSettings:
         """Parse ``settings["cqr"]``; a SettingsError names the offending field."""
-        raw = settings.get("cqr", {})
-        if raw is None:
-            raw = {}
-        if not isinstance(raw, Mapping):
-            raise SettingsError("algorithm.settings.cqr",
-                                "must be a mapping of CQR options, e.g. {quantiles: 5}")
-        fields = {f.name: f for f in dataclasses.fields(cls)}
-        unknown = sorted(set(raw) - set(fields))
-        if unknown:
-            raise SettingsError(f"algorithm.settings.cqr.{unknown[0]}",
-                                f"unknown CQR setting; known settings: {sorted(fields)}")
-        values = {k: _parse_field(k, fields[k].default, v) for k, v in raw.items()}
-        parsed = cls(**values)
+        parsed = parse(cls, settings.get("cqr"), f"{ROOT}.cqr")
         parsed._check()
         return parsed
 
@@ -171,29 +161,6 @@ def _at_least(name: str, value: int, low: int) -> None:
 def _choice(name: str, value: str, allowed: Sequence[str]) -> None:
     if value not in allowed:
         _fail(name, f"must be one of {list(allowed)} (got {value!r})")
-
-
-def _parse_field(name: str, default: Any, value: Any) -> Any:
-    """Coerce one setting to its default's type. Numbers may arrive as floats (a protobuf
-    Struct has no integers), so 2000.0 is a valid integer; booleans are never numbers."""
-    if name == "max_fit_samples" and value is None:
-        return None
-    if isinstance(default, bool):
-        if not isinstance(value, bool):
-            _fail(name, f"must be true or false (got {value!r})")
-        return value
-    if isinstance(default, str):
-        if not isinstance(value, str):
-            _fail(name, f"must be a string (got {value!r})")
-        return value
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(
-            value):
-        _fail(name, f"must be a finite number (got {value!r})")
-    if isinstance(default, float):
-        return float(value)
-    if int(value) != value:
-        _fail(name, f"must be a whole number (got {value!r})")
-    return int(value)
 
 
 # --- pure pieces: levels, conformal correction, acquisition --------------------------------
@@ -459,7 +426,8 @@ class CQRSampler(Sampler):
 
     # -- suggestions --
 
-    def suggest(self, trial_id: int, pending: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    def suggest(self, ctx: SuggestContext) -> dict[str, Any]:
+        pending = ctx.pending
         if len(self.trials) < self.cfg.num_init_random_draws:
             return self._random_suggestion(pending)
         model, x_best, y = self._fitted()

@@ -34,8 +34,7 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from fractions import Fraction
-from itertools import pairwise
-from typing import Any
+from typing import Any, Literal, get_args
 
 from .base import (
     Algorithm,
@@ -45,133 +44,46 @@ from .base import (
     Job,
     Outcome,
     Plan,
-    Resource,
     Rung,
     SettingsError,
     Status,
-    check_settings,
+    SuggestContext,
     register_algorithm,
     rng_for,
 )
-from .samplers import make_sampler
+from .hb_math import (
+    ExactBracket,
+    bracket_table,
+    exact,
+    full_cost,
+    incremental_cost,
+    rank,
+    rung_counts,
+    s_max_for,
+)
+from .persist import Persistent, record
+from .samplers import make_sampler, sampler_options
+from .settings import parse
 
-ROUNDINGS = ("paper", "ray", "hpbandster")
-RESOURCE_ROUNDINGS = ("float", "int", "round")
-RETURN_RULES = ("best_at_R", "best_any")
-SETTINGS = ("rounding", "resource_rounding", "return_rule", "iterations", "sampler")
-STATE_VERSION = 1
+Rounding = Literal["paper", "ray", "hpbandster"]
+ResourceRounding = Literal["float", "int", "round"]
+ReturnRule = Literal["best_at_R", "best_any"]
+RETURN_RULES = get_args(ReturnRule)
+
+
+@dataclass(frozen=True)
+class HyperbandSettings:
+    """``algorithm.settings`` of hyperband (see the module docstring)."""
+
+    rounding: Rounding = "paper"
+    resource_rounding: ResourceRounding = "float"
+    return_rule: ReturnRule = "best_at_R"
+    iterations: int = 1
+    sampler: str = "random"
 
 Number = int | float | Fraction
 
 # --- the bracket table: pure arithmetic, no study needed ---------------------------------
-
-
-@dataclass(frozen=True)
-class ExactBracket:
-    """One bracket with exact resources: ``rungs`` are (n_i, r_i) pairs."""
-
-    s: int
-    rungs: tuple[tuple[int, Fraction], ...]
-
-
-def exact(x: Number, where: str) -> Fraction:
-    """A user's number as the decimal it was written as: Fraction(repr(0.1)) is 1/10, while
-    Fraction(0.1) is the nearest binary float, which would put R=24.3, r_min=0.1 a hair
-    below 243 minimum units and lose a bracket."""
-    if isinstance(x, Fraction):
-        return x
-    if isinstance(x, int) and not isinstance(x, bool):
-        return Fraction(x)
-    f = float(x)
-    if not math.isfinite(f):
-        raise SettingsError(where, f"must be a finite number (got {x!r})")
-    return Fraction(repr(f))
-
-
-def s_max_for(ratio: Fraction, eta: int) -> int:
-    """The largest s with η^s <= R/r_min, by exact comparison (never a float log)."""
-    s = 0
-    while eta ** (s + 1) <= ratio:
-        s += 1
-    return s
-
-
-def rung_counts(s: int, s_max: int, eta: int, rounding: str) -> list[int]:
-    """n_0..n_s of bracket s under a rounding convention (see the module docstring)."""
-    if rounding == "hpbandster":
-        # Floor first, then scale: HpBandSter's (and the Python-2 website code's) order.
-        n0 = (s_max + 1) // (s + 1) * eta**s
-        return [max(n0 // eta**i, 1) for i in range(s + 1)]
-    n = -(-(s_max + 1) * eta**s // (s + 1))  # exact ceiling
-    if rounding == "ray":
-        counts = [n]
-        for _ in range(s):
-            counts.append(-(-counts[-1] // eta))
-        return counts
-    # ⌊n/η^i⌋ equals keeping ⌊n_{i-1}/η⌋ each round (floors of floors compose).
-    return [n // eta**i for i in range(s + 1)]
-
-
-def _round_resource(r: Fraction, mode: str) -> Fraction:
-    if mode == "int":
-        return Fraction(math.floor(r))
-    if mode == "round":
-        return Fraction(round(r))
-    return r
-
-
-def _rung_resources(s: int, big_r: Fraction, eta: int, mode: str) -> list[Fraction]:
-    rs = [_round_resource(big_r / eta ** (s - i), mode) for i in range(s + 1)]
-    # Rounding small fractional resources can give 0 or two equal rungs: a job of no length.
-    if rs[0] <= 0 or any(a >= b for a, b in pairwise(rs)):
-        raise SettingsError(
-            "algorithm.settings.resource_rounding",
-            f"{mode!r} rounding turns the rungs of bracket {s} into "
-            f"{[float(r) for r in rs]}, which are not increasing and positive; "
-            "use 'float' or a larger min_resource",
-        )
-    return rs
-
-
-def check_choice(value: Any, allowed: tuple[str, ...], key: str) -> str:
-    if not isinstance(value, str) or value not in allowed:
-        raise SettingsError(
-            f"algorithm.settings.{key}", f"{value!r} is not one of {list(allowed)}"
-        )
-    return value
-
-
-def bracket_table(
-    max_resource: Number,
-    eta: int,
-    min_resource: Number = 1,
-    rounding: str = "paper",
-    resource_rounding: str = "float",
-) -> tuple[ExactBracket, ...]:
-    """The brackets of one Hyperband iteration, most exploratory (s = s_max) first."""
-    Resource(float(max_resource), float(min_resource), eta).check()
-    check_choice(rounding, ROUNDINGS, "rounding")
-    check_choice(resource_rounding, RESOURCE_ROUNDINGS, "resource_rounding")
-    big_r = exact(max_resource, "resource.max_resource")
-    ratio = big_r / exact(min_resource, "resource.min_resource")
-    eta = int(eta)
-    top = s_max_for(ratio, eta)
-    return tuple(
-        ExactBracket(s, tuple(zip(rung_counts(s, top, eta, rounding),
-                                  _rung_resources(s, big_r, eta, resource_rounding),
-                                  strict=True)))
-        for s in range(top, -1, -1)
-    )
-
-
-def _full_cost(b: ExactBracket) -> Fraction:
-    return sum((n * r for n, r in b.rungs), Fraction(0))
-
-
-def _incremental_cost(b: ExactBracket) -> Fraction:
-    """What a bracket trains when promoted trials resume: n_i·(r_i − r_{i−1})."""
-    prev = [Fraction(0)] + [r for _, r in b.rungs[:-1]]
-    return sum((n * (r - p) for (n, r), p in zip(b.rungs, prev, strict=True)), Fraction(0))
 
 
 def plan_from_table(table: tuple[ExactBracket, ...], iterations: int = 1) -> Plan:
@@ -186,8 +98,8 @@ def plan_from_table(table: tuple[ExactBracket, ...], iterations: int = 1) -> Pla
     return Plan(
         brackets=tuple(Bracket(b.s, tuple(Rung(n, float(r)) for n, r in b.rungs))
                        for b in table),
-        total_resource=float(iterations * sum(map(_full_cost, table), Fraction(0))),
-        incremental_resource=float(iterations * sum(map(_incremental_cost, table),
+        total_resource=float(iterations * sum(map(full_cost, table), Fraction(0))),
+        incremental_resource=float(iterations * sum(map(incremental_cost, table),
                                                     Fraction(0))),
         max_trials=iterations * sum(b.rungs[0][0] for b in table),
         notes=tuple(notes),
@@ -211,6 +123,7 @@ def hyperband_plan(
 # --- the scheduler -------------------------------------------------------------------------
 
 
+@record
 @dataclass
 class _BracketRun:
     """Where one bracket's successive halving stands. Only the current rung is open: its
@@ -247,53 +160,23 @@ class _BracketRun:
         lo = 0.0 if self.rung == 0 else self.rungs[self.rung - 1][1]
         return lo, self.rungs[self.rung][1]
 
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "rung": self.rung,
-            "members": list(self.members),
-            "issued": self.issued,
-            "results": [[[t, _json_loss(v)] for t, v in res.items()] for res in self.results],
-        }
 
-    def load(self, d: Mapping[str, Any]) -> None:
-        self.rung = int(d["rung"])
-        self.members = [int(t) for t in d["members"]]
-        self.issued = int(d["issued"])
-        self.results = [{int(t): _loss_from_json(v) for t, v in res} for res in d["results"]]
-
-
-def _json_loss(v: float) -> float | None:
-    return v if math.isfinite(v) else None  # JSON has no Infinity
-
-
-def _loss_from_json(v: float | None) -> float:
-    return math.inf if v is None else float(v)
-
-
-def _iterations(settings: Mapping[str, Any]) -> int:
-    v = settings.get("iterations", 1)
-    # Settings may arrive as doubles (protobuf Struct), so 2.0 is accepted as 2.
-    ok = isinstance(v, (int, float)) and not isinstance(v, bool) and v == int(v) and v >= 1
-    if not ok:
-        raise SettingsError("algorithm.settings.iterations",
-                            f"must be a whole number >= 1 (got {v!r})")
-    return int(v)
-
-
-class Hyperband(Algorithm):
+class Hyperband(Persistent, Algorithm):
     """Synchronous Hyperband; see the module docstring for settings and conventions."""
+
+    saved = ("plan_key", "next_trial", "configs", "running", "last_point", "brackets",
+             "sampler")
+    state_version = 2
 
     name = "hyperband"
 
     def __init__(self, ctx: Context) -> None:
-        st = ctx.settings
-        check_settings(st, SETTINGS, self.name)
-        self.rounding = check_choice(st.get("rounding", "paper"), ROUNDINGS, "rounding")
-        self.resource_rounding = check_choice(
-            st.get("resource_rounding", "float"), RESOURCE_ROUNDINGS, "resource_rounding")
-        self.return_rule = check_choice(
-            st.get("return_rule", "best_at_R"), RETURN_RULES, "return_rule")
-        self.iterations = _iterations(st)
+        st = parse(HyperbandSettings, ctx.settings, passthrough=sampler_options(ctx.settings))
+        if st.iterations < 1:
+            raise SettingsError("algorithm.settings.iterations",
+                                f"must be a whole number >= 1 (got {st.iterations})")
+        self.rounding, self.resource_rounding = st.rounding, st.resource_rounding
+        self.return_rule, self.iterations = st.return_rule, st.iterations
         res = ctx.resource
         self.table = bracket_table(res.max_resource, res.eta, res.min_resource,
                                    self.rounding, self.resource_rounding)
@@ -304,6 +187,27 @@ class Hyperband(Algorithm):
         self.last_point: dict[int, tuple[float, float]] = {}  # running trial -> (r, value)
         # Brackets are created when first needed, so many iterations cost nothing up front.
         self.brackets: list[_BracketRun] = []
+        self.plan_key = self._fingerprint()
+        self._derive()
+
+    def _derive(self) -> None:
+        """Indexes derived from the saved state (rebuilt by ``restore``): the first unfinished
+        bracket, only ever moving forward, the brackets with a job to hand out, and the
+        incumbent, kept as results arrive. Each was a scan of every bracket (or of every bracket
+        still open, a window that widens with the study) per call."""
+        self._skip = 0
+        self._runnable = {i for i, b in enumerate(self.brackets) if b.runnable()}
+        self._best: tuple[float, int] | None = None
+        self._dropped: list[int] = []  # trials the latest job end dropped from a bracket
+        for b in self.brackets:
+            for i, res in enumerate(b.results):
+                for tid, loss in res.items():
+                    self._note_result(b, i, tid, loss)
+
+    def _note_result(self, b: _BracketRun, rung: int, tid: int, loss: float) -> None:
+        counts = self.return_rule == "best_any" or rung == len(b.rungs) - 1
+        if counts and math.isfinite(loss) and (self._best is None or (loss, tid) < self._best):
+            self._best = (loss, tid)
 
     # --- asking ---
 
@@ -316,32 +220,43 @@ class Hyperband(Algorithm):
             spec = self.table[len(self.brackets) % len(self.table)]
             rungs = tuple((n, float(r)) for n, r in spec.rungs)
             self.brackets.append(_BracketRun(spec.s, rungs))
+            self._runnable.add(len(self.brackets) - 1)
         return self.brackets[idx]
 
     def next_jobs(self, free: int) -> list[Job]:
         jobs: list[Job] = []
-        idx = self._first_unfinished()
         # Earlier brackets (the most exploratory first) get workers first; a later bracket
         # only starts once the earlier ones have nothing runnable, so nobody idles.
+        for idx in sorted(self._runnable):
+            if len(jobs) >= free:
+                return jobs
+            self._fill(idx, free, jobs)
+        idx = len(self.brackets)
         while len(jobs) < free and idx < self.total_brackets:
-            b = self._bracket(idx)
-            while len(jobs) < free and b.runnable():
-                jobs.append(self._issue(idx, b))
+            self._bracket(idx)
+            self._fill(idx, free, jobs)
             idx += 1
         return jobs
+
+    def _fill(self, idx: int, free: int, jobs: list[Job]) -> None:
+        b = self.brackets[idx]
+        while len(jobs) < free and b.runnable():
+            jobs.append(self._issue(idx, b))
+        if not b.runnable():
+            self._runnable.discard(idx)
 
     def _first_unfinished(self) -> int:
         """Index of the first bracket not finished. Finishing is for good, so a cached pointer
         only moves forward; it is derived, not saved (``restore`` starts it at 0 again). Without
         it every ask rescans all earlier brackets: quadratic in the length of a long study."""
-        skip = getattr(self, "_skip", 0)
+        skip = self._skip
         while skip < len(self.brackets) and self.brackets[skip].finished:
             skip += 1
         self._skip = skip
         return skip
 
     def _issue(self, idx: int, b: _BracketRun) -> Job:
-        tid = self._new_trial() if b.rung == 0 else b.members[b.issued]
+        tid = self._new_trial(b) if b.rung == 0 else b.members[b.issued]
         if b.rung == 0:
             b.members.append(tid)
         b.issued += 1
@@ -349,14 +264,15 @@ class Hyperband(Algorithm):
         lo, hi = b.span()
         return Job(tid, dict(self.configs[tid]), lo, hi, bracket=b.s, rung=b.rung)
 
-    def _new_trial(self) -> int:
+    def _new_trial(self, b: _BracketRun) -> int:
         tid = self.next_trial
         self.next_trial += 1
         # Sorted for a deterministic order; skipped for samplers that ignore it (random), where
         # sorting a thousand running trials per new trial was a hot spot of large studies.
         pending = ([self.configs[t] for t in sorted(self.running)]
                    if self.sampler.uses_pending else [])
-        self.configs[tid] = dict(self.sampler.suggest(tid, pending))
+        ctx = SuggestContext(tid, b.s, 0, b.rungs[0][1], pending)
+        self.configs[tid] = dict(self.sampler.suggest(ctx))
         return tid
 
     # --- telling ---
@@ -368,6 +284,7 @@ class Hyperband(Algorithm):
         return Decision.CONTINUE  # synchronous HB never stops a segment early
 
     def on_job_end(self, job: Job, outcome: Outcome) -> None:
+        self._dropped = []
         tid = job.trial_id
         idx = self.running.pop(tid, None)
         if idx is None:
@@ -375,12 +292,19 @@ class Hyperband(Algorithm):
         b = self.brackets[idx]
         loss = self._loss(tid, job, outcome)
         b.results[b.rung][tid] = loss
+        self._note_result(b, b.rung, tid, loss)
+        if math.isfinite(loss):  # the same hook every scheduler calls, after the last point
+            at = outcome.resource if outcome.resource is not None else job.to_resource
+            self.sampler.on_segment(tid, self.configs[tid], job.from_resource, at, loss,
+                                    outcome.cost)
         if not math.isfinite(loss):
             failed = outcome.status if outcome.status is not Status.COMPLETED else Status.FAILED
             self._end_trial(tid, failed)
         elif b.last:
             self._end_trial(tid, Status.COMPLETED)
         self._advance(b)
+        if b.runnable():  # a rung closed: its survivors have jobs to hand out
+            self._runnable.add(idx)
 
     def _loss(self, tid: int, job: Job, outcome: Outcome) -> float:
         """The rung result; anything but a finite completed value ranks last (+inf)."""
@@ -407,20 +331,24 @@ class Hyperband(Algorithm):
             for tid, loss in b.results[b.rung].items():
                 if math.isfinite(loss) and tid not in keep:
                     self._end_trial(tid, Status.COMPLETED)
+                    self._dropped.append(tid)
             b.rung += 1
             b.members, b.issued = keep, 0
             b.results.append({})
 
     def _survivors(self, b: _BracketRun) -> list[int]:
         """The planned number of lowest losses, ties by trial id; never a failed trial."""
-        ranked = sorted((v, t) for t, v in b.results[b.rung].items() if math.isfinite(v))
-        return [t for _, t in ranked[: b.rungs[b.rung + 1][0]]]
+        finite = {t: v for t, v in b.results[b.rung].items() if math.isfinite(v)}
+        return rank(finite)[: b.rungs[b.rung + 1][0]]
 
     def _end_trial(self, tid: int, status: Status) -> None:
         config = self.configs.pop(tid)
         self.sampler.on_trial_end(tid, config, status)
 
     # --- answers ---
+
+    def finalized(self) -> list[int]:
+        return list(self._dropped)
 
     def plan(self) -> Plan:
         return plan_from_table(self.table, self.iterations)
@@ -430,49 +358,27 @@ class Hyperband(Algorithm):
                 and self._first_unfinished() == len(self.brackets))
 
     def best(self) -> tuple[int, float] | None:
-        found: list[tuple[float, int]] = []
-        for b in self.brackets:
-            for i, res in enumerate(b.results):
-                if self.return_rule == "best_any" or i == len(b.rungs) - 1:
-                    found.extend((v, t) for t, v in res.items() if math.isfinite(v))
-        if not found:
+        if self._best is None:
             return None
-        value, tid = min(found)
+        value, tid = self._best
         return tid, value
 
     # --- persistence ---
 
-    def _fingerprint(self) -> list[Any]:
-        return [self.iterations, [[b.s, [[n, str(r)] for n, r in b.rungs]] for b in self.table]]
-
-    def state(self) -> dict[str, Any]:
-        return {
-            "version": STATE_VERSION,
-            "plan": self._fingerprint(),
-            "next_trial": self.next_trial,
-            "configs": [[t, c] for t, c in self.configs.items()],
-            "running": [[t, i] for t, i in self.running.items()],
-            "last_point": [[t, r, v] for t, (r, v) in self.last_point.items()],
-            "brackets": [b.to_dict() for b in self.brackets],
-            "sampler": self.sampler.state(),
-        }
+    def _fingerprint(self) -> str:
+        """The iterations and bracket table, so a state is never restored under others."""
+        return repr([self.iterations, [[b.s, [[n, str(r)] for n, r in b.rungs]]
+                                       for b in self.table]])
 
     def restore(self, state: Mapping[str, Any]) -> None:
-        self._skip = 0  # the finished-bracket pointer is derived from the brackets restored
-        if state.get("version") != STATE_VERSION:
-            raise ValueError(f"hyperband state version {state.get('version')!r} is not "
-                             f"{STATE_VERSION}")
-        if state["plan"] != self._fingerprint():
+        if state.get("plan_key") not in (None, self.plan_key):
             raise ValueError("hyperband state was saved under other resource or rounding "
                              "settings than this study's")
-        self.next_trial = int(state["next_trial"])
-        self.configs = {int(t): dict(c) for t, c in state["configs"]}
-        self.running = {int(t): int(i) for t, i in state["running"]}
-        self.last_point = {int(t): (float(r), float(v)) for t, r, v in state["last_point"]}
-        self.brackets = []
-        for i, d in enumerate(state["brackets"]):
-            self._bracket(i).load(d)
-        self.sampler.restore(state["sampler"])
+        super().restore(state)
 
 
 register_algorithm("hyperband")(Hyperband)
+
+
+__all__ = ["ExactBracket", "Hyperband", "bracket_table", "exact", "hyperband_plan",
+           "plan_from_table", "rung_counts", "s_max_for"]

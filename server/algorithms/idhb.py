@@ -35,69 +35,63 @@ worker waits for another bracket's rung.
 
 from __future__ import annotations
 
+import heapq
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from fractions import Fraction
-from typing import Any
+from typing import Any, Literal, get_args
 
-from .asha import largest_s, to_fraction
 from .base import (
     Algorithm,
-    Bracket,
+    Capability,
     Context,
     Decision,
     Job,
     Outcome,
     Plan,
     PreconditionError,
-    Rung,
     Sampler,
     SettingsError,
     Status,
-    check_settings,
+    SuggestContext,
     register_algorithm,
     rng_for,
 )
-from .samplers import make_sampler
+from .hb_math import (
+    bracket_size,
+    hyperband_table,
+    largest_s,
+    rank,
+    table_cost,
+    to_fraction,
+)
+from .persist import Persistent, decode, record
+from .samplers import make_sampler, sampler_options
+from .settings import parse
 
-VARIANTS = ("efficient", "preserving", "discarding")
-SETTINGS = ("variant", "sampler", "auto_raise_threshold", "max_resource_ceiling")
+Variant = Literal["efficient", "preserving", "discarding"]
+VARIANTS = get_args(Variant)
+
+
+@dataclass(frozen=True)
+class IDHBSettings:
+    """``algorithm.settings`` of idhb (see the module docstring)."""
+
+    variant: Variant = "efficient"
+    sampler: str = "random"
+    auto_raise_threshold: float | None = None
+    max_resource_ceiling: float | None = None
 _SAMPLER_STREAM = 2  # rng_for path tag of the per-bracket sampler streams
 
 
 # --- synchronous Hyperband arithmetic (paper convention, exact) ---------------------------
 
 
-def bracket_size(s_max: int, s: int, eta: int) -> int:
-    """n = ceil((B/R) * eta**s / (s+1)) with B/R = s_max+1, in integers."""
-    return -(-((s_max + 1) * eta**s) // (s + 1))
-
-
-def hyperband_table(max_resource: Fraction, r_min: Fraction, eta: int) -> list[Bracket]:
-    """Hyperband(R, eta)'s brackets, s = s_max .. 0: n_i = floor(n / eta**i) configurations
-    at r_i = R * eta**(i-s)."""
-    s_max = largest_s(r_min, max_resource, eta)
-    brackets: list[Bracket] = []
-    for s in range(s_max, -1, -1):
-        n = bracket_size(s_max, s, eta)
-        rungs = tuple(Rung(n // eta**i, float(max_resource / eta ** (s - i)))
-                      for i in range(s + 1))
-        brackets.append(Bracket(s, rungs))
-    return brackets
-
-
-def table_cost(brackets: list[Bracket]) -> tuple[float, float]:
-    """(no-reuse cost, checkpoint-resume cost) of a bracket table."""
-    full = sum(b.budget for b in brackets)
-    incremental = sum(r.n * (r.r - (b.rungs[i - 1].r if i else 0.0))
-                      for b in brackets for i, r in enumerate(b.rungs))
-    return full, incremental
-
-
 # --- state --------------------------------------------------------------------------------
 
 
+@record
 @dataclass
 class IDTrial:
     """One configuration. ``values[i]`` is its loss at rung i of its bracket; successive
@@ -110,10 +104,8 @@ class IDTrial:
     trained: float = 0.0  # the real resource its checkpoint holds
     seen: float = -1.0  # the last resource the samplers were told about
 
-    def to_dict(self) -> dict[str, Any]:
-        return dict(self.__dict__)
 
-
+@record
 @dataclass
 class SHBracket:
     """One successive-halving bracket across raises. ``pool`` is every trial it ever started
@@ -132,29 +124,21 @@ class SHBracket:
     def level(self, i: int, eta: int) -> Fraction:
         return self.r_min * eta**i
 
-    def to_dict(self) -> dict[str, Any]:
-        d = dict(self.__dict__)
-        d["r_min"] = str(self.r_min)
-        return d
 
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> SHBracket:
-        return cls(**{**d, "r_min": Fraction(d["r_min"])})
-
-
-class IDHyperband(Algorithm):
+class IDHyperband(Persistent, Algorithm):
     """Iterative-deepening Hyperband; see the module docstring."""
 
+    saved = ("R", "s_max", "raises", "auto_raises", "paid_full", "paid_incremental", "trials",
+             "running", "brackets")
+    state_version = 2
+
     name = "idhb"
+    capabilities = frozenset({Capability.DEEPENING})
 
     def __init__(self, ctx: Context) -> None:
-        st = ctx.settings
-        check_settings(st, SETTINGS, self.name)
+        st = parse(IDHBSettings, ctx.settings, passthrough=sampler_options(ctx.settings))
         self.ctx = ctx
-        self.variant = str(st.get("variant", "efficient"))
-        if self.variant not in VARIANTS:
-            raise SettingsError("algorithm.settings.variant",
-                                f"{self.variant!r} is not one of {list(VARIANTS)}")
+        self.variant = st.variant
         self.eta = int(ctx.resource.eta)
         self.r_min = to_fraction(ctx.resource.min_resource)
         self.R = to_fraction(ctx.resource.max_resource)
@@ -168,18 +152,55 @@ class IDHyperband(Algorithm):
         self.auto_raises = 0
         self.paid_full = 0.0  # every evaluation charged its full resource (the papers' unit)
         self.paid_incremental = 0.0  # what was trained, resuming from checkpoints
+        self._level_best: dict[Fraction, tuple[float, int]] = {}
+        self._unvalued: dict[int, None] = {}
+        self._dropped: list[int] = []
+        self._todo: list[list[tuple[int, int]]] = []
+        self._outstanding: list[int] = []
         for s in range(self.s_max, -1, -1):
             self._add_bracket(s, self.R / self.eta**s)
 
-    def _auto_settings(self, st: Mapping[str, Any]) -> tuple[float | None, float | None]:
-        threshold, ceiling = st.get("auto_raise_threshold"), st.get("max_resource_ceiling")
-        if threshold is not None and (not isinstance(threshold, (int, float))
-                                      or not threshold >= 0):
+    def _derive(self) -> None:
+        """Indexes derived from the saved state (rebuilt by ``restore``), so that no answer
+        scans every trial: the best (value, trial) per resource level, the trials waiting for
+        their first result (the samplers' pending list, in id order), and per bracket the
+        round's members still to hand out and the count of results the round waits for."""
+        self._level_best = {}
+        self._unvalued = {}
+        self._dropped = []  # trials the latest job end (or raise) finished
+        for tid, trial in self.trials.items():
+            br = self.brackets[trial.bracket]
+            for i, v in enumerate(trial.values):
+                self._note_level(br.level(i, self.eta), v, tid)
+            if not trial.values and not trial.failed and not br.done:
+                self._unvalued[tid] = None
+        self._todo, self._outstanding = [], []
+        for j in range(len(self.brackets)):
+            self._todo.append([])
+            self._outstanding.append(0)
+            self._open_round(j)
+
+    def _open_round(self, j: int) -> None:
+        """Index bracket j's current round: who needs a job (a heap by place in the list, so
+        they go out in list order) and how many results are outstanding."""
+        br = self.brackets[j]
+        needing = [(i, t) for i, t in enumerate(br.current) if self._needs(t, br.round)]
+        self._outstanding[j] = len(needing)
+        self._todo[j] = [(i, t) for i, t in needing if t not in self.running]
+        heapq.heapify(self._todo[j])
+
+    def _note_level(self, level: Fraction, value: float, tid: int) -> None:
+        best = self._level_best.get(level)
+        if best is None or (value, tid) < best:
+            self._level_best[level] = (value, tid)
+
+    def _auto_settings(self, st: IDHBSettings) -> tuple[float | None, float | None]:
+        threshold, ceiling = st.auto_raise_threshold, st.max_resource_ceiling
+        if threshold is not None and not threshold >= 0:
             raise SettingsError("algorithm.settings.auto_raise_threshold",
                                 f"must be a number >= 0 (a relative improvement); got "
                                 f"{threshold!r}")
-        if ceiling is not None and (not isinstance(ceiling, (int, float))
-                                    or not ceiling >= float(self.R)):
+        if ceiling is not None and not ceiling >= float(self.R):
             raise SettingsError("algorithm.settings.max_resource_ceiling",
                                 f"must be a number >= max_resource ({float(self.R):g}); got "
                                 f"{ceiling!r}")
@@ -194,6 +215,8 @@ class IDHyperband(Algorithm):
         br = SHBracket(s=s, r_min=r_min, to_sample=bracket_size(self.s_max, s, self.eta))
         self.brackets.append(br)
         self.samplers.append(self._sampler_for(r_min))
+        self._todo.append([])
+        self._outstanding.append(0)
 
     def _sampler_for(self, r_min: Fraction) -> Sampler:
         """A sampler on the bracket's own stream, keyed by r_min as the reference code does:
@@ -218,11 +241,12 @@ class IDHyperband(Algorithm):
         for j, br in enumerate(self.brackets):
             if br.done:
                 continue
-            for tid in br.current:
-                if len(jobs) >= free:
-                    return jobs
-                if tid not in self.running and self._needs(tid, br.round):
-                    jobs.append(self._job(j, tid))
+            todo = self._todo[j]
+            while todo and len(jobs) < free:
+                _, tid = heapq.heappop(todo)
+                jobs.append(self._job(j, tid))
+            if len(jobs) >= free:
+                return jobs
             while br.round == 0 and br.to_sample > 0 and len(jobs) < free:
                 jobs.append(self._job(j, self._new_trial(j)))
         return jobs
@@ -234,13 +258,17 @@ class IDHyperband(Algorithm):
     def _new_trial(self, j: int) -> int:
         br = self.brackets[j]
         tid = len(self.trials)
-        pending = [t.config for t in self.trials.values() if not t.values and not t.failed
-                   and not self.brackets[t.bracket].done]
-        config = dict(self.samplers[j].suggest(tid, pending))
+        sampler = self.samplers[j]
+        pending = ([self.trials[t].config for t in self._unvalued]
+                   if sampler.uses_pending else [])
+        ctx = SuggestContext(tid, br.s, 0, float(br.level(0, self.eta)), pending)
+        config = dict(sampler.suggest(ctx))
         self.trials[tid] = IDTrial(config=config, bracket=j)
+        self._unvalued[tid] = None
         br.pool.append(tid)
         br.current.append(tid)
         br.to_sample -= 1
+        self._outstanding[j] += 1
         return tid
 
     def _job(self, j: int, tid: int) -> Job:
@@ -266,16 +294,27 @@ class IDHyperband(Algorithm):
                 sampler.observe(tid, trial.config, resource, value)
 
     def on_job_end(self, job: Job, outcome: Outcome) -> None:
-        self.running.pop(job.trial_id, None)
+        self._dropped = []
+        was_running = self.running.pop(job.trial_id, None) is not None
         trial = self.trials.get(job.trial_id)
         if trial is None or job.rung != len(trial.values) or trial.failed:
+            self._requeue(job.trial_id, was_running)
             return  # not a job of ours, or a stale one: nothing to record
+        br = self.brackets[trial.bracket]
+        if br.round == len(trial.values) and not br.done:
+            self._outstanding[trial.bracket] -= 1  # the round gets this result (or failure)
+        self._unvalued.pop(job.trial_id, None)
         value = outcome.value
         if outcome.status is Status.COMPLETED and value is not None and math.isfinite(value):
             resource = float(outcome.resource if outcome.resource is not None
                              else job.to_resource)
             self._observe(job.trial_id, trial, resource, value)
             trial.values.append(float(value))
+            for sampler in self.samplers:  # the hook every scheduler calls, after the point
+                sampler.on_segment(job.trial_id, trial.config, job.from_resource, resource,
+                                   float(value), outcome.cost)
+            self._note_level(br.level(len(trial.values) - 1, self.eta), float(value),
+                             job.trial_id)
             trial.trained = max(trial.trained, resource)
             self.paid_full += job.to_resource
             self.paid_incremental += resource - job.from_resource
@@ -288,6 +327,17 @@ class IDHyperband(Algorithm):
             self.auto_raises += 1
             self._raise()
 
+    def _requeue(self, tid: int, was_running: bool) -> None:
+        """A job ended without a result for its round: its trial, if still needed there, goes
+        back to the round's queue at its place in the list."""
+        trial = self.trials.get(tid)
+        if trial is None or not was_running:
+            return
+        j = trial.bracket
+        br = self.brackets[j]
+        if not br.done and tid in br.current and self._needs(tid, br.round):
+            heapq.heappush(self._todo[j], (br.current.index(tid), tid))
+
     def _trial_end(self, tid: int, why: Status) -> None:
         for sampler in self.samplers:
             sampler.on_trial_end(tid, self.trials[tid].config, why)
@@ -298,7 +348,7 @@ class IDHyperband(Algorithm):
         """Close every round of bracket j whose results are all in; after a raise several
         rounds can close at once from the cache, without a job."""
         br = self.brackets[j]
-        while not br.done and self._round_complete(br):
+        while not br.done and self._round_complete(j):
             if br.round == br.s:
                 br.done = True
                 ended = br.current
@@ -308,14 +358,17 @@ class IDHyperband(Algorithm):
                 kept = set(survivors)
                 ended = [t for t in br.current if t not in kept]
                 br.current, br.round = survivors, br.round + 1
+                self._open_round(j)
             for tid in ended:
                 if not self.trials[tid].failed:
                     self._trial_end(tid, Status.COMPLETED)
+                    self._dropped.append(tid)
 
-    def _round_complete(self, br: SHBracket) -> bool:
+    def _round_complete(self, j: int) -> bool:
+        br = self.brackets[j]
         if br.round == 0 and br.to_sample > 0:
             return False
-        return all(t not in self.running and not self._needs(t, br.round) for t in br.current)
+        return self._outstanding[j] == 0
 
     def _loss(self, tid: int, i: int) -> float:
         values = self.trials[tid].values
@@ -326,19 +379,19 @@ class IDHyperband(Algorithm):
         EfficientSuccessiveHalving / ConservativeSuccessiveHalving(strict))."""
         i, k = br.round, len(br.current) // self.eta
 
-        def rank(tids: list[int]) -> list[int]:
-            return sorted(tids, key=lambda t: (self._loss(t, i), t))
+        def ranked(tids: list[int]) -> list[int]:
+            return rank({t: self._loss(t, i) for t in tids})
 
         if self.variant == "efficient":
             auto = [t for t in br.current if len(self.trials[t].values) > i + 1]
-            rest = rank([t for t in br.current if len(self.trials[t].values) <= i + 1])
+            rest = ranked([t for t in br.current if len(self.trials[t].values) <= i + 1])
             return auto + rest[:max(0, k - len(auto))]
         candidates = list(br.current)
         if self.variant == "preserving":
             listed = set(br.current)
             candidates += [t for t in br.pool
                            if t not in listed and len(self.trials[t].values) > i]
-        return rank(candidates)[:k]
+        return ranked(candidates)[:k]
 
     # --- deepening --------------------------------------------------------------------------
 
@@ -359,6 +412,7 @@ class IDHyperband(Algorithm):
         self._raise()
 
     def _raise(self) -> None:
+        self._dropped = []
         self.R *= self.eta
         self.s_max += 1
         for br in self.brackets:
@@ -367,6 +421,7 @@ class IDHyperband(Algorithm):
             br.round, br.current, br.done, br.selections = 0, list(br.pool), False, []
         self._add_bracket(0, self.R)
         for j in range(len(self.brackets)):
+            self._open_round(j)
             self._advance(j)
 
     def improvement(self) -> float | None:
@@ -397,26 +452,17 @@ class IDHyperband(Algorithm):
         return (gain is not None and gain > self.threshold
                 and float(self.R * self.eta) <= self.ceiling)
 
-    def _levels(self) -> dict[Fraction, tuple[float, int]]:
-        """Best (value, trial) at each resource level any trial reached."""
-        best: dict[Fraction, tuple[float, int]] = {}
-        for tid, trial in self.trials.items():
-            br = self.brackets[trial.bracket]
-            for i, v in enumerate(trial.values):
-                level = br.level(i, self.eta)
-                if level not in best or (v, tid) < best[level]:
-                    best[level] = (v, tid)
-        return best
-
     # --- reading ----------------------------------------------------------------------------
+
+    def finalized(self) -> list[int]:
+        return list(self._dropped)
 
     def best(self) -> tuple[int, float] | None:
         """The lowest value at the highest resource level reached (R once any trial has
         completed the current run), ties by trial id."""
-        levels = self._levels()
-        if not levels:
+        if not self._level_best:
             return None
-        value, tid = levels[max(levels)]
+        value, tid = self._level_best[max(self._level_best)]
         return tid, value
 
     def plan(self) -> Plan:
@@ -434,36 +480,22 @@ class IDHyperband(Algorithm):
         return self.run_complete()
 
     def state(self) -> dict[str, Any]:
-        return {
-            "version": 1,
-            "R": str(self.R),
-            "s_max": self.s_max,
-            "raises": self.raises,
-            "auto_raises": self.auto_raises,
-            "paid_full": self.paid_full,
-            "paid_incremental": self.paid_incremental,
-            "trials": {str(t): tr.to_dict() for t, tr in self.trials.items()},
-            "running": {str(t): j.to_dict() for t, j in self.running.items()},
-            "brackets": [br.to_dict() for br in self.brackets],
-            "samplers": [s.state() for s in self.samplers],
-        }
+        # One sampler per bracket, and a raise adds brackets: saved beside the rest.
+        return {**super().state(), "samplers": [s.state() for s in self.samplers]}
 
     def restore(self, state: Mapping[str, Any]) -> None:
-        if state.get("version") != 1:
-            raise ValueError(f"unknown {self.name} state version {state.get('version')!r}")
-        self.R, self.s_max = Fraction(state["R"]), int(state["s_max"])
-        self.raises, self.auto_raises = int(state["raises"]), int(state["auto_raises"])
-        self.paid_full = float(state["paid_full"])
-        self.paid_incremental = float(state["paid_incremental"])
-        self.trials = {int(t): IDTrial(**d) for t, d in state["trials"].items()}
-        self.running = {int(t): Job.from_dict(d) for t, d in state["running"].items()}
-        self.brackets = [SHBracket.from_dict(d) for d in state["brackets"]]
-        self.samplers = []
-        for br, saved in zip(self.brackets, state["samplers"], strict=True):
-            sampler = make_sampler(self.ctx, rng_for(self.ctx.seed, _SAMPLER_STREAM,
-                                                     br.r_min.numerator, br.r_min.denominator))
-            sampler.restore(saved)
-            self.samplers.append(sampler)
+        if state.get("version") == self.state_version:  # else the base class says why not
+            samplers = []
+            for br, saved in zip(decode(state["brackets"]), state["samplers"], strict=True):
+                sampler = make_sampler(self.ctx, rng_for(
+                    self.ctx.seed, _SAMPLER_STREAM, br.r_min.numerator, br.r_min.denominator))
+                sampler.restore(saved)
+                samplers.append(sampler)
+            self.samplers = samplers
+        super().restore(state)
 
 
 register_algorithm("idhb")(IDHyperband)
+
+
+__all__ = ["IDHyperband", "bracket_size", "hyperband_table", "table_cost"]

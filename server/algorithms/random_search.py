@@ -6,7 +6,7 @@ exactly this). Settings: ``sampler`` (default ``random``).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from .base import (
@@ -18,18 +18,27 @@ from .base import (
     Plan,
     SettingsError,
     Status,
-    check_settings,
+    SuggestContext,
     register_algorithm,
     rng_for,
 )
-from .samplers import make_sampler
+from .persist import Persistent
+from .samplers import make_sampler, sampler_options
+from .settings import parse
 
 
-class RandomSearch(Algorithm):
+@dataclass(frozen=True)
+class RandomSearchSettings:
+    sampler: str = "random"
+
+
+class RandomSearch(Persistent, Algorithm):
     name = "random"
+    saved = ("started", "running", "results", "sampler")
+    state_version = 2
 
     def __init__(self, ctx: Context) -> None:
-        check_settings(ctx.settings, ["sampler"], self.name)
+        parse(RandomSearchSettings, ctx.settings, passthrough=sampler_options(ctx.settings))
         if not ctx.max_trials or ctx.max_trials < 1:
             raise SettingsError(
                 "max_trials", "random search needs max_trials >= 1 (how many trials to run)"
@@ -40,13 +49,18 @@ class RandomSearch(Algorithm):
         self.started = 0
         self.running: dict[int, dict[str, Any]] = {}
         self.results: dict[int, float] = {}
-        self._best: tuple[float, int] | None = None  # (value, trial): derived, not saved
+        self._derive()
+
+    def _derive(self) -> None:
+        self._best: tuple[float, int] | None = min(  # (value, trial), kept as results arrive
+            ((v, t) for t, v in self.results.items()), default=None)
 
     def next_jobs(self, free: int) -> list[Job]:
         jobs: list[Job] = []
         while len(jobs) < free and self.started < self.max_trials:
             tid = self.started
-            config = self.sampler.suggest(tid, list(self.running.values()))
+            pending = list(self.running.values()) if self.sampler.uses_pending else []
+            config = self.sampler.suggest(SuggestContext(tid, 0, 0, self.max_resource, pending))
             self.running[tid] = config
             self.started += 1
             jobs.append(Job(tid, config, 0.0, self.max_resource, bracket=0, rung=0))
@@ -63,6 +77,9 @@ class RandomSearch(Algorithm):
         if outcome.status is Status.COMPLETED and outcome.value is not None:
             self.results[job.trial_id] = float(outcome.value)
             self._note_best(job.trial_id, float(outcome.value))
+            at = job.to_resource if outcome.resource is None else outcome.resource
+            self.sampler.on_segment(job.trial_id, config, job.from_resource, at,
+                                    float(outcome.value), outcome.cost)
         self.sampler.on_trial_end(job.trial_id, config, outcome.status)
 
     def plan(self) -> Plan:
@@ -83,22 +100,6 @@ class RandomSearch(Algorithm):
     def _note_best(self, tid: int, value: float) -> None:
         if self._best is None or (value, tid) < self._best:
             self._best = (value, tid)
-
-    def state(self) -> dict[str, Any]:
-        return {
-            "version": 1,
-            "started": self.started,
-            "running": {str(k): v for k, v in self.running.items()},
-            "results": {str(k): v for k, v in self.results.items()},
-            "sampler": self.sampler.state(),
-        }
-
-    def restore(self, state: Mapping[str, Any]) -> None:
-        self.started = int(state["started"])
-        self.running = {int(k): dict(v) for k, v in state["running"].items()}
-        self.results = {int(k): float(v) for k, v in state["results"].items()}
-        self._best = min(((v, t) for t, v in self.results.items()), default=None)
-        self.sampler.restore(state["sampler"])
 
 
 register_algorithm("random")(RandomSearch)

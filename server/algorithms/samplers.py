@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 
-from .base import Context, Sampler, SettingsError, register_sampler, rng_restore, rng_state
+from .base import (
+    Context,
+    Sampler,
+    SettingsError,
+    SuggestContext,
+    register_sampler,
+    rng_restore,
+    rng_state,
+)
 
 
 class RandomSampler(Sampler):
@@ -20,7 +28,7 @@ class RandomSampler(Sampler):
         self.space = ctx.space
         self.rng = rng
 
-    def suggest(self, trial_id: int, pending: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    def suggest(self, ctx: SuggestContext) -> dict[str, Any]:
         return self.space.sample(self.rng)
 
     def state(self) -> dict[str, Any]:
@@ -31,6 +39,13 @@ class RandomSampler(Sampler):
 
 
 register_sampler("random")(RandomSampler)
+
+
+def sampler_options(settings: Mapping[str, Any]) -> list[str]:
+    """The key of a scheduler's settings that holds its sampler's own options (``{"sampler":
+    "cqr", "cqr": {...}}``): the scheduler lets it through for the sampler to parse."""
+    name = settings.get("sampler")
+    return [name] if isinstance(name, str) else []
 
 
 def make_sampler(ctx: Context, rng: np.random.Generator, default: str = "random") -> Sampler:

@@ -17,14 +17,29 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Mapping, Sequence
+from contextvars import ContextVar
 from typing import Any
 
 import numpy as np
 
-from .base import Context, Sampler, SettingsError, Status, register_sampler
+from .base import Context, Sampler, SettingsError, Status, SuggestContext, register_sampler
 from .space import Categorical, Float, SearchSpace
 
 DEFAULTS = {"n_startup_trials": 10, "multivariate": True, "constant_liar": True}
+
+# Each suggestion builds a throwaway in-memory Optuna study, and Optuna logs the creation of
+# every study at INFO. Rather than lower Optuna's process-wide log level, one filter on that
+# logger drops its lines only while this context is building one (a context variable: other
+# threads, and a user's own studies in the same process, log as they are configured to).
+_BUILDING: ContextVar[bool] = ContextVar("hpod_tpe_building", default=False)
+
+
+class _QuietWhileBuilding(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not _BUILDING.get()
+
+
+logging.getLogger("optuna.storages._in_memory").addFilter(_QuietWhileBuilding())
 
 
 def _distributions(space: SearchSpace) -> dict[str, Any]:
@@ -60,10 +75,16 @@ class TPESampler(Sampler):
         self.suggested = 0
         self.points: dict[int, dict[str, Any]] = {}  # trial -> {"config", "curve": {r: v}}
 
-    def suggest(self, trial_id: int, pending: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    def suggest(self, ctx: SuggestContext) -> dict[str, Any]:
+        token = _BUILDING.set(True)
+        try:
+            return self._suggest(ctx.pending)
+        finally:
+            _BUILDING.reset(token)
+
+    def _suggest(self, pending: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         import optuna
 
-        optuna.logging.set_verbosity(logging.WARNING)
         sampler = optuna.samplers.TPESampler(
             seed=(self.seed + 7919 * self.suggested) % (2**31 - 1),
             n_startup_trials=int(self.opts["n_startup_trials"]),

@@ -9,6 +9,7 @@ from google.protobuf import json_format, struct_pb2, timestamp_pb2
 from hpod.v1 import hpod_pb2 as pb
 
 from ..algorithms import Plan, Resource, SearchSpace, SettingsError
+from ..algorithms.base import pareto_source
 from ..algorithms.space import Categorical, Float, Int, Param, SpaceError
 from ..engine import EngineError, StudyEngine, TrialRec
 from ..study import StudyConfig
@@ -171,16 +172,15 @@ def study_to_pb(eng: StudyEngine, created: float) -> pb.Study:
 def pareto_to_pb(eng: StudyEngine) -> pb.ParetoFront:
     """The algorithm's cost/value front and scaling fits. FAILED_PRECONDITION (EngineError) for
     an algorithm that keeps no front."""
-    alg = _front_keeper(eng.algorithm)
+    alg = pareto_source(eng.algorithm)
     if alg is None:
         raise EngineError("precondition", f"algorithm {eng.config.algorithm!r} keeps no "
                           "cost/value Pareto front; only 'carbs', 'asha-carbs' and schedulers "
                           "with sampler 'carbs' do")
     front = alg.pareto_front()
-    groups = alg.pareto_groups() if hasattr(alg, "pareto_groups") else [[t] for t, _, _ in front]
+    groups = alg.pareto_groups()
     # A multi-fidelity front point is a configuration at a resource: show that resource too.
-    configs = alg.pareto_configs() if hasattr(alg, "pareto_configs") else [
-        (eng.trials[t].config if t in eng.trials else {}) for t, _, _ in front]
+    configs = alg.pareto_configs()
     msg = pb.ParetoFront(cost_source=eng.config.cost_source)
     for (tid, cost, value), members, config in zip(front, groups, configs, strict=True):
         msg.points.append(pb.ParetoPoint(
@@ -195,14 +195,6 @@ def pareto_to_pb(eng: StudyEngine) -> pb.ParetoFront:
             coefficient=10.0 ** fit["intercept"] if log_param else 0.0,
             transform=str(fit.get("transform", ""))))
     return msg
-
-
-def _front_keeper(alg: Any) -> Any | None:
-    """The algorithm, or else its sampler, if it keeps a cost/value front (carbs does both)."""
-    for obj in (alg, getattr(alg, "sampler", None)):
-        if hasattr(obj, "pareto_front") and hasattr(obj, "scaling_fit"):
-            return obj
-    return None
 
 
 def job_to_pb(eng: StudyEngine, payload: dict[str, Any]) -> pb.Job:
