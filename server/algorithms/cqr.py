@@ -27,6 +27,9 @@ valid_fraction              0.1            calibration share of the split (âŒˆfÂ
 num_init_random_draws       5              random suggestions until this many trials have a value
 num_candidates              2000           random candidates per suggestion
 max_fit_samples             none           fit on a random subset of this size (bounds fit time)
+refit_growth                0.1            from 64 rows on, refit once the observations since
+                                           the last fit reach this share of its rows (below,
+                                           at every one): ~64 + log(n/64)/0.1 fits, not n
 fit_on                      ``last_value`` ``last_value``: each trial's last observed value
                                            (the paper); ``highest_rung``: the highest resource
                                            level at least ``highest_rung_min_points`` trials
@@ -46,7 +49,10 @@ subsample                   1.0
 
 Deviations from the reference, all deliberate: every random draw (candidates, quantile picks,
 the calibration split, the trees) derives from the study seed, so runs repeat exactly; fresh
-candidates are drawn at every suggestion rather than once per refit; the single-fidelity
+candidates are drawn at every suggestion rather than once per refit; the model is refitted
+when the data grew by ``refit_growth`` since the last fit (the reference refits for every
+trial: most of its cost), the data of that fit saved so a restore refits the same model; the
+single-fidelity
 algorithm fits on finished trials only (as the paper's FIFO CQR) while a multi-fidelity
 scheduler feeds every learning-curve point.
 """
@@ -89,6 +95,8 @@ FIT_ON = ("last_value", "highest_rung")
 LOCAL_CATEGORICAL_REDRAW = 0.2
 # Random start-up draws that collide with a pending configuration are retried this often.
 STARTUP_RETRIES = 100
+# Below this many rows the model is refitted at every new observation, whatever refit_growth.
+REFIT_ALWAYS_BELOW = 64
 
 
 # --- settings -----------------------------------------------------------------------------
@@ -103,6 +111,7 @@ class CQRSettings:
     num_init_random_draws: int = 5
     num_candidates: int = 2000
     max_fit_samples: int | None = None
+    refit_growth: float = 0.1
     fit_on: str = "last_value"
     highest_rung_min_points: int = 10
     pending_penalty: bool = True
@@ -143,6 +152,9 @@ class CQRSettings:
         for name in ("pending_radius", "local_scale", "learning_rate"):
             if not getattr(self, name) > 0:
                 _fail(name, f"must be > 0 (got {getattr(self, name)})")
+        if not 0.0 <= self.refit_growth <= 10.0:
+            _fail("refit_growth", f"must be in [0, 10] (got {self.refit_growth}); 0 refits "
+                  "for every suggestion")
         if not 0.0 <= self.local_fraction <= 1.0:
             _fail("local_fraction", f"must be in [0, 1] (got {self.local_fraction})")
         if not 0.0 < self.subsample <= 1.0:
@@ -384,8 +396,9 @@ class CQRSampler(Sampler):
         self.rng = rng
         self.fit_seed = int(rng.integers(2**63 - 1))
         self.trials: dict[int, dict[str, Any]] = {}  # id -> {"config", "points"}
-        self._version = 0  # bumped on every change of the data
+        self._version = 0  # bumped on every change of the data (saved: the refit schedule)
         self._model: tuple[int, QuantileModel, Columns, np.ndarray] | None = None
+        self._fit_data: dict[str, Any] | None = None  # what the current model was fitted on
 
     # -- observations --
 
@@ -448,22 +461,38 @@ class CQRSampler(Sampler):
         return config
 
     def _fitted(self) -> tuple[QuantileModel, Columns, np.ndarray]:
-        """The model for the current data, the best configurations, and the targets."""
-        if self._model is None or self._model[0] != self._version:
+        """The model, the best configurations, and the targets, as of the last refit: a
+        refit happens once ``refit_growth`` times its rows of new observations arrived."""
+        if self._fit_data is None or self._due():
             configs, y = self.training_data()
-            fit_rng = np.random.default_rng([self.fit_seed, len(y)])
-            idx = np.arange(len(y))
-            if self.cfg.max_fit_samples is not None and len(y) > self.cfg.max_fit_samples:
-                idx = np.sort(fit_rng.choice(len(y), self.cfg.max_fit_samples, replace=False))
-            cols = configs_to_columns(self.space, [configs[i] for i in idx])
-            # Pure and seeded by its own generator: the service may run it in another process.
-            model = compute(fit_quantile_model, encode(self.space, cols), y[idx], self.cfg,
-                            fit_rng)
-            best = np.argsort(y, kind="stable")[: self.cfg.local_top]
-            parents = configs_to_columns(self.space, [configs[i] for i in best])
-            self._model = (self._version, model, parents, y)
+            self._fit_data = {"configs": configs, "y": [float(v) for v in y],
+                              "version": self._version}
+            self._model = None
+        if self._model is None:
+            self._model = self._fit(self._fit_data["configs"], np.array(self._fit_data["y"]))
         _, model, parents, y = self._model
         return model, parents, y
+
+    def _due(self) -> bool:
+        assert self._fit_data is not None
+        since = self._version - int(self._fit_data["version"])
+        rows = len(self._fit_data["y"])
+        # Small fits are cheap and each new point moves them most: refit every time there.
+        return since >= (1.0 if rows < REFIT_ALWAYS_BELOW else self.cfg.refit_growth * rows)
+
+    def _fit(self, configs: list[dict[str, Any]], y: np.ndarray
+             ) -> tuple[int, QuantileModel, Columns, np.ndarray]:
+        fit_rng = np.random.default_rng([self.fit_seed, len(y)])
+        idx = np.arange(len(y))
+        if self.cfg.max_fit_samples is not None and len(y) > self.cfg.max_fit_samples:
+            idx = np.sort(fit_rng.choice(len(y), self.cfg.max_fit_samples, replace=False))
+        cols = configs_to_columns(self.space, [configs[i] for i in idx])
+        # Pure and seeded by its own generator: the service may run it in another process.
+        model = compute(fit_quantile_model, encode(self.space, cols), y[idx], self.cfg,
+                        fit_rng)
+        best = np.argsort(y, kind="stable")[: self.cfg.local_top]
+        parents = configs_to_columns(self.space, [configs[i] for i in best])
+        return (self._version, model, parents, y)
 
     def _candidates(self, parents: Columns) -> Columns:
         n_local = int(round(self.cfg.local_fraction * self.cfg.num_candidates))
@@ -492,9 +521,11 @@ class CQRSampler(Sampler):
 
     def state(self) -> dict[str, Any]:
         return {
-            "version": 1,
+            "version": 2,
             "rng": rng_state(self.rng),
             "fit_seed": self.fit_seed,
+            "data_version": self._version,
+            "fit_data": self._fit_data,
             "trials": {str(t): {"config": e["config"], "points": e["points"]}
                        for t, e in self.trials.items()},
         }
@@ -507,8 +538,13 @@ class CQRSampler(Sampler):
                      "points": [[float(r), float(v)] for r, v in e["points"]]}
             for t, e in state["trials"].items()
         }
-        self._version += 1  # the model is refitted on demand, identically
-        self._model = None
+        # State version 1 had no refit schedule: such a sampler refits at its next suggestion.
+        self._version = int(state.get("data_version", 0))
+        fit = state.get("fit_data")
+        self._fit_data = None if fit is None else {
+            "configs": [dict(c) for c in fit["configs"]], "y": [float(v) for v in fit["y"]],
+            "version": int(fit["version"])}
+        self._model = None  # refitted on demand from the same data and seed: the same model
 
 
 register_sampler("cqr")(CQRSampler)

@@ -48,9 +48,9 @@ class MFKDESettings:
     min_points: int | None = None
     gamma: float = 0.15
     n_candidates: int = 64
-    random_fraction: float = 0.2
+    random_fraction: float = 0.33
     bandwidth_factor: float = 3.0
-    min_bandwidth: float = 1e-3
+    min_bandwidth: float = 0.05
 
 
 # --- rank agreement between levels ----------------------------------------------------------
@@ -229,16 +229,29 @@ class _KDE:
         cat = np.where(same, np.log1p(-self.cat_bw * (self.k - 1) / self.k),
                        np.log(self.cat_bw / self.k))
         per = np.where(self.cat, cat, cont).sum(axis=2)  # (m, n)
+        # One uniform pseudo-point (density 1 on the unit cube, 1/k per categorical), as
+        # Optuna's TPE prior: a few good points never rule the rest of the space out.
+        prior = -np.log(self.k[self.cat]).sum() * np.ones((len(points), 1))
+        per = np.concatenate([per, prior], axis=1)
         top = per.max(axis=1, keepdims=True)
-        return (top[:, 0] + np.log(np.exp(per - top).mean(axis=1)))
+        return top[:, 0] + np.log(np.exp(per - top).mean(axis=1))
 
     def sample(self, rng: np.random.Generator, k: int, factor: float) -> np.ndarray:
         """k points: each a kernel centre moved by the kernel widened ``factor`` times."""
         out = self.x[rng.integers(len(self.x), size=k)].copy()
-        moved = np.clip(rng.normal(out, self.bw * factor), 0.0, 1.0)
+        moved = _reflect(rng.normal(out, self.bw * factor))
+        prior = rng.random(k) < 1.0 / (len(self.x) + 1)  # the uniform pseudo-point
+        moved[prior] = rng.random((int(prior.sum()), out.shape[1]))
         jump = rng.random(out.shape) < np.minimum(self.cat_bw * factor, 1.0)
         fresh = np.floor(rng.random(out.shape) * self.k)
+        out[prior] = np.floor(rng.random((int(prior.sum()), out.shape[1])) * self.k)
         return np.where(self.cat, np.where(jump, fresh, out), moved)
+
+
+def _reflect(x: np.ndarray) -> np.ndarray:
+    """Fold values back into [0, 1] at the bounds (clipping would pile mass on them)."""
+    x = np.abs(x) % 2.0
+    return np.where(x > 1.0, 2.0 - x, x)
 
 
 register_sampler("mfkde")(MultiFidelityKDE)
