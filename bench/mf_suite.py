@@ -4,6 +4,7 @@ from ranking configurations perfectly to ranking them backwards.
     python bench/mf_suite.py [--seeds 10] [--budget 30] [--jobs 2] [--problems a,b,...]
         [--methods auto,asha,...] [--peers optuna,syne-tune,ray-tune] [--out bench/results]
     python bench/mf_suite.py --quick          # a smoke test in seconds
+    python bench/mf_suite.py --cost auto,asha@cqr   # CPU per suggestion up to 500 trials
 
 Every method runs on the same simulated loop, problems and seeds as ``bench/compare.py`` (hpod's
 algorithms through the real engine in :mod:`hpod.server.simulator`; Optuna in process; Syne Tune
@@ -305,6 +306,37 @@ def run_suite(problems: list[str], methods: list[str], peers: list[str], seeds: 
             "problems": summarise(runs, budget_r, refs)}
 
 
+def suggestion_cost(method: str, trials: int = 500, problem: str = "ranks-well"
+                    ) -> dict[str, float]:
+    """CPU milliseconds per new trial (the sampler's proposal and the scheduler's bracket
+    choice) while a study grows to ``trials`` trials on one simulated worker: the mean over
+    the whole run and the median and maximum over the last 50 trials."""
+    import time
+
+    from hpod.server.simulator import Simulator, study_config
+
+    algorithm, _, sampler = method.partition("@")
+    prob = make_problem(problem)
+    config = study_config(prob, algorithm, trials, 0, {"sampler": sampler} if sampler else {},
+                          None, None, None)
+    sim = Simulator(prob, config, 1, None)
+    alg = sim.engine.algorithm
+    start_trial, costs = alg._start_trial, []
+
+    def timed() -> Any:
+        t0 = time.thread_time()
+        job = start_trial()
+        if job is not None:
+            costs.append((time.thread_time() - t0) * 1e3)
+        return job
+
+    alg._start_trial = timed
+    sim.run()
+    last = costs[-50:]
+    return {"trials": len(costs), "mean_ms": statistics.fmean(costs),
+            "last50_median_ms": statistics.median(last), "last50_max_ms": max(last)}
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--problems", default=",".join(ANALYTIC))
@@ -316,6 +348,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--budget", type=float, default=30.0, help="in full trainings (R)")
     ap.add_argument("--jobs", type=int, default=2)
     ap.add_argument("--out", default=str(HERE / "results"))
+    ap.add_argument("--cost", default="",
+                    help="only measure CPU per suggestion at 500 trials for these methods "
+                    "(e.g. auto,asha@cqr,asha@tpe)")
     ap.add_argument("--quick", action="store_true",
                     help="two problems, two seeds, budget 3 R, auto and asha and optuna's HB+TPE")
     return ap
@@ -323,6 +358,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.cost:
+        for method in args.cost.split(","):
+            print(method, json.dumps({k: round(v, 2) for k, v in
+                                      suggestion_cost(method).items()}))
+        return 0
     problems, methods = args.problems.split(","), args.methods.split(",")
     peers = [] if args.peers == "none" else args.peers.split(",")
     seeds, budget = args.seeds, args.budget
