@@ -194,3 +194,30 @@ def test_quick_suite_runs(tmp_path: Path) -> None:
         for quartiles in block["rows"]["hpod-auto"].values():
             assert all(math.isfinite(q) for q in quartiles)
     assert "| ranks-well | hpod-auto |" in out.stdout
+
+
+def test_cqr_refits_on_a_growth_schedule_and_restores_the_same_model() -> None:
+    from hpod.server.algorithms.base import SuggestContext, rng_for
+    from hpod.server.algorithms.cqr import CQRSampler
+
+    ctx = Context(SPACE, Resource(9, 1, 3), 2, {"cqr": {"n_estimators": 5,
+                                                        "num_candidates": 50}}, None)
+
+    def feed(s: CQRSampler, lo: int, hi: int, fits: list[int]) -> list[dict[str, Any]]:
+        out = []
+        for t in range(lo, hi):
+            config = s.suggest(SuggestContext(t))
+            out.append(config)
+            s.observe(t, config, 9.0, (config["x"] - 0.3) ** 2 + config["y"])
+            fits.append(int(s._fit_data["version"]) if s._fit_data else -1)
+        return out
+
+    live, fits = CQRSampler(ctx, rng_for(2, 0)), []
+    feed(live, 0, 90, fits)
+    saved = json.loads(json.dumps(live.state()))
+    later = feed(live, 90, 120, fits)
+    refits_late = len(set(fits[70:]))
+    assert refits_late < 50 / 2  # from 64 rows on: about every 10 % of new data, not each
+    restored = CQRSampler(ctx, rng_for(2, 0))
+    restored.restore(saved)
+    assert feed(restored, 90, 120, []) == later
