@@ -85,3 +85,12 @@ def test_carbs_nested_fractional_integer_is_refused_by_name() -> None:
     with pytest.raises(SettingsError) as err:
         _config("asha-carbs", {"carbs": {"candidates_per_dim": 50.5}}).check()
     assert err.value.field == "algorithm.settings.carbs.candidates_per_dim"
+
+
+def test_tpe_options_are_typed_too() -> None:
+    config = _config("hyperband", {"sampler": "tpe", "tpe": {"n_startup_trials": 4.0}})
+    config.check()
+    assert config.build_algorithm().sampler.opts["n_startup_trials"] == 4
+    with pytest.raises(SettingsError) as err:
+        _config("hyperband", {"sampler": "tpe", "tpe": {"multivariate": 1}}).check()
+    assert err.value.field == "algorithm.settings.tpe.multivariate"

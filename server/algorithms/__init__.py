@@ -14,6 +14,7 @@ from .base import (
     ALGORITHMS,
     SAMPLERS,
     Algorithm,
+    Capability,
     Context,
     Decision,
     Job,
@@ -23,6 +24,7 @@ from .base import (
     Sampler,
     SettingsError,
     Status,
+    SuggestContext,
 )
 from .space import SearchSpace, SpaceError
 
@@ -63,7 +65,8 @@ def build(name: str, ctx: Context) -> Algorithm:
 
 
 __all__ = [
-    "ALGORITHMS", "SAMPLERS", "Algorithm", "Context", "Decision", "Job", "Outcome", "Plan",
-    "Resource", "Sampler", "SearchSpace", "SettingsError", "SpaceError", "Status", "build",
+    "ALGORITHMS", "SAMPLERS", "Algorithm", "Capability", "Context", "Decision", "Job", "Outcome",
+    "Plan", "Resource", "Sampler", "SearchSpace", "SettingsError", "SpaceError", "Status",
+    "SuggestContext", "build",
     "load", "load_all", "MODULES", "SAMPLER_MODULES",
 ]

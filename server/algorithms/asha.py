@@ -35,10 +35,8 @@ learning-curve point and, as each job ends, what that segment cost (``Sampler.on
 
 from __future__ import annotations
 
-import bisect
 import heapq
 import math
-from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, get_args
 
@@ -59,7 +57,19 @@ from .base import (
     register_algorithm,
     rng_for,
 )
-from .hb_math import bracket_probabilities, largest_s, rung_levels, to_fraction
+from .hb_math import (  # noqa: F401 (the rules are re-exported: asha's public names)
+    Order,
+    _linear_quantile,
+    bracket_probabilities,
+    continues,
+    continues_sorted,
+    in_top,
+    in_top_sorted,
+    largest_s,
+    ray_cutoff,
+    rung_levels,
+    to_fraction,
+)
 from .ordered import SortedKeys
 from .persist import DERIVED, Persistent, record
 from .samplers import make_sampler, sampler_options
@@ -86,104 +96,6 @@ class ASHASettings:
 
 
 # --- exact resource arithmetic ------------------------------------------------------------
-
-
-# --- the three quantile rules -------------------------------------------------------------
-
-
-def in_top(rule: str, tid: int, value: float, rung: Mapping[int, float], eta: int) -> bool:
-    """Promotion test: is entry (tid, value) of ``rung`` (all recorded values, itself included)
-    in the rung's top 1/eta?
-
-    ``asha_floor`` (the paper): among the floor(n/eta) best, ties by trial id, so nothing leaves
-    a rung before it holds eta entries. ``linear_quantile`` (Syne Tune): value <= the linear
-    1/eta quantile, from 2 entries on. ``ray_percentile``: value <= the 100/eta percentile of the
-    other entries (Ray's cutoff, in lower-is-better space).
-    """
-    if rule == "asha_floor":
-        better = sum(1 for t, v in rung.items() if (v, t) < (value, tid))
-        return better < len(rung) // eta
-    if len(rung) < 2:
-        return False
-    if rule == "linear_quantile":
-        return value <= float(np.quantile(list(rung.values()), 1.0 / eta))
-    others = [v for t, v in rung.items() if t != tid]
-    return value <= ray_cutoff(others, eta)
-
-
-def ray_cutoff(previous: Sequence[float], eta: int) -> float:
-    """Ray's cutoff in lower-is-better space: the 100/eta percentile of the earlier values
-    (Ray takes the (1 - 1/eta) percentile of rewards; negating mirrors the percentile)."""
-    return float(np.percentile(list(previous), 100.0 / eta))
-
-
-def continues(rule: str, previous: Sequence[float], value: float, eta: int) -> bool:
-    """Stopping test for a trial reaching a milestone with ``value``, given the values the
-    milestone recorded before it. The first arrival always continues under every rule:
-    ``asha_floor`` keeps max(1, floor(n/eta)) as Optuna does, ``linear_quantile`` needs 2
-    entries as Syne Tune does, ``ray_percentile`` needs a previous value as Ray does."""
-    if rule == "ray_percentile":
-        return not previous or value <= ray_cutoff(previous, eta)
-    values = [*previous, value]
-    if rule == "linear_quantile":
-        return len(values) < 2 or value <= float(np.quantile(values, 1.0 / eta))
-    keep = max(1, len(values) // eta)
-    return value <= sorted(values)[keep - 1]
-
-
-def _linear_quantile(at: Callable[[int], float], n: int, q: float) -> float:
-    """numpy's default (``linear``) quantile of n sorted values read through ``at``, with
-    numpy's own float steps (virtual index (n-1)q, the two-sided lerp), so it equals
-    ``np.quantile`` bit for bit without copying or partitioning the values."""
-    index = (n - 1) * q
-    lo = math.floor(index)
-    gamma = index - lo
-    a = at(lo)
-    b = at(min(lo + 1, n - 1))
-    diff = b - a
-    return b - diff * (1 - gamma) if gamma >= 0.5 else a + diff * gamma
-
-
-def _ray_q(eta: int) -> float:
-    return (100.0 / eta) / 100  # np.percentile divides the percentage by 100 itself
-
-
-Order = list[tuple[float, int]]  # (value, trial) entries, sorted
-Sorted = Order | SortedKeys  # a rung's entries: a sorted list or the rung's own index
-
-
-def _rank(order: Sorted, key: tuple[float, int]) -> int:
-    return order.bisect_left(key) if isinstance(order, SortedKeys) else bisect.bisect_left(
-        order, key)
-
-
-def in_top_sorted(rule: str, tid: int, value: float, order: Sorted, eta: int) -> bool:
-    """:func:`in_top` over a rung's sorted entries, in O(log n): the same answers."""
-    n = len(order)
-    if rule == "asha_floor":
-        return _rank(order, (value, tid)) < n // eta
-    if n < 2:
-        return False
-    if rule == "linear_quantile":
-        return value <= _linear_quantile(lambda i: order[i][0], n, 1.0 / eta)
-    skip = _rank(order, (value, tid))  # the entry itself is not an "other"
-    return value <= _linear_quantile(lambda i: order[i + (i >= skip)][0], n - 1, _ray_q(eta))
-
-
-def continues_sorted(rule: str, previous: Sorted, value: float, eta: int) -> bool:
-    """:func:`continues` over the milestone's sorted earlier entries, in O(log n)."""
-    n = len(previous)
-    if rule == "ray_percentile":
-        return not n or value <= _linear_quantile(lambda i: previous[i][0], n, _ray_q(eta))
-    at = _rank(previous, (value, -1))  # where value sorts among the values
-
-    def merged(i: int) -> float:  # the i-th smallest of previous values plus ``value``
-        return previous[i][0] if i < at else value if i == at else previous[i - 1][0]
-
-    if rule == "linear_quantile":
-        return n + 1 < 2 or value <= _linear_quantile(merged, n + 1, 1.0 / eta)
-    keep = max(1, (n + 1) // eta)
-    return value <= merged(keep - 1)
 
 
 # --- state --------------------------------------------------------------------------------

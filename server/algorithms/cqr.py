@@ -81,10 +81,9 @@ from .base import (
     register_algorithm,
     register_sampler,
     rng_for,
-    rng_restore,
-    rng_state,
 )
 from .offload import compute
+from .persist import Persistent
 from .random_search import RandomSearch
 from .settings import ROOT, parse
 from .space import Categorical, Float, Int, SearchSpace
@@ -380,7 +379,7 @@ def concat_columns(a: Columns, b: Columns) -> Columns:
 # --- the sampler --------------------------------------------------------------------------------
 
 
-class CQRSampler(Sampler):
+class CQRSampler(Persistent, Sampler):
     """Conformalised quantile-regression sampler (see the module docstring for settings).
 
     Observations are kept per trial as (resource, value) points; the model is a pure function
@@ -389,6 +388,10 @@ class CQRSampler(Sampler):
     """
 
     name = "cqr"
+    # _version counts observations (the refit schedule), _fit_data is what the model was
+    # fitted on: a restore refits the same model from it.
+    saved = ("rng", "fit_seed", "trials", "_version", "_fit_data")
+    state_version = 3
 
     def __init__(self, ctx: Context, rng: np.random.Generator) -> None:
         self.cfg = CQRSettings.from_settings(ctx.settings)
@@ -396,9 +399,9 @@ class CQRSampler(Sampler):
         self.rng = rng
         self.fit_seed = int(rng.integers(2**63 - 1))
         self.trials: dict[int, dict[str, Any]] = {}  # id -> {"config", "points"}
-        self._version = 0  # bumped on every change of the data (saved: the refit schedule)
-        self._model: tuple[int, QuantileModel, Columns, np.ndarray] | None = None
+        self._version = 0  # bumped on every change of the data
         self._fit_data: dict[str, Any] | None = None  # what the current model was fitted on
+        self._model: tuple[int, QuantileModel, Columns, np.ndarray] | None = None
 
     # -- observations --
 
@@ -519,32 +522,8 @@ class CQRSampler(Sampler):
 
     # -- persistence --
 
-    def state(self) -> dict[str, Any]:
-        return {
-            "version": 2,
-            "rng": rng_state(self.rng),
-            "fit_seed": self.fit_seed,
-            "data_version": self._version,
-            "fit_data": self._fit_data,
-            "trials": {str(t): {"config": e["config"], "points": e["points"]}
-                       for t, e in self.trials.items()},
-        }
-
-    def restore(self, state: Mapping[str, Any]) -> None:
-        rng_restore(self.rng, state["rng"])
-        self.fit_seed = int(state["fit_seed"])
-        self.trials = {
-            int(t): {"config": dict(e["config"]),
-                     "points": [[float(r), float(v)] for r, v in e["points"]]}
-            for t, e in state["trials"].items()
-        }
-        # State version 1 had no refit schedule: such a sampler refits at its next suggestion.
-        self._version = int(state.get("data_version", 0))
-        fit = state.get("fit_data")
-        self._fit_data = None if fit is None else {
-            "configs": [dict(c) for c in fit["configs"]], "y": [float(v) for v in fit["y"]],
-            "version": int(fit["version"])}
-        self._model = None  # refitted on demand from the same data and seed: the same model
+    def _derive(self) -> None:
+        self._model = None  # refitted on demand from the saved fit data: the same model
 
 
 register_sampler("cqr")(CQRSampler)

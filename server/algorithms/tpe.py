@@ -23,15 +23,26 @@ import logging
 import math
 from collections.abc import Mapping, Sequence
 from contextvars import ContextVar
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Literal
 
 import numpy as np
 
 from .base import Context, Sampler, SettingsError, Status, SuggestContext, register_sampler
+from .persist import Persistent
+from .settings import ROOT, parse
 from .space import Categorical, Float, SearchSpace
 
-DEFAULTS = {"n_startup_trials": 10, "multivariate": True, "constant_liar": True,
-            "fidelities": "all"}
+
+@dataclass(frozen=True)
+class TPESettings:
+    """``algorithm.settings.tpe`` (see the module docstring)."""
+
+    n_startup_trials: int = 10
+    multivariate: bool = True
+    constant_liar: bool = True
+    min_points: int | None = None  # default: number of parameters + 2
+    fidelities: Literal["all", "highest"] = "all"
 
 # Each suggestion builds a throwaway in-memory Optuna study, and Optuna logs the creation of
 # every study at INFO. Rather than lower Optuna's process-wide log level, one filter on that
@@ -62,22 +73,18 @@ def _distributions(space: SearchSpace) -> dict[str, Any]:
     return out
 
 
-class TPESampler(Sampler):
+class TPESampler(Persistent, Sampler):
     name = "tpe"
+    saved = ("seed", "suggested", "points")
+    state_version = 2
 
     def __init__(self, ctx: Context, rng: np.random.Generator) -> None:
         self.space = ctx.space
-        opts = dict(ctx.settings.get("tpe") or {})
-        unknown = sorted(set(opts) - {*DEFAULTS, "min_points"})
-        if unknown:
-            raise SettingsError(f"algorithm.settings.tpe.{unknown[0]}",
-                                f"unknown TPE setting; known: {sorted([*DEFAULTS, 'min_points'])}")
-        self.opts = {**DEFAULTS, **opts}
-        if self.opts["fidelities"] not in ("all", "highest"):
-            raise SettingsError("algorithm.settings.tpe.fidelities",
-                                f"must be 'all' or 'highest' (got {self.opts['fidelities']!r})")
+        st = parse(TPESettings, ctx.settings.get("tpe"), f"{ROOT}.tpe")
+        self.opts = {"n_startup_trials": st.n_startup_trials, "multivariate": st.multivariate,
+                     "constant_liar": st.constant_liar, "fidelities": st.fidelities}
         self.max_resource = float(ctx.resource.max_resource)
-        self.min_points = int(opts.get("min_points", len(self.space) + 2))
+        self.min_points = len(self.space) + 2 if st.min_points is None else st.min_points
         if self.min_points < 1:
             raise SettingsError("algorithm.settings.tpe.min_points", "must be >= 1")
         # One draw from the study's generator fixes this sampler's seed for good.
@@ -156,17 +163,6 @@ class TPESampler(Sampler):
 
     def on_trial_end(self, trial_id: int, config: Mapping[str, Any], status: Status) -> None:
         return None
-
-    def state(self) -> dict[str, Any]:
-        return {"seed": self.seed, "suggested": self.suggested, "points": {
-            str(t): {"config": e["config"], "curve": dict(e["curve"])}
-            for t, e in self.points.items()}}
-
-    def restore(self, state: Mapping[str, Any]) -> None:
-        self.seed = int(state["seed"])
-        self.suggested = int(state["suggested"])
-        self.points = {int(t): {"config": dict(e["config"]), "curve": dict(e["curve"])}
-                       for t, e in state["points"].items()}
 
 
 register_sampler("tpe")(TPESampler)
