@@ -9,13 +9,16 @@ the milestone rule of the Hyperband family). At each suggestion:
 1. every level with at least ``min_points`` results (default: number of parameters + 2, BOHB's
    rule) is split into its best ``gamma`` fraction ("good") and the rest ("bad"); a product
    kernel density is fitted to each (Scott's bandwidth per dimension, at least
-   ``min_bandwidth``; categorical parameters use an Aitchison-Aitken kernel);
+   ``min_bandwidth``, 0.05 of the unit range; categorical parameters use an Aitchison-Aitken
+   kernel) plus one uniform pseudo-point, as Optuna's TPE prior, so that a few good points
+   never rule the rest of the space out;
 2. each level gets a weight: 1 for the highest fitted level, and for a lower level its
    :func:`level_trust` (the Spearman rank correlation of its values with a higher level's on the
    trials both saw, squared, clipped at 0); a level that misleads gets no say;
 3. ``n_candidates`` points are drawn from the weighted mixture of the good densities (bandwidths
-   widened by ``bandwidth_factor``, as BOHB does), and the one with the largest weighted
-   ``log good(x) - log bad(x)`` is proposed. A ``random_fraction`` of suggestions, and every
+   widened by ``bandwidth_factor``, as BOHB does, folded back at the bounds), and the one
+   with the largest weighted ``log good(x) - log bad(x)`` is proposed. A ``random_fraction``
+   (a third) of suggestions, and every
    suggestion before any level can be fitted, is uniform at random.
 
 Everything is numpy on at most a few hundred points per level: well under a millisecond per
