@@ -221,3 +221,46 @@ def test_cqr_refits_on_a_growth_schedule_and_restores_the_same_model() -> None:
     restored = CQRSampler(ctx, rng_for(2, 0))
     restored.restore(saved)
     assert feed(restored, 90, 120, []) == later
+
+
+@pytest.mark.parametrize("cut", [30, 150])
+def test_engine_snapshot_plus_log_tail_replays_auto(cut: int) -> None:
+    from hpod.server.engine import StudyEngine
+    from hpod.server.study import StudyConfig
+    from test_engine import SPACE as ENGINE_SPACE
+    from test_engine import drive as drive_engine
+
+    def config() -> StudyConfig:
+        return StudyConfig(ENGINE_SPACE, Resource(9, 1, 3), "auto", seed=4, max_trials=40)
+
+    live, log = StudyEngine("s", config()), []
+    drive_engine(live, log)
+    assert live.state == "completed"
+    replayed = StudyEngine("s", config())
+    for inp in log[:cut]:
+        replayed.apply(inp)
+    snap = json.loads(json.dumps(replayed.state_dict(), allow_nan=False))
+    restored = StudyEngine.from_state("s", config(), snap)
+    for inp in log[cut:]:
+        restored.apply(json.loads(json.dumps(inp)))
+    assert restored.state_dict() == live.state_dict()
+
+
+@pytest.mark.slow
+def test_same_proposals_across_a_server_restart(tmp_path: Path, monkeypatch: Any) -> None:
+    import test_cqr_service as svc
+    from hpod.client.local import LocalCluster
+
+    def spec(algorithm: str, seed: int = 11) -> dict[str, Any]:
+        return {"name": "det-auto", "resource": {"max_resource": 9, "min_resource": 1,
+                                                  "eta": 3},
+                "seed": seed, "max_trials": 30, "search_space": svc.SPACE}  # no algorithm
+
+    monkeypatch.setitem(svc.MAX_TRIALS, "auto", 30)
+    monkeypatch.setattr(svc, "ask_tell_spec", spec)
+    with LocalCluster(workers=0, trainers=("analytic",), workdir=str(tmp_path),
+                      lease_seconds=30.0) as c:
+        restarted = svc.drive(c, c.client(), "auto", restart_at_job=25)
+        with c.client() as client:
+            first = svc.drive(c, client, "auto")
+    assert restarted == first
