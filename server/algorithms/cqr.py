@@ -27,9 +27,10 @@ valid_fraction              0.1            calibration share of the split (âŒˆfÂ
 num_init_random_draws       5              random suggestions until this many trials have a value
 num_candidates              2000           random candidates per suggestion
 max_fit_samples             none           fit on a random subset of this size (bounds fit time)
-refit_growth                0.1            from 64 rows on, refit once the observations since
-                                           the last fit reach this share of its rows (below,
-                                           at every one): ~64 + log(n/64)/0.1 fits, not n
+refit_growth                0.2            from 32 rows on, refit once the observations since
+                                           the last fit reach this share of those before it
+                                           (below, at every one): ~32 + log(n/32)/log(1.2)
+                                           fits in a study, not n
 fit_on                      ``last_value`` ``last_value``: each trial's last observed value
                                            (the paper); ``highest_rung``: the highest resource
                                            level at least ``highest_rung_min_points`` trials
@@ -95,7 +96,7 @@ LOCAL_CATEGORICAL_REDRAW = 0.2
 # Random start-up draws that collide with a pending configuration are retried this often.
 STARTUP_RETRIES = 100
 # Below this many rows the model is refitted at every new observation, whatever refit_growth.
-REFIT_ALWAYS_BELOW = 64
+REFIT_ALWAYS_BELOW = 32
 
 
 # --- settings -----------------------------------------------------------------------------
@@ -110,7 +111,7 @@ class CQRSettings:
     num_init_random_draws: int = 5
     num_candidates: int = 2000
     max_fit_samples: int | None = None
-    refit_growth: float = 0.1
+    refit_growth: float = 0.2
     fit_on: str = "last_value"
     highest_rung_min_points: int = 10
     pending_penalty: bool = True
@@ -238,6 +239,22 @@ class QuantileModel:
 
     def predict_raw(self, x: np.ndarray) -> np.ndarray:
         return np.column_stack([m.predict(x) for m in self.models])
+
+    def predict_picked(self, x: np.ndarray, picks: np.ndarray) -> np.ndarray:
+        """Row i's corrected quantile ``picks[i]`` only: each model predicts just the rows
+        that drew its level (Thompson sampling needs one quantile per candidate), the same
+        numbers as ``predict(x)[i, picks[i]]`` at a fifth of the cost."""
+        out = np.empty(len(x))
+        k = len(self.levels)
+        for j, model in enumerate(self.models):
+            rows = picks == j
+            if rows.any():
+                out[rows] = model.predict(x[rows])
+                if j < len(self.corrections):
+                    out[rows] -= self.corrections[j]
+                elif k - 1 - j < len(self.corrections):
+                    out[rows] += self.corrections[k - 1 - j]
+        return out
 
     def predict(self, x: np.ndarray) -> np.ndarray:
         """Corrected quantiles, one column per level (the median is never corrected)."""
@@ -448,10 +465,15 @@ class CQRSampler(Persistent, Sampler):
             return self._random_suggestion(pending)
         model, x_best, y = self._fitted()
         cand = self._candidates(x_best)
-        preds = model.predict(encode(self.space, cand))
         penalty, excluded = self._pending_terms(cand, pending, y)
-        return column_config(self.space, cand, thompson_pick(preds, self.rng, penalty,
-                                                             excluded))
+        x = encode(self.space, cand)
+        # thompson_pick's draws and answer, predicting only the quantile each candidate drew.
+        values = model.predict_picked(x, self.rng.integers(len(model.levels), size=len(x)))
+        if penalty is not None:
+            values = values + penalty
+        if excluded is not None and not excluded.all():
+            values = np.where(excluded, np.inf, values)
+        return column_config(self.space, cand, int(np.argmin(values)))
 
     def _random_suggestion(self, pending: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         config = self.space.sample(self.rng)
@@ -478,10 +500,12 @@ class CQRSampler(Persistent, Sampler):
 
     def _due(self) -> bool:
         assert self._fit_data is not None
-        since = self._version - int(self._fit_data["version"])
-        rows = len(self._fit_data["y"])
+        at_fit = int(self._fit_data["version"])
+        since = self._version - at_fit
         # Small fits are cheap and each new point moves them most: refit every time there.
-        return since >= (1.0 if rows < REFIT_ALWAYS_BELOW else self.cfg.refit_growth * rows)
+        if len(self._fit_data["y"]) < REFIT_ALWAYS_BELOW:
+            return since >= 1
+        return since >= max(1.0, self.cfg.refit_growth * at_fit)
 
     def _fit(self, configs: list[dict[str, Any]], y: np.ndarray
              ) -> tuple[int, QuantileModel, Columns, np.ndarray]:
