@@ -65,19 +65,22 @@ def apply(alg: Any, inp: tuple[Any, ...], running: list[Any] | None = None) -> A
     return (alg.best(), alg.done(), alg.finalized())
 
 
-@pytest.mark.parametrize(("name", "settings"), [
-    ("random", {}), ("asha", {}), ("asha", {"mode": "stopping"}), ("async-hyperband", {}),
-    ("hyperband", {"iterations": 3}), ("idhb", {}),
+@pytest.mark.parametrize(("name", "settings", "steps"), [
+    ("random", {}, 150), ("asha", {}, 150), ("asha", {"mode": "stopping"}, 150),
+    ("async-hyperband", {}, 150), ("hyperband", {"iterations": 3}, 150), ("idhb", {}, 150),
+    ("hyperband", {"sampler": "tpe"}, 40), ("asha", {"sampler": "cqr"}, 40),
+    ("carbs", {}, 25), ("asha-carbs", {}, 25),
 ])
-def test_snapshot_plus_replay_is_the_live_state(name: str, settings: dict[str, Any]) -> None:
+def test_snapshot_plus_replay_is_the_live_state(name: str, settings: dict[str, Any],
+                                                steps: int) -> None:
     def fresh() -> Any:
         return build(name, Context(SPACE, Resource(9, 1, 3), 4, settings, 120))
 
     live, log = fresh(), []
-    drive(live, random.Random(7), 150, log)
+    drive(live, random.Random(7), steps, log)
     snapshot = json.loads(json.dumps(live.state(), allow_nan=False))
     mark = len(log)
-    later = drive(live, random.Random(8), 150, log)
+    later = drive(live, random.Random(8), steps, log)
     restored = fresh()
     restored.restore(snapshot)
     replayed = [apply(restored, inp) for inp in log[mark:]]

@@ -75,6 +75,7 @@ from .base import (
     rng_restore,
     rng_state,
 )
+from .persist import Persistent, own_state
 from .settings import ROOT, parse
 from .space import Categorical, Float, Int, SearchSpace
 
@@ -547,6 +548,7 @@ def _cholesky(cov: np.ndarray) -> np.ndarray:
 # --- the search -----------------------------------------------------------------------------
 
 
+@own_state
 class CarbsCore:
     """The CARBS search, independent of how trials are run: suggest a configuration for a
     trial, then observe its value and cost, record a failure, or forget it."""
@@ -817,7 +819,7 @@ class CarbsCore:
 # --- the algorithm and the sampler ----------------------------------------------------------
 
 
-class Carbs(Algorithm):
+class Carbs(Persistent, Algorithm):
     """Stand-alone CARBS: each trial trains from 0 to ``max_resource`` (or to its own value of
     the searched resource parameter); ``max_trials`` trials in all. ``best()`` is the lowest
     value regardless of cost; ``pareto_front()`` is the cost/value front."""
@@ -825,6 +827,8 @@ class Carbs(Algorithm):
     capabilities = frozenset({Capability.PARETO})
 
     name = "carbs"
+    saved = ("started", "running", "info", "core")
+    state_version = 2
 
     def __init__(self, ctx: Context) -> None:
         settings = dict(ctx.settings)
@@ -911,21 +915,6 @@ class Carbs(Algorithm):
     def events(self) -> dict[str, int]:
         return dict(self.core.events)
 
-    def state(self) -> dict[str, Any]:
-        return {
-            "version": 1,
-            "started": self.started,
-            "running": {str(k): v for k, v in self.running.items()},
-            "info": {str(k): v for k, v in self.info.items()},
-            "core": self.core.state(),
-        }
-
-    def restore(self, state: Mapping[str, Any]) -> None:
-        self.started = int(state["started"])
-        self.running = {int(k): dict(v) for k, v in state["running"].items()}
-        self.info = {int(k): dict(v) for k, v in state.get("info", {}).items()}
-        self.core.restore(state["core"])
-
 
 def _cost(job: Job, outcome: Outcome) -> float:
     end = outcome.resource if outcome.resource is not None else job.to_resource
@@ -951,7 +940,7 @@ def with_resource(space: SearchSpace, resource: Resource) -> SearchSpace:
                                              float(resource.max_resource), log=True)))
 
 
-class CarbsSampler(Sampler):
+class CarbsSampler(Persistent, Sampler):
     """CARBS as the sampler of a scheduler (``asha-carbs``, or ``sampler: carbs`` on any
     scheduler). Its settings come from ``settings["carbs"]``: the scheduler owns the top level.
 
@@ -973,6 +962,8 @@ class CarbsSampler(Sampler):
 
     name = "carbs"
     uses_pending = False  # the core keeps its own pending trials (with their fantasies)
+    saved = ("core", "last", "spent")
+    state_version = 3  # 2: the same content written by hand; 1: before the resource was modelled
 
     def __init__(self, ctx: Context, rng: np.random.Generator) -> None:
         settings = ctx.settings.get("carbs", {})
@@ -1024,19 +1015,6 @@ class CarbsSampler(Sampler):
 
     def scaling_fit(self) -> dict[str, dict[str, float]]:
         return self.core.scaling_fit()
-
-    def state(self) -> dict[str, Any]:
-        return {"version": 2, "core": self.core.state(),
-                "last": {str(k): list(v) for k, v in self.last.items()},
-                "spent": {str(k): v for k, v in self.spent.items()}}
-
-    def restore(self, state: Mapping[str, Any]) -> None:
-        if state.get("version") != 2:
-            raise ValueError("carbs sampler state from before the resource became a model "
-                             "input (version 2); the study cannot be resumed")
-        self.core.restore(state["core"])
-        self.last = {int(k): (float(v[0]), float(v[1])) for k, v in state["last"].items()}
-        self.spent = {int(k): float(v) for k, v in state["spent"].items()}
 
 
 class AshaCarbs(AsyncHyperband):

@@ -25,6 +25,7 @@ from .base import Job, Sampler
 DERIVED = {"derived": True}  # dataclass field metadata: rebuilt after a restore, not saved
 _TAG = "~"
 _RECORDS: dict[str, type] = {}
+_OWN: list[type] = []  # classes that save themselves (state()/restore()), samplers included
 T = TypeVar("T", bound=type)
 
 
@@ -35,6 +36,13 @@ def record(cls: T) -> T:
 
 
 record(Job)
+
+
+def own_state(cls: T) -> T:
+    """Register a class whose objects save themselves with ``state()`` and ``restore()``
+    (a model core an algorithm owns); they are restored in place, like a sampler."""
+    _OWN.append(cls)
+    return cls
 
 
 def encode(value: Any) -> Any:
@@ -58,7 +66,7 @@ def encode(value: Any) -> Any:
         return {_TAG: "record", "type": type(value).__name__, "v": {
             f.name: encode(getattr(value, f.name)) for f in dataclasses.fields(value)
             if not f.metadata.get("derived")}}
-    if isinstance(value, Sampler):  # a sampler saves itself in its own format
+    if isinstance(value, (Sampler, *_OWN)):  # it saves itself, in its own format
         return {_TAG: "own", "v": value.state()}
     raise TypeError(f"cannot save a {type(value).__name__} in an algorithm's state")
 
