@@ -32,10 +32,10 @@ from .space import SearchSpace, SpaceError
 MODULES: dict[str, str] = {
     "random": "random_search", "hyperband": "hyperband", "asha": "asha",
     "async-hyperband": "asha", "idhb": "idhb", "cqr": "cqr", "asha-cqr": "cqr",
-    "carbs": "carbs", "asha-carbs": "carbs",
+    "carbs": "carbs", "asha-carbs": "carbs", "auto": "auto",
 }
 SAMPLER_MODULES: dict[str, str] = {
-    "random": "samplers", "cqr": "cqr", "carbs": "carbs", "tpe": "tpe",
+    "random": "samplers", "cqr": "cqr", "carbs": "carbs", "tpe": "tpe", "mfkde": "mfkde",
 }
 
 

@@ -27,6 +27,10 @@ valid_fraction              0.1            calibration share of the split (âŒˆfÂ
 num_init_random_draws       5              random suggestions until this many trials have a value
 num_candidates              2000           random candidates per suggestion
 max_fit_samples             none           fit on a random subset of this size (bounds fit time)
+refit_growth                0.2            from 32 rows on, refit once the observations since
+                                           the last fit reach this share of those before it
+                                           (below, at every one): ~32 + log(n/32)/log(1.2)
+                                           fits in a study, not n
 fit_on                      ``last_value`` ``last_value``: each trial's last observed value
                                            (the paper); ``highest_rung``: the highest resource
                                            level at least ``highest_rung_min_points`` trials
@@ -46,7 +50,10 @@ subsample                   1.0
 
 Deviations from the reference, all deliberate: every random draw (candidates, quantile picks,
 the calibration split, the trees) derives from the study seed, so runs repeat exactly; fresh
-candidates are drawn at every suggestion rather than once per refit; the single-fidelity
+candidates are drawn at every suggestion rather than once per refit; the model is refitted
+when the data grew by ``refit_growth`` since the last fit (the reference refits for every
+trial: most of its cost), the data of that fit saved so a restore refits the same model; the
+single-fidelity
 algorithm fits on finished trials only (as the paper's FIFO CQR) while a multi-fidelity
 scheduler feeds every learning-curve point.
 """
@@ -88,6 +95,8 @@ FIT_ON = ("last_value", "highest_rung")
 LOCAL_CATEGORICAL_REDRAW = 0.2
 # Random start-up draws that collide with a pending configuration are retried this often.
 STARTUP_RETRIES = 100
+# Below this many rows the model is refitted at every new observation, whatever refit_growth.
+REFIT_ALWAYS_BELOW = 32
 
 
 # --- settings -----------------------------------------------------------------------------
@@ -102,6 +111,7 @@ class CQRSettings:
     num_init_random_draws: int = 5
     num_candidates: int = 2000
     max_fit_samples: int | None = None
+    refit_growth: float = 0.2
     fit_on: str = "last_value"
     highest_rung_min_points: int = 10
     pending_penalty: bool = True
@@ -142,6 +152,9 @@ class CQRSettings:
         for name in ("pending_radius", "local_scale", "learning_rate"):
             if not getattr(self, name) > 0:
                 _fail(name, f"must be > 0 (got {getattr(self, name)})")
+        if not 0.0 <= self.refit_growth <= 10.0:
+            _fail("refit_growth", f"must be in [0, 10] (got {self.refit_growth}); 0 refits "
+                  "for every suggestion")
         if not 0.0 <= self.local_fraction <= 1.0:
             _fail("local_fraction", f"must be in [0, 1] (got {self.local_fraction})")
         if not 0.0 < self.subsample <= 1.0:
@@ -226,6 +239,22 @@ class QuantileModel:
 
     def predict_raw(self, x: np.ndarray) -> np.ndarray:
         return np.column_stack([m.predict(x) for m in self.models])
+
+    def predict_picked(self, x: np.ndarray, picks: np.ndarray) -> np.ndarray:
+        """Row i's corrected quantile ``picks[i]`` only: each model predicts just the rows
+        that drew its level (Thompson sampling needs one quantile per candidate), the same
+        numbers as ``predict(x)[i, picks[i]]`` at a fifth of the cost."""
+        out = np.empty(len(x))
+        k = len(self.levels)
+        for j, model in enumerate(self.models):
+            rows = picks == j
+            if rows.any():
+                out[rows] = model.predict(x[rows])
+                if j < len(self.corrections):
+                    out[rows] -= self.corrections[j]
+                elif k - 1 - j < len(self.corrections):
+                    out[rows] += self.corrections[k - 1 - j]
+        return out
 
     def predict(self, x: np.ndarray) -> np.ndarray:
         """Corrected quantiles, one column per level (the median is never corrected)."""
@@ -376,8 +405,10 @@ class CQRSampler(Persistent, Sampler):
     """
 
     name = "cqr"
-    saved = ("rng", "fit_seed", "trials")
-    state_version = 2
+    # _version counts observations (the refit schedule), _fit_data is what the model was
+    # fitted on: a restore refits the same model from it.
+    saved = ("rng", "fit_seed", "trials", "_version", "_fit_data")
+    state_version = 3
 
     def __init__(self, ctx: Context, rng: np.random.Generator) -> None:
         self.cfg = CQRSettings.from_settings(ctx.settings)
@@ -386,6 +417,7 @@ class CQRSampler(Persistent, Sampler):
         self.fit_seed = int(rng.integers(2**63 - 1))
         self.trials: dict[int, dict[str, Any]] = {}  # id -> {"config", "points"}
         self._version = 0  # bumped on every change of the data
+        self._fit_data: dict[str, Any] | None = None  # what the current model was fitted on
         self._model: tuple[int, QuantileModel, Columns, np.ndarray] | None = None
 
     # -- observations --
@@ -433,10 +465,15 @@ class CQRSampler(Persistent, Sampler):
             return self._random_suggestion(pending)
         model, x_best, y = self._fitted()
         cand = self._candidates(x_best)
-        preds = model.predict(encode(self.space, cand))
         penalty, excluded = self._pending_terms(cand, pending, y)
-        return column_config(self.space, cand, thompson_pick(preds, self.rng, penalty,
-                                                             excluded))
+        x = encode(self.space, cand)
+        # thompson_pick's draws and answer, predicting only the quantile each candidate drew.
+        values = model.predict_picked(x, self.rng.integers(len(model.levels), size=len(x)))
+        if penalty is not None:
+            values = values + penalty
+        if excluded is not None and not excluded.all():
+            values = np.where(excluded, np.inf, values)
+        return column_config(self.space, cand, int(np.argmin(values)))
 
     def _random_suggestion(self, pending: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         config = self.space.sample(self.rng)
@@ -449,22 +486,40 @@ class CQRSampler(Persistent, Sampler):
         return config
 
     def _fitted(self) -> tuple[QuantileModel, Columns, np.ndarray]:
-        """The model for the current data, the best configurations, and the targets."""
-        if self._model is None or self._model[0] != self._version:
+        """The model, the best configurations, and the targets, as of the last refit: a
+        refit happens once ``refit_growth`` times its rows of new observations arrived."""
+        if self._fit_data is None or self._due():
             configs, y = self.training_data()
-            fit_rng = np.random.default_rng([self.fit_seed, len(y)])
-            idx = np.arange(len(y))
-            if self.cfg.max_fit_samples is not None and len(y) > self.cfg.max_fit_samples:
-                idx = np.sort(fit_rng.choice(len(y), self.cfg.max_fit_samples, replace=False))
-            cols = configs_to_columns(self.space, [configs[i] for i in idx])
-            # Pure and seeded by its own generator: the service may run it in another process.
-            model = compute(fit_quantile_model, encode(self.space, cols), y[idx], self.cfg,
-                            fit_rng)
-            best = np.argsort(y, kind="stable")[: self.cfg.local_top]
-            parents = configs_to_columns(self.space, [configs[i] for i in best])
-            self._model = (self._version, model, parents, y)
+            self._fit_data = {"configs": configs, "y": [float(v) for v in y],
+                              "version": self._version}
+            self._model = None
+        if self._model is None:
+            self._model = self._fit(self._fit_data["configs"], np.array(self._fit_data["y"]))
         _, model, parents, y = self._model
         return model, parents, y
+
+    def _due(self) -> bool:
+        assert self._fit_data is not None
+        at_fit = int(self._fit_data["version"])
+        since = self._version - at_fit
+        # Small fits are cheap and each new point moves them most: refit every time there.
+        if len(self._fit_data["y"]) < REFIT_ALWAYS_BELOW:
+            return since >= 1
+        return since >= max(1.0, self.cfg.refit_growth * at_fit)
+
+    def _fit(self, configs: list[dict[str, Any]], y: np.ndarray
+             ) -> tuple[int, QuantileModel, Columns, np.ndarray]:
+        fit_rng = np.random.default_rng([self.fit_seed, len(y)])
+        idx = np.arange(len(y))
+        if self.cfg.max_fit_samples is not None and len(y) > self.cfg.max_fit_samples:
+            idx = np.sort(fit_rng.choice(len(y), self.cfg.max_fit_samples, replace=False))
+        cols = configs_to_columns(self.space, [configs[i] for i in idx])
+        # Pure and seeded by its own generator: the service may run it in another process.
+        model = compute(fit_quantile_model, encode(self.space, cols), y[idx], self.cfg,
+                        fit_rng)
+        best = np.argsort(y, kind="stable")[: self.cfg.local_top]
+        parents = configs_to_columns(self.space, [configs[i] for i in best])
+        return (self._version, model, parents, y)
 
     def _candidates(self, parents: Columns) -> Columns:
         n_local = int(round(self.cfg.local_fraction * self.cfg.num_candidates))
@@ -492,8 +547,7 @@ class CQRSampler(Persistent, Sampler):
     # -- persistence --
 
     def _derive(self) -> None:
-        self._version += 1  # the model is refitted on demand, identically
-        self._model = None
+        self._model = None  # refitted on demand from the saved fit data: the same model
 
 
 register_sampler("cqr")(CQRSampler)

@@ -82,12 +82,12 @@ def config_from_spec(spec: pb.StudySpec) -> StudyConfig:
         eta=res.eta if res.HasField("eta") else 3,
         name=res.name or "epoch",
     )
-    if not spec.algorithm.name:
-        raise SettingsError("algorithm.name", "choose an algorithm, e.g. hyperband or random")
+    # A spec that names no algorithm gets ``auto`` (DESIGN.md, "auto": the default).
+    algorithm = spec.algorithm.name or "auto"
     settings = struct_to_dict(spec.algorithm.settings)
     settings = {k: _plain(v) for k, v in settings.items()}
     config = StudyConfig(
-        space=space, resource=resource, algorithm=spec.algorithm.name, settings=settings,
+        space=space, resource=resource, algorithm=algorithm, settings=settings,
         seed=int(spec.seed), max_trials=spec.max_trials or None, name=spec.name,
         metric=spec.objective.metric or "loss",
         maximize=spec.objective.direction == pb.DIRECTION_MAXIMIZE,

@@ -1,0 +1,167 @@
+"""``auto``: the default algorithm. Asynchronous Hyperband whose bracket choice learns from the
+study how far low-resource results can be trusted, with model-based proposals fitted on every
+resource level (the ``mfkde`` sampler).
+
+Why this shape (DESIGN.md, "auto"): asynchronous successive halving keeps every worker busy
+and promotes from checkpoints; Hyperband's brackets hedge against misleading low fidelities but
+spend a fixed share on every bracket whatever the study shows. Hyper-Tune (Li et al., VLDB 2022)
+and MFES-HB (Li et al., AAAI 2021) measure instead how well each low level ranks configurations
+against a higher one and weight brackets and surrogates by it. ``auto`` does the same:
+
+* **trust of a level**: Spearman's rank correlation ρ of the values recorded at that rung level
+  with those of the highest level that shares at least 5 trials with it (``level_trust``), and
+  ``q = max(ρ, 0)²``; unknown (too few pairs) counts as ``prior_trust`` (0.5);
+* **bracket rule**: bracket b starts its trials at level b. Its weight is
+  proportional to ``p_b · q_b · Π_{b' < b} (1 − q_b')``, with ``p_b`` Hyperband's own bracket
+  sizes (``sync_proportional``), mixed with a uniform ``explore`` share (0.05) over brackets.
+  A trusted low level takes the budget from every bracket above it
+  (aggressive early stopping); a misleading one hands it to the brackets that start higher. The
+  last bracket (the one that starts closest to R) has q = 1: it is the fallback when nothing
+  below can be trusted. The uniform share keeps every level receiving results, so a trust
+  estimate can recover;
+* **proposals**: ``mfkde`` (``mfkde.py``), BOHB's good/bad kernel densities at every level,
+  weighted by the same trust.
+
+Every bracket draw is recorded (trial, bracket, the trust it saw): :meth:`Auto.decision_log`
+reads them back with the reason in words; :meth:`Auto.fidelity_report` gives the current trust
+and bracket weights. Settings: ``budget`` (resource units; or the study's ``max_trials``),
+``sampler`` (default ``mfkde``), ``explore``, ``prior_trust``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Any
+
+import numpy as np
+
+from .asha import AsyncHyperband
+from .base import Context, Plan, SettingsError, register_algorithm
+from .mfkde import MIN_PAIRS, level_trust, trust_weight
+from .samplers import sampler_options
+from .settings import parse
+
+
+@dataclass(frozen=True)
+class AutoSettings:
+    """``algorithm.settings`` of auto (see the module docstring)."""
+
+    budget: float | None = None
+    sampler: str = "mfkde"
+    explore: float = 0.05
+    prior_trust: float = 0.5
+
+
+class Auto(AsyncHyperband):
+    """Asynchronous Hyperband with trust-weighted brackets; see the module docstring."""
+
+    saved = (*AsyncHyperband.saved, "decisions")
+    state_version = 1
+    name = "auto"
+
+    def __init__(self, ctx: Context) -> None:
+        st = parse(AutoSettings, ctx.settings, passthrough=sampler_options(
+            {"sampler": ctx.settings.get("sampler", "mfkde")}))
+        for key in ("explore", "prior_trust"):
+            if not 0.0 <= getattr(st, key) <= 1.0:
+                raise SettingsError(f"algorithm.settings.{key}",
+                                    f"must be between 0 and 1 (got {getattr(st, key)})")
+        self.explore, self.prior_trust = st.explore, st.prior_trust
+        inner = {k: v for k, v in ctx.settings.items() if k not in ("explore", "prior_trust")}
+        inner.update(mode="promotion", brackets="all", sampler=st.sampler)
+        super().__init__(replace(ctx, settings=inner))
+        self.base = np.asarray(self.probabilities, dtype=float)
+        # [trial, bracket, [rho or None per bracket start level]] per new trial.
+        self.decisions: list[list[Any]] = []
+
+    # --- the fidelity policy ----------------------------------------------------------------
+
+    def _by_level(self) -> dict[float, dict[int, float]]:
+        out: dict[float, dict[int, float]] = {lv: {} for lv in self.levels}
+        for rungs in self.rungs:
+            for rung in rungs:
+                out[rung.level].update(rung.values)
+        return out
+
+    def trust(self) -> dict[float, tuple[float, float, int]]:
+        """Per rung level: (rank correlation, level it was compared with, pairs)."""
+        return level_trust(self._by_level(), MIN_PAIRS)
+
+    def _rhos(self) -> list[float | None]:
+        """The rank correlation of each bracket's start level (None: unknown)."""
+        trust = self.trust()
+        return [round(trust[self.levels[b]][0], 4) if self.levels[b] in trust else None
+                for b in range(self.n_brackets)]
+
+    def weights(self, rhos: list[float | None] | None = None) -> np.ndarray:
+        """The bracket probabilities the rule gives for these correlations (the current ones
+        by default)."""
+        rhos = self._rhos() if rhos is None else rhos
+        q = [self.prior_trust if r is None else trust_weight(r) for r in rhos]
+        q[-1] = 1.0  # the bracket closest to R is the fallback
+        w = np.empty(self.n_brackets)
+        distrust_below = 1.0
+        for b in range(self.n_brackets):
+            w[b] = self.base[b] * q[b] * distrust_below
+            distrust_below *= 1.0 - q[b]
+        # The fallback bracket has q = 1, so the sum is positive.
+        return (1.0 - self.explore) * w / w.sum() + self.explore / self.n_brackets
+
+    def draw_bracket(self) -> int:
+        rhos = self._rhos()
+        cumulative = np.cumsum(self.weights(rhos))
+        u = float(self.bracket_rng.random())
+        b = min(int(np.searchsorted(cumulative, u, side="right")), self.n_brackets - 1)
+        self.decisions.append([len(self.trials), b, rhos])
+        return b
+
+    # --- reading ----------------------------------------------------------------------------
+
+    def decision_log(self) -> list[dict[str, Any]]:
+        """Each new trial's bracket and why, oldest first (for ``study show`` and plots)."""
+        return [{"trial": t, "bracket": b, "start_resource": self.levels[b],
+                 "why": self._why(b, rhos)} for t, b, rhos in self.decisions]
+
+    def _why(self, b: int, rhos: list[float | None]) -> str:
+        known = [(self.levels[i], r) for i, r in enumerate(rhos) if r is not None]
+        if not known:
+            return ("no level has enough paired results yet: Hyperband's bracket shares, "
+                    "tilted to the cheapest start by the prior trust")
+        seen = ", ".join(f"r={lv:g}: rho={r:+.2f}" for lv, r in known)
+        return f"rank agreement with higher levels {seen}; drew bracket {b} (starts at " \
+               f"r={self.levels[b]:g})"
+
+    def fidelity_report(self) -> dict[str, Any]:
+        """The current trust per level and the bracket weights it gives."""
+        trust = self.trust()
+        return {
+            "trust": [{"resource": lv, "rho": round(r, 4), "against": h, "pairs": n}
+                      for lv, (r, h, n) in sorted(trust.items())],
+            "bracket_weights": [round(float(w), 4) for w in self.weights()],
+            "bracket_start": [self.levels[b] for b in range(self.n_brackets)],
+        }
+
+    def plan(self) -> Plan:
+        """Asynchronous Hyperband's plan with today's bracket weights, and the rule in words."""
+        saved = self.probabilities
+        self.probabilities = [float(w) for w in self.weights()]
+        try:
+            plan = super().plan()
+        finally:
+            self.probabilities = saved
+        notes = (
+            "auto: asynchronous Hyperband (promotion from checkpoints) with "
+            f"{self.sampler.name} proposals fitted on every resource level",
+            "bracket b is drawn with weight p_b * q_b * prod_{b'<b}(1 - q_b') (p: Hyperband's "
+            f"bracket sizes), mixed with {self.explore:g} uniform; q = max(rho, 0)^2, rho = "
+            "rank correlation of the bracket's start level with a higher level (unknown: "
+            f"{self.prior_trust:g})",
+            "trusted low levels -> cheap early stopping; misleading ones -> brackets that "
+            "start near the maximum resource",
+            "current bracket weights: " + ", ".join(
+                f"s={b} (r={self.levels[b]:g}) {w:.2f}" for b, w in enumerate(self.weights())),
+        )
+        return replace(plan, notes=notes)
+
+
+register_algorithm("auto")(Auto)

@@ -1,0 +1,266 @@
+"""``auto`` (DESIGN.md, "auto"): deterministic per seed, restartable (snapshot + replay gives
+the live answers), its bracket rule on constructed problems, its plan and decision log, the
+``mfkde`` sampler's pieces, and the default algorithm of a spec that names none."""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from hpod.server.algorithms import Context, Resource, SearchSpace, SettingsError, build
+from hpod.server.algorithms.mfkde import level_trust, spearman
+from hpod.server.algorithms.space import Categorical, Float
+from hpod.server.simulator import Simulator, study_config
+from test_persist import apply, drive
+
+SPACE = SearchSpace((Float("x", 0.0, 1.0), Float("y", 0.0, 1.0)))
+BENCH = Path(__file__).resolve().parent.parent / "bench" / "mf_suite.py"
+
+
+@dataclass
+class Ranked:
+    """value = f(x) at R; below R the ranking is f's (``sign`` 1) or reversed (``sign`` -1)."""
+
+    sign: float
+    name: str = "ranked"
+    min_resource: float = 1.0
+    max_resource: float = 27.0
+    eta: int = 3
+    optimum: float | None = 0.0
+    space: list[dict[str, Any]] = field(default_factory=lambda: [
+        {"name": "x", "type": "float", "low": 0.0, "high": 1.0},
+        {"name": "y", "type": "float", "low": 0.0, "high": 1.0}])
+
+    def evaluate(self, config: dict[str, Any], resource: float) -> float:
+        f = (config["x"] - 0.3) ** 2 + (config["y"] - 0.6) ** 2
+        if resource >= self.max_resource:
+            return f
+        return 1.0 + self.sign * f  # every level below R ranks as f does, or backwards
+
+    def cost(self, config: dict[str, Any], resource: float) -> float:
+        return float(resource)
+
+
+def run(problem: Any, seed: int, budget_r: float = 25.0, settings: dict | None = None
+        ) -> tuple[Simulator, Any]:
+    config = study_config(problem, "auto", 2000, seed, settings or {}, None, None, None)
+    sim = Simulator(problem, config, 1, budget_r * problem.max_resource)
+    sim.run()
+    return sim, sim.engine.algorithm
+
+
+def test_deterministic_per_seed_in_the_simulator() -> None:
+    a_sim, a = run(Ranked(1.0), seed=3)
+    b_sim, b = run(Ranked(1.0), seed=3)
+    _, c = run(Ranked(1.0), seed=4)
+    assert a_sim.trace == b_sim.trace
+    assert a.decision_log() == b.decision_log()
+    assert json.dumps(a.state()) == json.dumps(b.state())
+    assert [t.config for t in a.trials.values()] != [t.config for t in c.trials.values()]
+
+
+def test_snapshot_plus_replay_gives_the_live_answers() -> None:
+    def fresh() -> Any:
+        return build("auto", Context(SPACE, Resource(27, 1, 3), 5, {}, 200))
+
+    live, log = fresh(), []
+    drive(live, random.Random(7), 250, log)
+    snapshot = json.loads(json.dumps(live.state(), allow_nan=False))
+    mark = len(log)
+    later = drive(live, random.Random(8), 250, log)
+    restored = fresh()
+    restored.restore(snapshot)
+    assert [apply(restored, inp) for inp in log[mark:]] == later
+    assert json.dumps(restored.state()) == json.dumps(live.state())
+    assert restored.decision_log() == live.decision_log()
+
+
+def test_correlated_low_levels_send_trials_to_the_cheapest_bracket() -> None:
+    _, alg = run(Ranked(1.0), seed=0)
+    report = alg.fidelity_report()
+    assert all(t["rho"] == pytest.approx(1.0) for t in report["trust"])
+    weights = report["bracket_weights"]
+    assert weights[0] > 0.9  # aggressive early stopping
+    late = [d["bracket"] for d in alg.decision_log()[-20:]]
+    assert late.count(0) >= 15
+    assert "rho=+1.00" in alg.decision_log()[-1]["why"]
+
+
+def test_anti_correlated_low_levels_send_trials_to_the_top_bracket() -> None:
+    _, alg = run(Ranked(-1.0), seed=0)
+    trust = {t["resource"]: t["rho"] for t in alg.fidelity_report()["trust"]}
+    assert trust[1.0] == pytest.approx(-1.0)
+    weights = alg.fidelity_report()["bracket_weights"]
+    # Levels 1 and 3 rank backwards, level 9 too (against R): only the last bracket is left.
+    assert weights[-1] > 0.9 and weights[0] < 0.05
+    late = [d["bracket"] for d in alg.decision_log()[-10:]]
+    assert late.count(alg.n_brackets - 1) >= 7
+
+
+def test_the_rule_on_given_correlations() -> None:
+    alg = build("auto", Context(SPACE, Resource(81, 1, 3), 0, {"explore": 0.0}, 100))
+    assert alg.n_brackets == 5
+    # Level 9 trusted, the two below misleading: bracket 2 takes what 0 and 1 gave up, the
+    # brackets above keep the share level 9's imperfection leaves them.
+    w = alg.weights([-0.5, 0.1, 0.9, 1.0, 1.0])
+    assert w[0] == 0.0 and w[1] < 0.05 and w[2] == max(w)
+    assert w[3] > 0.0 and w[4] == 0.0  # level 27 trusted fully: nothing above it
+    unknown = alg.weights([None] * 5)
+    assert unknown[0] > unknown[1] > unknown[2] > 0.0  # the prior: half trust everywhere
+
+
+def test_plan_says_what_it_will_do() -> None:
+    alg = build("auto", Context(SPACE, Resource(81, 1, 3), 0, {}, 100))
+    plan = alg.plan()
+    text = " ".join(plan.notes)
+    assert "rank correlation" in text and "current bracket weights" in text
+    assert len(plan.brackets) == 5
+
+
+@pytest.mark.parametrize(("settings", "field_name"), [
+    ({"explore": 1.5}, "algorithm.settings.explore"),
+    ({"prior_trust": -0.1}, "algorithm.settings.prior_trust"),
+    ({"mode": "stopping"}, "algorithm.settings.mode"),
+    ({"sampler": "nope"}, "algorithm.settings.sampler"),
+])
+def test_bad_settings_are_named(settings: dict[str, Any], field_name: str) -> None:
+    with pytest.raises(SettingsError) as err:
+        build("auto", Context(SPACE, Resource(27, 1, 3), 0, settings, 10))
+    assert err.value.field == field_name
+
+
+def test_auto_needs_a_stop() -> None:
+    with pytest.raises(SettingsError, match="max_trials"):
+        build("auto", Context(SPACE, Resource(27, 1, 3), 0, {}, None))
+
+
+def test_spearman_and_level_trust() -> None:
+    a = np.array([1.0, 2.0, 3.0, 4.0, 5.0])
+    assert spearman(a, a * 10) == pytest.approx(1.0)
+    assert spearman(a, -a) == pytest.approx(-1.0)
+    assert spearman(np.array([1.0, 1.0, 2.0]), np.array([1.0, 2.0, 3.0])) == pytest.approx(
+        0.8660254)  # scipy.stats.spearmanr, ties averaged
+    by_level = {1.0: {t: float(t) for t in range(10)}, 3.0: {t: -float(t) for t in range(6)},
+                9.0: {t: float(t) for t in range(3)}}
+    trust = level_trust(by_level, min_pairs=5)
+    assert trust[1.0] == (pytest.approx(-1.0), 3.0, 6)  # level 9 shares only 3: not it
+    assert 3.0 not in trust
+
+
+def test_mfkde_handles_categoricals_and_restores() -> None:
+    space = SearchSpace((Float("lr", 1e-4, 1.0, log=True), Categorical("act", ("a", "b", "c"))))
+    ctx = Context(space, Resource(9, 1, 3), 1, {"sampler": "mfkde"}, 300)
+    alg = build("asha", ctx)
+    live, log = alg, []
+    drive(live, random.Random(1), 200, log)
+    for trial in live.trials.values():
+        assert trial.config["act"] in ("a", "b", "c") and 1e-4 <= trial.config["lr"] <= 1.0
+    assert live.sampler.last_fit.get("model") is not None
+    snapshot = json.loads(json.dumps(live.state(), allow_nan=False))
+    restored = build("asha", ctx)
+    restored.restore(snapshot)
+    mark = len(log)
+    later = drive(live, random.Random(2), 100, log)
+    assert [apply(restored, inp) for inp in log[mark:]] == later
+
+
+def test_default_algorithm_is_auto() -> None:
+    from hpod.server.service.convert import config_from_spec
+    from hpod.v1 import hpod_pb2 as pb
+
+    spec = pb.StudySpec(name="s", max_trials=10)
+    spec.resource.max_resource = 27
+    p = spec.search_space.add()
+    p.name, p.float_range.low, p.float_range.high = "x", 0.0, 1.0
+    assert config_from_spec(spec).algorithm == "auto"
+
+
+def test_quick_suite_runs(tmp_path: Path) -> None:
+    out = subprocess.run([sys.executable, str(BENCH), "--quick", "--jobs", "1",
+                          "--out", str(tmp_path)],
+                         capture_output=True, text=True, timeout=600, check=True)
+    res = json.loads((tmp_path / "mf_suite-quick.json").read_text())
+    assert set(res["problems"]) == {"ranks-well", "misleading"}
+    for block in res["problems"].values():
+        assert "hpod-auto" in block["rows"]
+        for quartiles in block["rows"]["hpod-auto"].values():
+            assert all(math.isfinite(q) for q in quartiles)
+    assert "| ranks-well | hpod-auto |" in out.stdout
+
+
+def test_cqr_refits_on_a_growth_schedule_and_restores_the_same_model() -> None:
+    from hpod.server.algorithms.base import SuggestContext, rng_for
+    from hpod.server.algorithms.cqr import CQRSampler
+
+    ctx = Context(SPACE, Resource(9, 1, 3), 2, {"cqr": {"n_estimators": 5,
+                                                        "num_candidates": 50}}, None)
+
+    def feed(s: CQRSampler, lo: int, hi: int, fits: list[int]) -> list[dict[str, Any]]:
+        out = []
+        for t in range(lo, hi):
+            config = s.suggest(SuggestContext(t))
+            out.append(config)
+            s.observe(t, config, 9.0, (config["x"] - 0.3) ** 2 + config["y"])
+            fits.append(int(s._fit_data["version"]) if s._fit_data else -1)
+        return out
+
+    live, fits = CQRSampler(ctx, rng_for(2, 0)), []
+    feed(live, 0, 90, fits)
+    saved = json.loads(json.dumps(live.state()))
+    later = feed(live, 90, 120, fits)
+    refits_late = len(set(fits[70:]))
+    assert refits_late < 50 / 2  # from 64 rows on: about every 10 % of new data, not each
+    restored = CQRSampler(ctx, rng_for(2, 0))
+    restored.restore(saved)
+    assert feed(restored, 90, 120, []) == later
+
+
+@pytest.mark.parametrize("cut", [30, 150])
+def test_engine_snapshot_plus_log_tail_replays_auto(cut: int) -> None:
+    from hpod.server.engine import StudyEngine
+    from hpod.server.study import StudyConfig
+    from test_engine import SPACE as ENGINE_SPACE
+    from test_engine import drive as drive_engine
+
+    def config() -> StudyConfig:
+        return StudyConfig(ENGINE_SPACE, Resource(9, 1, 3), "auto", seed=4, max_trials=40)
+
+    live, log = StudyEngine("s", config()), []
+    drive_engine(live, log)
+    assert live.state == "completed"
+    replayed = StudyEngine("s", config())
+    for inp in log[:cut]:
+        replayed.apply(inp)
+    snap = json.loads(json.dumps(replayed.state_dict(), allow_nan=False))
+    restored = StudyEngine.from_state("s", config(), snap)
+    for inp in log[cut:]:
+        restored.apply(json.loads(json.dumps(inp)))
+    assert restored.state_dict() == live.state_dict()
+
+
+@pytest.mark.slow
+def test_same_proposals_across_a_server_restart(tmp_path: Path, monkeypatch: Any) -> None:
+    import test_cqr_service as svc
+    from hpod.client.local import LocalCluster
+
+    def spec(algorithm: str, seed: int = 11) -> dict[str, Any]:
+        return {"name": "det-auto", "resource": {"max_resource": 9, "min_resource": 1,
+                                                  "eta": 3},
+                "seed": seed, "max_trials": 30, "search_space": svc.SPACE}  # no algorithm
+
+    monkeypatch.setitem(svc.MAX_TRIALS, "auto", 30)
+    monkeypatch.setattr(svc, "ask_tell_spec", spec)
+    with LocalCluster(workers=0, trainers=("analytic",), workdir=str(tmp_path),
+                      lease_seconds=30.0) as c:
+        restarted = svc.drive(c, c.client(), "auto", restart_at_job=25)
+        with c.client() as client:
+            first = svc.drive(c, client, "auto")
+    assert restarted == first
