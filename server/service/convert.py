@@ -108,6 +108,7 @@ def plan_to_pb(plan: Plan) -> pb.Plan:
         total_resource=plan.total_resource or 0.0,
         incremental_resource=plan.incremental_resource or 0.0,
         max_trials=plan.max_trials or 0,
+        notes=list(plan.notes),
     )
 
 

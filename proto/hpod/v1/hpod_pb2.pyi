@@ -209,16 +209,18 @@ class Bracket(_message.Message):
     def __init__(self, s: _Optional[int] = ..., rungs: _Optional[_Iterable[_Union[Rung, _Mapping]]] = ...) -> None: ...
 
 class Plan(_message.Message):
-    __slots__ = ("brackets", "total_resource", "incremental_resource", "max_trials")
+    __slots__ = ("brackets", "total_resource", "incremental_resource", "max_trials", "notes")
     BRACKETS_FIELD_NUMBER: _ClassVar[int]
     TOTAL_RESOURCE_FIELD_NUMBER: _ClassVar[int]
     INCREMENTAL_RESOURCE_FIELD_NUMBER: _ClassVar[int]
     MAX_TRIALS_FIELD_NUMBER: _ClassVar[int]
+    NOTES_FIELD_NUMBER: _ClassVar[int]
     brackets: _containers.RepeatedCompositeFieldContainer[Bracket]
     total_resource: float
     incremental_resource: float
     max_trials: int
-    def __init__(self, brackets: _Optional[_Iterable[_Union[Bracket, _Mapping]]] = ..., total_resource: _Optional[float] = ..., incremental_resource: _Optional[float] = ..., max_trials: _Optional[int] = ...) -> None: ...
+    notes: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, brackets: _Optional[_Iterable[_Union[Bracket, _Mapping]]] = ..., total_resource: _Optional[float] = ..., incremental_resource: _Optional[float] = ..., max_trials: _Optional[int] = ..., notes: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class CreateStudyRequest(_message.Message):
     __slots__ = ("spec",)
