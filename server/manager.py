@@ -502,10 +502,17 @@ class StudyManager:
         if ack_ids:  # who applied worker events last, and when (failover is measured by it)
             batch.study_fields["applied_by"] = f"{self.settings.consumer} {time.time():.3f}"
         if inputs and self._snapshot_due(live):
-            state = eng.state_dict()
-            batch.snapshot = await self._off_loop(live, dumps, {"inputs": eng.inputs,
-                                                                "state": state})
-            batch.snapshot_inputs = eng.inputs
+            try:
+                state = eng.state_dict()
+                batch.snapshot = await self._off_loop(live, dumps, {"inputs": eng.inputs,
+                                                                    "state": state})
+                batch.snapshot_inputs = eng.inputs
+            except (TypeError, ValueError):
+                # An algorithm whose state cannot be saved: the log alone still restores the
+                # study (a longer replay), so the commit goes on without a snapshot.
+                log.exception("study %s: its state could not be saved; no snapshot", sid,
+                              extra={"study_id": sid})
+                batch.snapshot = None
         try:
             await self.store.commit(sid, batch, live.fence, live.log_len)
         except LeaseLost:

@@ -10,6 +10,9 @@ import pytest
 # One math thread per process: the suite starts many processes (servers, workers, fits) on
 # small machines, where torch's and BLAS's default of one thread per core oversubscribes them.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+# The suite forks and execs many processes from a process that holds gRPC channels; gRPC's
+# fork handlers (needed only for a fork without exec) have stalled new channels after that.
+os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
 from hpod.client.local import LocalCluster
 from hpod.server.store.embedded import EmbeddedRedis
 

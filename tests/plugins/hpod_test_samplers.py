@@ -9,50 +9,42 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
 from typing import Any
 
-from hpod.server.algorithms.base import register_sampler, rng_restore, rng_state
+import numpy as np
+from hpod.server.algorithms.base import Context, Sampler, SuggestContext, register_sampler
+from hpod.server.algorithms.persist import Persistent
 
 SLOW_SECONDS = 0.25
 
 
-class _Random:
+class _Random(Persistent, Sampler):
     uses_pending = False
-    name = ""
+    saved = ("rng", "calls")
 
-    def __init__(self, ctx: Any, rng: Any) -> None:
+    def __init__(self, ctx: Context, rng: np.random.Generator) -> None:
         self.space, self.rng, self.calls = ctx.space, rng, 0
 
-    def suggest(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
+    def suggest(self, ctx: SuggestContext) -> dict[str, Any]:
         self.calls += 1
         return self.space.sample(self.rng)
 
-    def observe(self, *args: Any, **kwargs: Any) -> None: ...
-
-    def on_segment(self, *args: Any, **kwargs: Any) -> None: ...
-
-    def on_trial_end(self, *args: Any, **kwargs: Any) -> None: ...
-
-    def state(self) -> dict[str, Any]:
-        return {"rng": rng_state(self.rng), "calls": self.calls}
-
-    def restore(self, state: Mapping[str, Any]) -> None:
-        rng_restore(self.rng, state["rng"])
-        self.calls = int(state["calls"])
-
 
 class RaiseThird(_Random):
-    def suggest(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
+    name = "raise-third"
+
+    def suggest(self, ctx: SuggestContext) -> dict[str, Any]:
         if self.calls == 2:
             raise RuntimeError("the surrogate exploded on its third suggestion")
-        return super().suggest(*args, **kwargs)
+        return super().suggest(ctx)
 
 
 class SlowRandom(_Random):
-    def suggest(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
+    name = "slow-random"
+
+    def suggest(self, ctx: SuggestContext) -> dict[str, Any]:
         time.sleep(SLOW_SECONDS)
-        return super().suggest(*args, **kwargs)
+        return super().suggest(ctx)
 
 
 register_sampler("raise-third")(RaiseThird)
