@@ -317,8 +317,10 @@ class Worker:
         if op == "complete":
             folder = checkpoints.trial_dir(self.checkpoint_dir, run.job["study_id"],
                                            run.job["trial_id"])
+            # Files already doomed but still in their grace period are not the trial's.
+            going = {*doomed, *(p for _, p in self.doomed if p.parent == folder)}
             fields["checkpoint_bytes"] = max(0, checkpoints.folder_bytes(folder) - sum(
-                p.stat().st_size for p in doomed if p.exists()))
+                p.stat().st_size for p in going if p.exists()))
         sent = time.monotonic()
         run.watch.end()
         try:
