@@ -851,8 +851,12 @@ def _rebuild(sid: str, config: StudyConfig, snap: Mapping[str, Any] | None,
     """The study from its snapshot and log tail (on the policy pool: replaying a model-based
     study refits). Returns the engine and "" or, if the stored state does not replay, the
     engine as far as it replayed and why it stopped there."""
-    engine = (StudyEngine.from_state(sid, config, snap["state"]) if snap
-              else StudyEngine(sid, config))
+    try:
+        engine = (StudyEngine.from_state(sid, config, snap["state"]) if snap
+                  else StudyEngine(sid, config))
+    except (KeyError, TypeError, ValueError) as e:
+        # e.g. a snapshot written by an older algorithm version: kept read-only, with why.
+        return StudyEngine(sid, config), f"its stored snapshot does not load: {e}"
     for inp in tail:
         try:
             engine.apply(inp)

@@ -162,3 +162,18 @@ def test_an_ended_study_keeps_only_its_best_trials_checkpoints_and_reports_its_d
         assert study.info.checkpoint_bytes > 0
         kept = {t.id: t.checkpoint_bytes for t in study.trials() if t.checkpoint_bytes}
         assert kept == on_disk()
+
+
+def test_a_snapshot_that_does_not_load_is_quarantined_with_the_reason() -> None:
+    """A stored snapshot the engine cannot read (an older algorithm's state, say) is kept
+    read-only with why, instead of blocking the study's rebuild for good."""
+    from hpod.server.algorithms import Resource, SearchSpace
+    from hpod.server.algorithms.space import Float
+    from hpod.server.manager import _rebuild
+    from hpod.server.study import StudyConfig
+
+    config = StudyConfig(SearchSpace((Float("x", 0.0, 1.0),)), Resource(9, 1, 3), "hyperband")
+    engine, problem = _rebuild("s1", config, {"inputs": 3, "state": {"version": 999}}, [])
+    assert problem.startswith("its stored snapshot does not load")
+    _, fine = _rebuild("s1", config, None, [{"op": "ask", "free": 2}])
+    assert fine == ""
