@@ -54,8 +54,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from hpod.trainers._common import get_config
-from hpod.trainers.base import TrainerContext, get_trainer
+from hpod.trainers.base import TrainerContext, get_config, get_trainer
 from hpod.trainers.device import pick_device
 from hpod.trainers.throughput import Throughput, measure
 

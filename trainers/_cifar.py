@@ -55,16 +55,14 @@ from ._common import (
     StepSeeded,
     TorchState,
     build_optimizer,
-    get_config,
     lr_factor,
     make_generator,
     resolve_device,
-    resource_steps,
     seeded,
     set_determinism,
     set_lr,
 )
-from .base import DataError, Trainer, TrainerContext
+from .base import DataError, Trainer, TrainerContext, get_config, resource_steps
 from .data import CIFAR_LAYOUT, CIFAR_MEAN, CIFAR_STD, crop_flip, draw_crop_flip, load_cifar
 from .data import normalize_images as normalize
 

@@ -40,31 +40,6 @@ def make_generator(seed: int, device: torch.device | str = "cpu") -> torch.Gener
     return g
 
 
-def whole(r: float, what: str) -> int:
-    """Resources are counted in whole units (epochs, blocks of steps)."""
-    n = round(r)
-    if abs(r - n) > 1e-9:
-        raise ValueError(f"{what}={r} is not a whole number of resource units")
-    return int(n)
-
-
-def resource_steps(done: int, r0: float, r1: float) -> range:
-    """The unit indices (1-based, the resource reached after each) to train for ``[r0, r1]``.
-
-    ``done`` is how far this trainer already is; starting anywhere else would silently train a
-    different trial, so a mismatch is an error (the worker must load the checkpoint first).
-    """
-    start, stop = whole(r0, "r0"), whole(r1, "r1")
-    if start != done:
-        raise ValueError(
-            f"asked to train from r0={r0} but this trainer is at resource {done}; "
-            "load the trial's checkpoint (or start from 0)"
-        )
-    if stop < start:
-        raise ValueError(f"r1={r1} is below r0={r0}")
-    return range(start + 1, stop + 1)
-
-
 def lr_factor(schedule: str, progress: float, warmup: float = 0.0,
               milestones: tuple[float, ...] = (0.5, 0.75), gamma: float = 0.1) -> float:
     """Multiplier of the peak learning rate at ``progress`` in [0, 1] of the study's maximum
@@ -149,39 +124,6 @@ class GenDropout(nn.Module):
 
     def extra_repr(self) -> str:
         return f"p={self.p}"
-
-
-SHARED_SETTINGS = frozenset({"data_dir"})
-"""``trainer_settings`` keys that are the worker's business, not a trainer option."""
-
-
-def get_config(
-    config: Mapping[str, Any], defaults: Mapping[str, Any],
-    settings: Mapping[str, Any] | None = None,
-    recipes: Mapping[str, Mapping[str, Any]] | None = None,
-) -> dict[str, Any]:
-    """The trainer's options: its defaults, overlaid by its ``recipe`` (a named bundle of
-    options, ``paper`` by default, from ``recipes``), overlaid by the study's
-    ``trainer_settings`` (fixed, not searched: a data set, a model size), overlaid by the trial's
-    configuration (searched). So ``recipe: paper`` with ``schedule: cosine`` is the paper's
-    recipe with one named modernisation.
-
-    Unknown keys are an error, not a silent no-op: a typo in a fixed setting would otherwise
-    tune the wrong model. Numbers may arrive as floats (protobuf Struct has no integers);
-    trainers cast where they use them.
-    """
-    settings = {k: v for k, v in (settings or {}).items() if k not in SHARED_SETTINGS}
-    for what, given in (("trainer_settings", settings), ("configuration", config)):
-        unknown = sorted(set(given) - set(defaults))
-        if unknown:
-            raise ValueError(f"unknown {what} keys {unknown}; known: {sorted(defaults)}")
-    preset: Mapping[str, Any] = {}
-    if recipes is not None:
-        name = str({**defaults, **settings, **config}.get("recipe", "paper"))
-        if name not in recipes:
-            raise ValueError(f"unknown recipe {name!r}; use one of {sorted(recipes)}")
-        preset = recipes[name]
-    return {**defaults, **preset, **settings, **config}
 
 
 def build_optimizer(

@@ -123,9 +123,13 @@ def resource_steps(done: int, r0: float, r1: float) -> range:
 def get_config(
     config: Mapping[str, Any], defaults: Mapping[str, Any],
     settings: Mapping[str, Any] | None = None,
+    recipes: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> dict[str, Any]:
-    """The trainer's options: its defaults, overlaid by the study's ``trainer_settings`` (fixed,
-    not searched: a data set, a model size), overlaid by the trial's configuration (searched).
+    """The trainer's options: its defaults, overlaid by its ``recipe`` (a named bundle of
+    options, ``paper`` by default, from ``recipes``), overlaid by the study's
+    ``trainer_settings`` (fixed, not searched: a data set, a model size), overlaid by the trial's
+    configuration (searched). So ``recipe: paper`` with ``schedule: cosine`` is the paper's
+    recipe with one named modernisation.
 
     Unknown keys are an error, not a silent no-op: a typo in a fixed setting would otherwise
     tune the wrong model. Numbers may arrive as floats (protobuf Struct has no integers);
@@ -136,7 +140,14 @@ def get_config(
         unknown = sorted(set(given) - set(defaults))
         if unknown:
             raise ValueError(f"unknown {what} keys {unknown}; known: {sorted(defaults)}")
-    return {**defaults, **settings, **config}
+    preset: Mapping[str, Any] = {}
+    if recipes is not None:
+        name = str({**defaults, **settings, **config}.get("recipe", "paper"))
+        if name not in recipes:
+            raise ValueError(f"unknown recipe {name!r}; use one of {sorted(recipes)}")
+        preset = recipes[name]
+    return {**defaults, **preset, **settings, **config}
+
 
 
 # ---------------------------------------------------------------- finding trainers by name

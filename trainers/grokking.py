@@ -53,16 +53,14 @@ from ._common import (
     StepSeeded,
     TorchState,
     build_optimizer,
-    get_config,
     lr_factor,
     make_generator,
     resolve_device,
-    resource_steps,
     seeded,
     set_determinism,
     set_lr,
 )
-from .base import Trainer, TrainerContext, register_trainer
+from .base import Trainer, TrainerContext, get_config, register_trainer, resource_steps
 
 STEPS_PER_UNIT = 100
 WARMUP_STEPS = 10

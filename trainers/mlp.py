@@ -55,16 +55,14 @@ from ._common import (
     StepSeeded,
     TorchState,
     build_optimizer,
-    get_config,
     lr_factor,
     make_generator,
     resolve_device,
-    resource_steps,
     seeded,
     set_determinism,
     set_lr,
 )
-from .base import Trainer, TrainerContext, register_trainer
+from .base import Trainer, TrainerContext, get_config, register_trainer, resource_steps
 from .data import Dataset, load_mnist_or_digits
 
 log = logging.getLogger(__name__)
