@@ -74,6 +74,18 @@ def restart_comes_up_clean(cluster: LocalCluster, client, study) -> pb.Study:
     return after
 
 
+def completes_whole_and_restarts_clean(cluster: LocalCluster, client, study,
+                                       r: redis.Redis) -> None:
+    """The study completes with nothing lost or doubled, every event applied, every worker
+    alive, and a restart afterwards comes up clean."""
+    info = study.wait(timeout=240)
+    assert info.state == pb.STUDY_STATE_COMPLETED
+    nothing_lost_or_doubled(study, info)
+    all_events_applied(r, study.id)
+    assert all(w.poll() is None for w in cluster.workers), "a worker died"
+    restart_comes_up_clean(cluster, client, study)
+
+
 def test_redis_paused_past_the_lease(store, tmp_path) -> None:
     with cluster_on(store, tmp_path) as cluster, cluster.client() as client:
         r = redis.Redis.from_url(store.url, decode_responses=True)
@@ -82,12 +94,7 @@ def test_redis_paused_past_the_lease(store, tmp_path) -> None:
         os.kill(store.proc.pid, signal.SIGSTOP)
         time.sleep(2 * LEASE)
         os.kill(store.proc.pid, signal.SIGCONT)
-        info = study.wait(timeout=240)
-        assert info.state == pb.STUDY_STATE_COMPLETED
-        nothing_lost_or_doubled(study, info)
-        all_events_applied(r, study.id)
-        assert all(w.poll() is None for w in cluster.workers), "a worker died"
-        restart_comes_up_clean(cluster, client, study)
+        completes_whole_and_restarts_clean(cluster, client, study, r)
 
 
 def test_redis_refusing_writes_for_seconds(store, tmp_path) -> None:
@@ -99,12 +106,7 @@ def test_redis_refusing_writes_for_seconds(store, tmp_path) -> None:
         r.config_set("maxmemory", 1)  # every write is refused with OOM
         time.sleep(4.0)
         r.config_set("maxmemory", 0)
-        info = study.wait(timeout=240)
-        assert info.state == pb.STUDY_STATE_COMPLETED
-        nothing_lost_or_doubled(study, info)
-        all_events_applied(r, study.id)
-        assert all(w.poll() is None for w in cluster.workers), "a worker died"
-        restart_comes_up_clean(cluster, client, study)
+        completes_whole_and_restarts_clean(cluster, client, study, r)
 
 
 def test_redis_restarted_from_an_aof_that_lost_its_last_writes(store, tmp_path) -> None:
