@@ -49,17 +49,20 @@ def drive(address: str, algorithm: str, seed: int, stop_at: float, out: Any) -> 
     """An ask/tell client: asks and completes (full resource at once) until ``stop_at``."""
     from hpod.client import Client
 
-    done = 0
-    with Client(address, timeout=120) as client:
-        study = client.create_study(spec(algorithm, seed))
-        while time.time() < stop_at:
-            job = study.ask(wait=False)
-            if job is None:
-                time.sleep(0.05)
-                continue
-            job.complete(branin(job.config) / (1 + job.to_resource))
-            done += 1
-    out.put((algorithm, done))
+    done, error = 0, ""
+    try:
+        with Client(address, timeout=120) as client:
+            study = client.create_study(spec(algorithm, seed))
+            while time.time() < stop_at:
+                job = study.ask(wait=False)
+                if job is None:
+                    time.sleep(0.05)
+                    continue
+                job.complete(branin(job.config) / (1 + job.to_resource))
+                done += 1
+    except Exception as e:  # reported, so a load generator that broke is visible
+        error = f"{algorithm} {seed}: {e!r}"[:500]
+    out.put((algorithm, done, error))
 
 
 def latencies(client: Any, sid: str, calls: int) -> list[float]:
@@ -97,16 +100,19 @@ def run(calls: int, n_cqr: int, n_carbs: int, seconds: float) -> dict[str, Any]:
         time.sleep(min(15.0, seconds / 3))  # past the random warm-up: the models now fit
         loaded = summarise(latencies(client, sentinel.id, calls))
         suggestions: dict[str, int] = {}
+        errors = []
         for _ in loaders:
-            algo, done = out.get(timeout=seconds + 300)
+            algo, done, error = out.get(timeout=seconds + 300)
             suggestions[algo] = suggestions.get(algo, 0) + done
+            if error:
+                errors.append(error)
         for p in loaders:
             p.join()
     return {"idle": idle, "loaded": loaded,
             "p50_ratio": loaded["median_us"] / idle["median_us"],
             "p99_ratio": loaded["p99_us"] / idle["p99_us"],
             "load": {"cqr_studies": n_cqr, "carbs_studies": n_carbs,
-                     "suggestions": suggestions, "seconds": seconds},
+                     "suggestions": suggestions, "seconds": seconds, "errors": errors},
             "cpus": os.cpu_count()}
 
 
@@ -132,6 +138,8 @@ def main() -> None:
           f"{res['loaded']['p99_us'] / 1e3:>10.2f}")
     print(f"ratio: p50 {res['p50_ratio']:.2f}x (goal <= 2), p99 {res['p99_ratio']:.2f}x "
           f"(goal <= 5); suggestions served meanwhile: {res['load']['suggestions']}")
+    for error in res["load"]["errors"]:
+        print(f"a load generator stopped early: {error}")
 
 
 if __name__ == "__main__":

@@ -93,6 +93,9 @@ class Settings:
     # 0 runs them on the policy threads.
     fit_processes: int = 2
     recovery_concurrency: int = 2  # studies rebuilt at once after a restart
+    # How much lower the fit processes run than the event loop (nice steps). Not the policy
+    # threads: a thread holding the GIL must not be the one the kernel runs last.
+    background_niceness: int = 10
     # The workers' checkpoint directory, when this server can reach it too (a shared volume,
     # or `hpod local`): a study's checkpoints are pruned when it ends, keeping the best trials'.
     checkpoint_dir: str = ""
@@ -135,7 +138,8 @@ class StudyManager:
             # forkserver would outlive a killed server; spawned workers die with it.
             self._fits = ProcessPoolExecutor(
                 settings.fit_processes, mp_context=multiprocessing.get_context("spawn"),
-                initializer=offload.worker_dies_with_parent)
+                initializer=offload.fit_process_started,
+                initargs=(settings.background_niceness,))
             offload.set_runner(lambda fn, *args: self._fits.submit(fn, *args).result())
         self._rr = 0
         self._last_reclaim = 0.0

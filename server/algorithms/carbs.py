@@ -75,6 +75,7 @@ from .base import (
     rng_restore,
     rng_state,
 )
+from .offload import compute
 from .persist import Persistent, own_state
 from .settings import ROOT, parse
 from .space import Categorical, Float, Int, SearchSpace
@@ -534,6 +535,23 @@ class Surrogates:
                 "pareto": self.pareto_at(logcost), "p_success": p_success}
 
 
+def predict_candidates(cfg: CarbsConfig, successes: Sequence[Obs], failures: Sequence[Obs],
+                       pending: np.ndarray, front: Sequence[Group], cands: np.ndarray,
+                       rng: np.random.Generator) -> tuple[dict[str, np.ndarray], dict]:
+    """Fit the surrogates and predict at ``cands``, with the Pareto reference each candidate
+    is scored against (clamped at a cost drawn from ``rng`` when ``clamp_pareto_value``).
+    Pure: returns the predictions and the state of ``rng`` after its draws."""
+    models = Surrogates(cfg, successes, failures, pending,
+                        [o for g in front for o in g.members], rng)
+    pred = models.predict(cands)
+    ref = pred["pareto"]
+    if cfg.clamp_pareto_value:
+        c_star = cost_threshold(rng, front[0].cost, front[-1].cost, cfg.max_suggestion_cost)
+        ref = clamp_reference(ref, models.pareto_at_cost(c_star))
+    pred["reference"] = ref
+    return pred, rng.bit_generator.state
+
+
 def _cholesky(cov: np.ndarray) -> np.ndarray:
     jitter = 1e-9 * max(float(np.mean(np.diag(cov))), 1e-12)
     for _ in range(8):
@@ -691,14 +709,12 @@ class CarbsCore:
                is_global: bool) -> tuple[np.ndarray, dict[str, Any]]:
         cfg = self.cfg
         pending = np.array([o.x for o in self.outstanding.values()]).reshape(-1, self.d)
-        models = Surrogates(cfg, self.successes, self.failures, pending,
-                            [o for g in front for o in g.members], self.rng)
-        pred = models.predict(cands)
-        ref = pred["pareto"]
-        if cfg.clamp_pareto_value:
-            c_star = cost_threshold(self.rng, front[0].cost, front[-1].cost,
-                                    cfg.max_suggestion_cost)
-            ref = clamp_reference(ref, models.pareto_at_cost(c_star))
+        # The GP fits hold the GIL for most of a suggestion: the service runs them in a fit
+        # process. The generator travels there and back, so its draws are the same either way.
+        pred, rng_state = compute(predict_candidates, cfg, self.successes, self.failures,
+                                  pending, front, cands, self.rng)
+        self.rng.bit_generator.state = rng_state
+        ref = pred["reference"]
         ei = expected_improvement(pred["mu"], pred["var"], ref, cfg.exploration_bias)
         acq = acquisition(ei, prior, pred["p_success"], pred["cost"], cfg.max_suggestion_cost)
         kind = "global" if is_global else "bayes"

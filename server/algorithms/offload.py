@@ -9,6 +9,7 @@ function is pure (it gets its own seeded generator, never the algorithm's).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import sys
@@ -33,9 +34,19 @@ def set_runner(runner: Callable[..., Any] | None) -> None:
     _runner = runner
 
 
+def fit_process_started(niceness: int) -> None:
+    """Initializer of the service's fit processes: they die with the server, and run
+    ``niceness`` steps below it, so under CPU contention the event loop's bookkeeping goes
+    before a background fit (the fit only takes longer)."""
+    worker_dies_with_parent()
+    if niceness > 0:
+        with contextlib.suppress(OSError):
+            os.nice(niceness)
+
+
 def worker_dies_with_parent() -> None:
-    """Initializer of the service's fit processes: they end with the server, even if it is
-    killed (Linux PR_SET_PDEATHSIG), instead of lingering as orphans."""
+    """The calling process ends with its parent, even if the parent is killed (Linux
+    PR_SET_PDEATHSIG), instead of lingering as an orphan."""
     if sys.platform.startswith("linux"):
         import ctypes
 
