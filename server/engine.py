@@ -152,7 +152,7 @@ class JobRec:
 
 @dataclass(frozen=True)
 class Effect:
-    kind: str  # enqueue | trial | event | stop_job | study
+    kind: str  # enqueue | ready | trial | event | stop_job | study
     job: JobRec | None = None
     trial_id: int | None = None
     event: str = ""
@@ -239,12 +239,16 @@ class StudyEngine:
             self._end_job(job, "stopped")
         self._finish(STUDY_FAILED)
 
-    def _op_ask(self, free: int, external: bool = False, client: str = "") -> list[JobRec]:
+    def _op_ask(self, free: int, external: bool = False, client: str = "",
+                ready: bool = False) -> list[JobRec]:
+        """Jobs for idle workers (queued on their stream), or for the ask/tell ``client``
+        (running from now on), or with ``ready`` for the next ask/tell clients (queued until
+        one is handed out: a ``start`` input)."""
         if self.state != ACTIVE or free <= 0:
             return []
         out = []
         for job in self.algorithm.next_jobs(free):
-            rec = self._new_job(job, external, client)
+            rec = self._new_job(job, external, client, queued=not external or ready)
             out.append(rec)
         return out
 
@@ -354,7 +358,7 @@ class StudyEngine:
         self._end_job(job, "lost")
         self.effects.append(Effect("stop_job", job=job))  # in case the worker comes back
         if job.attempt < self.config.max_retries and not job.stop_requested:
-            retry = self._job_record(job.algo_job(), job.external, "", job.attempt + 1)
+            retry = self._job_record(job.algo_job(), job.external, "", job.attempt + 1, QUEUED)
             self._set_trial_state(trial.id, QUEUED, event="resumed")
             self._emit_job(retry)
             return
@@ -388,7 +392,7 @@ class StudyEngine:
 
     # ------------------------------------------------------------------ helpers
 
-    def _new_job(self, job: Job, external: bool, client: str) -> JobRec:
+    def _new_job(self, job: Job, external: bool, client: str, queued: bool) -> JobRec:
         trial = self.trials.get(job.trial_id)
         if trial is None:
             trial = TrialRec(job.trial_id, dict(job.config), bracket=job.bracket or 0,
@@ -399,23 +403,27 @@ class StudyEngine:
         else:
             trial.rung = job.rung if job.rung is not None else trial.rung
             event = "promoted"
-        rec = self._job_record(job, external, client, 0)
-        self._set_trial_state(trial.id, RUNNING if external else QUEUED, event=event)
+        state = QUEUED if queued else RUNNING
+        rec = self._job_record(job, external, client, 0, state)
+        self._set_trial_state(trial.id, state, event=event)
         self._emit_job(rec)
         return rec
 
-    def _job_record(self, job: Job, external: bool, client: str, attempt: int) -> JobRec:
+    def _job_record(self, job: Job, external: bool, client: str, attempt: int,
+                    state: str) -> JobRec:
         self.job_seq += 1
         tag = f"-{self.epoch}" if self.epoch else ""
         rec = JobRec(f"{self.study_id}{tag}-j{self.job_seq}", job.trial_id, dict(job.config),
                      float(job.from_resource), float(job.to_resource), job.bracket, job.rung,
-                     attempt, RUNNING if external else QUEUED, external, client)
+                     attempt, state, external, client)
         self.jobs[rec.job_id] = rec
         return rec
 
     def _emit_job(self, rec: JobRec) -> None:
         if not rec.external:
             self.effects.append(Effect("enqueue", job=rec))
+        elif rec.state == QUEUED:  # made ahead, or the retry of a lost one: for a client
+            self.effects.append(Effect("ready", job=rec))
 
     def _live_job(self, job_id: str) -> JobRec:
         job = self.jobs.get(job_id)

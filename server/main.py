@@ -168,14 +168,16 @@ def _optuna_mirror(manager: StudyManager, options: ServerOptions) -> LiveMirror 
 
 
 def _replica_settings(settings: Settings, address: str, options: ServerOptions) -> Settings:
-    """This replica's id, the address peers forward to, and its study lease."""
+    """This replica's id, the address peers forward to, its study lease, and the server
+    options that tune the study runtime."""
     host, _, port = address.rpartition(":")
     wildcard = host in ("", "0.0.0.0", "::", "[::]")
     advertise = options.advertise_address or (
         f"{socket.gethostname()}:{port}" if wildcard else address)
     replica = options.replica_id or f"{socket.gethostname()}:{port}"
     return dataclasses.replace(settings, consumer=replica, advertise_address=advertise,
-                               study_lease_seconds=options.study_lease_seconds)
+                               study_lease_seconds=options.study_lease_seconds,
+                               suggestion_buffer=options.suggestion_buffer)
 
 
 def _redacted(url: str) -> str:

@@ -38,6 +38,7 @@ import math
 import multiprocessing
 import secrets
 import time
+from collections import deque
 from collections.abc import AsyncIterator, Callable, Mapping
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -49,6 +50,8 @@ from . import metrics, plugins, tenancy
 from .algorithms import offload
 from .engine import (
     ACTIVE,
+    QUEUED,
+    RUNNING,
     STUDY_QUARANTINED,
     AlgorithmFailure,
     Effect,
@@ -100,6 +103,10 @@ class Settings:
     # or `hpod local`): a study's checkpoints are pruned when it ends, keeping the best trials'.
     checkpoint_dir: str = ""
     keep_checkpoints: int = 3  # trials whose checkpoints survive the end of their study
+    # Suggestions a model-based study keeps ready beyond what is asked of it (asked in the
+    # background: an ask/tell client or an idle worker then never waits on a model fit). The
+    # price: a ready suggestion may not have seen the last result. 0: suggest on demand.
+    suggestion_buffer: int = 1
 
 
 @dataclass
@@ -119,6 +126,10 @@ class Live:
     log_len: int = 0  # entries its log in Redis holds: every commit checks it (StaleLog)
     cpu_since_snapshot: float = 0.0
     fence: str | None = None  # the lease this copy was loaded under; every commit checks it
+    # Ask/tell jobs made ready and not handed to a client yet (mirrors the study's ready list
+    # in Redis), and whether a background ask is filling it.
+    ready: deque[str] = field(default_factory=deque)
+    refill: asyncio.Task | None = None
 
 
 class StudyManager:
@@ -294,8 +305,9 @@ class StudyManager:
                 self._pool, _rebuild, sid, config, snap, tail)
             if self.ownership.held.get(sid) != fence:
                 return  # lost while it was rebuilt
+            ready = await self.store.ready_jobs(sid)
             live = Live(engine, float(meta.get("created", time.time())), fence=fence)
-            live.offloaded = _model_based(config)
+            live.offloaded = _model_based(config) or meta.get("off_loop") == "1"
             live.snapshot_at = engine.inputs - len(tail)
             # The log starts at input `log_base`; what it holds before the tail is older
             # than the snapshot (a log written before logs were trimmed).
@@ -307,7 +319,9 @@ class StudyManager:
             # External clients get one lease of grace on top: they were cut off by the restart
             # and may sit in their channel's reconnect backoff for a while.
             grace = time.time() + self.settings.lease_seconds
-            live.external_seen = {j.job_id: grace for j in engine.jobs.values() if j.external}
+            live.ready = deque(j for j in ready if _waits_for_client(engine.jobs.get(j)))
+            live.external_seen = {j.job_id: grace for j in engine.jobs.values()
+                                  if j.external and j.job_id not in live.ready}
             old = self.studies.get(sid)
             if old is not None:
                 live.watchers = old.watchers
@@ -319,6 +333,7 @@ class StudyManager:
                 async with live.lock:
                     if self._owns(sid, live):
                         await self._mutate(sid, live, _new_epoch())
+                        await self._restore_ready(sid, live)
             log.info("recovered study %s: %d inputs replayed after snapshot", sid, len(tail),
                      extra={"study_id": sid})
         finally:
@@ -328,6 +343,16 @@ class StudyManager:
             # they are applied in stream order, before any newer one.
             await self.store.take_pending(sid, self.settings.consumer)
             await self._apply_pending([sid])
+
+    async def _restore_ready(self, sid: str, live: Live) -> None:
+        """An ask/tell study that suggests ahead and has handed out jobs had its ready jobs
+        made right after its last hand-out, before any later input; a crash may have cut that
+        background ask short. It is asked again here, before any input, so the study goes on
+        exactly as it would have without the restart. Caller holds the lock."""
+        want = self.settings.suggestion_buffer - len(live.ready)
+        eng = live.engine
+        if want > 0 and live.offloaded and not eng.config.trainer and eng.job_seq > 0:
+            await self._ask_ahead(sid, live, want)
 
     async def _quarantine(self, sid: str, live: Live, problem: str) -> None:
         """Keep a study whose stored state does not replay, read-only, with the reason."""
@@ -429,6 +454,76 @@ class StudyManager:
                 live.external_seen.pop(inp["job_id"], None)
         return result
 
+    async def ask_external(self, sid: str, client: str) -> JobRec | None:
+        """A job for an ask/tell client: one made ready in the background (or the retry of a
+        lost one) when the study has it, so the client does not wait on a model fit; else
+        one asked now. Either way the study then tops its ready jobs up in the background."""
+        live = self.get(sid)
+        job = await self._claim_ready(sid, live)
+        if job is None and live.refill is not None:
+            # Already being suggested: that one is as fresh as one asked now would be.
+            await asyncio.shield(live.refill)
+            job = await self._claim_ready(sid, live)
+        if job is None:
+            jobs = await self.submit(sid, {"op": "ask", "free": 1, "external": True,
+                                           "client": client})
+            job = jobs[0] if jobs else None
+        self._top_up(sid, live)
+        return job
+
+    async def _claim_ready(self, sid: str, live: Live) -> JobRec | None:
+        """Hand out the oldest ready job, without waiting for the study's lock: it leaves the
+        ready list in Redis first (a restart cannot hand it out twice), its lease clock
+        starts, and its ``start`` input is logged once the lock is free."""
+        while live.ready and self._owns(sid, live):
+            job_id = live.ready.popleft()
+            try:
+                taken = await self.store.claim_ready(sid, job_id)
+            except RedisError:
+                live.ready.appendleft(job_id)
+                raise
+            job = live.engine.jobs.get(job_id)
+            if taken and job is not None:
+                live.external_seen[job_id] = time.time()
+                self._spawn(self._started(sid, live, job_id), f"start {job_id}")
+                return job
+        return None
+
+    async def _started(self, sid: str, live: Live, job_id: str) -> None:
+        """Log that a ready job was handed out (its trial is RUNNING from then on)."""
+        async with live.lock:
+            job = live.engine.jobs.get(job_id)
+            if self._owns(sid, live) and job is not None and job.state != RUNNING:
+                with contextlib.suppress(EngineError, RedisError):
+                    await self._mutate(sid, live, {"op": "start", "job_id": job_id})
+
+    def _top_up(self, sid: str, live: Live) -> None:
+        """Ask a model-based ask/tell study, in the background, for the jobs its ready list
+        lacks (``Settings.suggestion_buffer``)."""
+        want = self.settings.suggestion_buffer - len(live.ready)
+        if (want <= 0 or not live.offloaded or live.refill is not None
+                or live.engine.config.trainer or live.engine.state != ACTIVE
+                or not self._owns(sid, live)):
+            return
+        live.refill = asyncio.create_task(self._refill(sid, live, want), name=f"refill {sid}")
+        self._background.add(live.refill)
+        live.refill.add_done_callback(self._background.discard)
+
+    async def _refill(self, sid: str, live: Live, want: int) -> None:
+        try:
+            async with live.lock:
+                if self._owns(sid, live) and live.engine.state == ACTIVE:
+                    await self._ask_ahead(sid, live, want)
+        except (EngineError, RedisError) as e:
+            log.info("study %s: no ready job made in the background: %s", sid, e,
+                     extra={"study_id": sid})
+        finally:
+            live.refill = None
+
+    async def _ask_ahead(self, sid: str, live: Live, want: int) -> None:
+        await self._mutate(sid, live, {"op": "ask", "free": want, "external": True,
+                                       "ready": True})
+
     def _owns(self, sid: str, live: Live) -> bool:
         """Checked under the study's lock before every mutation: only the copy the manager
         holds, and only while it is not stale, may change and commit the study."""
@@ -502,7 +597,8 @@ class StudyManager:
         for eff in effects:
             self._add_effect(eng, batch, eff)
         batch.study_fields = {"state": eng.state, "error": eng.error,
-                              "summary": dumps(self.summary(live))}
+                              "summary": dumps(self.summary(live)),
+                              "off_loop": "1" if live.offloaded else "0"}
         if ack_ids:  # who applied worker events last, and when (failover is measured by it)
             batch.study_fields["applied_by"] = f"{self.settings.consumer} {time.time():.3f}"
         if inputs and self._snapshot_due(live):
@@ -536,6 +632,7 @@ class StudyManager:
             live.stale = True
             self._spawn(self._reload(sid), f"reload {sid}")
             raise
+        live.ready.extend(batch.ready)
         live.log_len = 0 if batch.snapshot is not None else live.log_len + len(inputs)
         if batch.snapshot is not None:
             live.snapshot_at, live.cpu_since_snapshot = eng.inputs, 0.0
@@ -603,6 +700,8 @@ class StudyManager:
                                dumps(self.job_payload(eng, eff.job))))
         elif eff.kind == "stop_job" and eff.job is not None:
             batch.stop_jobs.append(eff.job.job_id)
+        elif eff.kind == "ready" and eff.job is not None:
+            batch.ready.append(eff.job.job_id)
 
     def _handoff_to(self, eng: StudyEngine, job: JobRec) -> str:
         """The idle worker that trained this trial's last segment, or "" (any worker)."""
@@ -708,21 +807,22 @@ class StudyManager:
             # The idle workers are shared by every replica, each asking its own studies: each
             # asks for its share, rounded up (a few jobs queued in excess only wait).
             free = math.ceil(len(idle.get(trainer, ())) / self.ownership.live_replicas) - queued
-            if free <= 0:
-                continue
             order = sids[self._rr % len(sids):] + sids[:self._rr % len(sids)]
             for sid in order:
-                if free <= 0:
-                    break
                 live = self.studies.get(sid)
                 if live is None or live.lock.locked():
                     continue  # busy (e.g. a model fit off the loop): asked again next pass
                 if live.offloaded:
-                    # Never wait on a fit here: the study is asked in the background and the
-                    # other studies of the trainer are served meanwhile.
-                    self._spawn(self._ask_quietly(sid, free), f"ask {sid}")
+                    # Never wait on a fit here: the study is asked in the background, for its
+                    # share and for the jobs it keeps queued ahead, so a worker that frees up
+                    # finds its next suggestion made; the other studies are served meanwhile.
+                    want = max(free, 0) + max(0, self.settings.suggestion_buffer
+                                              - live.engine.queued_jobs())
+                    if want > 0:
+                        self._spawn(self._ask_quietly(sid, want), f"ask {sid}")
                     continue
-                free -= await self._ask_quietly(sid, free)
+                if free > 0:
+                    free -= await self._ask_quietly(sid, free)
 
     async def _ask_quietly(self, sid: str, free: int) -> int:
         """Ask one study for jobs; a failure of one study never stops the pass."""
@@ -832,6 +932,11 @@ class StudyManager:
                     return
         finally:
             live.watchers.discard(q)
+
+
+def _waits_for_client(job: JobRec | None) -> bool:
+    """An ask/tell job made ahead (or retried) that no client was handed yet."""
+    return job is not None and job.external and job.state == QUEUED
 
 
 def _model_based(config: StudyConfig) -> bool:

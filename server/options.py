@@ -81,6 +81,7 @@ class ServerOptions:
     replica_id: str = ""  # "": <hostname>:<port>, stable across restarts of one replica
     advertise_address: str = ""  # where peers forward calls; "": derived from the bind address
     study_lease_seconds: float = 10.0  # a dead replica's studies move after about this long
+    suggestion_buffer: int = 1  # jobs a model-based study suggests ahead (0: on demand)
 
     @classmethod
     def from_env(cls) -> ServerOptions:
@@ -93,7 +94,8 @@ class ServerOptions:
                    optuna_mirror_interval=env_float("HPOD_OPTUNA_MIRROR_INTERVAL", 1.0),
                    replica_id=env("HPOD_REPLICA_ID"),
                    advertise_address=env("HPOD_ADVERTISE_ADDRESS"),
-                   study_lease_seconds=env_float("HPOD_STUDY_LEASE_SECONDS", 10.0))
+                   study_lease_seconds=env_float("HPOD_STUDY_LEASE_SECONDS", 10.0),
+                   suggestion_buffer=env_int("HPOD_SUGGESTION_BUFFER", 1))
 
 
 def add_arguments(p: Any) -> None:
@@ -134,6 +136,10 @@ def add_arguments(p: Any) -> None:
     p.add_argument("--study-lease-seconds", type=float, default=d.study_lease_seconds,
                    help="how long a replica that stopped renewing keeps its studies: about "
                         "the failover time after a crash")
+    p.add_argument("--suggestion-buffer", type=int, default=d.suggestion_buffer,
+                   help="jobs a model-based study suggests ahead, in the background, so a "
+                        "worker or ask/tell client does not wait on a model fit (0: suggest "
+                        "on demand, each suggestion seeing every result before it)")
 
 
 def from_arguments(a: Any) -> ServerOptions:
@@ -152,7 +158,15 @@ def from_arguments(a: Any) -> ServerOptions:
                          optuna_mirror_interval=a.optuna_mirror_interval,
                          replica_id=a.replica_id, advertise_address=a.advertise_address,
                          study_lease_seconds=_positive(a.study_lease_seconds,
-                                                       "--study-lease-seconds"))
+                                                       "--study-lease-seconds"),
+                         suggestion_buffer=_at_least_zero(a.suggestion_buffer,
+                                                          "--suggestion-buffer"))
+
+
+def _at_least_zero(value: int, flag: str) -> int:
+    if value < 0:
+        raise SystemExit(f"{flag} must be 0 or more, got {value}")
+    return value
 
 
 def _positive(value: float, flag: str) -> float:

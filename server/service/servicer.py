@@ -367,10 +367,10 @@ class HpodServicer(pb_grpc.HpodServicer):
     async def AskJob(self, request: pb.AskJobRequest, context: Any) -> pb.AskJobResponse:
         live = await self._live(request.study_id)
         checks.name(request.client_id, "client_id", self.limits)
-        jobs = await self._submit(request.study_id, {
-            "op": "ask", "free": 1, "external": True, "client": request.client_id})
-        if jobs:
-            payload = self.m.job_payload(live.engine, jobs[0])
+        self._writable()
+        job = await _bounded(self.m.ask_external(request.study_id, request.client_id))
+        if job is not None:
+            payload = self.m.job_payload(live.engine, job)
             return pb.AskJobResponse(has_job=True, job=convert.job_to_pb(live.engine, payload))
         done = live.engine.state != "active"
         return pb.AskJobResponse(has_job=False, study_done=done,

@@ -95,6 +95,12 @@ def worker(wid: str) -> str:
     return f"{PREFIX}:worker:{wid}"
 
 
+def ready(sid: str) -> str:
+    """LIST of job ids: ask/tell jobs made ready for the study's next clients (suggested in
+    the background, or retries of lost ones) and not handed to a client yet."""
+    return f"{PREFIX}:{{{sid}}}:ready"
+
+
 def owner(sid: str) -> str:
     """STRING ``<fencing token>|<replica id>`` with an expiry: the replica that owns the study
     while it renews the lease (``server/ownership.py``). Every commit of the study checks it."""
@@ -118,4 +124,4 @@ def replica(rid: str) -> str:
 
 def study_keys(sid: str) -> list[str]:
     return [study(sid), log(sid), snapshot(sid), trials(sid), events(sid), stopped_jobs(sid),
-            owner(sid), fence(sid)]
+            ready(sid), owner(sid), fence(sid)]

@@ -139,6 +139,7 @@ class Batch:
     # (trainer, worker id or "" for the trainer's shared stream, job JSON)
     jobs: list[tuple[str, str, str]] = field(default_factory=list)
     stop_jobs: list[str] = field(default_factory=list)
+    ready: list[str] = field(default_factory=list)  # ask/tell jobs waiting for a client
     study_fields: dict[str, str] = field(default_factory=dict)
     ack_ids: list[str] = field(default_factory=list)
     job_acks: list[tuple[str, str]] = field(default_factory=list)  # (queue key, entry id)
@@ -149,7 +150,7 @@ class Batch:
     snapshot_inputs: int = 0
 
     def empty(self) -> bool:
-        return not (self.inputs or self.trials or self.jobs or self.stop_jobs
+        return not (self.inputs or self.trials or self.jobs or self.stop_jobs or self.ready
                     or self.study_fields or self.ack_ids or self.job_acks)
 
 
@@ -213,6 +214,15 @@ class RedisStore:
         if start < 0:
             raise ValueError(f"study {sid}: its log starts after its snapshot")
         return meta, snap, [json.loads(x) for x in log[start:]]
+
+    async def ready_jobs(self, sid: str) -> list[str]:
+        """The study's ask/tell jobs made ready and not handed to a client yet, oldest first."""
+        return list(await self.r.lrange(keys.ready(sid), 0, -1))
+
+    async def claim_ready(self, sid: str, job_id: str) -> bool:
+        """Take ``job_id`` off the study's ready list (before it is handed to a client, so a
+        restart never hands it out twice); False if it was not on it."""
+        return bool(await self.r.lrem(keys.ready(sid), 1, job_id))
 
     async def run_id(self) -> str:
         """Redis's run id: it changes when Redis restarts (and may then have lost writes)."""
@@ -283,6 +293,8 @@ class RedisStore:
                 cmds.append(["SADD", keys.handoffs(), keys.handoff_member(trainer, wid)])
         if batch.stop_jobs:
             cmds += _chunked(["SADD", keys.stopped_jobs(sid)], batch.stop_jobs)
+        if batch.ready:
+            cmds += _chunked(["RPUSH", keys.ready(sid)], batch.ready)
         if batch.study_fields:
             cmds.append(["HSET", keys.study(sid),
                          *[x for kv in batch.study_fields.items() for x in kv]])
