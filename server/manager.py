@@ -152,6 +152,10 @@ class StudyManager:
                 initializer=offload.fit_process_started,
                 initargs=(settings.background_niceness,))
             offload.set_runner(lambda fn, *args: self._fits.submit(fn, *args).result())
+            # Started now, each importing the algorithms (torch, scikit-learn: seconds) in
+            # the background, so a study's first fit does not pay for it.
+            for _ in range(settings.fit_processes):
+                self._fits.submit(offload.ready)
         self._rr = 0
         self._last_reclaim = 0.0
         self._redis_run_id: str | None = None
@@ -523,6 +527,11 @@ class StudyManager:
     async def _ask_ahead(self, sid: str, live: Live, want: int) -> None:
         await self._mutate(sid, live, {"op": "ask", "free": want, "external": True,
                                        "ready": True})
+
+    def runs_off_loop(self, sid: str) -> bool:
+        """Whether the study's inputs run on the policy pool (so a call may wait on a fit)."""
+        live = self.studies.get(sid)
+        return live is not None and live.offloaded
 
     def _owns(self, sid: str, live: Live) -> bool:
         """Checked under the study's lock before every mutation: only the copy the manager

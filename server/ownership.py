@@ -68,7 +68,9 @@ class Ownership:
         self.live_replicas = max(1, len(replicas) + (self.replica not in replicas))
         sids = await self._study_ids()
         owners = await self.leases.owners(sids)
-        target = math.ceil(len(sids) / self.live_replicas)
+        # Studies created here while this pass read the ids count too: else they would look
+        # like a surplus, and a lone replica would give a study away to no one.
+        target = math.ceil(len(set(sids) | set(self.held)) / self.live_replicas)
         # Leases this replica id held in an earlier life (a restart): taken back at once.
         for sid, value in owners.items():
             if replica_of(value) == self.replica and sid not in self.held:

@@ -10,6 +10,7 @@ function is pure (it gets its own seeded generator, never the algorithm's).
 from __future__ import annotations
 
 import contextlib
+import importlib
 import os
 import signal
 import sys
@@ -35,13 +36,19 @@ def set_runner(runner: Callable[..., Any] | None) -> None:
 
 
 def fit_process_started(niceness: int) -> None:
-    """Initializer of the service's fit processes: they die with the server, and run
-    ``niceness`` steps below it, so under CPU contention the event loop's bookkeeping goes
-    before a background fit (the fit only takes longer)."""
+    """Initializer of the service's fit processes: they die with the server, run
+    ``niceness`` steps below it (under CPU contention the event loop's bookkeeping goes before
+    a background fit, which only takes longer), and import the algorithms once, up front."""
     worker_dies_with_parent()
     if niceness > 0:
         with contextlib.suppress(OSError):
             os.nice(niceness)
+    importlib.import_module(__package__).load_all()
+
+
+def ready() -> bool:
+    """A no-op call that makes a process pool start its processes."""
+    return True
 
 
 def worker_dies_with_parent() -> None:

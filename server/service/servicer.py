@@ -38,6 +38,9 @@ MAX_MESSAGE = 2048  # characters of an error message: no input is ever echoed at
 # 5 s socket timeout, for calls queued behind a stalled one on the study's lock. The write
 # itself is not cancelled (a commit cut in half is worse than a late one).
 STORE_WAIT = 10.0
+# A write to a study that fits a model may also wait behind that study's fit (off the event
+# loop, under the study's lock, seconds on a loaded machine): it is given this long.
+FIT_WAIT = 120.0
 
 CODES = {"invalid": grpc.StatusCode.INVALID_ARGUMENT, "not_found": grpc.StatusCode.NOT_FOUND,
          "precondition": grpc.StatusCode.FAILED_PRECONDITION,
@@ -114,18 +117,19 @@ def _check_size(config: StudyConfig, limits: Limits) -> None:
                           "set max_trials or a smaller max_resource")
 
 
-async def _bounded(work: Awaitable[Any]) -> Any:
-    """``work``'s result, or UNAVAILABLE after STORE_WAIT seconds while it goes on."""
+async def _bounded(work: Awaitable[Any], wait: float = STORE_WAIT) -> Any:
+    """``work``'s result, or UNAVAILABLE after ``wait`` seconds while it goes on."""
     task = asyncio.ensure_future(work)
     try:
-        return await asyncio.wait_for(asyncio.shield(task), STORE_WAIT)
+        return await asyncio.wait_for(asyncio.shield(task), wait)
     except asyncio.CancelledError:  # the client went away: the write still finishes
         task.add_done_callback(_log_late)
         raise
     except asyncio.TimeoutError:
         task.add_done_callback(_log_late)
-        raise EngineError("unavailable", f"the call did not finish within {STORE_WAIT:g}s "
-                          "(Redis slow or unreachable); it takes effect if Redis answers later: "
+        raise EngineError("unavailable", f"the call did not finish within {wait:g}s "
+                          "(Redis slow or unreachable, or the study busy with a model fit); it "
+                          "takes effect if it finishes later: "
                           "check before retrying a create, a repeated report is recognised as "
                           "one") from None
 
@@ -180,7 +184,10 @@ class HpodServicer(pb_grpc.HpodServicer):
     async def _submit(self, sid: str, inp: dict[str, Any]) -> Any:
         checks.name(sid, "study_id", self.limits, required=True)
         self._writable()
-        return await _bounded(self.m.submit(sid, inp))
+        return await _bounded(self.m.submit(sid, inp), self._patience(sid))
+
+    def _patience(self, sid: str) -> float:
+        return FIT_WAIT if self.m.runs_off_loop(sid) else STORE_WAIT
 
     # ---------------------------------------------------------------- studies
 
@@ -368,7 +375,8 @@ class HpodServicer(pb_grpc.HpodServicer):
         live = await self._live(request.study_id)
         checks.name(request.client_id, "client_id", self.limits)
         self._writable()
-        job = await _bounded(self.m.ask_external(request.study_id, request.client_id))
+        job = await _bounded(self.m.ask_external(request.study_id, request.client_id),
+                             self._patience(request.study_id))
         if job is not None:
             payload = self.m.job_payload(live.engine, job)
             return pb.AskJobResponse(has_job=True, job=convert.job_to_pb(live.engine, payload))
