@@ -130,6 +130,7 @@ class Live:
     # in Redis), and whether a background ask is filling it.
     ready: deque[str] = field(default_factory=deque)
     refill: asyncio.Task | None = None
+    listed: Any = None  # how a listing last showed it (shown again while an input runs)
 
 
 class StudyManager:

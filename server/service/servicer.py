@@ -234,14 +234,37 @@ class HpodServicer(pb_grpc.HpodServicer):
         rows = sorted((int(lv.created * 1e9), sid) for sid, lv in self.m.studies.items()
                       if tenancy.visible(lv.engine.config.tenant)
                       and (key is None or (int(lv.created * 1e9), sid) > key))
-        studies, last = pages.fill(rows, size, lambda row: convert.study_to_pb(
-            self.m.studies[row[1]].engine, self.m.studies[row[1]].created))
+        views, seen = {}, 0
+        for row in rows:  # a study deleted while the page is built is left out
+            if len(views) >= size:
+                break
+            seen += 1
+            if (view := await self._listed(row[1])) is not None:
+                views[row] = view
+        studies, last = pages.fill(list(views) + rows[seen:], size, views.__getitem__)
         resp = pb.ListStudiesResponse(studies=studies)
         if last is not None:
             resp.next_page_token = pages.token("studies", list(last))
         if self.router is not None and not self.router.local_only(context):
             return await self.router.list_studies(request, context, resp)
         return resp
+
+    async def _listed(self, sid: str) -> pb.Study | None:
+        """A study as a listing shows it. One whose input is being applied off the loop shows
+        its view as of its last input (an engine is read only between inputs), so a listing
+        never waits on a model fit; None if it is gone meanwhile."""
+        live = self.m.studies.get(sid)
+        if live is None:
+            return None
+        if live.busy and live.listed is not None:
+            return live.listed
+        if live.busy:
+            try:
+                live = await self.m.read(sid)
+            except EngineError:
+                return None
+        live.listed = convert.study_to_pb(live.engine, live.created)
+        return live.listed
 
     @rpc
     async def StopStudy(self, request: pb.StopStudyRequest, context: Any) -> pb.Study:
