@@ -299,10 +299,13 @@ class Study:
             raise
         return trial_from_pb(t, self._int_params)
 
-    def watch(self, include_progress: bool = False) -> Iterator[Event]:
-        """Trial events as they happen, until the study ends."""
+    def watch(self, include_progress: bool = False, timeout: float | None = None
+              ) -> Iterator[Event]:
+        """Trial events as they happen, until the study ends (or ``timeout`` seconds pass:
+        HpodError DEADLINE_EXCEEDED). A server that restarts or hands the study to another
+        replica ends the stream with UNAVAILABLE: watch again."""
         stream = self.client.stub.WatchStudy(pb.WatchStudyRequest(
-            study_id=self.id, include_progress=include_progress))
+            study_id=self.id, include_progress=include_progress), timeout=timeout)
         try:
             for ev in stream:
                 trial = trial_from_pb(ev.trial, self._int_params) if ev.HasField("trial") \
@@ -321,13 +324,22 @@ class Study:
             watch_with_progress(self)
         deadline = None if timeout is None else time.time() + timeout
         while self.refresh().state == pb.STUDY_STATE_ACTIVE:
-            if deadline is not None and time.time() > deadline:
+            left = None if deadline is None else deadline - time.time()
+            if left is not None and left <= 0:
                 raise TimeoutError(f"study {self.id} still active after {timeout}s")
-            if not progress:
-                for ev in self.watch():
+            if progress:
+                time.sleep(0.2)
+                continue
+            try:
+                for ev in self.watch(timeout=left):
                     if ev.kind == "study_ended":
                         break
-            else:
+            except HpodError as e:
+                # The server restarted or the study moved to another replica (UNAVAILABLE),
+                # or the deadline passed: look at the study again.
+                if e.code not in (grpc.StatusCode.UNAVAILABLE,
+                                  grpc.StatusCode.DEADLINE_EXCEEDED):
+                    raise
                 time.sleep(0.2)
         return self.info
 

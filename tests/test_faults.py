@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import signal
+import time
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import redis
@@ -58,15 +60,19 @@ def test_server_killed_and_restarted_mid_study_continues(tmp_path) -> None:
                       lease_seconds=3.0) as cluster, cluster.client() as client:
         study = client.create_study(slow_spec(seed=2))
         wait_for(lambda: study.refresh().trials_finished >= 3, what="three finished trials")
+        # A client already waiting for the end rides the restart out (its watch is cut).
+        waiter = ThreadPoolExecutor(1)
+        waited = waiter.submit(client.study(study.id).wait, timeout=180)
+        time.sleep(1.0)  # let the waiter's watch open (either way it must ride the restart)
         cluster.server.send_signal(signal.SIGKILL)
         cluster.server.wait()
         # Workers keep training and reporting into Redis while no server runs.
-        import time
-
         time.sleep(1.5)
         cluster.start_server()
         info = study.wait(timeout=180)
         assert info.state == 2
+        assert waited.result(timeout=180).state == 2
+        waiter.shutdown()
         assert_nothing_lost_or_doubled(study, info)
 
 
