@@ -49,6 +49,7 @@ from . import metrics, plugins, tenancy
 from .algorithms import offload
 from .engine import (
     ACTIVE,
+    QUEUED,
     STUDY_QUARANTINED,
     AlgorithmFailure,
     Effect,
@@ -116,6 +117,7 @@ class Live:
     log_len: int = 0  # entries its log in Redis holds: every commit checks it (StaleLog)
     cpu_since_snapshot: float = 0.0
     fence: str | None = None  # the lease this copy was loaded under; every commit checks it
+    outbox: bool = True  # its outbox in Redis may hold entries (checked by the reaper)
 
 
 class StudyManager:
@@ -533,12 +535,37 @@ class StudyManager:
             self._spawn(self._reload(sid), f"reload {sid}")
             raise
         live.log_len = 0 if batch.snapshot is not None else live.log_len + len(inputs)
+        live.outbox = live.outbox or bool(batch.jobs)
         if batch.snapshot is not None:
             live.snapshot_at, live.cpu_since_snapshot = eng.inputs, 0.0
         if (self.settings.checkpoint_dir and eng.state != ACTIVE
                 and any(e.event == "study_ended" for e in effects)):
             self._spawn(self._prune_checkpoints(sid), f"prune {sid}")
         self._publish(live, effects)
+
+    async def _resend_outboxes(self) -> None:
+        """Jobs still queued are copied from their study's outbox again: a no-op for those
+        already sent, and the repair when the owner died between a commit and its copy or a
+        failed-over job stream lost it; jobs no longer queued leave the outbox."""
+        sids = [sid for sid, lv in self.studies.items() if lv.outbox and not lv.stale]
+        for sid, entries in (await self.store.outbox(sids)).items():
+            live = self.studies.get(sid)
+            if live is None:
+                continue
+            async with live.lock:
+                if not self._owns(sid, live):
+                    continue
+                queued = {j for j, rec in live.engine.jobs.items() if rec.state == QUEUED}
+                try:
+                    await self.store.send_jobs(
+                        sid, [e for j, e in entries.items() if j in queued])
+                    await self.store.clear_outbox(
+                        sid, {j: e for j, e in entries.items() if j not in queued}, live.fence)
+                except RedisError:  # LeaseLost too: the next pass, or the next owner
+                    log.warning("study %s: copying its outbox failed; retried shortly", sid,
+                                exc_info=True, extra={"study_id": sid})
+                    continue
+                live.outbox = any(j in queued for j in entries)
 
     async def _prune_checkpoints(self, sid: str) -> None:
         """Delete an ended study's checkpoints but for its best trials' newest ones, and log
@@ -771,6 +798,7 @@ class StudyManager:
         await self._check_redis_restart()
         for sid in [sid for sid, lv in self.studies.items() if lv.stale]:
             await self._reload(sid)
+        await self._resend_outboxes()
         lease = self.settings.lease_seconds
         if self.settings.handoff_seconds > 0:
             metrics.HANDOFFS_RETURNED.inc(
