@@ -89,7 +89,7 @@ class QueueUnavailable(QueueError):
 
 _TRANSIENT_TYPES = (redis.ConnectionError, redis.TimeoutError, redis.exceptions.OutOfMemoryError,
                     redis.exceptions.MasterDownError, redis.exceptions.TryAgainError,
-                    redis.exceptions.ClusterDownError)
+                    redis.exceptions.ClusterDownError, redis.exceptions.SlotNotCoveredError)
 # Error codes that mean "not now": refused writes at maxmemory, a script or module hogging the
 # server, a data set still loading after a restart, a failover. Matched as whole words, since
 # a pipeline or EXECABORT wraps the command's reply in text of its own (BUSYGROUP is no match).
@@ -382,8 +382,15 @@ class WorkerQueue:
         def registry(p: Any) -> None:
             p.hset(keys.worker(self.worker_id), mapping={"status": "idle", "job": ""})
             p.zadd(keys.workers(), {self.worker_id: time.time()})
-        return self._call(f"report {op}", lambda: bool(self._steps(
+        held = self._call(f"report {op}", lambda: bool(self._steps(
             (True, event), (True, ack), (False, registry))[1]))
+        # The record of what Redis accepted from this worker (tests compare it with the
+        # studies: no accepted result may be lost).
+        log.info("job %s: %s accepted (trial %s, resource %s, value %s, lease held %s)",
+                 lease.job_id, op, lease.job.get("trial_id"), lease.job.get("to_resource"),
+                 fields.get("value"), held, extra={"study_id": lease.study_id,
+                                                    "job_id": lease.job_id})
+        return held
 
     def release(self, lease: Lease) -> None:
         """Give a job back unfinished (SIGTERM drain): the server sees it as lost at once and
