@@ -449,23 +449,43 @@ class RedisStore:
     async def _read_events_cluster(self, sids: Sequence[str], consumer: str, count: int,
                                    block_ms: int, pending: bool) -> list[Any]:
         """One XREADGROUP reads streams of one slot only: on a cluster each study's stream is
-        read on its own (one pipeline, grouped by node), without blocking; when none has
-        anything the caller waits a little, as a blocking read would have."""
-        async with self.r.pipeline(transaction=False) as p:
-            for sid in sids:
-                p.xreadgroup(keys.SERVER_GROUP, consumer, {keys.events(sid): "0" if pending
-                                                           else ">"}, count=count)
-            replies = await p.execute(raise_on_error=False)
+        read on its own (a pipeline per master, the masters at once), without blocking; when
+        none has anything the caller waits a little, as a blocking read would have. A master
+        that does not answer (failing over) holds up only its own studies."""
+        async def read(group: list[str]) -> list[Any]:
+            async with self.r.pipeline(transaction=False) as p:
+                for sid in group:
+                    p.xreadgroup(keys.SERVER_GROUP, consumer,
+                                 {keys.events(sid): "0" if pending else ">"}, count=count)
+                return await p.execute(raise_on_error=False)
+
+        groups = self._by_node([keys.events(s) for s in sids], sids)
+        results = await asyncio.gather(*[read(g) for g in groups], return_exceptions=True)
         resp: list[Any] = []
-        for reply in replies:
-            if isinstance(reply, Exception):
-                if "NOGROUP" in str(reply):
-                    continue  # a study deleted meanwhile
-                raise reply
-            resp += _stream_replies(reply)
+        for group, replies in zip(groups, results, strict=True):
+            if isinstance(replies, BaseException):
+                log.warning("reading the events of studies %s failed: %s", group, replies)
+                continue
+            for reply in replies:
+                if isinstance(reply, Exception):
+                    if "NOGROUP" in str(reply):
+                        continue  # a study deleted meanwhile
+                    raise reply
+                resp += _stream_replies(reply)
         if not resp and not pending:
             await asyncio.sleep(min(block_ms, CLUSTER_POLL_MS) / 1000)
         return resp
+
+    def _by_node(self, keys_: Sequence[str], items: Sequence[str]) -> list[list[str]]:
+        """``items`` grouped by the cluster node that serves the matching key."""
+        groups: dict[str, list[str]] = {}
+        for key, item in zip(keys_, items, strict=True):
+            try:
+                name = self.r.get_node_from_key(key).name
+            except Exception:  # no node known for its slot now: a group of its own
+                name = key
+            groups.setdefault(name, []).append(item)
+        return list(groups.values())
 
     async def reclaim_events(self, sids: Sequence[str], consumer: str, min_idle_ms: int,
                              count: int) -> list[tuple[str, list[tuple[str, dict]]]]:

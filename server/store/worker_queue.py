@@ -87,6 +87,9 @@ class QueueUnavailable(QueueError):
     """Redis kept failing with transient errors for longer than the retry bound."""
 
 
+# How long a report waits for a replica to have it, on a Redis Cluster (ms).
+REPLICA_WAIT_MS = 1000
+
 _TRANSIENT_TYPES = (redis.ConnectionError, redis.TimeoutError, redis.exceptions.OutOfMemoryError,
                     redis.exceptions.MasterDownError, redis.exceptions.TryAgainError,
                     redis.exceptions.ClusterDownError, redis.exceptions.SlotNotCoveredError)
@@ -195,6 +198,36 @@ class WorkerQueue:
                 add(p)
                 out += p.execute()
         return out
+
+    def _replicated(self, key: str, add: Callable[[Any], None]) -> None:
+        """On a cluster: ``add``'s commands (keys in ``key``'s slot), then ``WAIT`` for a
+        replica, over one connection to the slot's master, so that a report Redis accepted
+        survives a failover of that master (replication is asynchronous). The wait is best
+        effort (REPLICA_WAIT_MS; a master with no replica, or a user not allowed WAIT, goes on
+        without it); a slot that moved or a master that is gone refreshes the slot map and
+        counts as transient, so the caller's retry finds the new master."""
+        node = self.r.get_node_from_key(key)
+        try:
+            with self.r.get_redis_connection(node).pipeline(transaction=False) as p:
+                add(p)
+                p.execute_command("WAIT", 1, REPLICA_WAIT_MS)
+                replies = p.execute(raise_on_error=False)
+        except (redis.ConnectionError, redis.TimeoutError):
+            self._refresh_slots()
+            raise
+        for reply in replies[:-1]:
+            if isinstance(reply, redis.ResponseError) and _message(reply).startswith(
+                    ("MOVED", "ASK")):
+                self._refresh_slots()
+                raise redis.exceptions.TryAgainError(_message(reply))
+            if isinstance(reply, Exception):
+                raise reply
+
+    def _refresh_slots(self) -> None:
+        try:
+            self.r.nodes_manager.initialize()
+        except redis.RedisError:
+            pass  # the next command tries again
 
     def register(self, status: str = "idle", job: str = "") -> None:
         self._call("register", lambda: self._register(status, job))
@@ -382,8 +415,12 @@ class WorkerQueue:
         def registry(p: Any) -> None:
             p.hset(keys.worker(self.worker_id), mapping={"status": "idle", "job": ""})
             p.zadd(keys.workers(), {self.worker_id: time.time()})
-        held = self._call(f"report {op}", lambda: bool(self._steps(
-            (True, event), (True, ack), (False, registry))[1]))
+        def go() -> bool:
+            if not self.cluster:
+                return bool(self._steps((True, event), (True, ack), (False, registry))[1])
+            self._replicated(keys.events(lease.study_id), event)
+            return bool(self._steps((True, ack), (False, registry))[0])
+        held = self._call(f"report {op}", go)
         # The record of what Redis accepted from this worker (tests compare it with the
         # studies: no accepted result may be lost).
         log.info("job %s: %s accepted (trial %s, resource %s, value %s, lease held %s)",
