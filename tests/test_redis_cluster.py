@@ -108,6 +108,7 @@ def accepted_results(workdir: Path) -> dict[str, tuple[int, float, float]]:
     out = {}
     for path in workdir.glob("worker*.log"):
         for m in ACCEPTED.finditer(path.read_text(errors="replace")):
+            assert m.group(1) not in out, f"job {m.group(1)} completed twice"
             out[m.group(1)] = (int(m.group(2)), float(m.group(3)), float(m.group(4)))
     return out
 
