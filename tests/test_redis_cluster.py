@@ -69,6 +69,36 @@ def test_jobs_leave_the_outbox_once_whoever_copies_them(redis_cluster) -> None:
     asyncio.run(scenario())
 
 
+def test_a_copy_lost_with_its_master_is_copied_again_from_the_outbox(redis_cluster) -> None:
+    """A failed-over job stream master may come back without the last copy and its mark;
+    the outbox still has the job, and copying it again adds it once; a handoff to a worker
+    that is gone goes back to the shared stream (both streams in the trainer's slot)."""
+    async def scenario() -> None:
+        store = RedisStore(redis_cluster.url)
+        try:
+            sid = "sout2"
+            fence = await store.leases.acquire(sid, "r1", 30)
+            await store.create_study(sid, {"x": 1}, "outbox", fence)
+            job = f'{{"study_id":"{sid}","job_id":"{sid}-j1"}}'
+            await store.commit(sid, Batch(inputs=[{"op": "ask"}], jobs=[(TRAINER, "gone", job)]),
+                               fence, 0)
+            stream = keys.handoff(TRAINER, "gone")
+            assert await store.r.xlen(stream) == 1
+            # What a failover that lost the copy leaves: no entry, no mark.
+            await store.r.delete(stream, keys.sent(TRAINER, sid, f"{sid}-j1"))
+            box = (await store.outbox([sid]))[sid]
+            assert await store.send_jobs(sid, list(box.values())) == 1
+            assert await store.send_jobs(sid, list(box.values())) == 0
+            assert await store.return_handoffs(max_age_s=60, lease_s=5) == 1  # never heartbeated
+            assert await store.r.xlen(keys.jobs(TRAINER)) == 1
+            assert not await store.r.exists(stream)
+            assert keys.handoff_member(TRAINER, "gone") not in await store.r.smembers(
+                keys.handoffs())
+        finally:
+            await store.close()
+    asyncio.run(scenario())
+
+
 def test_a_worker_takes_and_reports_across_slots(redis_cluster) -> None:
     """Job streams of two trainers (two slots), the study's event stream (a third), the
     registry: one worker reads both trainers and reports, each step in its own slot."""
