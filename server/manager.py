@@ -556,9 +556,14 @@ class StudyManager:
                 if not self._owns(sid, live):
                     continue
                 queued = {j for j, rec in live.engine.jobs.items() if rec.state == QUEUED}
+                resend = [e for j, e in entries.items() if j in queued]
                 try:
-                    await self.store.send_jobs(
-                        sid, [e for j, e in entries.items() if j in queued])
+                    # A copy that woke from a pause past its lease may think a job still
+                    # queued that the new owner saw start (and whose mark it removed): only
+                    # the lease holder copies again.
+                    if resend and (await self.store.leases.owners([sid])).get(sid) != live.fence:
+                        continue
+                    await self.store.send_jobs(sid, resend)
                     await self.store.clear_outbox(
                         sid, {j: e for j, e in entries.items() if j not in queued}, live.fence)
                 except RedisError:  # LeaseLost too: the next pass, or the next owner
