@@ -161,7 +161,12 @@ def test_studies_complete_through_a_master_failover(redis_cluster, tmp_path) -> 
         r = RedisCluster(host="127.0.0.1", port=entry, decode_responses=True)
         with hp.client() as client:
             sids = [client.create_study(slow_spec(seed=40 + i)).id for i in range(5)]
+            # At least one study in the victim's slots too (ids are random): its commits,
+            # event stream and outbox fail over with the job streams.
+            while not any(master_of(r, keys.study(s)) == victim for s in sids) and len(sids) < 9:
+                sids.append(client.create_study(slow_spec(seed=40 + len(sids))).id)
             on_victim = [s for s in sids if master_of(r, keys.study(s)) == victim]
+            assert on_victim
             sampler = Applied(r, sids)
             sampler.start()
             wait_for(lambda: sum(client.study(s).info.trials_finished for s in sids) >= 5,
