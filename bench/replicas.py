@@ -1,8 +1,12 @@
-"""Worker events applied per second with 1, 2 and 3 server replicas on one Redis.
+"""Worker events applied per second with 1, 2 and 3 server replicas, on one Redis and on a
+Redis Cluster.
 
     python bench/replicas.py [--json] [--replicas 1,2,3] [--studies 6] [--events 20000]
+                             [--redis single,cluster]
 
-For each replica count, a fresh embedded Redis and that many ``hpod server`` processes
+For each replica count and Redis, a fresh embedded Redis (``single``) or Redis Cluster of 3
+masters with one replica each (``cluster``, all on this machine), and that many ``hpod
+server`` processes
 (``LocalCluster`` with no trainer workers; every replica on this machine). ``--studies``
 ask/tell studies are created and spread over the replicas by their leases; each hands out 8
 jobs. Then the replicas are paused (SIGSTOP; their study leases are longer than the pause),
@@ -46,10 +50,10 @@ def _spread(r: Any, sids: list[str], replicas: int) -> bool:
 
 async def _burst(redis_url: str, jobs: dict[str, list[str]], total: int,
                  pids: list[int]) -> dict[str, float]:
-    import redis.asyncio as aioredis
     from hpod.server.store import keys
+    from hpod.server.store.connect import async_client
 
-    r = aioredis.Redis.from_url(redis_url, decode_responses=True)
+    r = async_client(redis_url, decode_responses=True)
     sids = list(jobs)
     last: dict[str, str] = {}
     for pid in pids:
@@ -97,21 +101,31 @@ async def _drained(r: Any, last: dict[str, str], timeout: float = 600) -> float:
     return time.perf_counter()
 
 
-def run_one(replicas: int, studies: int, events: int) -> dict[str, Any]:
-    import redis
+def run_one(replicas: int, studies: int, events: int, kind: str = "single") -> dict[str, Any]:
+    with tempfile.TemporaryDirectory(prefix="hpod-bench-replicas-") as work:
+        if kind == "single":
+            return {"redis": kind, **_run(replicas, studies, events, work, None)}
+        from hpod.server.store.embedded import EmbeddedCluster
+
+        with EmbeddedCluster(os.path.join(work, "cluster")) as rc:
+            return {"redis": kind, **_run(replicas, studies, events, work, rc.url)}
+
+
+def _run(replicas: int, studies: int, events: int, work: str,
+         redis_url: str | None) -> dict[str, Any]:
     from hpod.client.local import LocalCluster, free_port
     from hpod.client.sdk import Client
+    from hpod.server.store.connect import sync_client
 
-    with tempfile.TemporaryDirectory(prefix="hpod-bench-replicas-") as work, \
-            LocalCluster(workers=0, trainers=(), workdir=work,
-                         server_args=("--study-lease-seconds", "15")) as cluster:
+    with LocalCluster(workers=0, trainers=(), workdir=work, redis_url=redis_url,
+                      server_args=("--study-lease-seconds", "15")) as cluster:
         for _ in range(replicas - 1):
             cluster.add_replica(free_port())
         target = "ipv4:" + ",".join(f"127.0.0.1:{p}" for p in [cluster.port, *cluster.replicas])
         with Client(target, timeout=60) as client:
             made = [client.create_study(external_spec(JOBS_PER_STUDY, 1e9))
                     for _ in range(studies)]
-            r = redis.Redis.from_url(cluster.redis_url, decode_responses=True)
+            r = sync_client(str(cluster.redis_url), decode_responses=True)
             deadline = time.time() + 60
             while not _spread(r, [s.id for s in made], min(replicas, studies)):
                 if time.time() > deadline:
@@ -134,19 +148,24 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--replicas", default="1,2,3")
     ap.add_argument("--studies", type=int, default=6)
     ap.add_argument("--events", type=int, default=20000)
+    ap.add_argument("--redis", default="single",
+                    help="comma-separated: single (one Redis), cluster (3 masters + 3 replicas)")
     ap.add_argument("--json", action="store_true")
     a = ap.parse_args(argv)
     counts = [int(x) for x in a.replicas.split(",") if x.strip()]
+    kinds = [x.strip() for x in a.redis.split(",") if x.strip()]
     if not counts or min(counts) < 1 or a.studies < 1 or a.events < 1:
         raise SystemExit("--replicas needs counts >= 1, --studies and --events positive")
-    rows = [run_one(n, a.studies, a.events) for n in counts]
+    if not kinds or set(kinds) - {"single", "cluster"}:
+        raise SystemExit(f"--redis {a.redis!r}: give single, cluster or both (single,cluster)")
+    rows = [run_one(n, a.studies, a.events, kind) for kind in kinds for n in counts]
     if a.json:
         print(json.dumps({"machine": machine(), "runs": rows}, indent=2))
         return 0
-    print(f"{'replicas':>8} {'events':>7} {'applied/s':>10} {'seconds':>8}")
+    print(f"{'redis':>8} {'replicas':>8} {'events':>7} {'applied/s':>10} {'seconds':>8}")
     for row in rows:
-        print(f"{row['replicas']:>8} {row['events']:>7} {row['applied_per_s']:>10.0f} "
-              f"{row['seconds']:>8.2f}")
+        print(f"{row['redis']:>8} {row['replicas']:>8} {row['events']:>7} "
+              f"{row['applied_per_s']:>10.0f} {row['seconds']:>8.2f}")
     return 0
 
 

@@ -71,7 +71,10 @@ async def serve(address: str, settings: Settings, ready: asyncio.Event | None = 
     options = options or ServerOptions()
     size = options.limits.max_message_bytes
     settings = _replica_settings(settings, address, options)
-    manager = StudyManager(settings)
+    try:
+        manager = StudyManager(settings)
+    except ValueError as e:  # a URL naming what a Redis Cluster does not have
+        raise SystemExit(f"hpod server: --redis-url: {e}") from None
     mirror = _optuna_mirror(manager, options)  # a bad URL stops here, before anything runs
     await manager.start()
     if mirror is not None:

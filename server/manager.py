@@ -131,6 +131,7 @@ class Live:
     ready: deque[str] = field(default_factory=deque)
     refill: asyncio.Task | None = None
     listed: Any = None  # how a listing last showed it (shown again while an input runs)
+    outbox: bool = True  # its outbox in Redis may hold entries (checked by the reaper)
 
 
 class StudyManager:
@@ -644,12 +645,42 @@ class StudyManager:
             raise
         live.ready.extend(batch.ready)
         live.log_len = 0 if batch.snapshot is not None else live.log_len + len(inputs)
+        live.outbox = live.outbox or bool(batch.jobs)
         if batch.snapshot is not None:
             live.snapshot_at, live.cpu_since_snapshot = eng.inputs, 0.0
         if (self.settings.checkpoint_dir and eng.state != ACTIVE
                 and any(e.event == "study_ended" for e in effects)):
             self._spawn(self._prune_checkpoints(sid), f"prune {sid}")
         self._publish(live, effects)
+
+    async def _resend_outboxes(self) -> None:
+        """Jobs still queued are copied from their study's outbox again: a no-op for those
+        already sent, and the repair when the owner died between a commit and its copy or a
+        failed-over job stream lost it; jobs no longer queued leave the outbox."""
+        sids = [sid for sid, lv in self.studies.items() if lv.outbox and not lv.stale]
+        for sid, entries in (await self.store.outbox(sids)).items():
+            live = self.studies.get(sid)
+            if live is None:
+                continue
+            async with live.lock:
+                if not self._owns(sid, live):
+                    continue
+                queued = {j for j, rec in live.engine.jobs.items() if rec.state == QUEUED}
+                resend = [e for j, e in entries.items() if j in queued]
+                try:
+                    # A copy that woke from a pause past its lease may think a job still
+                    # queued that the new owner saw start (and whose mark it removed): only
+                    # the lease holder copies again.
+                    if resend and (await self.store.leases.owners([sid])).get(sid) != live.fence:
+                        continue
+                    await self.store.send_jobs(sid, resend)
+                    await self.store.clear_outbox(
+                        sid, {j: e for j, e in entries.items() if j not in queued}, live.fence)
+                except RedisError:  # LeaseLost too: the next pass, or the next owner
+                    log.warning("study %s: copying its outbox failed; retried shortly", sid,
+                                exc_info=True, extra={"study_id": sid})
+                    continue
+                live.outbox = any(j in queued for j in entries)
 
     async def _prune_checkpoints(self, sid: str) -> None:
         """Delete an ended study's checkpoints but for its best trials' newest ones, and log
@@ -885,6 +916,7 @@ class StudyManager:
         await self._check_redis_restart()
         for sid in [sid for sid, lv in self.studies.items() if lv.stale]:
             await self._reload(sid)
+        await self._resend_outboxes()
         lease = self.settings.lease_seconds
         if self.settings.handoff_seconds > 0:
             metrics.HANDOFFS_RETURNED.inc(

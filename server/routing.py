@@ -170,10 +170,12 @@ class Router:
         more = bool(local.next_page_token)
         for (rid, _), reply in zip(peers, replies, strict=True):
             if isinstance(reply, BaseException):
-                # A replica that went away meanwhile: its studies are moving and come back
-                # with their next owner. Any other failure is the caller's to see.
+                # A replica that went away meanwhile (or cancelled the call as it stopped):
+                # its studies are moving and come back with their next owner. Any other
+                # failure is the caller's to see.
                 if isinstance(reply, grpc.aio.AioRpcError) and reply.code() in (
-                        grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+                        grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED,
+                        grpc.StatusCode.CANCELLED):
                     raise _unavailable_listing(rid) from None
                 raise reply
             studies += reply.studies

@@ -18,6 +18,7 @@ import time
 
 import redis
 from hpod.server.store import keys
+from hpod.server.store.connect import sync_client
 
 
 def main() -> int:
@@ -25,8 +26,8 @@ def main() -> int:
     max_age = float(os.environ.get("HPOD_HEALTH_MAX_AGE", "60"))
     host = socket.gethostname()
     try:
-        r = redis.Redis.from_url(url, decode_responses=True, socket_timeout=5,
-                                 socket_connect_timeout=5)
+        r = sync_client(url, decode_responses=True, socket_timeout=5,
+                        socket_connect_timeout=5)  # one Redis or a Redis Cluster
         fresh = r.zrangebyscore(keys.workers(), time.time() - max_age, "+inf")
     except redis.RedisError as e:
         print(f"unhealthy: Redis: {type(e).__name__}: {e}", file=sys.stderr)

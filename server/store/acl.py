@@ -42,7 +42,7 @@ def worker_rules(trainers: Sequence[str] | None = None) -> list[Rule]:
     if trainers:
         jobs = tuple(p for t in trainers for p in (keys.jobs(t), keys.jobs(t) + ":*"))
     else:
-        jobs = (keys.jobs("*"),)
+        jobs = (keys.job_streams_pattern(),)
     return [
         Rule("job streams: take, heartbeat (XCLAIM), finish, drop, hand back, requeue", jobs,
              ("xgroup|create", "xreadgroup", "xclaim", "xack", "xdel", "xadd")),

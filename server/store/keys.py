@@ -2,7 +2,12 @@
 
 Keys of one study carry the study id as a hash tag (``{<study>}``) so that everything one
 study's transaction touches lives in one slot of a Redis Cluster. The job streams are per
-trainer, shared by studies, and are the one cross-study structure.
+trainer, shared by studies: a trainer's shared stream, its workers' handoff streams and the
+"sent" marks of its jobs carry the trainer's name as their hash tag (``{<trainer>}``), so a
+move between them is one step too. A study's commit writes its new jobs into its own outbox;
+they are copied into the job streams afterwards, each once (``RedisStore.send_jobs``). The
+global keys (study index, worker and replica registries) are only ever used one key per
+command, so they need no common slot.
 """
 
 from __future__ import annotations
@@ -51,14 +56,32 @@ def stopped_jobs(sid: str) -> str:
 
 def jobs(trainer: str) -> str:
     """STREAM of jobs for workers that have ``trainer``; the pending list is the lease table."""
-    return f"{PREFIX}:jobs:{trainer}"
+    return f"{PREFIX}:jobs:{{{trainer}}}"
+
+
+def job_streams_pattern() -> str:
+    """Every trainer's shared and handoff streams (an ACL key pattern)."""
+    return f"{PREFIX}:jobs:*"
+
+
+def outbox(sid: str) -> str:
+    """HASH job id -> ``{"t": trainer, "w": worker or "", "j": job JSON, "n": order}``: jobs
+    the study's commits created, kept until the job is no longer queued; each is copied into
+    its job stream once (``sent``)."""
+    return f"{PREFIX}:{{{sid}}}:outbox"
+
+
+def sent(trainer: str, sid: str, job_id: str) -> str:
+    """STRING with an expiry, in the trainer's slot: the job was added to a job stream (so a
+    second copy from the outbox is not)."""
+    return f"{PREFIX}:sent:{{{trainer}}}:{sid}:{job_id}"
 
 
 def handoff(trainer: str, wid: str) -> str:
     """STREAM of jobs for one worker only: a trial's next segment handed to the idle worker
     that trained its last one (it still holds the model). Same consumer group as the trainer's
     stream; entries its worker has not read in time go back to the trainer's stream."""
-    return f"{PREFIX}:jobs:{trainer}:to:{wid}"
+    return f"{jobs(trainer)}:to:{wid}"
 
 
 def queue(trainer: str, wid: str = "") -> str:
@@ -124,4 +147,4 @@ def replica(rid: str) -> str:
 
 def study_keys(sid: str) -> list[str]:
     return [study(sid), log(sid), snapshot(sid), trials(sid), events(sid), stopped_jobs(sid),
-            ready(sid), owner(sid), fence(sid)]
+            ready(sid), outbox(sid), owner(sid), fence(sid)]

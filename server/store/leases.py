@@ -11,7 +11,9 @@ whatever it still believes. All keys of one script carry the study's hash tag: o
 
 from __future__ import annotations
 
+import asyncio
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -69,14 +71,36 @@ async def run_script(script: AsyncScript, keys: list[str], args: list[Any],
         raise
 
 
+async def run_scripts(r: aioredis.Redis, calls: Sequence[tuple[AsyncScript, list[str], list[Any]]],
+                      cluster: bool, raise_on_error: bool = True) -> list[Any]:
+    """Run several scripts: in one pipeline on a single Redis (one round trip); on a cluster,
+    where redis-py pipelines no scripts, concurrently, each to the node of its keys. With
+    ``raise_on_error=False`` a failed call's exception is its reply."""
+    if not calls:
+        return []
+    if cluster:
+        replies = await asyncio.gather(*[run_script(s, k, a) for s, k, a in calls],
+                                       return_exceptions=True)
+        for reply in replies:  # as a pipeline would: only a refused command is a reply
+            if isinstance(reply, Exception) and (
+                    raise_on_error or not isinstance(reply, ResponseError)):
+                raise reply
+        return list(replies)
+    async with r.pipeline(transaction=False) as p:
+        for script, k, a in calls:
+            await script(keys=k, args=a, client=p)
+        return list(await p.execute(raise_on_error=raise_on_error))
+
+
 def replica_of(value: str | None) -> str:
     """The replica id in an owner value (``""`` for none)."""
     return (value or "").partition("|")[2]
 
 
 class Leases:
-    def __init__(self, r: aioredis.Redis) -> None:
+    def __init__(self, r: aioredis.Redis, cluster: bool = False) -> None:
         self.r = r
+        self.cluster = cluster
         self._acquire = r.register_script(_ACQUIRE)
         self._renew = r.register_script(_RENEW)
         self._release = r.register_script(_RELEASE)
@@ -91,12 +115,10 @@ class Leases:
         """Renew every lease in ``held`` (study -> owner value); returns the studies lost."""
         if not held:
             return set()
-        async with self.r.pipeline(transaction=False) as p:
-            for sid, value in held.items():
-                # A script per key, not one for all: on a Redis Cluster each is in its own slot.
-                await self._renew(keys=[keys.owner(sid)], args=[value, int(lease_s * 1000)],
-                                  client=p)
-            replies = await p.execute(raise_on_error=False)
+        # A script per key, not one for all: on a Redis Cluster each is in its own slot.
+        replies = await run_scripts(
+            self.r, [(self._renew, [keys.owner(sid)], [value, int(lease_s * 1000)])
+                     for sid, value in held.items()], self.cluster, raise_on_error=False)
         return {sid for sid, ok in zip(held, replies, strict=True) if ok != 1}
 
     async def release(self, sid: str, value: str) -> bool:

@@ -12,13 +12,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import re
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import redis.asyncio as aioredis
 from redis.exceptions import (
     BusyLoadingError,
     OutOfMemoryError,
@@ -28,27 +28,28 @@ from redis.exceptions import (
 )
 
 from . import keys
-from .leases import Leases, run_script
+from .connect import async_client, is_cluster
+from .leases import Leases, run_script, run_scripts
+
+log = logging.getLogger("hpod.server")
 
 SNAPSHOT_EVERY = 200  # the least number of inputs between snapshots
 STOP_SET_TTL = 7 * 86400  # seconds a deleted study's stop set is kept for late workers
 
 # A job waiting in a worker's handoff stream goes back to its trainer's shared stream once it
-# is older than ARGV[2] ms and still unread, or at once when that worker is gone (its
-# heartbeat is older than ARGV[4]); an empty stream of a gone worker is removed. One script,
-# so the check "not yet delivered" (after the group's last-delivered id) and the move are
-# atomic: a worker can never read an entry that is also being moved. A stream with no group
-# (re-created by a late XADD after its worker left) has delivered nothing.
-# KEYS: handoff stream, shared stream, workers zset, handoffs set.
-# ARGV: group, age ms, worker id, dead-before (unix s), handoffs member.
+# is older than ARGV[2] ms and still unread, or at once when that worker is gone (ARGV[3] is
+# 1); an empty stream of a gone worker is removed. One script, so the check "not yet
+# delivered" (after the group's last-delivered id) and the move are atomic: a worker can never
+# read an entry that is also being moved. A stream with no group (re-created by a late XADD
+# after its worker left) has delivered nothing. Both streams carry the trainer's hash tag.
+# KEYS: handoff stream, shared stream. ARGV: group, age ms, gone (0 | 1).
+# Returns {entries moved, 1 if the handoff stream is gone now}.
 _RETURN_HANDOFFS = """
 local t = redis.call('TIME')
 local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local score = redis.call('ZSCORE', KEYS[3], ARGV[3])
-local gone = (not score) or tonumber(score) < tonumber(ARGV[4])
+local gone = ARGV[3] == '1'
 if redis.call('EXISTS', KEYS[1]) == 0 then
-  if gone then redis.call('SREM', KEYS[4], ARGV[5]) end
-  return 0
+  return {0, 1}
 end
 local last = '0-0'
 for _, g in ipairs(redis.call('XINFO', 'GROUPS', KEYS[1])) do
@@ -68,10 +69,24 @@ for _, e in ipairs(moved) do
 end
 if gone and redis.call('XLEN', KEYS[1]) == 0 then
   redis.call('DEL', KEYS[1])
-  redis.call('SREM', KEYS[4], ARGV[5])
+  return {#moved, 1}
 end
-return #moved
+return {#moved, 0}
 """
+
+# A job copied from a study's outbox into its job stream, at most once: the "sent" mark and
+# the XADD are one step in the trainer's slot, and a copy whose mark exists adds nothing.
+# KEYS: sent mark, job stream. ARGV: mark ttl (s), job JSON. Returns 1 if added.
+_SEND_JOB = """
+if redis.call('SET', KEYS[1], '1', 'NX', 'EX', ARGV[1]) then
+  redis.call('XADD', KEYS[2], '*', 'j', ARGV[2])
+  return 1
+end
+return 0
+"""
+# How long a "sent" mark lives: far beyond any time a job waits in the outbox (it leaves it
+# once a worker started it or the study dropped it).
+SENT_TTL = 7 * 86400
 
 
 # Runs ARGV[3..] as commands, each given as its length then its words, only while the study's
@@ -98,6 +113,8 @@ while i <= #ARGV do
 end
 return 1
 """
+# How long a read of the event streams waits on a cluster when none had anything (ms).
+CLUSTER_POLL_MS = 20
 # Words per command at most: Lua's unpack has a bounded stack; longer RPUSH, HSET, SADD,
 # XACK and XDEL are split (the script runs them all at once anyway).
 MAX_WORDS = 1000
@@ -118,6 +135,22 @@ def _chunked(head: list[Any], words: list[Any], unit: int = 1) -> list[list[Any]
     return [head + words[i:i + step] for i in range(0, len(words), step)]
 
 
+def _job_id(job: str) -> str:
+    return str(json.loads(job)["job_id"])
+
+
+def _outbox_entries(jobs: Sequence[tuple[str, str, str]]) -> list[tuple[str, str]]:
+    """(job id, entry JSON) of each job, numbered in the order the study created them."""
+    base = time.time_ns()
+    return [(_job_id(j), dumps({"t": t, "w": w, "j": j, "n": base + i}))
+            for i, (t, w, j) in enumerate(jobs)]
+
+
+def _stream_replies(reply: Any) -> list[Any]:
+    """XREADGROUP's reply as [(stream, entries)]."""
+    return list(reply or [])
+
+
 def dumps(obj: Any) -> str:
     return json.dumps(obj, separators=(",", ":"), allow_nan=False, default=_to_json)
 
@@ -136,13 +169,15 @@ class Batch:
 
     inputs: list[Mapping[str, Any]] = field(default_factory=list)
     trials: dict[int, str] = field(default_factory=dict)  # trial id -> JSON
-    # (trainer, worker id or "" for the trainer's shared stream, job JSON)
+    # (trainer, worker id or "" for the trainer's shared stream, job JSON): written to the
+    # study's outbox with the rest, then copied to the job streams (RedisStore.send_jobs)
     jobs: list[tuple[str, str, str]] = field(default_factory=list)
     stop_jobs: list[str] = field(default_factory=list)
     ready: list[str] = field(default_factory=list)  # ask/tell jobs waiting for a client
     study_fields: dict[str, str] = field(default_factory=dict)
     ack_ids: list[str] = field(default_factory=list)
-    job_acks: list[tuple[str, str]] = field(default_factory=list)  # (queue key, entry id)
+    # (queue key, entry id): job entries acknowledged once the rest is written (another slot)
+    job_acks: list[tuple[str, str]] = field(default_factory=list)
     # The engine state after every input so far (this batch's included). Written with it, the
     # log is emptied: everything it held is in the snapshot, and ``log_base`` records that
     # the log now starts at input number ``snapshot_inputs``.
@@ -172,12 +207,14 @@ def _script_error(e: ResponseError) -> ResponseError:
 
 
 class RedisStore:
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, cluster: bool | None = None) -> None:
         self.url = url
-        self.r = aioredis.from_url(url, decode_responses=True)
+        self.cluster = is_cluster(url) if cluster is None else cluster
+        self.r = async_client(url, self.cluster, decode_responses=True)
         self._return_handoffs = self.r.register_script(_RETURN_HANDOFFS)
         self._fenced = self.r.register_script(_FENCED)
-        self.leases = Leases(self.r)
+        self._send_job = self.r.register_script(_SEND_JOB)
+        self.leases = Leases(self.r, self.cluster)
 
     async def close(self) -> None:
         await self.r.aclose()
@@ -225,8 +262,14 @@ class RedisStore:
         return bool(await self.r.lrem(keys.ready(sid), 1, job_id))
 
     async def run_id(self) -> str:
-        """Redis's run id: it changes when Redis restarts (and may then have lost writes)."""
-        return str((await self.r.info("server")).get("run_id", ""))
+        """Redis's run id: it changes when Redis restarts (and may then have lost writes). On
+        a cluster, the ids of its live masters: they change when a replica takes over from a
+        master (which may have died before its last writes reached the replica)."""
+        if not self.cluster:
+            return str((await self.r.info("server")).get("run_id", ""))
+        nodes = await self.r.execute_command("CLUSTER NODES")
+        return ",".join(sorted(node["node_id"] for node in nodes.values()
+                               if "master" in node["flags"] and "fail" not in node["flags"]))
 
     async def log_lengths(self, sids: Sequence[str]) -> list[int]:
         async with self.r.pipeline(transaction=False) as p:
@@ -279,6 +322,26 @@ class RedisStore:
         if batch.empty():
             return
         await self.execute(sid, self._commands(sid, batch), fence, log_len)
+        # Then what lives in other slots on a cluster; both are safe to repeat, so a failure
+        # here loses nothing: the outbox is copied again (the owner's reaper), and a job entry
+        # left pending is reaped again (its study refuses a second "lost").
+        if batch.jobs:
+            try:
+                await self.send_jobs(sid, batch.jobs)
+            except RedisError:
+                log.warning("study %s: copying new jobs from its outbox failed; retried "
+                            "shortly", sid, exc_info=True, extra={"study_id": sid})
+        if batch.job_acks:
+            await self.ack_jobs(batch.job_acks)
+
+    async def ack_jobs(self, entries: Sequence[tuple[str, str]]) -> None:
+        """Acknowledge and delete job entries (each in its trainer's slot). Repeating it is
+        harmless, so it follows the study's commit instead of being part of it."""
+        async with self.r.pipeline(transaction=False) as p:
+            for stream, eid in entries:
+                p.xack(stream, keys.WORKER_GROUP, eid)
+                p.xdel(stream, eid)
+            await p.execute()
 
     def _commands(self, sid: str, batch: Batch) -> list[list[Any]]:
         cmds: list[list[Any]] = []
@@ -287,10 +350,9 @@ class RedisStore:
         if batch.trials:
             cmds += _chunked(["HSET", keys.trials(sid)],
                              [x for k, v in batch.trials.items() for x in (str(k), v)], 2)
-        for trainer, wid, job in batch.jobs:
-            cmds.append(["XADD", keys.queue(trainer, wid), "*", "j", job])
-            if wid:  # so the reaper finds it even if its worker has just left
-                cmds.append(["SADD", keys.handoffs(), keys.handoff_member(trainer, wid)])
+        if batch.jobs:
+            cmds += _chunked(["HSET", keys.outbox(sid)],
+                             [x for job in _outbox_entries(batch.jobs) for x in job], 2)
         if batch.stop_jobs:
             cmds += _chunked(["SADD", keys.stopped_jobs(sid)], batch.stop_jobs)
         if batch.ready:
@@ -301,9 +363,6 @@ class RedisStore:
         if batch.ack_ids:
             cmds += _chunked(["XACK", keys.events(sid), keys.SERVER_GROUP], batch.ack_ids)
             cmds += _chunked(["XDEL", keys.events(sid)], batch.ack_ids)
-        for stream, eid in batch.job_acks:
-            cmds.append(["XACK", stream, keys.WORKER_GROUP, eid])
-            cmds.append(["XDEL", stream, eid])
         if batch.snapshot is not None:
             cmds.append(["SET", keys.snapshot(sid), batch.snapshot])
             cmds.append(["DEL", keys.log(sid)])
@@ -334,6 +393,48 @@ class RedisStore:
                 raise StaleLog(f"study {sid}: {str(e).removeprefix('HPODSTALE ')}") from None
             raise _script_error(e) from None
 
+    # ---------------------------------------------------------------- the outbox
+
+    async def send_jobs(self, sid: str, jobs: Sequence[tuple[str, str, str]]) -> int:
+        """Copy jobs of the study's outbox (``Batch.jobs``) into their job streams, each at
+        most once whoever copies it and however often (the owner right after its commit, and
+        again after a crash or a failover: ``outbox``). Returns how many were added now."""
+        if not jobs:
+            return 0
+        handoffs = {keys.handoff_member(t, w) for t, w, _ in jobs if w}
+        if handoffs:  # first, so the reaper finds the stream even if its worker just left
+            await self.r.sadd(keys.handoffs(), *handoffs)
+        calls = [(self._send_job, [keys.sent(t, sid, _job_id(j)), keys.queue(t, w)],
+                  [SENT_TTL, j]) for t, w, j in jobs]
+        return sum(int(n) for n in await run_scripts(self.r, calls, self.cluster))
+
+    async def outbox(self, sids: Sequence[str]) -> dict[str, dict[str, tuple[str, str, str]]]:
+        """Study -> job id -> (trainer, worker, job JSON) for every job in its outbox."""
+        if not sids:
+            return {}
+        async with self.r.pipeline(transaction=False) as p:
+            for sid in sids:
+                p.hgetall(keys.outbox(sid))
+            rows = await p.execute()
+        out: dict[str, dict[str, tuple[str, str, str]]] = {}
+        for sid, row in zip(sids, rows, strict=True):
+            parsed = sorted((json.loads(v) | {"id": k} for k, v in row.items()),
+                            key=lambda e: e["n"])
+            out[sid] = {e["id"]: (e["t"], e["w"], e["j"]) for e in parsed}
+        return out
+
+    async def clear_outbox(self, sid: str, entries: Mapping[str, tuple[str, str, str]],
+                           fence: str | None) -> None:
+        """Drop outbox entries (job id -> entry) of jobs no longer queued (started, ended,
+        dropped), then their "sent" marks: nothing copies them again."""
+        if not entries:
+            return
+        await self.execute(sid, _chunked(["HDEL", keys.outbox(sid)], list(entries)), fence)
+        async with self.r.pipeline(transaction=False) as p:
+            for job_id, (trainer, _, _) in entries.items():
+                p.delete(keys.sent(trainer, sid, job_id))
+            await p.execute()
+
     # ---------------------------------------------------------------- worker events
 
     async def read_events(self, sids: Sequence[str], consumer: str, count: int,
@@ -343,9 +444,12 @@ class RedisStore:
         entries (after a restart) instead of new ones."""
         if not sids:
             return []
-        streams = {keys.events(s): ("0" if pending else ">") for s in sids}
-        resp = await self.r.xreadgroup(keys.SERVER_GROUP, consumer, streams, count=count,
-                                       block=None if pending else block_ms)
+        if self.cluster:
+            resp = await self._read_events_cluster(sids, consumer, count, block_ms, pending)
+        else:
+            streams = {keys.events(s): ("0" if pending else ">") for s in sids}
+            resp = await self.r.xreadgroup(keys.SERVER_GROUP, consumer, streams, count=count,
+                                           block=None if pending else block_ms)
         out = []
         prefix_len = len(keys.PREFIX) + 2
         for stream, entries in resp or []:
@@ -353,6 +457,47 @@ class RedisStore:
             parsed = [(eid, json.loads(fields["e"])) for eid, fields in entries if fields]
             out.append((sid, parsed))
         return out
+
+    async def _read_events_cluster(self, sids: Sequence[str], consumer: str, count: int,
+                                   block_ms: int, pending: bool) -> list[Any]:
+        """One XREADGROUP reads streams of one slot only: on a cluster each study's stream is
+        read on its own (a pipeline per master, the masters at once), without blocking; when
+        none has anything the caller waits a little, as a blocking read would have. A master
+        that does not answer (failing over) holds up only its own studies."""
+        async def read(group: list[str]) -> list[Any]:
+            async with self.r.pipeline(transaction=False) as p:
+                for sid in group:
+                    p.xreadgroup(keys.SERVER_GROUP, consumer,
+                                 {keys.events(sid): "0" if pending else ">"}, count=count)
+                return await p.execute(raise_on_error=False)
+
+        groups = self._by_node([keys.events(s) for s in sids], sids)
+        results = await asyncio.gather(*[read(g) for g in groups], return_exceptions=True)
+        resp: list[Any] = []
+        for group, replies in zip(groups, results, strict=True):
+            if isinstance(replies, BaseException):
+                log.warning("reading the events of studies %s failed: %s", group, replies)
+                continue
+            for reply in replies:
+                if isinstance(reply, Exception):
+                    if "NOGROUP" in str(reply):
+                        continue  # a study deleted meanwhile
+                    raise reply
+                resp += _stream_replies(reply)
+        if not resp and not pending:
+            await asyncio.sleep(min(block_ms, CLUSTER_POLL_MS) / 1000)
+        return resp
+
+    def _by_node(self, keys_: Sequence[str], items: Sequence[str]) -> list[list[str]]:
+        """``items`` grouped by the cluster node that serves the matching key."""
+        groups: dict[str, list[str]] = {}
+        for key, item in zip(keys_, items, strict=True):
+            try:
+                name = self.r.get_node_from_key(key).name
+            except Exception:  # no node known for its slot now: a group of its own
+                name = key
+            groups.setdefault(name, []).append(item)
+        return list(groups.values())
 
     async def reclaim_events(self, sids: Sequence[str], consumer: str, min_idle_ms: int,
                              count: int) -> list[tuple[str, list[tuple[str, dict]]]]:
@@ -464,10 +609,14 @@ class RedisStore:
         dead_before = time.time() - lease_s
         for member in await self.r.smembers(keys.handoffs()):
             trainer, wid = keys.parse_handoff_member(member)
-            moved += int(await self._return_handoffs(
-                keys=[keys.handoff(trainer, wid), keys.jobs(trainer), keys.workers(),
-                      keys.handoffs()],
-                args=[keys.WORKER_GROUP, int(max_age_s * 1000), wid, dead_before, member]))
+            seen = await self.r.zscore(keys.workers(), wid)
+            gone = seen is None or float(seen) < dead_before
+            n, removed = await run_script(
+                self._return_handoffs, [keys.handoff(trainer, wid), keys.jobs(trainer)],
+                [keys.WORKER_GROUP, int(max_age_s * 1000), int(gone)])
+            moved += int(n)
+            if int(removed) and gone:
+                await self.r.srem(keys.handoffs(), member)
         return moved
 
     async def trial_views(self, sid: str) -> dict[int, dict]:
@@ -481,9 +630,9 @@ class RedisStore:
         with socket timeouts, so a stalled Redis fails the probe instead of hanging it and the
         study connections are never disturbed."""
         if getattr(self, "_probe", None) is None:
-            self._probe = aioredis.from_url(self.url, socket_timeout=timeout,
-                                            socket_connect_timeout=timeout,
-                                            single_connection_client=True)
+            extra = {} if self.cluster else {"single_connection_client": True}
+            self._probe = async_client(self.url, self.cluster, socket_timeout=timeout,
+                                       socket_connect_timeout=timeout, **extra)
         try:
             return bool(await asyncio.wait_for(self._probe.ping(), timeout * 2))
         except (RedisError, OSError, asyncio.TimeoutError):

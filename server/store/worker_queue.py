@@ -19,6 +19,11 @@ lost reply is safe: the server recognises a repeated event and ignores it. The c
 socket timeouts, so a Redis that hangs (SIGSTOP, a network partition) costs one timeout per
 call, never an endless wait; after :meth:`WorkerQueue.close` nothing is retried, so shutdown
 takes seconds whatever Redis does.
+
+On a Redis Cluster a transaction stays within one slot: what one MULTI/EXEC does on a single
+Redis becomes a few, in an order that keeps a crash between them harmless (a report first,
+then the job's acknowledgement, then the registry: see :meth:`WorkerQueue.finish`), and a
+worker with several trainers reads their streams (one slot per trainer) in turn.
 """
 
 from __future__ import annotations
@@ -38,6 +43,11 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from . import keys
+from .connect import is_cluster, sync_client
+
+# A part of a protocol step: (whether its commands must run as one MULTI/EXEC, the function
+# that adds them to a pipeline). A part's keys share one slot unless it is not atomic.
+Part = tuple[bool, Callable[[Any], None]]
 
 
 @dataclass
@@ -77,9 +87,12 @@ class QueueUnavailable(QueueError):
     """Redis kept failing with transient errors for longer than the retry bound."""
 
 
+# How long a report waits for a replica to have it, on a Redis Cluster (ms).
+REPLICA_WAIT_MS = 1000
+
 _TRANSIENT_TYPES = (redis.ConnectionError, redis.TimeoutError, redis.exceptions.OutOfMemoryError,
                     redis.exceptions.MasterDownError, redis.exceptions.TryAgainError,
-                    redis.exceptions.ClusterDownError)
+                    redis.exceptions.ClusterDownError, redis.exceptions.SlotNotCoveredError)
 # Error codes that mean "not now": refused writes at maxmemory, a script or module hogging the
 # server, a data set still loading after a restart, a failover. Matched as whole words, since
 # a pipeline or EXECABORT wraps the command's reply in text of its own (BUSYGROUP is no match).
@@ -109,10 +122,12 @@ class WorkerQueue:
                  retry_seconds: float = 60.0, socket_timeout: float = 5.0) -> None:
         # No retries inside redis-py: :meth:`_call` retries with a bound and stops at close().
         # The socket timeout must exceed the longest XREADGROUP block (take's block_ms).
-        self.r = redis.Redis.from_url(
-            url, decode_responses=True, socket_timeout=socket_timeout,
+        self.url = url
+        self.cluster = is_cluster(url)
+        self.r = sync_client(
+            url, self.cluster, decode_responses=True, socket_timeout=socket_timeout,
             socket_connect_timeout=socket_timeout, retry=Retry(NoBackoff(), 0),
-            retry_on_error=[])
+            **({} if self.cluster else {"retry_on_error": []}))
         self.worker_id = worker_id
         self.trainers = trainers
         self.retry_seconds = retry_seconds
@@ -168,16 +183,62 @@ class WorkerQueue:
 
     # ---------------------------------------------------------------- registry
 
+    def _steps(self, *parts: Part) -> list[Any]:
+        """Every part's commands as one MULTI/EXEC on a single Redis. On a cluster each part
+        runs on its own, in order: as a MULTI/EXEC when atomic (its keys share a slot), else
+        as a plain pipeline. Returns the replies of all commands, in order."""
+        if not self.cluster:
+            with self.r.pipeline(transaction=True) as p:
+                for _, add in parts:
+                    add(p)
+                return p.execute()
+        out: list[Any] = []
+        for atomic, add in parts:
+            with self.r.pipeline(transaction=atomic) as p:
+                add(p)
+                out += p.execute()
+        return out
+
+    def _replicated(self, key: str, add: Callable[[Any], None]) -> None:
+        """On a cluster: ``add``'s commands (keys in ``key``'s slot), then ``WAIT`` for a
+        replica, over one connection to the slot's master, so that a report Redis accepted
+        survives a failover of that master (replication is asynchronous). The wait is best
+        effort (REPLICA_WAIT_MS; a master with no replica, or a user not allowed WAIT, goes on
+        without it); a slot that moved or a master that is gone refreshes the slot map and
+        counts as transient, so the caller's retry finds the new master."""
+        node = self.r.get_node_from_key(key)
+        try:
+            with self.r.get_redis_connection(node).pipeline(transaction=False) as p:
+                add(p)
+                p.execute_command("WAIT", 1, REPLICA_WAIT_MS)
+                replies = p.execute(raise_on_error=False)
+        except (redis.ConnectionError, redis.TimeoutError):
+            self._refresh_slots()
+            raise
+        for reply in replies[:-1]:
+            if isinstance(reply, redis.ResponseError) and _message(reply).startswith(
+                    ("MOVED", "ASK")):
+                self._refresh_slots()
+                raise redis.exceptions.TryAgainError(_message(reply))
+            if isinstance(reply, Exception):
+                raise reply
+
+    def _refresh_slots(self) -> None:
+        try:
+            self.r.nodes_manager.initialize()
+        except redis.RedisError:
+            pass  # the next command tries again
+
     def register(self, status: str = "idle", job: str = "") -> None:
         self._call("register", lambda: self._register(status, job))
 
     def _register(self, status: str, job: str) -> None:
-        with self.r.pipeline(transaction=True) as p:
+        def add(p: Any) -> None:
             p.hset(keys.worker(self.worker_id), mapping={
                 "trainers": ",".join(self.trainers), "status": status, "job": job,
                 "host": socket.gethostname(), "pid": str(os.getpid())})
             p.zadd(keys.workers(), {self.worker_id: time.time()})
-            p.execute()
+        self._steps((False, add))
 
     def unregister(self) -> None:
         # On shutdown, through a client with a short timeout of its own: a hung Redis then
@@ -185,7 +246,7 @@ class WorkerQueue:
         r = self._short_client() if self.closing.is_set() else self.r
 
         def go() -> None:
-            with r.pipeline(transaction=True) as p:
+            with r.pipeline(transaction=not self.cluster) as p:
                 p.zrem(keys.workers(), self.worker_id)
                 # HDEL of every field rather than DEL: the worker's Redis user may write its
                 # hash's fields but not delete keys (server/store/acl.py).
@@ -197,9 +258,12 @@ class WorkerQueue:
             if r is not self.r:
                 r.close()
 
-    def _short_client(self) -> redis.Redis:
-        kwargs = self.r.connection_pool.connection_kwargs
+    def _short_client(self) -> Any:
         timeout = min(1.0, self.socket_timeout)
+        if self.cluster:
+            return sync_client(self.url, True, decode_responses=True, socket_timeout=timeout,
+                               socket_connect_timeout=timeout, retry=Retry(NoBackoff(), 0))
+        kwargs = self.r.connection_pool.connection_kwargs
         return redis.Redis(connection_pool=redis.ConnectionPool(
             connection_class=self.r.connection_pool.connection_class,
             **{**kwargs, "socket_timeout": timeout, "socket_connect_timeout": timeout}))
@@ -232,8 +296,7 @@ class WorkerQueue:
             stream_trainer[keys.jobs(t)] = t
         # Not retried as a whole: an entry delivered in a lost reply sits in our pending list
         # and comes back to the server through the lease reaper.
-        resp = self._call("take", lambda: self.r.xreadgroup(
-            keys.WORKER_GROUP, self.worker_id, streams, count=1, block=block_ms))
+        resp = self._call("take", lambda: self._read(streams, block_ms))
         got = [Lease(stream_trainer[stream], eid, json.loads(fields["j"]), stream)
                for stream, entries in resp or [] for eid, fields in entries]
         got.sort(key=lambda lease: not lease.handed_off)
@@ -246,6 +309,24 @@ class WorkerQueue:
             else:
                 self._requeue(lease)
         return chosen
+
+    def _read(self, streams: dict[str, str], block_ms: int) -> Any:
+        """XREADGROUP of ``streams``. On a cluster one XREADGROUP reads one slot: a worker of
+        several trainers reads each trainer's pair (handoff and shared stream) without
+        blocking, and waits between rounds, until ``block_ms`` has passed."""
+        if not self.cluster or len(self.trainers) == 1:
+            return self.r.xreadgroup(keys.WORKER_GROUP, self.worker_id, streams, count=1,
+                                     block=block_ms)
+        deadline = time.monotonic() + block_ms / 1000
+        while True:
+            got: list[Any] = []
+            for t in self.trainers:
+                pair = {s: ">" for s in (keys.handoff(t, self.worker_id), keys.jobs(t))}
+                got += self.r.xreadgroup(keys.WORKER_GROUP, self.worker_id, pair,
+                                         count=1) or []
+            if got or time.monotonic() >= deadline or self.closing.is_set():
+                return got
+            self.closing.wait(min(0.05, max(0.0, deadline - time.monotonic())))
 
     def _requeue(self, lease: Lease) -> None:
         """Put a job read but not wanted now back at the end of its trainer's shared stream."""
@@ -276,14 +357,13 @@ class WorkerQueue:
         p.xadd(keys.events(lease.study_id), {"e": json.dumps(body, allow_nan=False)})
 
     def start(self, lease: Lease) -> None:
-        def go() -> None:
-            with self.r.pipeline(transaction=True) as p:
-                self._event(p, lease, "start", worker=self.worker_id)
-                p.hset(keys.worker(self.worker_id),
-                       mapping={"status": "busy", "job": lease.job_id})
-                p.zadd(keys.workers(), {self.worker_id: time.time()})
-                p.execute()
-        self._call("start", go)
+        def event(p: Any) -> None:
+            self._event(p, lease, "start", worker=self.worker_id)
+
+        def registry(p: Any) -> None:
+            p.hset(keys.worker(self.worker_id), mapping={"status": "busy", "job": lease.job_id})
+            p.zadd(keys.workers(), {self.worker_id: time.time()})
+        self._call("start", lambda: self._steps((True, event), (False, registry)))
 
     def progress(self, lease: Lease, resource: float, value: float) -> tuple[bool, bool]:
         """Report one learning-curve point. One round trip; returns ``(stop, held)``: whether
@@ -322,28 +402,44 @@ class WorkerQueue:
     def finish(self, lease: Lease, op: str, **fields: Any) -> bool:
         """Report the job's end (``complete`` or ``fail``) and release the lease, atomically.
         Returns whether the lease was still held (its entry still pending) when it ended."""
+        # On a cluster the report goes first: a crash after it leaves the job pending, so the
+        # server declares it lost and refuses that (the job ended); a crash before it leaves
+        # the job pending and unreported, so it is retried. Never reported-and-forgotten.
+        def event(p: Any) -> None:
+            self._event(p, lease, op, **fields)
+
+        def ack(p: Any) -> None:
+            p.xack(lease.stream, keys.WORKER_GROUP, lease.entry_id)
+            p.xdel(lease.stream, lease.entry_id)
+
+        def registry(p: Any) -> None:
+            p.hset(keys.worker(self.worker_id), mapping={"status": "idle", "job": ""})
+            p.zadd(keys.workers(), {self.worker_id: time.time()})
         def go() -> bool:
-            with self.r.pipeline(transaction=True) as p:
-                self._event(p, lease, op, **fields)
-                p.xack(lease.stream, keys.WORKER_GROUP, lease.entry_id)
-                p.xdel(lease.stream, lease.entry_id)
-                p.hset(keys.worker(self.worker_id), mapping={"status": "idle", "job": ""})
-                p.zadd(keys.workers(), {self.worker_id: time.time()})
-                out = p.execute()
-            return bool(out[1])
-        return self._call(f"report {op}", go)
+            if not self.cluster:
+                return bool(self._steps((True, event), (True, ack), (False, registry))[1])
+            self._replicated(keys.events(lease.study_id), event)
+            return bool(self._steps((True, ack), (False, registry))[0])
+        held = self._call(f"report {op}", go)
+        # The record of what Redis accepted from this worker (tests compare it with the
+        # studies: no accepted result may be lost).
+        log.info("job %s: %s accepted (trial %s, resource %s, value %s, lease held %s)",
+                 lease.job_id, op, lease.job.get("trial_id"), lease.job.get("to_resource"),
+                 fields.get("value"), held, extra={"study_id": lease.study_id,
+                                                    "job_id": lease.job_id})
+        return held
 
     def release(self, lease: Lease) -> None:
         """Give a job back unfinished (SIGTERM drain): the server sees it as lost at once and
         hands it on, resuming from the segment's start checkpoint."""
-        def go() -> None:
-            with self.r.pipeline(transaction=True) as p:
-                # An idle time far beyond any lease makes the reaper take it on its next pass.
-                p.xclaim(lease.stream, keys.WORKER_GROUP, self.worker_id, 0,
-                         [lease.entry_id], idle=10**9, justid=True)
-                p.hset(keys.worker(self.worker_id), mapping={"status": "idle", "job": ""})
-                p.execute()
-        self._call("release", go)
+        def claim(p: Any) -> None:
+            # An idle time far beyond any lease makes the reaper take it on its next pass.
+            p.xclaim(lease.stream, keys.WORKER_GROUP, self.worker_id, 0,
+                     [lease.entry_id], idle=10**9, justid=True)
+
+        def registry(p: Any) -> None:
+            p.hset(keys.worker(self.worker_id), mapping={"status": "idle", "job": ""})
+        self._call("release", lambda: self._steps((True, claim), (False, registry)))
 
     def set_idle(self) -> None:
         """Mark this worker idle after a job it gave up (Redis was unreachable)."""
