@@ -180,12 +180,19 @@ def test_workers_ride_out_redis_refusing_writes(tmp_path, monkeypatch, retry_sec
         # Steps slow enough that the workers are busy while Redis refuses writes.
         study = client.create_study({**spec(seed=5), "trainer_settings": {"step_seconds": 0.2}})
         wait_for(lambda: study.refresh().trials_finished >= 2, what="two finished trials")
+        def logs() -> str:
+            return "".join((tmp_path / f"worker{i}.log").read_text() for i in range(2))
+
         with refusing_writes(r):
             time.sleep(4.0)
+            # On a loaded machine the workers may not have written yet: refuse until they met
+            # it (and, with a short retry budget, gave a job up).
+            seen = "abandoned, Redis unreachable" if retry_seconds == "0.5" else "OutOfMemoryError"
+            wait_for(lambda: seen in logs(), timeout=40, what=seen)
         info = study.wait(timeout=180)
         assert_all_completed(study, info)
         assert all(w.poll() is None for w in cluster.workers), "a worker exited"
-        logs = "".join((tmp_path / f"worker{i}.log").read_text() for i in range(2))
+        logs = logs()
         assert "OutOfMemoryError" in logs  # the refusals reached the workers
         if retry_seconds == "0.5":
             assert "abandoned, Redis unreachable" in logs
