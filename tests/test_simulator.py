@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 from hpod.server.algorithms import SearchSpace
 from hpod.server.problems import PROBLEMS, augmented_branin, augmented_hartmann6, get_problem
-from hpod.server.simulator import resource_steps, simulate
+from hpod.server.simulator import raised_run_trials, resource_steps, simulate, study_config
+from hpod.server.study import StudyConfig
 
 FIELDS = ("utilisation", "simulated_seconds", "best_value", "trials", "events", "wall_seconds",
           "overhead_us_per_event")
@@ -164,10 +165,19 @@ def test_asha_budget_stop_keeps_workers_busy_through_the_end() -> None:
     assert by_budget["drain_seconds"] < by_count["drain_seconds"]
 
 
-def test_idhb_is_raised_until_the_trial_limit() -> None:
+def test_idhb_is_raised_while_the_raised_run_fits_the_trial_limit() -> None:
+    # Hyperband(9) has 17 trials, Hyperband(27) 49, Hyperband(81) 143: with a limit of 60
+    # the study is raised once (to R = 27) and not a second time, which would overshoot.
+    assert [raised_run_trials(_config(9), r) for r in (3, 9, 27)] == [17, 49, 143]
     res = _run(algorithm="idhb", workers=10, max_trials=60, max_resource=9)
     assert res["study_state"] == "completed"
-    assert res["raises"] >= 1 and res["trials"] >= 60
+    assert res["raises"] == 1 and res["trials"] == 49
+    res = _run(algorithm="idhb", workers=10, max_trials=143, max_resource=9)
+    assert res["raises"] == 2 and res["trials"] == 143
+
+
+def _config(max_resource: float) -> StudyConfig:
+    return study_config(get_problem("branin-curve"), "idhb", 60, 0, max_resource=max_resource)
 
 
 def test_long_segments_report_a_bounded_number_of_points() -> None:
