@@ -171,10 +171,11 @@ class HpodServicer(pb_grpc.HpodServicer):
         checks.name(sid, "study_id", self.limits, required=True)
         return await self.m.read(sid)
 
-    def _job_call(self, sid: str, job_id: str) -> None:
+    async def _job_call(self, sid: str, job_id: str) -> None:
         """Ids bounded, then the study looked up (NOT_FOUND, also for another tenant's) before
         the values are judged: the answer to a stranger never depends on them."""
         checks.job_call(sid, job_id, self.limits)
+        await self.m.wake(sid)  # an ended study resting out of memory is loaded first
         self.m.get(sid)
 
     async def _submit(self, sid: str, inp: dict[str, Any]) -> Any:
@@ -224,17 +225,26 @@ class HpodServicer(pb_grpc.HpodServicer):
                                  "returned; start again with an empty page_token")
         # Keyed by the creation time in nanoseconds, as Study.create_time carries it, so
         # pages merged from several replicas (server/routing.py) continue exactly.
-        rows = sorted((int(lv.created * 1e9), sid) for sid, lv in self.m.studies.items()
-                      if tenancy.visible(lv.engine.config.tenant)
-                      and (key is None or (int(lv.created * 1e9), sid) > key))
-        studies, last = pages.fill(rows, size, lambda row: convert.study_to_pb(
-            self.m.studies[row[1]].engine, self.m.studies[row[1]].created))
+        # An ended study resting out of memory (server/residency.py) is listed as its last
+        # engine rendered it, without loading it.
+        listed = [(lv.created, sid, lv.engine.config.tenant) for sid, lv in self.m.studies.items()]
+        listed += [(r.created, sid, r.tenant) for sid, r in self.m.residency.resting.items()]
+        rows = sorted((int(created * 1e9), sid) for created, sid, tenant in listed
+                      if tenancy.visible(tenant)
+                      and (key is None or (int(created * 1e9), sid) > key))
+        studies, last = pages.fill(rows, size, lambda row: self._listing(row[1]))
         resp = pb.ListStudiesResponse(studies=studies)
         if last is not None:
             resp.next_page_token = pages.token("studies", list(last))
         if self.router is not None and not self.router.local_only(context):
             return await self.router.list_studies(request, context, resp)
         return resp
+
+    def _listing(self, sid: str) -> pb.Study:
+        live = self.m.studies.get(sid)
+        if live is not None:
+            return convert.study_to_pb(live.engine, live.created)
+        return pb.Study.FromString(self.m.residency.resting[sid].listing)
 
     @rpc
     async def StopStudy(self, request: pb.StopStudyRequest, context: Any) -> pb.Study:
@@ -379,7 +389,7 @@ class HpodServicer(pb_grpc.HpodServicer):
     @rpc
     async def ReportProgress(self, request: pb.ReportProgressRequest, context: Any
                              ) -> pb.ReportProgressResponse:
-        self._job_call(request.study_id, request.job_id)
+        await self._job_call(request.study_id, request.job_id)
         checks.finite(request.resource, "resource", positive=True)
         decision = await self._submit(request.study_id, {
             "op": "progress", "job_id": request.job_id, "resource": request.resource,
@@ -390,7 +400,7 @@ class HpodServicer(pb_grpc.HpodServicer):
     @rpc
     async def CompleteJob(self, request: pb.CompleteJobRequest, context: Any
                           ) -> pb.CompleteJobResponse:
-        self._job_call(request.study_id, request.job_id)
+        await self._job_call(request.study_id, request.job_id)
         if not math.isfinite(request.value):
             raise EngineError("invalid", f"value must be a finite number, got {request.value}; "
                               "report a diverged run with FailJob")
@@ -403,7 +413,7 @@ class HpodServicer(pb_grpc.HpodServicer):
 
     @rpc
     async def FailJob(self, request: pb.FailJobRequest, context: Any) -> pb.FailJobResponse:
-        self._job_call(request.study_id, request.job_id)
+        await self._job_call(request.study_id, request.job_id)
         checks.reason(request.reason)
         await self._submit(request.study_id, {"op": "fail", "job_id": request.job_id,
                                               "reason": request.reason})
