@@ -15,8 +15,8 @@ equal times resolve in a fixed order, which keeps a run deterministic given its 
 Utilisation is reported twice: up to the *drain* (the moment the last new trial started: the
 study's trial limit, or its budget, stops new work there, and only work on existing trials
 remains) and overall. An algorithm that can raise its maximum resource (ID-HB) is raised,
-as an operator would with ``hpod study raise``, each time a run completes with fewer than
-``max_trials`` trials started; a segment longer than ``MAX_POINTS`` units reports every
+as an operator would with ``hpod study raise``, each time a run completes while the raised
+run's trials still fit ``max_trials``; a segment longer than ``MAX_POINTS`` units reports every
 ``ceil(span / MAX_POINTS)`` units, so a raised R of thousands of units stays cheap to simulate.
 
 Idle workers ask again after each job end, which is when a scheduler can release work (a rung
