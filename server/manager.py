@@ -850,9 +850,10 @@ class StudyManager:
         hash, their engine dropped."""
         from .service import convert  # the wire types live there; imported on first use
 
+        pruning = {t.get_name() for t in self._background}
         for sid in self.residency.due(self.studies):
             live = self.studies.get(sid)
-            if live is None:
+            if live is None or f"prune {sid}" in pruning:  # its last input is on the way
                 continue
             async with live.lock:
                 if not (self._owns(sid, live) and restable(live)):
