@@ -187,8 +187,12 @@ class Simulator:
         # were a tenth of a run. The engine's CPU time is estimated in result().
         t0 = time.perf_counter()
         result = self.engine.apply(inp)
-        self.engine.effects.clear()  # the live server turns these into Redis writes
         self.engine_seconds += time.perf_counter() - t0
+        effects = self.engine.effects
+        for eff in effects:
+            if eff.kind == "trial":  # a state change: a trial may have ended for good
+                self._release(eff.trial_id)
+        effects.clear()  # the live server turns these into Redis writes
         return result
 
     def _event(self, ev: dict[str, Any]) -> Any:
@@ -249,14 +253,13 @@ class Simulator:
                      "cost": cost})
         self.busy += cost
         self.idle.append(run.worker)
-        self._release(run.job.trial_id)
 
-    def _release(self, trial_id: int) -> None:
+    def _release(self, trial_id: int | None) -> None:
         """Drop the learning curve of a trial that has ended for good: nothing reads it
         again here (a live server has it in the trial's Redis hash), and 100,000 kept curves
         were most of a run's memory. A paused trial keeps its curve."""
-        trial = self.engine.trials[trial_id]
-        if trial.state in FINAL_TRIAL_STATES and len(trial.curve):
+        trial = self.engine.trials.get(trial_id)
+        if trial is not None and trial.state in FINAL_TRIAL_STATES and len(trial.curve):
             trial.curve = Curve()
 
     # ------------------------------------------------------------------ the clock
