@@ -86,11 +86,6 @@ class Curve:
         self._r.append(float(r))
         self._v.append(float(v))
 
-    def add(self, r: float, v: float) -> None:
-        """append((r, v)) for two floats, without the tuple."""
-        self._r.append(r)
-        self._v.append(v)
-
     def __iter__(self) -> Iterator[tuple[float, float]]:
         return zip(self._r, self._v, strict=True)
 
@@ -465,7 +460,9 @@ class StudyEngine:
 
     def _record_point(self, trial: TrialRec, resource: float, value: float) -> None:
         resource, value = float(resource), float(value)
-        trial.curve.add(resource, value)
+        curve = trial.curve  # appended in place: one call per point is the hot path
+        curve._r.append(resource)
+        curve._v.append(value)
         trial.resource, trial.value = resource, value
 
     def _normalise(self, value: float) -> float:

@@ -189,9 +189,10 @@ class Simulator:
         result = self.engine.apply(inp)
         self.engine_seconds += time.perf_counter() - t0
         effects = self.engine.effects
-        for eff in effects:
-            if eff.kind == "trial":  # a state change: a trial may have ended for good
-                self._release(eff.trial_id)
+        if inp["op"] != "progress":  # a progress point never ends a trial
+            for eff in effects:
+                if eff.kind == "trial":  # a state change: the trial may have ended for good
+                    self._release(eff.trial_id)
         effects.clear()  # the live server turns these into Redis writes
         return result
 
@@ -239,8 +240,9 @@ class Simulator:
         r, value = run.steps[i], run.values[i]
         self.consumed += r - (run.steps[i - 1] if i else run.job.from_resource)
         job_id = run.job.job_id
-        decision = self._event({"op": "progress", "job_id": job_id, "resource": r,
-                                "value": value})
+        self.worker_events += 1
+        decision = self._apply(_event_to_input({"op": "progress", "job_id": job_id,
+                                                "resource": r, "value": value}))
         if value < self.best_observed:
             self.best_observed = value
             self.trace.append((self.now, self.consumed, value))
