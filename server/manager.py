@@ -414,6 +414,7 @@ class StudyManager:
             await self.store.delete_study(sid, live.fence)
             self.ownership.forget(sid)
             self.studies.pop(sid, None)
+            self.residency.forget(sid)
             live.stale = True  # no late commit may re-create its keys
             for q in live.watchers:
                 q.put_nowait(None)
