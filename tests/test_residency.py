@@ -12,6 +12,7 @@ from typing import Any
 import grpc
 import pytest
 from hpod.client.spec import build_spec
+from hpod.server import tenancy
 from hpod.server.manager import Settings, StudyManager
 from hpod.server.residency import Residency, restable
 from hpod.server.service.convert import config_from_spec
@@ -174,3 +175,30 @@ def test_rest_picks_the_idle_and_the_least_recently_used_beyond_the_limit() -> N
     assert res.due(studies, now=95.0) == ["b", "c", "a"]
     studies["a"].watchers.add(object())  # someone watches it: it stays
     assert res.due(studies, now=95.0) == ["b", "c"]
+
+
+def test_a_resting_study_is_hidden_from_other_tenants_and_can_be_deleted(redis_server) -> None:
+    async def go() -> None:
+        async with manager(redis_server.url) as m:
+            svc = HpodServicer(m)
+            sid = (await m.create(config_from_spec(build_spec(spec())))).engine.study_id
+            await drive(m, sid)
+            await rest(m)
+            assert sid in m.residency.resting
+            token = tenancy.caller.set("someone-else")
+            try:
+                listed = await svc.ListStudies(pb.ListStudiesRequest(), Context())
+                assert sid not in [s.id for s in listed.studies]
+                with pytest.raises(Aborted) as e:
+                    await svc.GetStudy(pb.GetStudyRequest(study_id=sid), Context())
+                assert e.value.code == grpc.StatusCode.NOT_FOUND
+                assert sid in m.residency.resting  # a stranger's call loads nothing
+            finally:
+                tenancy.caller.reset(token)
+            await svc.DeleteStudy(pb.DeleteStudyRequest(study_id=sid), Context())
+            assert sid not in m.studies and sid not in m.residency.resting
+            with pytest.raises(Aborted) as e:
+                await svc.GetStudy(pb.GetStudyRequest(study_id=sid), Context())
+            assert e.value.code == grpc.StatusCode.NOT_FOUND
+
+    asyncio.run(go())
