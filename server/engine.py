@@ -201,10 +201,15 @@ class StudyEngine:
         handler = _HANDLERS.get(op)
         if handler is None:
             raise EngineError("invalid", f"unknown input {op!r}")
-        fields = dict(inp)  # a C-level copy: cheaper per input than filtering in Python
-        del fields["op"]
         try:
-            result = handler(self, **fields)
+            if op == "progress" and len(inp) == 4 and "job_id" in inp and "resource" in inp \
+                    and "value" in inp:
+                # The input of every learning-curve point: called without building kwargs.
+                result = self._op_progress(inp["job_id"], inp["resource"], inp["value"])
+            else:
+                fields = dict(inp)  # a C-level copy: cheaper than filtering in Python
+                del fields["op"]
+                result = handler(self, **fields)
         except (EngineError, AlgorithmFailure):
             raise
         except TypeError as e:
