@@ -12,10 +12,11 @@ peak RSS, utilisation until the last new trial started and overall, and the drai
 hours after the last new trial). The growth figure is engine CPU µs per input at ``--trials``
 over the same at ``--small``: 1 when an input's cost does not depend on the study's size.
 
-Two extra rows: ASHA stopped by a resource budget (``budget`` = what the trial-limited run
-trained) instead of a trial count, which keeps starting trials while promotions remain; and
-ID-HB, which runs one Hyperband run per maximum resource and is raised (as ``hpod study raise``
-would) until it has started ``--trials`` trials.
+Two notes: an extra row of ASHA stopped by a resource budget (``budget`` = what the
+trial-limited run trained) instead of a trial count, which keeps starting trials while
+promotions remain; and ID-HB, which runs one Hyperband run per maximum resource and is raised
+(as ``hpod study raise`` would) while the raised run's trials stay within ``--trials``.
+Engine CPU µs per input is the engine's wall time scaled by the run's CPU / wall ratio.
 """
 
 from __future__ import annotations

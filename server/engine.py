@@ -18,7 +18,7 @@ import math
 from array import array
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from .algorithms import Decision, Job, Outcome, Status
 from .algorithms.base import PreconditionError, TransientAlgorithmError, deepening
@@ -150,8 +150,11 @@ class JobRec:
                    self.bracket, self.rung)
 
 
-@dataclass(frozen=True)
-class Effect:
+class Effect(NamedTuple):
+    """One thing the live service must do after an input. A named tuple rather than a frozen
+    dataclass: one is built per learning-curve point, and a frozen dataclass's __init__
+    costs several times a tuple's."""
+
     kind: str  # enqueue | ready | trial | event | stop_job | study
     job: JobRec | None = None
     trial_id: int | None = None
@@ -195,11 +198,18 @@ class StudyEngine:
         an input: the caller need not log it (algorithms change no state when they have no job
         to give)."""
         op = inp["op"]
-        handler = getattr(self, f"_op_{op}", None)
+        handler = _HANDLERS.get(op)
         if handler is None:
             raise EngineError("invalid", f"unknown input {op!r}")
         try:
-            result = handler(**{k: v for k, v in inp.items() if k != "op"})
+            if op == "progress" and len(inp) == 4 and "job_id" in inp and "resource" in inp \
+                    and "value" in inp:
+                # The input of every learning-curve point: called without building kwargs.
+                result = self._op_progress(inp["job_id"], inp["resource"], inp["value"])
+            else:
+                fields = dict(inp)  # a C-level copy: cheaper than filtering in Python
+                del fields["op"]
+                result = handler(self, **fields)
         except (EngineError, AlgorithmFailure):
             raise
         except TypeError as e:
@@ -260,20 +270,23 @@ class StudyEngine:
         self._set_trial_state(job.trial_id, RUNNING)
 
     def _op_progress(self, job_id: str, resource: float, value: float) -> str:
-        job = self._live_job(job_id)
+        # The most frequent input by far (one per learning-curve point): kept lean.
+        job = self.jobs.get(job_id) or self._live_job(job_id)
         trial = self.trials[job.trial_id]
         self._check_point(job, trial, resource, value)
         self._record_point(trial, resource, value)
-        decision = self.algorithm.on_progress(trial.id, resource, self._normalise(value))
+        decision = self.algorithm.on_progress(
+            trial.id, resource, -float(value) if self.config.maximize else float(value))
         if job.state != RUNNING:
             job.state = RUNNING
             self._set_trial_state(trial.id, RUNNING)
-        self.effects.append(Effect("event", trial_id=trial.id, event="progress",
-                                   resource=resource, value=value))
-        if decision is Decision.STOP and not job.stop_requested:
-            job.stop_requested = True
-            self.effects.append(Effect("stop_job", job=job))
-        return decision.value
+        self.effects.append(Effect("event", None, trial.id, "progress", resource, value))
+        if decision is Decision.STOP:
+            if not job.stop_requested:
+                job.stop_requested = True
+                self.effects.append(Effect("stop_job", job=job))
+            return "stop"
+        return "continue"
 
     def _op_complete(self, job_id: str, value: float, resource: float | None = None,
                      cost: float | None = None,
@@ -445,7 +458,8 @@ class StudyEngine:
         return None
 
     def _check_point(self, job: JobRec, trial: TrialRec, resource: float, value: float) -> None:
-        if not (_finite(resource) and _finite(value)):
+        if not ((type(resource) is float or _finite(resource)) and math.isfinite(resource)
+                and (type(value) is float or _finite(value)) and math.isfinite(value)):
             raise EngineError("invalid", f"resource and value must be finite numbers, got "
                               f"resource={resource!r} value={value!r}; report a diverged run "
                               "with FailJob")
@@ -458,8 +472,11 @@ class StudyEngine:
                               f"to_resource {job.to_resource:g}")
 
     def _record_point(self, trial: TrialRec, resource: float, value: float) -> None:
-        trial.curve.append((resource, value))
-        trial.resource, trial.value = float(resource), float(value)
+        resource, value = float(resource), float(value)
+        curve = trial.curve  # appended in place: one call per point is the hot path
+        curve._r.append(resource)
+        curve._v.append(value)
+        trial.resource, trial.value = resource, value
 
     def _normalise(self, value: float) -> float:
         """Algorithms minimise: a maximised metric is flipped here, once."""
@@ -577,6 +594,9 @@ class StudyEngine:
         out, self.effects = self.effects, []
         return out
 
+
+# Input name -> handler, looked up once: an f-string and getattr per input showed in profiles.
+_HANDLERS = {name[4:]: fn for name, fn in vars(StudyEngine).items() if name.startswith("_op_")}
 
 # Inputs after which the incumbent is what it was: they hand out or start work, no result.
 _KEEPS_BEST = frozenset({"ask", "start"})

@@ -60,6 +60,7 @@ from .engine import (
     StudyEngine,
 )
 from .ownership import Ownership
+from .residency import Residency, Resting, listing_command, restable, stored_resting
 from .store.redis_store import SNAPSHOT_EVERY, Batch, LeaseLost, RedisStore, dumps
 from .study import StudyConfig
 
@@ -107,6 +108,9 @@ class Settings:
     # background: an ask/tell client or an idle worker then never waits on a model fit). The
     # price: a ready suggestion may not have seen the last result. 0: suggest on demand.
     suggestion_buffer: int = 1
+    # Ended studies leave memory after this long unused, or beyond this many (server/residency.py)
+    rest_after_seconds: float = 60.0
+    ended_in_memory: int = 32
 
 
 @dataclass
@@ -169,6 +173,7 @@ class StudyManager:
                                    self.store.study_ids, self._adopt, self._give_up, self._drop)
         self._gate: asyncio.Semaphore | None = None
         self._ownership_task: asyncio.Task | None = None
+        self.residency = Residency(settings.rest_after_seconds, settings.ended_in_memory)
 
     # ---------------------------------------------------------------- life cycle
 
@@ -185,7 +190,10 @@ class StudyManager:
         self._ownership_task = asyncio.create_task(self.ownership.run(), name="ownership")
 
     async def _adopt(self, sid: str, fence: str) -> None:
-        """A study this replica just took: rebuilt in the background (UNAVAILABLE till then)."""
+        """A study this replica just took: rebuilt in the background (UNAVAILABLE till then),
+        or, if it ended and rests in Redis unchanged, taken back resting (loaded on first use)."""
+        if await self._take_resting(sid):
+            return
         self.loading[sid] = "being rebuilt after a restart or a failover"
 
         async def rebuild() -> None:
@@ -211,6 +219,7 @@ class StudyManager:
     def _drop(self, sid: str) -> None:
         """Forget a study this replica no longer owns (given back, lease lost, deleted)."""
         self.loading.pop(sid, None)
+        self.residency.forget(sid)
         live = self.studies.pop(sid, None)
         if live is None:
             return
@@ -220,7 +229,7 @@ class StudyManager:
 
     def is_local(self, sid: str) -> bool:
         """Whether this replica owns the study (loaded or being loaded)."""
-        return sid in self.studies or sid in self.loading
+        return sid in self.studies or sid in self.loading or sid in self.residency.resting
 
     async def drain(self) -> None:
         """SIGTERM: stop the loops and give every study back, so the other replicas take
@@ -406,6 +415,9 @@ class StudyManager:
         if live is None and sid in self.loading:
             raise EngineError("unavailable", f"study {sid} is {self.loading[sid]}; retry in a "
                               "moment")
+        rest = self.residency.resting.get(sid) if live is None else None
+        if rest is not None and tenancy.visible(rest.tenant):  # callers wake() it first
+            raise EngineError("unavailable", f"study {sid} is being loaded; retry in a moment")
         # Another tenant's study is reported exactly like a missing one: ids do not leak.
         if live is None or not tenancy.visible(live.engine.config.tenant):
             raise EngineError("not_found", f"no study {sid[:80]!r}; list studies with "
@@ -418,6 +430,7 @@ class StudyManager:
     async def read(self, sid: str) -> Live:
         """:meth:`get` for a read: waits while an input of that study is being applied off
         the loop, so a read never sees an engine half-way through an input."""
+        await self.wake(sid)
         live = self.get(sid)
         if live.busy:
             async with live.lock:
@@ -426,6 +439,7 @@ class StudyManager:
         return live
 
     async def delete(self, sid: str) -> None:
+        await self.wake(sid)
         live = self.get(sid)
         async with live.lock:
             if not self._owns(sid, live):
@@ -435,12 +449,14 @@ class StudyManager:
             await self.store.delete_study(sid, live.fence)
             self.ownership.forget(sid)
             self.studies.pop(sid, None)
+            self.residency.forget(sid)
             live.stale = True  # no late commit may re-create its keys
             for q in live.watchers:
                 q.put_nowait(None)
 
     async def submit(self, sid: str, inp: Mapping[str, Any]) -> Any:
         """Apply one input from an RPC (ask/tell, stop, raise R) and commit it."""
+        await self.wake(sid)
         live = self.get(sid)
         async with live.lock:
             if not self._owns(sid, live):
@@ -914,6 +930,7 @@ class StudyManager:
 
     async def _reap_once(self) -> None:
         await self._check_redis_restart()
+        await self._rest_due()
         for sid in [sid for sid, lv in self.studies.items() if lv.stale]:
             await self._reload(sid)
         await self._resend_outboxes()
@@ -955,9 +972,67 @@ class StudyManager:
                         await self.submit(sid, {"op": "lost", "job_id": job_id})
                         live.external_seen.pop(job_id, None)
 
+    # ---------------------------------------------------------------- residency
+
+    async def wake(self, sid: str) -> None:
+        """Load a resting study (server/residency.py) back before a call uses it."""
+        if sid not in self.residency.resting:
+            if sid in self.studies:
+                self.residency.touch(sid)
+            return
+        async with self.residency.lock(sid):
+            rest = self.residency.resting.get(sid)
+            if rest is None or not tenancy.visible(rest.tenant):
+                return  # loaded meanwhile, or another tenant's: get() says NOT_FOUND
+            await self._recover(sid)
+            if sid in self.studies:
+                # The creation time it was listed with (Redis holds the creator's a moment
+                # earlier than the one the creating server kept in memory).
+                self.studies[sid].created = rest.created
+                self.residency.resting.pop(sid, None)
+                self.residency.touch(sid)
+
+    async def _rest_due(self) -> None:
+        """Put ended studies unused for a while to rest: their listing written to the study
+        hash, their engine dropped."""
+        from .service import convert  # the wire types live there; imported on first use
+
+        pruning = {t.get_name() for t in self._background}
+        for sid in self.residency.due(self.studies):
+            live = self.studies.get(sid)
+            if live is None or f"prune {sid}" in pruning:  # its last input is on the way
+                continue
+            async with live.lock:
+                if not (self._owns(sid, live) and restable(live)):
+                    continue
+                eng = live.engine
+                rest = Resting(live.created, eng.config.tenant,
+                               convert.study_to_pb(eng, live.created).SerializeToString(),
+                               eng.inputs)
+                try:
+                    await self.store.execute(sid, [listing_command(sid, rest)], live.fence, 0)
+                except Exception:  # still in memory and answering; tried again next pass
+                    log.warning("study %s could not be put to rest", sid, exc_info=True,
+                                extra={"study_id": sid})
+                    continue
+                self.studies.pop(sid, None)
+                self.residency.resting[sid] = rest
+                live.stale = True  # this copy never writes again
+
+    async def _take_resting(self, sid: str) -> bool:
+        try:
+            rest = await stored_resting(self.store.r, sid)
+        except RedisError:
+            return False  # rebuilt as any other study
+        if rest is None:
+            return False
+        self.residency.resting[sid] = rest
+        return True
+
     # ---------------------------------------------------------------- watch
 
     async def watch(self, sid: str) -> AsyncIterator[Effect | None]:
+        await self.wake(sid)
         live = self.get(sid)
         q: asyncio.Queue = asyncio.Queue()
         live.watchers.add(q)

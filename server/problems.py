@@ -11,6 +11,8 @@ The protocol (:class:`Problem`) is small on purpose, so a user can pass their ow
   ``resource`` (lower is better), noise-free so that a simulation is deterministic;
 * ``cost(config, resource) -> float``: seconds to train ``config`` from 0 to ``resource``
   (cumulative: a segment r0 -> r1 takes ``cost(c, r1) - cost(c, r0)``, the resume model);
+* ``evaluate_steps(config, resources) -> list[float]`` (optional): ``evaluate`` at each
+  resource in one call, for the simulator's speed;
 * ``optimum``: the infimum of ``evaluate`` over configurations and resources, or ``None``.
 
 ``attribute`` may be such an object or a callable that returns one (e.g. a class).
@@ -77,10 +79,19 @@ class BraninCurve:
         from hpod.trainers import analytic
 
         self._value: Callable[[Mapping[str, Any], float], float] = analytic.value
+        self._analytic = analytic
         self.optimum: float | None = analytic.optimum
 
     def evaluate(self, config: Mapping[str, Any], resource: float) -> float:
         return self._value(config, max(resource, 1.0))
+
+    def evaluate_steps(self, config: Mapping[str, Any], resources: list[float]) -> list[float]:
+        """``evaluate`` at each resource, with the configuration's terms computed once (the
+        same arithmetic as ``analytic.value``, so the same floats)."""
+        analytic = self._analytic
+        a, b = analytic.curve_params(config)
+        base = analytic.branin(float(config["x1"]), float(config["x2"]))
+        return [base + a * max(r, 1.0) ** -b for r in resources]
 
     def cost(self, config: Mapping[str, Any], resource: float) -> float:
         return resource * (30.0 + 4.0 * float(config["x2"]))

@@ -15,8 +15,8 @@ equal times resolve in a fixed order, which keeps a run deterministic given its 
 Utilisation is reported twice: up to the *drain* (the moment the last new trial started: the
 study's trial limit, or its budget, stops new work there, and only work on existing trials
 remains) and overall. An algorithm that can raise its maximum resource (ID-HB) is raised,
-as an operator would with ``hpod study raise``, each time a run completes with fewer than
-``max_trials`` trials started; a segment longer than ``MAX_POINTS`` units reports every
+as an operator would with ``hpod study raise``, each time a run completes while the raised
+run's trials still fit ``max_trials``; a segment longer than ``MAX_POINTS`` units reports every
 ``ceil(span / MAX_POINTS)`` units, so a raised R of thousands of units stays cheap to simulate.
 
 Idle workers ask again after each job end, which is when a scheduler can release work (a rung
@@ -35,7 +35,8 @@ from typing import Any
 
 from .algorithms import Resource, SearchSpace
 from .algorithms.base import can_deepen
-from .engine import ACTIVE, STUDY_COMPLETED, JobRec, StudyEngine
+from .algorithms.hb_math import hyperband_table, to_fraction
+from .engine import ACTIVE, FINAL_TRIAL_STATES, STUDY_COMPLETED, Curve, JobRec, StudyEngine
 from .manager import _event_to_input
 from .problems import Problem, get_problem
 from .study import StudyConfig
@@ -68,7 +69,9 @@ class SimResult:
     study_state: str
     wall_seconds: float
     engine_seconds: float
-    engine_cpu_seconds: float  # the engine's CPU time: steadier than wall on a shared machine
+    # The engine's CPU time (its wall time x the run's CPU / wall): steadier than wall on a
+    # shared machine.
+    engine_cpu_seconds: float
     overhead_us_per_event: float  # real seconds of engine work per input, in microseconds
     engine_cpu_us_per_event: float  # the same in CPU time
     simulator_us_per_event: float  # everything else (heap, problem, bookkeeping)
@@ -84,13 +87,15 @@ class SimResult:
 
 @dataclass
 class _Run:
-    """One job on one worker: its remaining resource steps and where its clock started."""
+    """One job on one worker: its resource steps, the simulated time each is reached and the
+    value reported there (all computed when the job starts), and where its clock started."""
 
     job: JobRec
     worker: int
     start: float  # simulated time the job started
-    base_cost: float  # problem.cost(config, from_resource): what the checkpoint already paid
     steps: list[float]
+    times: list[float]
+    values: list[float]
     index: int = 0
 
 
@@ -105,6 +110,24 @@ def resource_steps(r0: float, r1: float) -> list[float]:
     first = (math.floor(r0 / stride + 1e-9) + 1) * stride
     steps = [float(r) for r in range(first, math.ceil(r1 - 1e-9), stride)]
     return [*steps, float(r1)]
+
+
+def _values(problem: Problem, config: Mapping[str, Any], steps: list[float]) -> list[float]:
+    """The values a job reports at its steps: ``problem.evaluate_steps`` when the problem has
+    it (one call per job instead of one per point), else ``evaluate`` at each step."""
+    many = getattr(problem, "evaluate_steps", None)
+    if many is not None:
+        return [float(v) for v in many(config, steps)]
+    return [float(problem.evaluate(config, r)) for r in steps]
+
+
+def raised_run_trials(config: StudyConfig, max_resource: float) -> int:
+    """Trials of the Hyperband run with maximum resource eta * ``max_resource``: what an
+    ID-HB study holds after raising from ``max_resource``."""
+    res = config.resource
+    table = hyperband_table(to_fraction(max_resource) * res.eta,
+                            to_fraction(res.min_resource), res.eta)
+    return sum(b.rungs[0].n for b in table)
 
 
 def study_config(problem: Problem, algorithm: str, max_trials: int, seed: int,
@@ -146,7 +169,7 @@ class Simulator:
         self.jobs = 0
         self.worker_events = 0
         self.engine_seconds = 0.0
-        self.engine_cpu = 0.0
+        self.cpu_at_start = 0.0
         self.best_observed = math.inf
         self.trace: list[tuple[float, float, float]] = []
         self.idle_ask_at = -1  # engine.inputs after the last ask that returned nothing
@@ -160,11 +183,17 @@ class Simulator:
     # ------------------------------------------------------------------ the engine
 
     def _apply(self, inp: Mapping[str, Any]) -> Any:
-        t0, c0 = time.perf_counter(), time.thread_time()
+        # Wall time only: reading the thread's CPU clock is a system call, and two per input
+        # were a tenth of a run. The engine's CPU time is estimated in result().
+        t0 = time.perf_counter()
         result = self.engine.apply(inp)
-        self.engine.take_effects()  # the live server turns these into Redis writes
         self.engine_seconds += time.perf_counter() - t0
-        self.engine_cpu += time.thread_time() - c0
+        effects = self.engine.effects
+        if inp["op"] != "progress":  # a progress point never ends a trial
+            for eff in effects:
+                if eff.kind == "trial":  # a state change: the trial may have ended for good
+                    self._release(eff.trial_id)
+        effects.clear()  # the live server turns these into Redis writes
         return result
 
     def _event(self, ev: dict[str, Any]) -> Any:
@@ -192,31 +221,33 @@ class Simulator:
     def _start(self, job: JobRec, worker: int) -> None:
         self.jobs += 1
         self._event({"op": "start", "job_id": job.job_id, "worker": self.names[worker]})
-        base = self.problem.cost(job.config, job.from_resource) if job.from_resource else 0.0
-        run = _Run(job, worker, self.now, base, resource_steps(job.from_resource,
-                                                                 job.to_resource))
+        config, cost = job.config, self.problem.cost
+        base = cost(config, job.from_resource) if job.from_resource else 0.0
+        steps = resource_steps(job.from_resource, job.to_resource)
+        now = self.now
+        run = _Run(job, worker, now, steps, [now + cost(config, r) - base for r in steps],
+                   _values(self.problem, config, steps))
         self._schedule(run)
 
     def _schedule(self, run: _Run) -> None:
-        r = run.steps[run.index]
-        at = run.start + self.problem.cost(run.job.config, r) - run.base_cost
         self.seq += 1
-        heapq.heappush(self.heap, (at, self.seq, run))
+        heapq.heappush(self.heap, (run.times[run.index], self.seq, run))
 
     def _step(self, run: _Run) -> None:
         """The next learning-curve point of a running job; its end if it was the last one or
         the engine said stop."""
-        r = run.steps[run.index]
-        self.consumed += r - (run.steps[run.index - 1] if run.index else run.job.from_resource)
-        value = float(self.problem.evaluate(run.job.config, r))
+        i = run.index
+        r, value = run.steps[i], run.values[i]
+        self.consumed += r - (run.steps[i - 1] if i else run.job.from_resource)
         job_id = run.job.job_id
-        decision = self._event({"op": "progress", "job_id": job_id, "resource": r,
-                                "value": value})
+        self.worker_events += 1
+        decision = self._apply(_event_to_input({"op": "progress", "job_id": job_id,
+                                                "resource": r, "value": value}))
         if value < self.best_observed:
             self.best_observed = value
             self.trace.append((self.now, self.consumed, value))
-        run.index += 1
-        if decision != "stop" and run.index < len(run.steps):
+        run.index = i = i + 1
+        if decision != "stop" and i < len(run.steps):
             self._schedule(run)
             return
         cost = self.now - run.start
@@ -225,9 +256,18 @@ class Simulator:
         self.busy += cost
         self.idle.append(run.worker)
 
+    def _release(self, trial_id: int | None) -> None:
+        """Drop the learning curve of a trial that has ended for good: nothing reads it
+        again here (a live server has it in the trial's Redis hash), and 100,000 kept curves
+        were most of a run's memory. A paused trial keeps its curve."""
+        trial = self.engine.trials.get(trial_id)
+        if trial is not None and trial.state in FINAL_TRIAL_STATES and len(trial.curve):
+            trial.curve = Curve()
+
     # ------------------------------------------------------------------ the clock
 
     def run(self) -> None:
+        self.cpu_at_start = time.process_time()
         self._dispatch()
         while self.heap and self.engine.state == ACTIVE and not self._spent():
             at, _, run = heapq.heappop(self.heap)
@@ -244,12 +284,14 @@ class Simulator:
         self.now = self.clock_at = at
 
     def _deepen(self) -> bool:
-        """Raise the maximum resource of a completed run that started fewer trials than
-        asked for, if the algorithm can (ID-HB); False when it cannot or need not."""
+        """Raise the maximum resource of a completed run (ID-HB) when the raised run still
+        fits within ``max_trials``; False when it cannot or need not. A raised run has exactly
+        the trials of Hyperband(eta*R) (the old ones and a top-up), so its size is known
+        before raising, and the trial limit is respected rather than overshot."""
         eng = self.engine
-        want = self.config.max_trials or 0
-        if eng.state != STUDY_COMPLETED or len(eng.trials) >= want \
-                or not can_deepen(eng.algorithm):
+        if eng.state != STUDY_COMPLETED or not can_deepen(eng.algorithm):
+            return False
+        if raised_run_trials(self.config, eng.max_resource()) > (self.config.max_trials or 0):
             return False
         self._apply({"op": "raise_max_resource"})
         self.raises += 1
@@ -266,6 +308,10 @@ class Simulator:
         inputs = max(eng.inputs, 1)
         span = self.now * self.n_workers
         drain_at, drain_busy = self.drain
+        # The engine's share of the process's CPU time, in proportion to its share of the wall
+        # time (a shared machine takes the CPU away from both alike).
+        cpu = time.process_time() - self.cpu_at_start
+        engine_cpu = self.engine_seconds * min(1.0, cpu / wall) if wall > 0 else 0.0
         return SimResult(
             problem=self.problem.name, algorithm=self.config.algorithm,
             workers=self.n_workers, seed=self.config.seed, trials=len(eng.trials),
@@ -280,9 +326,9 @@ class Simulator:
             best_observed=self.best_observed if self.trace else None, optimum=optimum,
             regret=None if best_value is None or optimum is None else best_value - optimum,
             study_state=eng.state, wall_seconds=wall, engine_seconds=self.engine_seconds,
-            engine_cpu_seconds=self.engine_cpu,
+            engine_cpu_seconds=engine_cpu,
             overhead_us_per_event=1e6 * self.engine_seconds / inputs,
-            engine_cpu_us_per_event=1e6 * self.engine_cpu / inputs,
+            engine_cpu_us_per_event=1e6 * engine_cpu / inputs,
             simulator_us_per_event=1e6 * max(wall - self.engine_seconds, 0.0) / inputs,
             trace=self.trace)
 

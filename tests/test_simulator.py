@@ -15,7 +15,14 @@ import numpy as np
 import pytest
 from hpod.server.algorithms import SearchSpace
 from hpod.server.problems import PROBLEMS, augmented_branin, augmented_hartmann6, get_problem
-from hpod.server.simulator import resource_steps, simulate
+from hpod.server.simulator import (
+    Simulator,
+    raised_run_trials,
+    resource_steps,
+    simulate,
+    study_config,
+)
+from hpod.server.study import StudyConfig
 
 FIELDS = ("utilisation", "simulated_seconds", "best_value", "trials", "events", "wall_seconds",
           "overhead_us_per_event")
@@ -164,13 +171,48 @@ def test_asha_budget_stop_keeps_workers_busy_through_the_end() -> None:
     assert by_budget["drain_seconds"] < by_count["drain_seconds"]
 
 
-def test_idhb_is_raised_until_the_trial_limit() -> None:
+def test_idhb_is_raised_while_the_raised_run_fits_the_trial_limit() -> None:
+    # Hyperband(9) has 17 trials, Hyperband(27) 49, Hyperband(81) 143: with a limit of 60
+    # the study is raised once (to R = 27) and not a second time, which would overshoot.
+    assert [raised_run_trials(_config(9), r) for r in (3, 9, 27)] == [17, 49, 143]
     res = _run(algorithm="idhb", workers=10, max_trials=60, max_resource=9)
     assert res["study_state"] == "completed"
-    assert res["raises"] >= 1 and res["trials"] >= 60
+    assert res["raises"] == 1 and res["trials"] == 49
+    res = _run(algorithm="idhb", workers=10, max_trials=143, max_resource=9)
+    assert res["raises"] == 2 and res["trials"] == 143
+
+
+def _config(max_resource: float) -> StudyConfig:
+    return study_config(get_problem("branin-curve"), "idhb", 60, 0, max_resource=max_resource)
 
 
 def test_long_segments_report_a_bounded_number_of_points() -> None:
     steps = resource_steps(0, 6561)
     assert len(steps) <= 129 and steps[-1] == 6561.0 and steps[0] == 52.0
     assert resource_steps(0, 128) == [float(r) for r in range(1, 129)]
+
+
+def test_a_job_reports_the_same_values_as_evaluate_at_each_point() -> None:
+    prob = get_problem("branin-curve")
+    rng = np.random.default_rng(4)
+    for _ in range(20):
+        config = {"x1": float(rng.uniform(-5, 10)), "x2": float(rng.uniform(0, 15)),
+                  "lr": float(10 ** rng.uniform(-4, 0))}
+        steps = resource_steps(0.0, 81.0) + [0.5, 1 / 3]
+        assert prob.evaluate_steps(config, steps) == [prob.evaluate(config, r) for r in steps]
+
+
+def test_the_simulator_keeps_curves_of_unfinished_trials_only() -> None:
+    prob = get_problem("branin-curve")
+    config = study_config(prob, "asha", 60, 0)
+    sim = Simulator(prob, config, 8)
+    sim.run()
+    trials = sim.engine.trials.values()
+    assert sim.engine.state == "completed" and len(trials) == 60
+    assert all(len(t.curve) == 0 and t.resource > 0 for t in trials)  # all ended: none kept
+    # Stopped half-way, the paused and running trials still hold their points.
+    sim = Simulator(prob, study_config(prob, "asha", 60, 0), 8, budget=50.0)
+    sim.run()
+    live = [t for t in sim.engine.trials.values()
+            if t.state == "paused" or (t.state == "running" and t.resource > 0)]
+    assert live and all(len(t.curve) == len(resource_steps(0, t.resource)) for t in live)

@@ -16,6 +16,7 @@ from .base import (
     Job,
     Outcome,
     Plan,
+    Sampler,
     SettingsError,
     Status,
     SuggestContext,
@@ -54,6 +55,9 @@ class RandomSearch(Persistent, Algorithm):
     def _derive(self) -> None:
         self._best: tuple[float, int] | None = min(  # (value, trial), kept as results arrive
             ((v, t) for t, v in self.results.items()), default=None)
+        # Whether the sampler looks at learning-curve points at all: on_progress is called
+        # once per point, and the plain random sampler ignores them.
+        self._observes = type(self.sampler).observe is not Sampler.observe
 
     def next_jobs(self, free: int) -> list[Job]:
         jobs: list[Job] = []
@@ -67,6 +71,8 @@ class RandomSearch(Persistent, Algorithm):
         return jobs
 
     def on_progress(self, trial_id: int, resource: float, value: float) -> Decision:
+        if not self._observes:
+            return Decision.CONTINUE
         config = self.running.get(trial_id)
         if config is not None:
             self.sampler.observe(trial_id, config, resource, value)

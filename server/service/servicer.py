@@ -175,10 +175,11 @@ class HpodServicer(pb_grpc.HpodServicer):
         checks.name(sid, "study_id", self.limits, required=True)
         return await self.m.read(sid)
 
-    def _job_call(self, sid: str, job_id: str) -> None:
+    async def _job_call(self, sid: str, job_id: str) -> None:
         """Ids bounded, then the study looked up (NOT_FOUND, also for another tenant's) before
         the values are judged: the answer to a stranger never depends on them."""
         checks.job_call(sid, job_id, self.limits)
+        await self.m.wake(sid)  # an ended study resting out of memory is loaded first
         self.m.get(sid)
 
     async def _submit(self, sid: str, inp: dict[str, Any]) -> Any:
@@ -231,9 +232,13 @@ class HpodServicer(pb_grpc.HpodServicer):
                                  "returned; start again with an empty page_token")
         # Keyed by the creation time in nanoseconds, as Study.create_time carries it, so
         # pages merged from several replicas (server/routing.py) continue exactly.
-        rows = sorted((int(lv.created * 1e9), sid) for sid, lv in self.m.studies.items()
-                      if tenancy.visible(lv.engine.config.tenant)
-                      and (key is None or (int(lv.created * 1e9), sid) > key))
+        # An ended study resting out of memory (server/residency.py) is listed as its last
+        # engine rendered it, without loading it.
+        listed = [(lv.created, sid, lv.engine.config.tenant) for sid, lv in self.m.studies.items()]
+        listed += [(r.created, sid, r.tenant) for sid, r in self.m.residency.resting.items()]
+        rows = sorted((int(created * 1e9), sid) for created, sid, tenant in listed
+                      if tenancy.visible(tenant)
+                      and (key is None or (int(created * 1e9), sid) > key))
         views, seen = {}, 0
         for row in rows:  # a study deleted while the page is built is left out
             if len(views) >= size:
@@ -250,12 +255,13 @@ class HpodServicer(pb_grpc.HpodServicer):
         return resp
 
     async def _listed(self, sid: str) -> pb.Study | None:
-        """A study as a listing shows it. One whose input is being applied off the loop shows
-        its view as of its last input (an engine is read only between inputs), so a listing
-        never waits on a model fit; None if it is gone meanwhile."""
+        """A study as a listing shows it: a resting one as its last engine rendered it, one
+        whose input is being applied off the loop as of its last input (an engine is read
+        only between inputs), so a listing never waits on a model fit; None if it is gone."""
         live = self.m.studies.get(sid)
         if live is None:
-            return None
+            resting = self.m.residency.resting.get(sid)
+            return None if resting is None else pb.Study.FromString(resting.listing)
         if live.busy and live.listed is not None:
             return live.listed
         if live.busy:
@@ -410,7 +416,7 @@ class HpodServicer(pb_grpc.HpodServicer):
     @rpc
     async def ReportProgress(self, request: pb.ReportProgressRequest, context: Any
                              ) -> pb.ReportProgressResponse:
-        self._job_call(request.study_id, request.job_id)
+        await self._job_call(request.study_id, request.job_id)
         checks.finite(request.resource, "resource", positive=True)
         decision = await self._submit(request.study_id, {
             "op": "progress", "job_id": request.job_id, "resource": request.resource,
@@ -421,7 +427,7 @@ class HpodServicer(pb_grpc.HpodServicer):
     @rpc
     async def CompleteJob(self, request: pb.CompleteJobRequest, context: Any
                           ) -> pb.CompleteJobResponse:
-        self._job_call(request.study_id, request.job_id)
+        await self._job_call(request.study_id, request.job_id)
         if not math.isfinite(request.value):
             raise EngineError("invalid", f"value must be a finite number, got {request.value}; "
                               "report a diverged run with FailJob")
@@ -434,7 +440,7 @@ class HpodServicer(pb_grpc.HpodServicer):
 
     @rpc
     async def FailJob(self, request: pb.FailJobRequest, context: Any) -> pb.FailJobResponse:
-        self._job_call(request.study_id, request.job_id)
+        await self._job_call(request.study_id, request.job_id)
         checks.reason(request.reason)
         await self._submit(request.study_id, {"op": "fail", "job_id": request.job_id,
                                               "reason": request.reason})
