@@ -677,16 +677,23 @@ def _add_redis_acl_parser(sub: Any) -> None:
 
 def cmd_redis_acl(args: argparse.Namespace) -> int:
     from hpod.server.store import acl
+    from hpod.server.store.connect import plain_url
 
     password = args.password or acl.new_password()
     major = args.redis_version
     admin = None
+    if plain_url(args.redis_url)[1]:
+        print(acl.CLUSTER_REFUSAL, file=sys.stderr)
+        return 2
     if args.apply:
         import redis
 
         admin = redis.Redis.from_url(args.redis_url, decode_responses=True)
         try:
             major = major or acl.redis_major_version(admin)
+            if int(admin.info("cluster").get("cluster_enabled", 0) or 0):
+                print(acl.CLUSTER_REFUSAL, file=sys.stderr)
+                return 2
         except redis.RedisError as e:
             print(f"hpod redis-acl: {type(e).__name__}: {e}", file=sys.stderr)
             return 2

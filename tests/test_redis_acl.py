@@ -281,3 +281,17 @@ def test_residual_capabilities_are_documented() -> None:
                     .read_text().split())
     for line in acl.RESIDUAL_REDIS6 + acl.RESIDUAL_REDIS7:
         assert line in text, f"deploy/README.md does not say: {line}"
+
+
+def test_cli_refuses_a_cluster_and_says_what_to_do(capsys, tmp_path) -> None:
+    from hpod.server.store.embedded import EmbeddedCluster
+
+    assert cli(["redis-acl", "--redis-url", "redis+cluster://127.0.0.1:7000"]) == 2
+    assert "Redis Cluster" in capsys.readouterr().err
+    with EmbeddedCluster(str(tmp_path / "cluster")) as cluster:
+        url = f"redis://127.0.0.1:{cluster.ports[0]}/0"  # a node of it, by a plain URL
+        assert cli(["redis-acl", "--apply", "--redis-url", url]) == 2
+        err = capsys.readouterr().err
+        assert "Redis Cluster" in err and "server's credentials" in err
+        r = redis.Redis(port=cluster.ports[0], decode_responses=True)
+        assert "hpod-worker" not in r.acl_users()  # nothing half-made

@@ -74,6 +74,17 @@ RESIDUAL_REDIS7 = (
 )
 
 
+# Why there is no worker user on a Redis Cluster yet: users are per node (every master and
+# replica would need it, and a node added later too), and a worker's cluster client also runs
+# CLUSTER SLOTS, COMMAND and ASKING, which these rules leave out.
+CLUSTER_REFUSAL = (
+    "hpod redis-acl: --redis-url is a Redis Cluster, and hpod makes worker ACL users for one "
+    "Redis only (a cluster keeps users per node, and a worker's cluster client needs commands "
+    "these rules leave out). On a cluster, give workers the server's credentials, or a user "
+    "your managed cluster's own access control defines on every node (deploy/README.md, "
+    "Redis Cluster)")
+
+
 def hash_password(password: str) -> str:
     """The ``#<sha256>`` form of a password for ACL rules: the rule never holds the password."""
     return "#" + hashlib.sha256(password.encode()).hexdigest()
