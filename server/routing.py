@@ -195,8 +195,9 @@ class Router:
         end = min(cuts) if cuts else None
         after = pages.after(request.page_token, "studies")
         start = tuple(after) if after is not None else None
+        # One more than a page, so that a page they fill exactly still says more follow.
         studies += await self._unlisted({st.id for st in studies}, start, end,
-                                        pages.size(request.page_size))
+                                        pages.size(request.page_size) + 1)
         studies.sort(key=_key)
         size = pages.size(request.page_size)
         page, total = [], 0

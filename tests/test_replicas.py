@@ -88,6 +88,62 @@ def test_large_commits_are_split_into_bounded_commands(redis_server) -> None:
     asyncio.run(scenario())
 
 
+class _NoPeers:
+    async def peers(self) -> list:
+        return []
+
+
+class _Call:
+    """The little of a gRPC context the listing merge reads."""
+
+    def invocation_metadata(self) -> tuple:
+        return ()
+
+    def time_remaining(self) -> None:
+        return None
+
+
+def test_studies_no_replica_holds_are_listed_from_redis_page_by_page(redis_server) -> None:
+    """The merge of ``Router.list_studies`` (server/routing.py) on a real Redis, with no replica
+    holding any study: each page of every size lists the next studies from their hashes,
+    marked as moving, and the last page is the only one without a next page token."""
+    from types import SimpleNamespace
+
+    from hpod.client.spec import build_spec
+    from hpod.server.routing import Router
+    from hpod.server.service.convert import config_from_spec
+
+    async def scenario() -> None:
+        store = RedisStore(redis_server.url)
+        try:
+            config = config_from_spec(build_spec(external_spec(1))).to_dict()
+            sids = [f"smove{i}" for i in range(7)]
+            for sid in sids:
+                await store.create_study(sid, config, sid)
+            router = Router(SimpleNamespace(store=store, ownership=_NoPeers(),
+                                            settings=SimpleNamespace(consumer="r1")))
+            for size in (1, 2, 3, 7, 100):
+                got, token, pages_seen = [], "", 0
+                while True:
+                    req = pb.ListStudiesRequest(page_size=size, page_token=token)
+                    resp = await router.list_studies(req, _Call(), pb.ListStudiesResponse())
+                    pages_seen += 1
+                    assert len(resp.studies) <= size
+                    got += resp.studies
+                    token = resp.next_page_token
+                    if not token:
+                        break
+                assert [st.id for st in got] == sids, size
+                assert pages_seen == -(-len(sids) // size), size
+                assert all(list(st.plan.notes) == [MOVING_NOTE] for st in got)
+                assert all(st.state == pb.STUDY_STATE_ACTIVE for st in got)
+            await router.close()
+        finally:
+            await store.close()
+
+    asyncio.run(scenario())
+
+
 # ---------------------------------------------------------------- real processes
 
 
