@@ -677,29 +677,41 @@ def _add_redis_acl_parser(sub: Any) -> None:
 
 def cmd_redis_acl(args: argparse.Namespace) -> int:
     from hpod.server.store import acl
+    from hpod.server.store.connect import plain_url, sync_client
 
     password = args.password or acl.new_password()
     major = args.redis_version
+    plain, cluster = plain_url(args.redis_url)
     admin = None
     if args.apply:
         import redis
 
-        admin = redis.Redis.from_url(args.redis_url, decode_responses=True)
+        entry = redis.Redis.from_url(plain, decode_responses=True)
         try:
-            major = major or acl.redis_major_version(admin)
+            major = major or acl.redis_major_version(entry)
+            cluster = cluster or bool(int(entry.info("cluster").get("cluster_enabled", 0) or 0))
+            # On a cluster the user goes to every node, masters and replicas (a replica that
+            # takes over must know it).
+            admin = sync_client(args.redis_url, cluster, decode_responses=True)
         except redis.RedisError as e:
             print(f"hpod redis-acl: {type(e).__name__}: {e}", file=sys.stderr)
             return 2
+        finally:
+            entry.close()
     major = major or 7
     if major < 6:
         print(f"hpod redis-acl: Redis {major} has no ACL users", file=sys.stderr)
         return 2
     rules = acl.acl_rules(acl.hash_password(password), major, args.trainer,
-                          select=acl.url_db(args.redis_url) != 0)
-    url = acl.worker_url(args.redis_url, args.name, password)
+                          select=acl.url_db(args.redis_url) != 0, cluster=cluster)
+    url = acl.worker_url(args.redis_url, args.name, password, cluster=cluster)
     if admin is not None:
         try:
-            admin.execute_command("ACL", "SETUSER", args.name, *rules)
+            if cluster:
+                admin.execute_command("ACL", "SETUSER", args.name, *rules,
+                                      target_nodes=admin.ALL_NODES)
+            else:
+                admin.execute_command("ACL", "SETUSER", args.name, *rules)
         except redis.RedisError as e:
             print(f"hpod redis-acl: {type(e).__name__}: {e}", file=sys.stderr)
             return 2
@@ -713,7 +725,9 @@ def cmd_redis_acl(args: argparse.Namespace) -> int:
     print(" ".join(acl.quote_arg(w) if i > 1 else w for i, w in enumerate(words)))
     if args.apply:
         print("# a user made with ACL SETUSER is lost when Redis restarts unless it is saved "
-              "(ACL SAVE with an aclfile, or CONFIG REWRITE)")
+              "(ACL SAVE with an aclfile, or CONFIG REWRITE)"
+              + ("; on a cluster, a node added later needs it too (run this again)"
+                 if cluster else ""))
     print("# the worker's HPOD_REDIS_URL (a secret):")
     print(url)
     return 0

@@ -10,12 +10,15 @@ owner (its replica died, the lease has not expired yet, or the next owner is reb
 answers UNAVAILABLE with a retry hint, which the SDK follows for reads.
 
 ``ListStudies`` is the one call about many studies: it asks every live replica for its own
-studies after the same page position and merges the pages.
+studies after the same page position and merges the pages; a study none of them holds in
+memory (moving: its owner died, or the next owner is rebuilding it) is still listed, from its
+hash in Redis, with a note in its plan saying so.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 from collections.abc import AsyncIterator
@@ -30,12 +33,16 @@ from . import tenancy
 from .engine import EngineError
 from .manager import StudyManager
 from .options import ServerOptions
-from .service import pages
+from .service import convert, pages
+from .study import StudyConfig
 
 log = logging.getLogger("hpod.server")
 
 FORWARDED = "x-hpod-forwarded"  # metadata: the replica that forwarded this call
 LOCAL_ONLY = "x-hpod-local-only"  # metadata: ListStudies of this replica's studies only
+# How a listing marks a study no replica holds in memory (its plan shows only this note).
+MOVING_NOTE = ("moving between server replicas (its owner stopped, or the next owner is "
+               "rebuilding it): state and figures as of its last commit")
 FORWARD_TIMEOUT = 30.0  # seconds, when the caller set no deadline
 # Metadata that belongs to the hop, not to the call.
 _HOP = {"content-type", "user-agent", "te", "grpc-accept-encoding", "accept-encoding",
@@ -157,49 +164,82 @@ class Router:
     async def list_studies(self, request: pb.ListStudiesRequest, context: Any,
                            local: pb.ListStudiesResponse) -> pb.ListStudiesResponse:
         """Merge this replica's page with every other live replica's page after the same
-        position: the first ``page_size`` of them by (creation time, id)."""
+        position, and with the studies no replica listed (held in no replica's memory: their
+        owner died and the lease has not expired, or the next owner is rebuilding them),
+        shown from their hash in Redis: the first ``page_size`` of them by (creation time,
+        id)."""
         peers = await self.m.ownership.peers()
-        if not peers:
-            return local
         md = [(k, v) for k, v in self._metadata(context) if k != FORWARDED]
         md.append((LOCAL_ONLY, "1"))
         replies = await asyncio.gather(*[
             self._stub(addr).ListStudies(request, metadata=md, timeout=self._timeout(context))
             for _, addr in peers], return_exceptions=True)
-        studies = list(local.studies)
-        more = bool(local.next_page_token)
+        pages_in = [local]
         for (rid, _), reply in zip(peers, replies, strict=True):
             if isinstance(reply, BaseException):
-                # A replica that went away meanwhile (or cancelled the call as it stopped):
-                # its studies are moving and come back with their next owner. Any other
+                # A replica that died or went away meanwhile (or cancelled the call as it
+                # stopped): its studies are moving, listed below from Redis. Any other
                 # failure is the caller's to see.
                 if isinstance(reply, grpc.aio.AioRpcError) and reply.code() in (
                         grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED,
                         grpc.StatusCode.CANCELLED):
-                    raise _unavailable_listing(rid) from None
+                    log.info("server replica %s did not answer a listing: its studies are "
+                             "listed from Redis", rid)
+                    continue
                 raise reply
-            studies += reply.studies
-            more = more or bool(reply.next_page_token)
-        studies.sort(key=lambda st: (st.create_time.ToNanoseconds(), st.id))
+            pages_in.append(reply)
+        studies = [st for p in pages_in for st in p.studies]
+        # A replica whose page was cut has studies after its last one that nobody listed:
+        # the merged page stops there, and the next page goes on from it.
+        cuts = [_key(p.studies[-1]) for p in pages_in if p.next_page_token and p.studies]
+        end = min(cuts) if cuts else None
+        after = pages.after(request.page_token, "studies")
+        start = tuple(after) if after is not None else None
+        # One more than a page, so that a page they fill exactly still says more follow.
+        studies += await self._unlisted({st.id for st in studies}, start, end,
+                                        pages.size(request.page_size) + 1)
+        studies.sort(key=_key)
         size = pages.size(request.page_size)
         page, total = [], 0
+        more = end is not None
         for st in studies:
             total += st.ByteSize()
-            if len(page) >= size or (page and total > pages.PAGE_BYTES):
+            if len(page) >= size or (page and total > pages.PAGE_BYTES) or (
+                    end is not None and _key(st) > end):
                 more = True
                 break
             page.append(st)
         resp = pb.ListStudiesResponse(studies=page)
         if more and page:
-            last = page[-1]
-            resp.next_page_token = pages.token(
-                "studies", [last.create_time.ToNanoseconds(), last.id])
+            resp.next_page_token = pages.token("studies", list(_key(page[-1])))
         return resp
 
+    async def _unlisted(self, listed: set[str], start: tuple | None, end: tuple | None,
+                        size: int) -> list[pb.Study]:
+        """The first ``size`` studies after ``start`` (up to ``end``) the caller may see that
+        no replica listed, as their hashes in Redis show them, marked as moving."""
+        store = self.m.store
+        ids = [s for s in await store.study_ids() if s not in listed]
+        rows = sorted((int(t * 1e9), sid) for sid, t in (await store.created_times(ids)).items()
+                      if (start is None or (int(t * 1e9), sid) > start)
+                      and (end is None or (int(t * 1e9), sid) <= end))
+        out: list[pb.Study] = []
+        for i in range(0, len(rows), size):  # until a page of them is visible to the caller
+            chunk = [sid for _, sid in rows[i:i + size]]
+            for sid, stored in (await store.study_hashes(chunk)).items():
+                try:
+                    config = StudyConfig.from_dict(json.loads(stored["config"]))
+                except (ValueError, TypeError, KeyError):
+                    continue  # a study whose config does not load is listed by its owner
+                if tenancy.visible(config.tenant):
+                    out.append(convert.stored_study_to_pb(sid, stored, MOVING_NOTE))
+            if len(out) >= size:
+                break
+        return out
 
-def _unavailable_listing(rid: str) -> EngineError:
-    return EngineError("unavailable", f"server replica {rid} did not answer while listing "
-                       "studies (it may be restarting); retry in a moment")
+
+def _key(st: pb.Study) -> tuple[int, str]:
+    return st.create_time.ToNanoseconds(), st.id
 
 
 def _details(e: grpc.aio.AioRpcError, sid: str, owner: tuple[str, str]) -> str:

@@ -24,8 +24,10 @@ from hpod.client.cli import main as cli
 from hpod.client.local import LocalCluster
 from hpod.server.store import acl, keys
 from hpod.server.store import embedded as embedded_mod
+from hpod.server.store.connect import sync_client
 from hpod.server.store.embedded import EmbeddedRedis, free_port
 from hpod.v1 import hpod_pb2 as pb
+from redis.cluster import RedisCluster
 
 ADMIN_PW = "admin-pw"
 SPEC = {"trainer": "analytic", "resource": {"max_resource": 9, "eta": 3},
@@ -281,3 +283,48 @@ def test_residual_capabilities_are_documented() -> None:
                     .read_text().split())
     for line in acl.RESIDUAL_REDIS6 + acl.RESIDUAL_REDIS7:
         assert line in text, f"deploy/README.md does not say: {line}"
+
+
+
+@pytest.mark.slow
+def test_workers_run_a_study_as_the_acl_user_on_a_cluster(tmp_path, capsys) -> None:
+    """On a Redis Cluster the user is made on every node (a replica taking over must know
+    it); the worker URL says "cluster" and workers run a study as that user."""
+    from hpod.server.store.embedded import EmbeddedCluster
+
+    with EmbeddedCluster(str(tmp_path / "cluster")) as nodes:
+        admin_url = f"redis://127.0.0.1:{nodes.ports[0]}/0"  # a node of it, by a plain URL
+        assert cli(["redis-acl", "pool-c", "--apply", "--redis-url", admin_url, "--json"]) == 0
+        made = json.loads(capsys.readouterr().out)
+        url = made["url"]
+        assert url.startswith("redis+cluster://pool-c:")
+        for port in nodes.ports:  # masters and replicas
+            assert "pool-c" in redis.Redis(port=port, decode_responses=True).acl_users()
+        procs: list[subprocess.Popen] = []
+        with LocalCluster(workers=0, trainers=("analytic",), redis_url=admin_url,
+                          workdir=str(tmp_path), port=free_port(),
+                          lease_seconds=3.0) as cluster, cluster.client() as client:
+            procs = [_spawn_worker(url, tmp_path, i) for i in range(2)]
+            try:
+                study = client.create_study(SPEC)
+                info = study.wait(timeout=180)
+                assert info.state == pb.STUDY_STATE_COMPLETED, info.error
+                assert all(t.value is not None for t in study.trials(curves=False))
+            finally:
+                _stop(procs)
+            logs = "".join(p.read_text(errors="replace")
+                           for p in tmp_path.glob("acl-worker*.log"))
+            assert "NOPERM" not in logs and "NoPermissionError" not in logs, logs[-3000:]
+            assert all(p.returncode == 0 for p in procs), logs[-3000:]
+            sid = study.id
+            worker = sync_client(url, decode_responses=True)
+            for what, fn in {"read the log": lambda: worker.lrange(keys.log(sid), 0, -1),
+                             "read the study hash": lambda: worker.hgetall(keys.study(sid)),
+                             "write any key": lambda: worker.set("x", "1"),
+                             "FLUSHALL": lambda: worker.flushall(
+                                 target_nodes=RedisCluster.ALL_NODES)}.items():
+                try:
+                    _refused(fn)
+                except BaseException as e:
+                    raise AssertionError(f"not refused: {what}") from e
+            worker.close()

@@ -1,26 +1,33 @@
 """hpod on a real Redis Cluster: 3 masters and 3 replicas started on loopback ports, server
-replicas and workers as processes, a master killed (kill -9) mid-run while its replica takes
-over. Every study completes, no accepted result is lost, no segment is counted twice."""
+replicas and workers as processes, a server replica and a master killed (kill -9) mid-run
+while the other replicas and the master's replica take over. Every study completes, no
+accepted result is lost, no segment is counted twice."""
 
 from __future__ import annotations
 
 import asyncio
+import multiprocessing
+import os
 import re
+import signal
 import time
+from collections import Counter
 from pathlib import Path
 
 import pytest
 import redis
 from helpers import wait_for
 from hpod.client.local import LocalCluster, free_port
+from hpod.client.sdk import Client
 from hpod.server.store import keys
 from hpod.server.store.connect import is_cluster, plain_url
 from hpod.server.store.embedded import EmbeddedCluster
 from hpod.server.store.redis_store import Batch, RedisStore
 from hpod.server.store.worker_queue import WorkerQueue
+from hpod.v1 import hpod_pb2 as pb
 from redis.cluster import RedisCluster
 from test_faults import assert_nothing_lost_or_doubled, slow_spec
-from test_replicas import AppliedBy, wait_all
+from test_replicas import AppliedBy, all_addresses, owners, probe, spread, wait_all
 
 TRAINER = "analytic"
 ACCEPTED = re.compile(r"job (\S+): complete accepted \(trial (\d+), resource ([\d.e+-]+), "
@@ -148,7 +155,12 @@ def master_of(rc: RedisCluster, key: str) -> int:
 
 
 @pytest.mark.slow
-def test_studies_complete_through_a_master_failover(redis_cluster, tmp_path) -> None:
+def test_studies_complete_through_a_replica_kill_and_a_master_failover(redis_cluster,
+                                                                        tmp_path) -> None:
+    """3 server replicas and 4 workers on the cluster, 6 studies (more if none lands in the
+    victim master's slots): kill -9 of the replica owning the most studies, then kill -9 of the
+    job streams' master while its replica takes over. Every study completes and every result
+    Redis accepted from a worker is in its study exactly once."""
     nodes = RedisCluster(host="127.0.0.1", port=redis_cluster.ports[0], decode_responses=True)
     victim = master_of(nodes, keys.jobs(TRAINER))  # the job streams' master
     entry = next(p for p in redis_cluster.masters() if p != victim)
@@ -157,29 +169,40 @@ def test_studies_complete_through_a_master_failover(redis_cluster, tmp_path) -> 
     workdir = tmp_path / "hpod"
     with LocalCluster(workers=4, trainers=(TRAINER,), workdir=str(workdir), redis_url=url,
                       lease_seconds=8.0, server_args=("--study-lease-seconds", "5")) as hp:
-        hp.add_replica(free_port())
+        for _ in range(2):
+            hp.add_replica(free_port())
         r = RedisCluster(host="127.0.0.1", port=entry, decode_responses=True)
-        with hp.client() as client:
-            sids = [client.create_study(slow_spec(seed=40 + i)).id for i in range(5)]
+        with Client(all_addresses(hp), timeout=60) as client:
+            sids = [client.create_study(slow_spec(seed=40 + i)).id for i in range(6)]
             # At least one study in the victim's slots too (ids are random): its commits,
             # event stream and outbox fail over with the job streams.
-            while not any(master_of(r, keys.study(s)) == victim for s in sids) and len(sids) < 9:
+            while not any(master_of(r, keys.study(s)) == victim for s in sids) and len(sids) < 12:
                 sids.append(client.create_study(slow_spec(seed=40 + len(sids))).id)
             on_victim = [s for s in sids if master_of(r, keys.study(s)) == victim]
             assert on_victim
+            wait_for(lambda: spread(r, sids, 3), timeout=90, what="studies on all 3 replicas")
             sampler = Applied(r, sids)
             sampler.start()
-            wait_for(lambda: sum(client.study(s).info.trials_finished for s in sids) >= 5,
-                     timeout=120, what="five finished trials")
+            wait_for(lambda: sum(client.study(s).info.trials_finished for s in sids) >= 6,
+                     timeout=180, what="six finished trials")
+            by_owner = owners(r, sids)
+            dead, _ = Counter(by_owner.values()).most_common(1)[0]
+            moved = [s for s, rid in by_owner.items() if rid == dead]
+            port = int(dead.rpartition(":")[2])
+            proc = hp.server if port == hp.port else hp.replicas[port]
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait()
+            # The master dies while the replica's studies are still moving.
+            time.sleep(1.0)
             killed_at = time.time()
             redis_cluster.kill(victim)
             took_over = wait_for_new_master(redis_cluster, victim, keys.jobs(TRAINER))
-            done = wait_all(client, sids, timeout=300)
+            done = wait_all(client, sids, timeout=400)
             sampler.halt.set()
             sampler.join()
             accepted = accepted_results(workdir)
             for sid in sids:
-                assert done[sid].state == 2, done[sid].error  # COMPLETED
+                assert done[sid].state == pb.STUDY_STATE_COMPLETED, done[sid].error
                 study = client.study(sid)
                 assert_nothing_lost_or_doubled(study, study.info)
                 curves = {t.id: dict(t.curve) for t in study.trials()}
@@ -188,8 +211,13 @@ def test_studies_complete_through_a_master_failover(redis_cluster, tmp_path) -> 
                         assert curves[trial].get(resource) == pytest.approx(value), (
                             f"{job_id}: accepted result {value} at {resource} not in the study")
             assert sum(1 for j in accepted if j.partition("-")[0] in sids) > 0
+            assert all(rid != dead for rid in owners(r, moved).values() if rid)
+            moves = {sid: sampler.failover(sid, dead) for sid in moved}
             seen = [x for s in sids for x in sampler.seen[s]]
-            print(f"\nkill -9 of master :{victim} (job streams; studies {on_victim}): replica "
+            print(f"\nkill -9 of server replica {dead} (study lease 5s), its studies moved "
+                  "after: " + ", ".join(f"{sid} {t:.2f}s" if t is not None else
+                                        f"{sid} (ended before)" for sid, t in moves.items()))
+            print(f"kill -9 of master :{victim} (job streams; studies {on_victim}): replica "
                   f"took over its slots after {took_over - killed_at:.2f}s; no event applied "
                   f"for {gap_around(seen, killed_at):.2f}s (last before the kill to first after)")
 
@@ -213,3 +241,45 @@ def gap_around(seen: list[tuple[str, float]], at: float) -> float:
     after = [t for _, t in seen if t > at]
     return (min(after) - max(before)) if before and after else 0.0
 
+
+
+@pytest.mark.slow
+def test_rolling_restart_of_every_replica_on_a_cluster(redis_cluster, tmp_path) -> None:
+    """The 3 server replicas restarted one by one (SIGTERM, then started again) during a
+    study on the cluster: reads through all of them never fail with anything but UNAVAILABLE
+    (retried), and the study completes with nothing lost or doubled."""
+    url = f"redis+cluster://127.0.0.1:{redis_cluster.masters()[0]}/0"
+    lease = 3.0
+    with LocalCluster(workers=2, trainers=(TRAINER,), workdir=str(tmp_path), redis_url=url,
+                      lease_seconds=lease,
+                      server_args=("--study-lease-seconds", str(lease))) as hp:
+        for _ in range(2):
+            hp.add_replica(free_port())
+        with Client(all_addresses(hp), timeout=60) as client:
+            spec = {**slow_spec(seed=51), "trainer_settings": {"step_seconds": 0.8}}
+            study = client.create_study(spec)
+            ctx = multiprocessing.get_context("spawn")
+            halt, out = ctx.Event(), ctx.Queue()
+            prober = ctx.Process(target=probe, args=(all_addresses(hp), study.id, halt, out))
+            prober.start()
+            wait_for(lambda: study.refresh().trials_finished >= 1, timeout=120,
+                     what="a finished trial")
+            for port in [hp.port, *hp.replicas]:
+                proc = hp.server if port == hp.port else hp.replicas[port]
+                proc.send_signal(signal.SIGTERM)
+                assert proc.wait(30) == 0
+                fresh = hp.launch_server(port, f"server-{port}-again")
+                if port == hp.port:
+                    hp.server = fresh
+                else:
+                    hp.replicas[port] = fresh
+                time.sleep(2 * lease)  # the restarted replica takes its share back
+            info = wait_all(client, [study.id], timeout=300)[study.id]
+            halt.set()
+            calls, codes = out.get(timeout=60)
+            prober.join(30)
+            assert info.state == pb.STUDY_STATE_COMPLETED, info.error
+            assert set(codes) <= {"UNAVAILABLE"}, codes
+            assert_nothing_lost_or_doubled(study, study.refresh())
+            print(f"\nrolling restart on the cluster: {calls} calls, "
+                  f"{codes.get('UNAVAILABLE', 0)} UNAVAILABLE (retried)")

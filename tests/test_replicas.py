@@ -18,6 +18,7 @@ import redis
 from helpers import wait_for
 from hpod.client.local import LocalCluster, free_port
 from hpod.client.sdk import Client
+from hpod.server.routing import MOVING_NOTE
 from hpod.server.store import keys
 from hpod.server.store.leases import replica_of
 from hpod.server.store.redis_store import Batch, LeaseLost, RedisStore
@@ -81,6 +82,62 @@ def test_large_commits_are_split_into_bounded_commands(redis_server) -> None:
             await store.commit(sid, Batch(inputs=inputs, trials=trials), held)
             assert await store.r.llen(keys.log(sid)) == 2500
             assert await store.r.hlen(keys.trials(sid)) == 3000
+        finally:
+            await store.close()
+
+    asyncio.run(scenario())
+
+
+class _NoPeers:
+    async def peers(self) -> list:
+        return []
+
+
+class _Call:
+    """The little of a gRPC context the listing merge reads."""
+
+    def invocation_metadata(self) -> tuple:
+        return ()
+
+    def time_remaining(self) -> None:
+        return None
+
+
+def test_studies_no_replica_holds_are_listed_from_redis_page_by_page(redis_server) -> None:
+    """The merge of ``Router.list_studies`` (server/routing.py) on a real Redis, with no replica
+    holding any study: each page of every size lists the next studies from their hashes,
+    marked as moving, and the last page is the only one without a next page token."""
+    from types import SimpleNamespace
+
+    from hpod.client.spec import build_spec
+    from hpod.server.routing import Router
+    from hpod.server.service.convert import config_from_spec
+
+    async def scenario() -> None:
+        store = RedisStore(redis_server.url)
+        try:
+            config = config_from_spec(build_spec(external_spec(1))).to_dict()
+            sids = [f"smove{i}" for i in range(7)]
+            for sid in sids:
+                await store.create_study(sid, config, sid)
+            router = Router(SimpleNamespace(store=store, ownership=_NoPeers(),
+                                            settings=SimpleNamespace(consumer="r1")))
+            for size in (1, 2, 3, 7, 100):
+                got, token, pages_seen = [], "", 0
+                while True:
+                    req = pb.ListStudiesRequest(page_size=size, page_token=token)
+                    resp = await router.list_studies(req, _Call(), pb.ListStudiesResponse())
+                    pages_seen += 1
+                    assert len(resp.studies) <= size
+                    got += resp.studies
+                    token = resp.next_page_token
+                    if not token:
+                        break
+                assert [st.id for st in got] == sids, size
+                assert pages_seen == -(-len(sids) // size), size
+                assert all(list(st.plan.notes) == [MOVING_NOTE] for st in got)
+                assert all(st.state == pb.STUDY_STATE_ACTIVE for st in got)
+            await router.close()
         finally:
             await store.close()
 
@@ -281,7 +338,7 @@ def test_any_replica_answers_reads_writes_listings_and_watches(tmp_path) -> None
                 Client(f"127.0.0.1:{other}", timeout=60) as b:
             sids = [a.create_study(external_spec(seed)).id for seed in range(5)]
             wait_for(lambda: spread(r, sids, 2), timeout=60, what="studies on both replicas")
-            # A study listed by no replica is one still being rebuilt by its new owner.
+            # Until its new owner has rebuilt it a moved study is listed from Redis.
             wait_for(lambda: all(answers(a, sid) for sid in sids), timeout=60,
                      what="the moved studies rebuilt")
             for client in (a, b):
@@ -386,3 +443,54 @@ def test_replicas_forward_over_mutual_tls_and_keep_tenants_apart(tmp_path, monke
             for sid in sids:  # another tenant's study is missing, wherever it lives
                 with pytest.raises(Exception, match="no study"):
                     b.study(sid)
+
+
+@pytest.mark.slow
+def test_a_study_moving_between_replicas_stays_listed(tmp_path) -> None:
+    """kill -9 of a replica: until its studies' leases expire (a long lease here) no replica
+    holds them in memory, yet every listing through the survivor shows them, from their hash
+    in Redis, marked as moving, with the figures of their last commit; once rebuilt by the
+    survivor they are listed live again."""
+    lease = 30.0
+    with LocalCluster(workers=0, trainers=("analytic",), workdir=str(tmp_path),
+                      server_args=("--study-lease-seconds", str(lease))) as cluster:
+        other = free_port()
+        cluster.add_replica(other)
+        r = redis.Redis.from_url(cluster.redis_url, decode_responses=True)
+        with Client(f"127.0.0.1:{other}", timeout=60) as survivor:
+            sids = [survivor.create_study(external_spec(seed)).id for seed in range(6)]
+            wait_for(lambda: spread(r, sids, 2), timeout=120, what="studies on both replicas")
+            wait_for(lambda: all(answers(survivor, sid) for sid in sids), timeout=120,
+                     what="the moved studies rebuilt")
+            for sid in sids:  # one finished trial each: figures to compare
+                job = survivor.study(sid).ask(wait=False)
+                job.complete(0.25, resource=job.to_resource)
+            before = {st.id: st for st in survivor.list_studies()}
+            dead = f":{cluster.port}"
+            moved = [s for s, rid in owners(r, sids).items() if rid.endswith(dead)]
+            assert moved
+            cluster.server.kill()
+            cluster.server.wait()
+            for page_size in (1, 2, 100):
+                listed = list(survivor.iter_studies(page_size=page_size))
+                assert [s.id for s in listed] == sids  # none dropped, none twice, in order
+                for st in listed:
+                    if st.id in moved:
+                        assert list(st.plan.notes) == [MOVING_NOTE]
+                        assert st.state == pb.STUDY_STATE_ACTIVE
+                        was = before[st.id]
+                        assert (st.trials_total, st.trials_running, st.trials_finished) == (
+                            was.trials_total, was.trials_running, was.trials_finished)
+                        assert st.trials_total >= 1
+                        assert st.resource_used == pytest.approx(was.resource_used)
+                        assert st.resource_used > 0
+                        assert st.best_trial.value == pytest.approx(0.25)
+                        assert st.spec == before[st.id].spec
+                    else:
+                        assert MOVING_NOTE not in st.plan.notes
+            assert all(owners(r, moved).values()), "the dead replica's leases ran out already"
+            wait_for(lambda: all(answers(survivor, sid) for sid in moved), timeout=3 * lease,
+                     what="the moved studies rebuilt by the survivor")
+            listed = survivor.list_studies()
+            assert [s.id for s in listed] == sids
+            assert not any(MOVING_NOTE in s.plan.notes for s in listed)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from typing import Any
 
@@ -206,3 +207,25 @@ def job_to_pb(eng: StudyEngine, payload: dict[str, Any]) -> pb.Job:
                   from_resource=payload["from_resource"], to_resource=payload["to_resource"],
                   bracket=payload["bracket"] or 0, rung=payload["rung"] or 0,
                   max_resource=payload["max_resource"], seed=payload["seed"])
+
+
+def stored_study_to_pb(sid: str, stored: dict[str, str], note: str) -> pb.Study:
+    """A study as its hash in Redis shows it (``RedisStore.study_hashes``): spec, state and
+    the summary of its last commit, with ``note`` (why it is not live) as its plan's only
+    note; no plan or checkpoint figures, which only the rebuilt engine knows."""
+    config = StudyConfig.from_dict(json.loads(stored["config"]))
+    summary = json.loads(stored.get("summary") or "{}")
+    ts = timestamp_pb2.Timestamp()
+    ts.FromNanoseconds(int(float(stored.get("created") or 0) * 1e9))
+    msg = pb.Study(id=sid, spec=spec_to_pb(config), create_time=ts,
+                   state=STUDY_STATES.get(stored.get("state", ""), pb.STUDY_STATE_ACTIVE),
+                   error=stored.get("error", ""), trials_total=summary.get("total", 0),
+                   trials_running=summary.get("running", 0),
+                   trials_finished=summary.get("finished", 0),
+                   resource_used=summary.get("resource_used", 0.0),
+                   cost_used=summary.get("cost_used", 0.0), plan=pb.Plan(notes=[note]))
+    best = summary.get("best")
+    if best:
+        msg.best_trial.CopyFrom(pb.Trial(study_id=sid, id=best["trial"], has_value=True,
+                                         value=best["value"]))
+    return msg

@@ -74,6 +74,11 @@ RESIDUAL_REDIS7 = (
 )
 
 
+# What a worker's Redis Cluster client runs besides the protocol, none of it on keys: the slot
+# map, the command table (to find a command's keys) and the redirect during a slot migration.
+CLUSTER_KEYLESS = ("cluster|slots", "command", "asking")
+
+
 def hash_password(password: str) -> str:
     """The ``#<sha256>`` form of a password for ACL rules: the rule never holds the password."""
     return "#" + hashlib.sha256(password.encode()).hexdigest()
@@ -84,14 +89,17 @@ def new_password() -> str:
 
 
 def acl_rules(password_rule: str, redis_major: int = 7, trainers: Sequence[str] | None = None,
-              select: bool = False) -> list[str]:
+              select: bool = False, cluster: bool = False) -> list[str]:
     """The rules of a worker user, as ``ACL SETUSER <user> <rules...>`` takes them and as a
     ``user <name> <rules...>`` line of redis.conf (or ``redis-server --user``) does.
 
     ``password_rule`` is ``#<sha256 hex>`` (``hash_password``) or ``><password>``; ``select``
-    allows SELECT, which redis-py sends for a URL with a database other than 0."""
+    allows SELECT, which redis-py sends for a URL with a database other than 0; ``cluster``
+    allows what a cluster client runs (``CLUSTER_KEYLESS``). On a cluster the user must exist
+    on every node, masters and replicas (``hpod redis-acl --apply`` does that)."""
     out = ["reset", "on", password_rule, "resetchannels", "-@all"]
-    out += [f"+{c}" for c in KEYLESS + (("select",) if select else ())]
+    out += [f"+{c}" for c in KEYLESS + (("select",) if select else ())
+            + (CLUSTER_KEYLESS if cluster else ())]
     rules = worker_rules(trainers)
     if redis_major >= 7:
         for r in rules:
@@ -114,17 +122,21 @@ def url_db(url: str) -> int:
     return int(path) if path.isdigit() else 0
 
 
-def worker_url(admin_url: str, user: str, password: str) -> str:
+def worker_url(admin_url: str, user: str, password: str, cluster: bool = False) -> str:
     """``admin_url`` (the server's) with the worker's credentials: same scheme (``rediss`` keeps
-    TLS), host, port, database and options."""
+    TLS), host, port, database and options; on a cluster the scheme says so
+    (``redis+cluster``), so the worker does not ask (INFO, which its user may not run)."""
     parts = urlsplit(admin_url)
+    scheme = parts.scheme or "redis"
+    if cluster and "+cluster" not in scheme:
+        scheme += "+cluster"
     host = parts.hostname or "127.0.0.1"
     if ":" in host:  # IPv6
         host = f"[{host}]"
     netloc = f"{quote(user, safe='')}:{quote(password, safe='')}@{host}"
     if parts.port:
         netloc += f":{parts.port}"
-    return urlunsplit((parts.scheme or "redis", netloc, parts.path or "/0", parts.query, ""))
+    return urlunsplit((scheme, netloc, parts.path or "/0", parts.query, ""))
 
 
 def quote_arg(arg: str) -> str:

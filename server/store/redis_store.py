@@ -237,6 +237,25 @@ class RedisStore:
     async def study_ids(self) -> list[str]:
         return sorted(await self.r.smembers(keys.studies()))
 
+    async def created_times(self, sids: Sequence[str]) -> dict[str, float]:
+        """Study -> creation time, for the studies whose hash exists."""
+        async with self.r.pipeline(transaction=False) as p:
+            for sid in sids:
+                p.hget(keys.study(sid), "created")
+            got = await p.execute()
+        return {sid: float(v) for sid, v in zip(sids, got, strict=True) if v}
+
+    async def study_hashes(self, sids: Sequence[str]) -> dict[str, dict[str, str]]:
+        """What a listing shows of studies no replica holds in memory (being moved or
+        rebuilt): the fields every commit keeps current, by study; a study gone is left out."""
+        fields = ("config", "state", "error", "created", "summary")
+        async with self.r.pipeline(transaction=False) as p:
+            for sid in sids:
+                p.hmget(keys.study(sid), fields)
+            rows = await p.execute()
+        return {sid: {f: v for f, v in zip(fields, row, strict=True) if v is not None}
+                for sid, row in zip(sids, rows, strict=True) if row[0] is not None}
+
     async def load_study(self, sid: str) -> tuple[dict[str, str], dict | None, list[dict]]:
         """(study hash, snapshot or None, log inputs after the snapshot)."""
         async with self.r.pipeline(transaction=True) as p:  # one consistent read
