@@ -114,7 +114,9 @@ async def serve(address: str, settings: Settings, ready: asyncio.Event | None = 
     await health_servicer.enter_graceful_shutdown()
     # Studies go to the other replicas first; calls still arriving are forwarded to them.
     await manager.drain()
-    await server.stop(grace=5)
+    # Calls in flight get as long as a client usually waits for them (a forwarded call, a
+    # read behind a study's input): cut short, they would end CANCELLED, not UNAVAILABLE.
+    await server.stop(grace=10)
     await servicer.router.close()
     if gauges is not None:
         gauges.cancel()
