@@ -264,3 +264,41 @@ def test_same_proposals_across_a_server_restart(tmp_path: Path, monkeypatch: Any
         with c.client() as client:
             first = svc.drive(c, client, "auto")
     assert restarted == first
+
+
+def test_study_show_gives_the_decisions_through_a_real_server(tmp_path: Path,
+                                                               monkeypatch: Any) -> None:
+    import test_cqr_service as svc
+    from hpod.client.local import LocalCluster
+
+    def spec(algorithm: str, seed: int = 5) -> dict[str, Any]:
+        return {"name": "show-auto", "resource": {"name": "epoch", "max_resource": 9,
+                                                   "min_resource": 1, "eta": 3},
+                "seed": seed, "max_trials": 20, "search_space": svc.SPACE}  # no algorithm
+
+    monkeypatch.setattr(svc, "ask_tell_spec", spec)
+    cli = [sys.executable, "-m", "hpod.client.cli"]
+    with LocalCluster(workers=0, trainers=("analytic",), workdir=str(tmp_path),
+                      lease_seconds=30.0) as c:
+        with c.client() as client:
+            svc.drive(c, client, "auto")
+            (study,) = [s for s in client.list_studies() if s.spec.name == "show-auto"]
+            assert not study.HasField("fidelity")  # a listing leaves the log out
+            sid = study.id
+        shown = subprocess.run([*cli, "study", "show", sid, "--json", "--address", c.address],
+                               capture_output=True, text=True, timeout=120, check=True)
+        human = subprocess.run([*cli, "study", "show", sid, "--address", c.address],
+                               capture_output=True, text=True, timeout=120, check=True).stdout
+    doc = json.loads(shown.stdout)
+    fid, trials = doc["fidelity"], {t["id"]: t for t in doc["trials"]}
+    assert doc["study"]["algorithm"] == "auto" and len(trials) == 20
+    assert [d["trial"] for d in fid["decisions"]] == sorted(trials)
+    for d in fid["decisions"]:  # each trial ran in the bracket the log says, from its start
+        assert trials[d["trial"]]["bracket"] == d["bracket"]
+        assert d["start_resource"] == fid["bracket_start"][d["bracket"]] and d["why"]
+    assert fid["bracket_start"] == [1.0, 3.0, 9.0]
+    assert math.isclose(sum(fid["bracket_weights"]), 1.0, abs_tol=1e-3)
+    for t in fid["trust"]:
+        assert -1.0 <= t["rho"] <= 1.0 and t["against"] > t["resource"] and t["pairs"] >= 5
+    assert "fidelity trust: " in human and "bracket weights now: start 1: " in human
+    assert "bracket decisions (latest 10 of 20" in human

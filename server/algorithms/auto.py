@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 
 from .asha import AsyncHyperband
-from .base import Context, Plan, SettingsError, register_algorithm
+from .base import Capability, Context, Plan, SettingsError, register_algorithm
 from .mfkde import MIN_PAIRS, level_trust, trust_weight
 from .samplers import sampler_options
 from .settings import parse
@@ -58,6 +58,7 @@ class Auto(AsyncHyperband):
     saved = (*AsyncHyperband.saved, "decisions")
     state_version = 1
     name = "auto"
+    capabilities = frozenset({Capability.FIDELITY})
 
     def __init__(self, ctx: Context) -> None:
         st = parse(AutoSettings, ctx.settings, passthrough=sampler_options(

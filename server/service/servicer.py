@@ -228,7 +228,7 @@ class HpodServicer(pb_grpc.HpodServicer):
                       if tenancy.visible(lv.engine.config.tenant)
                       and (key is None or (int(lv.created * 1e9), sid) > key))
         studies, last = pages.fill(rows, size, lambda row: convert.study_to_pb(
-            self.m.studies[row[1]].engine, self.m.studies[row[1]].created))
+            self.m.studies[row[1]].engine, self.m.studies[row[1]].created, fidelity=False))
         resp = pb.ListStudiesResponse(studies=studies)
         if last is not None:
             resp.next_page_token = pages.token("studies", list(last))
