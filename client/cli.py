@@ -422,7 +422,8 @@ def _print_fidelity(info: Any, last: int = 10) -> None:
         return
     unit = info.spec.resource.name or "r"
     trust = "; ".join(f"{unit} {t['resource']:g} vs {t['against']:g}: rho {t['rho']:+.2f} "
-                      f"({t['pairs']} pairs)" for t in doc["trust"]) or "no level paired yet"
+                      f"({t['pairs']} pairs), with R {t['agreement']:+.2f}"
+                      for t in doc["trust"]) or "no level paired yet"
     print(f"fidelity trust: {trust}")
     print("bracket weights now: " + ", ".join(
         f"start {s:g}: {w:.2f}" for s, w in zip(doc["bracket_start"], doc["bracket_weights"],

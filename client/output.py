@@ -88,7 +88,7 @@ def fidelity_json(info: pb.Study) -> dict[str, Any] | None:
     f = info.fidelity
     return {
         "trust": [{"resource": t.resource, "rho": t.rho, "against": t.against,
-                   "pairs": t.pairs} for t in f.trust],
+                   "pairs": t.pairs, "agreement": t.agreement} for t in f.trust],
         "bracket_start": list(f.bracket_start), "bracket_weights": list(f.bracket_weights),
         "decisions": [{"trial": d.trial_id, "bracket": d.bracket,
                        "start_resource": d.start_resource, "why": d.why}

@@ -117,6 +117,41 @@ def test_the_rule_on_given_correlations() -> None:
     assert unknown[0] > unknown[1] > unknown[2] > 0.0  # the prior: half trust everywhere
 
 
+def test_a_bracket_is_only_as_trusted_as_every_rung_it_passes() -> None:
+    alg = build("auto", Context(SPACE, Resource(81, 1, 3), 0, {"explore": 0.0}, 100))
+    # Level 1 ranks as R does, level 3 backwards: bracket 0 promotes from level 3 too, so it
+    # gets nothing; bracket 2 (levels 9 and 27, both trusted) takes the budget.
+    w = alg.weights([1.0, -0.8, 0.9, 1.0, 1.0])
+    assert w[0] == 0.0 and w[1] == 0.0 and w[2] == max(w)
+    # An unknown level above the start does not discount it: only evidence does.
+    assert alg.bracket_trust([1.0, None, None, None, None]) == [1.0, 0.5, 0.5, 0.5, 1.0]
+    plain = build("auto", Context(SPACE, Resource(81, 1, 3), 0, {"explore": 0.0,
+                                                                  "chain": False}, 100))
+    assert plain.weights([1.0, -0.8, 0.9, 1.0, 1.0])[0] > 0.9  # the start level alone
+
+
+@dataclass
+class MidMisleads(Ranked):
+    """Level 1 ranks as R does; levels 3 and 9 rank backwards."""
+
+    def evaluate(self, config: dict[str, Any], resource: float) -> float:
+        f = (config["x"] - 0.3) ** 2 + (config["y"] - 0.6) ** 2
+        if resource >= self.max_resource or resource < 3:
+            return f + (0.0 if resource >= self.max_resource else 1.0)
+        return 2.0 - f
+
+
+def test_a_misleading_middle_rung_moves_trials_past_it_in_the_simulator() -> None:
+    _, alg = run(MidMisleads(1.0), seed=0)
+    trust = {t["resource"]: t["rho"] for t in alg.fidelity_report()["trust"]}
+    agree = {t["resource"]: t["agreement"] for t in alg.fidelity_report()["trust"]}
+    # Level 1 ranks backwards against level 3, which ranks backwards against R: it agrees.
+    assert trust[1.0] == pytest.approx(-1.0) and agree[1.0] == pytest.approx(1.0)
+    assert agree[3.0] == pytest.approx(-1.0) and agree[9.0] == pytest.approx(-1.0)
+    late = [d["bracket"] for d in alg.decision_log()[-20:]]
+    assert late.count(alg.n_brackets - 1) >= 15, late
+
+
 def test_plan_says_what_it_will_do() -> None:
     alg = build("auto", Context(SPACE, Resource(81, 1, 3), 0, {}, 100))
     plan = alg.plan()

@@ -182,7 +182,8 @@ def fidelity_to_pb(report: dict[str, Any], decisions: list[dict[str, Any]]
     """auto's ``fidelity_report()`` and ``decision_log()`` on the wire."""
     return pb.FidelityPolicy(
         trust=[pb.LevelTrust(resource=t["resource"], rho=t["rho"], against=t["against"],
-                             pairs=t["pairs"]) for t in report["trust"]],
+                             pairs=t["pairs"], agreement=t["agreement"])
+               for t in report["trust"]],
         bracket_start=report["bracket_start"], bracket_weights=report["bracket_weights"],
         decisions=[pb.FidelityDecision(trial_id=d["trial"], bracket=d["bracket"],
                                        start_resource=d["start_resource"], why=d["why"])

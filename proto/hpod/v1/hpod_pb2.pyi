@@ -207,16 +207,18 @@ class FidelityPolicy(_message.Message):
     def __init__(self, trust: _Optional[_Iterable[_Union[LevelTrust, _Mapping]]] = ..., bracket_start: _Optional[_Iterable[float]] = ..., bracket_weights: _Optional[_Iterable[float]] = ..., decisions: _Optional[_Iterable[_Union[FidelityDecision, _Mapping]]] = ...) -> None: ...
 
 class LevelTrust(_message.Message):
-    __slots__ = ("resource", "rho", "against", "pairs")
+    __slots__ = ("resource", "rho", "against", "pairs", "agreement")
     RESOURCE_FIELD_NUMBER: _ClassVar[int]
     RHO_FIELD_NUMBER: _ClassVar[int]
     AGAINST_FIELD_NUMBER: _ClassVar[int]
     PAIRS_FIELD_NUMBER: _ClassVar[int]
+    AGREEMENT_FIELD_NUMBER: _ClassVar[int]
     resource: float
     rho: float
     against: float
     pairs: int
-    def __init__(self, resource: _Optional[float] = ..., rho: _Optional[float] = ..., against: _Optional[float] = ..., pairs: _Optional[int] = ...) -> None: ...
+    agreement: float
+    def __init__(self, resource: _Optional[float] = ..., rho: _Optional[float] = ..., against: _Optional[float] = ..., pairs: _Optional[int] = ..., agreement: _Optional[float] = ...) -> None: ...
 
 class FidelityDecision(_message.Message):
     __slots__ = ("trial_id", "bracket", "start_resource", "why")
