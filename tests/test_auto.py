@@ -156,7 +156,7 @@ def test_plan_says_what_it_will_do() -> None:
     alg = build("auto", Context(SPACE, Resource(81, 1, 3), 0, {}, 100))
     plan = alg.plan()
     text = " ".join(plan.notes)
-    assert "rank correlation" in text and "current bracket weights" in text
+    assert "rank agreement with R" in text and "current bracket weights" in text
     assert len(plan.brackets) == 5
 
 
