@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import pytest
 from hpod.server.algorithms import Context, Resource, SearchSpace, SettingsError, build
-from hpod.server.algorithms.mfkde import level_trust, spearman
+from hpod.server.algorithms.mfkde import agreement_with_top, level_trust, spearman
 from hpod.server.algorithms.space import Categorical, Float
 from hpod.server.simulator import Simulator, study_config
 from test_persist import apply, drive
@@ -83,6 +83,21 @@ def test_snapshot_plus_replay_gives_the_live_answers() -> None:
     assert restored.decision_log() == live.decision_log()
 
 
+def test_trust_reads_whole_curves_and_an_older_snapshot_restores() -> None:
+    _, alg = run(Ranked(-1.0), seed=2)
+    rungs = alg._rung_values()
+    for level, curve in zip(alg.levels, alg.curves, strict=True):
+        assert rungs[level].items() <= curve.items()  # the rungs' values, and more
+    # Trials that started above level 1 reported there on the way: more pairs than rungs give.
+    assert len(alg.curves[0]) > len(rungs[1.0])
+    old = json.loads(json.dumps(alg.state()))
+    old["version"] = 1
+    del old["curves"]
+    again = build("auto", Context(SPACE, Resource(27, 1, 3), 2, {}, 2000))
+    again.restore(old)
+    assert [dict(c) for c in again.curves] == [rungs[lv] for lv in alg.levels]
+
+
 def test_correlated_low_levels_send_trials_to_the_cheapest_bracket() -> None:
     _, alg = run(Ranked(1.0), seed=0)
     report = alg.fidelity_report()
@@ -145,11 +160,19 @@ def test_a_misleading_middle_rung_moves_trials_past_it_in_the_simulator() -> Non
     _, alg = run(MidMisleads(1.0), seed=0)
     trust = {t["resource"]: t["rho"] for t in alg.fidelity_report()["trust"]}
     agree = {t["resource"]: t["agreement"] for t in alg.fidelity_report()["trust"]}
-    # Level 1 ranks backwards against level 3, which ranks backwards against R: it agrees.
-    assert trust[1.0] == pytest.approx(-1.0) and agree[1.0] == pytest.approx(1.0)
+    assert trust[1.0] == pytest.approx(1.0) and agree[1.0] == pytest.approx(1.0)
     assert agree[3.0] == pytest.approx(-1.0) and agree[9.0] == pytest.approx(-1.0)
     late = [d["bracket"] for d in alg.decision_log()[-20:]]
     assert late.count(alg.n_brackets - 1) >= 15, late
+
+
+def test_agreement_with_the_top_multiplies_along_the_chain() -> None:
+    # (rho, partner, pairs) per level; R = 27.
+    trust = {1.0: (-1.0, 3.0, 6), 3.0: (-0.5, 9.0, 6), 9.0: (0.8, 27.0, 9)}
+    agree = agreement_with_top(trust, 27.0)
+    assert agree[9.0] == 0.8 and agree[3.0] == pytest.approx(-0.4)
+    assert agree[1.0] == pytest.approx(0.4)  # backwards against a level that is backwards
+    assert agreement_with_top({1.0: (0.7, 3.0, 5)}, 27.0) == {1.0: 0.7}  # partner unknown
 
 
 def test_plan_says_what_it_will_do() -> None:

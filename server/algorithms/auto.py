@@ -33,6 +33,7 @@ and bracket weights. Settings: ``budget`` (resource units; or the study's ``max_
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -41,6 +42,7 @@ import numpy as np
 from .asha import AsyncHyperband
 from .base import Capability, Context, Plan, SettingsError, register_algorithm
 from .mfkde import MIN_PAIRS, agreement_with_top, level_trust, trust_weight
+from .persist import encode
 from .samplers import sampler_options
 from .settings import parse
 
@@ -59,8 +61,8 @@ class AutoSettings:
 class Auto(AsyncHyperband):
     """Asynchronous Hyperband with trust-weighted brackets; see the module docstring."""
 
-    saved = (*AsyncHyperband.saved, "decisions")
-    state_version = 1
+    saved = (*AsyncHyperband.saved, "decisions", "curves")
+    state_version = 2
     name = "auto"
     capabilities = frozenset({Capability.FIDELITY})
 
@@ -77,12 +79,31 @@ class Auto(AsyncHyperband):
         inner.update(mode="promotion", brackets="all", sampler=st.sampler)
         super().__init__(replace(ctx, settings=inner))
         self.base = np.asarray(self.probabilities, dtype=float)
-        # [trial, bracket, [rho or None per bracket start level]] per new trial.
+        # [trial, bracket, [agreement or None per bracket start level]] per new trial.
         self.decisions: list[list[Any]] = []
+        # Per level index: trial -> its first reported value at or past that level, from the
+        # whole learning curve (not only the rungs of its bracket).
+        self.curves: list[dict[int, float]] = [{} for _ in self.levels]
+
+    def restore(self, state: Mapping[str, Any]) -> None:
+        if state.get("version") == 1:  # saved before curves were kept: start from the rungs
+            super().restore({**state, "version": 2, "curves": encode(self.curves)})
+            for i, values in enumerate(self._rung_values().values()):
+                self.curves[i].update(values)
+            return
+        super().restore(state)
+
+    def _observe(self, tid: int, trial: Any, resource: float, value: float) -> None:
+        if resource > trial.seen:
+            for i, level in enumerate(self.levels):
+                if level > resource:
+                    break
+                self.curves[i].setdefault(tid, value)
+        super()._observe(tid, trial, resource, value)
 
     # --- the fidelity policy ----------------------------------------------------------------
 
-    def _by_level(self) -> dict[float, dict[int, float]]:
+    def _rung_values(self) -> dict[float, dict[int, float]]:
         out: dict[float, dict[int, float]] = {lv: {} for lv in self.levels}
         for rungs in self.rungs:
             for rung in rungs:
@@ -90,8 +111,11 @@ class Auto(AsyncHyperband):
         return out
 
     def trust(self) -> dict[float, tuple[float, float, int]]:
-        """Per rung level: (rank correlation, level it was compared with, pairs)."""
-        return level_trust(self._by_level(), MIN_PAIRS)
+        """Per rung level: (rank correlation, level it was compared with, pairs), from every
+        trial's learning curve: a trial that started at R reported at the lower levels on the
+        way, and those pairs were not selected by the lower levels' ranking (the trials that
+        reached R through promotions were)."""
+        return level_trust(dict(zip(self.levels, self.curves, strict=True)), MIN_PAIRS)
 
     def _rhos(self) -> list[float | None]:
         """Each bracket's start level's rank agreement with R (None: unknown)."""
