@@ -106,7 +106,9 @@ def test_correlated_low_levels_send_trials_to_the_cheapest_bracket() -> None:
     assert weights[0] > 0.9  # aggressive early stopping
     late = [d["bracket"] for d in alg.decision_log()[-20:]]
     assert late.count(0) >= 15
-    assert "rho=+1.00" in alg.decision_log()[-1]["why"]
+    last = alg.decision_log()[-1]
+    assert "rho=+1.00" in last["why"]
+    assert f"probability {alg.weights(alg.decisions[-1][2])[last['bracket']]:.2f}" in last["why"]
 
 
 def test_anti_correlated_low_levels_send_trials_to_the_top_bracket() -> None:

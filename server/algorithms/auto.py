@@ -170,12 +170,14 @@ class Auto(AsyncHyperband):
 
     def _why(self, b: int, rhos: list[float | None]) -> str:
         known = [(self.levels[i], r) for i, r in enumerate(rhos) if r is not None]
+        # The weights follow from the recorded agreements and the settings: recomputed here.
+        drew = (f"drew bracket {b} (starts at r={self.levels[b]:g}, probability "
+                f"{float(self.weights(rhos)[b]):.2f})")
         if not known:
             return ("no level has enough paired results yet: Hyperband's bracket shares, "
-                    "tilted to the cheapest start by the prior trust")
+                    f"tilted to the cheapest start by the prior trust; {drew}")
         seen = ", ".join(f"r={lv:g}: rho={r:+.2f}" for lv, r in known)
-        return f"rank agreement with R {seen}; drew bracket {b} (starts at " \
-               f"r={self.levels[b]:g})"
+        return f"rank agreement with R {seen}; {drew}"
 
     def fidelity_report(self) -> dict[str, Any]:
         """The current trust per level and the bracket weights it gives."""
