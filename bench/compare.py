@@ -158,8 +158,9 @@ OPTUNA = {f"optuna-{p}-{s}": (p, s) for p in ("hyperband", "sha") for s in ("ran
 # its default methods; any of its methods can be named (e.g. syne-asha-cqr). CQR is not in the
 # defaults: like hpod's CQR sampler it costs minutes per run at these budgets.
 PEER_METHODS = {"syne-tune": (["asha", "hyperband"], ["asha", "hyperband", "asha-cqr", "cqr"]),
-                "ray-tune": (["asha", "hyperband"], ["asha", "hyperband"])}
-PEER_PREFIX = {"syne-tune": "syne", "ray-tune": "ray"}
+                "ray-tune": (["asha", "hyperband"], ["asha", "hyperband"]),
+                "dehb": (["dehb"], ["dehb"])}
+PEER_PREFIX = {"syne-tune": "syne", "ray-tune": "ray", "dehb": "dehb"}
 
 
 def _driver() -> Any:

@@ -2,14 +2,14 @@
 from ranking configurations perfectly to ranking them backwards.
 
     python bench/mf_suite.py [--seeds 10] [--budget 30] [--jobs 2] [--problems a,b,...]
-        [--methods auto,asha,...] [--peers optuna,syne-tune,ray-tune] [--out bench/results]
+        [--methods auto,asha,...] [--peers optuna,syne-tune,ray-tune,dehb] [--out bench/results]
     python bench/mf_suite.py --quick          # a smoke test in seconds
     python bench/mf_suite.py --cost auto,asha@cqr   # CPU per suggestion up to 500 trials
 
 Every method runs on the same simulated loop, problems and seeds as ``bench/compare.py`` (hpod's
-algorithms through the real engine in :mod:`hpod.server.simulator`; Optuna in process; Syne Tune
-and Ray Tune in interpreters of their own through ``bench/peers/driver.py``), with one worker and
-a budget of ``--budget`` full trainings (resource units, each reported point counts).
+algorithms through the real engine in :mod:`hpod.server.simulator`; Optuna in process; Syne Tune,
+Ray Tune and DEHB in interpreters of their own through ``bench/peers/driver.py``), with one
+worker and a budget of ``--budget`` full trainings (resource units, each reported point counts).
 
 Scoring is that of a user who keeps the model trained to the end: the *incumbent at full
 fidelity*, the best value reported at R so far (a low-fidelity value is never an answer).
@@ -66,7 +66,7 @@ HERE = Path(__file__).resolve().parent
 FRACTIONS = (0.25, 0.5, 1.0)
 BRANIN_MIN = 0.397887357729738
 DEFAULT_METHODS = ("auto", "asha", "async-hyperband", "asha@tpe", "hyperband@tpe")
-DEFAULT_PEERS = ("optuna", "syne-tune", "ray-tune")
+DEFAULT_PEERS = ("optuna", "syne-tune", "ray-tune", "dehb")
 ANALYTIC = ("ranks-well", "branin-mf", "hartmann6-mf", "noisy-low", "crossing", "misleading")
 
 
@@ -343,7 +343,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--methods", default=",".join(DEFAULT_METHODS),
                     help="hpod algorithms, algorithm@sampler allowed")
     ap.add_argument("--peers", default=",".join(DEFAULT_PEERS),
-                    help="optuna, syne-tune, ray-tune or single peer methods; 'none' for none")
+                    help="optuna, syne-tune, ray-tune, dehb or single peer methods; 'none' for "
+                    "none")
     ap.add_argument("--seeds", type=int, default=10)
     ap.add_argument("--budget", type=float, default=30.0, help="in full trainings (R)")
     ap.add_argument("--jobs", type=int, default=2)

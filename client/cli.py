@@ -355,7 +355,8 @@ def _show_doc(study: Any, trials: list[Any]) -> dict[str, Any]:
             "first_trial_error": None if first is None else {
                 "trial": first.id, "error": output.headline(first.error)},
             "trials": [output.trial_json(t) for t in
-                       output.sort_trials(trials, _maximize(study.info))]}
+                       output.sort_trials(trials, _maximize(study.info))],
+            "fidelity": output.fidelity_json(study.info)}
 
 
 def _print_header(study: Any, trials: list[Any]) -> None:
@@ -409,8 +410,31 @@ def _report(study: Any, as_json: bool, top: int | None = None) -> int:
     else:
         _print_header(study, trials)
         _print_trials(study, trials, top)
+        _print_fidelity(study.info)
     bad = (output.study_state(study.info) in output.ENDED_BADLY or output.all_failed(trials))
     return output.EXIT_BAD_OUTCOME if bad else output.EXIT_OK
+
+
+def _print_fidelity(info: Any, last: int = 10) -> None:
+    """auto's trust per level, bracket weights and its latest bracket decisions."""
+    doc = output.fidelity_json(info)
+    if doc is None:
+        return
+    unit = info.spec.resource.name or "r"
+    trust = "; ".join(f"{unit} {t['resource']:g} vs {t['against']:g}: rho {t['rho']:+.2f} "
+                      f"({t['pairs']} pairs), with R {t['agreement']:+.2f}"
+                      for t in doc["trust"]) or "no level paired yet"
+    print(f"fidelity trust: {trust}")
+    print("bracket weights now: " + ", ".join(
+        f"start {s:g}: {w:.2f}" for s, w in zip(doc["bracket_start"], doc["bracket_weights"],
+                                                strict=True)))
+    decisions = doc["decisions"][-last:]
+    if decisions:
+        output.table(["trial", "bracket", f"start {unit}", "why"],
+                     [[d["trial"], d["bracket"], f"{d['start_resource']:g}", d["why"]]
+                      for d in decisions],
+                     title=f"bracket decisions (latest {len(decisions)} of "
+                           f"{len(doc['decisions'])}; `--json` has all)")
 
 
 def _watch(study: Any, args: argparse.Namespace) -> int:

@@ -81,6 +81,21 @@ def study_json(info: pb.Study, best: Trial | None = None) -> dict[str, Any]:
     }
 
 
+def fidelity_json(info: pb.Study) -> dict[str, Any] | None:
+    """auto's fidelity policy and decisions (null for algorithms that keep none)."""
+    if not info.HasField("fidelity"):
+        return None
+    f = info.fidelity
+    return {
+        "trust": [{"resource": t.resource, "rho": t.rho, "against": t.against,
+                   "pairs": t.pairs, "agreement": t.agreement} for t in f.trust],
+        "bracket_start": list(f.bracket_start), "bracket_weights": list(f.bracket_weights),
+        "decisions": [{"trial": d.trial_id, "bracket": d.bracket,
+                       "start_resource": d.start_resource, "why": d.why}
+                      for d in f.decisions],
+    }
+
+
 def dump(obj: Any) -> None:
     print(json.dumps(obj), flush=True)
 

@@ -1006,8 +1006,8 @@ class StudyManager:
                 if not (self._owns(sid, live) and restable(live)):
                     continue
                 eng = live.engine
-                rest = Resting(live.created, eng.config.tenant,
-                               convert.study_to_pb(eng, live.created).SerializeToString(),
+                listing = convert.study_to_pb(eng, live.created, fidelity=False)
+                rest = Resting(live.created, eng.config.tenant, listing.SerializeToString(),
                                eng.inputs)
                 try:
                     await self.store.execute(sid, [listing_command(sid, rest)], live.fence, 0)

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import pytest
 from hpod.server.algorithms import Context, Resource, SearchSpace, SettingsError, build
-from hpod.server.algorithms.mfkde import level_trust, spearman
+from hpod.server.algorithms.mfkde import agreement_with_top, level_trust, spearman
 from hpod.server.algorithms.space import Categorical, Float
 from hpod.server.simulator import Simulator, study_config
 from test_persist import apply, drive
@@ -83,6 +83,21 @@ def test_snapshot_plus_replay_gives_the_live_answers() -> None:
     assert restored.decision_log() == live.decision_log()
 
 
+def test_trust_reads_whole_curves_and_an_older_snapshot_restores() -> None:
+    _, alg = run(Ranked(-1.0), seed=2)
+    rungs = alg._rung_values()
+    for level, curve in zip(alg.levels, alg.curves, strict=True):
+        assert rungs[level].items() <= curve.items()  # the rungs' values, and more
+    # Trials that started above level 1 reported there on the way: more pairs than rungs give.
+    assert len(alg.curves[0]) > len(rungs[1.0])
+    old = json.loads(json.dumps(alg.state()))
+    old["version"] = 1
+    del old["curves"]
+    again = build("auto", Context(SPACE, Resource(27, 1, 3), 2, {}, 2000))
+    again.restore(old)
+    assert [dict(c) for c in again.curves] == [rungs[lv] for lv in alg.levels]
+
+
 def test_correlated_low_levels_send_trials_to_the_cheapest_bracket() -> None:
     _, alg = run(Ranked(1.0), seed=0)
     report = alg.fidelity_report()
@@ -91,7 +106,9 @@ def test_correlated_low_levels_send_trials_to_the_cheapest_bracket() -> None:
     assert weights[0] > 0.9  # aggressive early stopping
     late = [d["bracket"] for d in alg.decision_log()[-20:]]
     assert late.count(0) >= 15
-    assert "rho=+1.00" in alg.decision_log()[-1]["why"]
+    last = alg.decision_log()[-1]
+    assert "rho=+1.00" in last["why"]
+    assert f"probability {alg.weights(alg.decisions[-1][2])[last['bracket']]:.2f}" in last["why"]
 
 
 def test_anti_correlated_low_levels_send_trials_to_the_top_bracket() -> None:
@@ -117,11 +134,54 @@ def test_the_rule_on_given_correlations() -> None:
     assert unknown[0] > unknown[1] > unknown[2] > 0.0  # the prior: half trust everywhere
 
 
+def test_a_bracket_is_only_as_trusted_as_every_rung_it_passes() -> None:
+    alg = build("auto", Context(SPACE, Resource(81, 1, 3), 0, {"explore": 0.0}, 100))
+    # Level 1 ranks as R does, level 3 backwards: bracket 0 promotes from level 3 too, so it
+    # gets nothing; bracket 2 (levels 9 and 27, both trusted) takes the budget.
+    w = alg.weights([1.0, -0.8, 0.9, 1.0, 1.0])
+    assert w[0] == 0.0 and w[1] == 0.0 and w[2] == max(w)
+    # An unknown level above the start does not discount it: only evidence does.
+    assert alg.bracket_trust([1.0, None, None, None, None]) == [1.0, 0.5, 0.5, 0.5, 1.0]
+    plain = build("auto", Context(SPACE, Resource(81, 1, 3), 0, {"explore": 0.0,
+                                                                  "chain": False}, 100))
+    assert plain.weights([1.0, -0.8, 0.9, 1.0, 1.0])[0] > 0.9  # the start level alone
+
+
+@dataclass
+class MidMisleads(Ranked):
+    """Level 1 ranks as R does; levels 3 and 9 rank backwards."""
+
+    def evaluate(self, config: dict[str, Any], resource: float) -> float:
+        f = (config["x"] - 0.3) ** 2 + (config["y"] - 0.6) ** 2
+        if resource >= self.max_resource or resource < 3:
+            return f + (0.0 if resource >= self.max_resource else 1.0)
+        return 2.0 - f
+
+
+def test_a_misleading_middle_rung_moves_trials_past_it_in_the_simulator() -> None:
+    _, alg = run(MidMisleads(1.0), seed=0)
+    trust = {t["resource"]: t["rho"] for t in alg.fidelity_report()["trust"]}
+    agree = {t["resource"]: t["agreement"] for t in alg.fidelity_report()["trust"]}
+    assert trust[1.0] == pytest.approx(1.0) and agree[1.0] == pytest.approx(1.0)
+    assert agree[3.0] == pytest.approx(-1.0) and agree[9.0] == pytest.approx(-1.0)
+    late = [d["bracket"] for d in alg.decision_log()[-20:]]
+    assert late.count(alg.n_brackets - 1) >= 15, late
+
+
+def test_agreement_with_the_top_multiplies_along_the_chain() -> None:
+    # (rho, partner, pairs) per level; R = 27.
+    trust = {1.0: (-1.0, 3.0, 6), 3.0: (-0.5, 9.0, 6), 9.0: (0.8, 27.0, 9)}
+    agree = agreement_with_top(trust, 27.0)
+    assert agree[9.0] == 0.8 and agree[3.0] == pytest.approx(-0.4)
+    assert agree[1.0] == pytest.approx(0.4)  # backwards against a level that is backwards
+    assert agreement_with_top({1.0: (0.7, 3.0, 5)}, 27.0) == {1.0: 0.7}  # partner unknown
+
+
 def test_plan_says_what_it_will_do() -> None:
     alg = build("auto", Context(SPACE, Resource(81, 1, 3), 0, {}, 100))
     plan = alg.plan()
     text = " ".join(plan.notes)
-    assert "rank correlation" in text and "current bracket weights" in text
+    assert "rank agreement with R" in text and "current bracket weights" in text
     assert len(plan.brackets) == 5
 
 
@@ -264,3 +324,41 @@ def test_same_proposals_across_a_server_restart(tmp_path: Path, monkeypatch: Any
         with c.client() as client:
             first = svc.drive(c, client, "auto")
     assert restarted == first
+
+
+def test_study_show_gives_the_decisions_through_a_real_server(tmp_path: Path,
+                                                               monkeypatch: Any) -> None:
+    import test_cqr_service as svc
+    from hpod.client.local import LocalCluster
+
+    def spec(algorithm: str, seed: int = 5) -> dict[str, Any]:
+        return {"name": "show-auto", "resource": {"name": "epoch", "max_resource": 9,
+                                                   "min_resource": 1, "eta": 3},
+                "seed": seed, "max_trials": 20, "search_space": svc.SPACE}  # no algorithm
+
+    monkeypatch.setattr(svc, "ask_tell_spec", spec)
+    cli = [sys.executable, "-m", "hpod.client.cli"]
+    with LocalCluster(workers=0, trainers=("analytic",), workdir=str(tmp_path),
+                      lease_seconds=30.0) as c:
+        with c.client() as client:
+            svc.drive(c, client, "auto")
+            (study,) = [s for s in client.list_studies() if s.spec.name == "show-auto"]
+            assert not study.HasField("fidelity")  # a listing leaves the log out
+            sid = study.id
+        shown = subprocess.run([*cli, "study", "show", sid, "--json", "--address", c.address],
+                               capture_output=True, text=True, timeout=120, check=True)
+        human = subprocess.run([*cli, "study", "show", sid, "--address", c.address],
+                               capture_output=True, text=True, timeout=120, check=True).stdout
+    doc = json.loads(shown.stdout)
+    fid, trials = doc["fidelity"], {t["id"]: t for t in doc["trials"]}
+    assert doc["study"]["algorithm"] == "auto" and len(trials) == 20
+    assert [d["trial"] for d in fid["decisions"]] == sorted(trials)
+    for d in fid["decisions"]:  # each trial ran in the bracket the log says, from its start
+        assert trials[d["trial"]]["bracket"] == d["bracket"]
+        assert d["start_resource"] == fid["bracket_start"][d["bracket"]] and d["why"]
+    assert fid["bracket_start"] == [1.0, 3.0, 9.0]
+    assert math.isclose(sum(fid["bracket_weights"]), 1.0, abs_tol=1e-3)
+    for t in fid["trust"]:
+        assert -1.0 <= t["rho"] <= 1.0 and t["against"] > t["resource"] and t["pairs"] >= 5
+    assert "fidelity trust: " in human and "bracket weights now: start 1: " in human
+    assert "bracket decisions (latest 10 of 20" in human

@@ -147,6 +147,20 @@ def test_missing_peers_are_skipped_with_the_reason(monkeypatch: pytest.MonkeyPat
 PEER_METHODS = [("syne-tune", "HPOD_SYNE_PYTHON", m) for m in ("asha", "hyperband", "asha-cqr",
                                                                "cqr")]
 PEER_METHODS += [("ray-tune", "HPOD_RAY_PYTHON", m) for m in ("asha", "hyperband")]
+PEER_METHODS += [("dehb", "HPOD_DEHB_PYTHON", "dehb")]
+
+
+def test_dehb_unit_cube_maps_onto_hpods_space() -> None:
+    runner = _load("bench_dehb_runner", BENCH / "peers" / "dehb_runner.py")
+    space = [{"name": "lr", "type": "float", "low": 1e-4, "high": 1e-1, "log": True},
+             {"name": "width", "type": "int", "low": 8, "high": 64},
+             {"name": "act", "type": "categorical", "choices": ["relu", "tanh", "gelu"]}]
+    low = runner.decode(space, [0.0, 0.0, 0.0])
+    high = runner.decode(space, [1.0, 1.0, 1.0])
+    assert low == {"lr": pytest.approx(1e-4), "width": 8, "act": "relu"}
+    assert high == {"lr": pytest.approx(1e-1), "width": 64, "act": "gelu"}
+    assert runner.decode(space, [0.5, 0.5, 0.5]) == {"lr": pytest.approx(10 ** -2.5),
+                                                     "width": 36, "act": "tanh"}
 
 
 @pytest.mark.parametrize(("peer", "var", "method"), PEER_METHODS)

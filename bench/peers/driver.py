@@ -9,12 +9,13 @@ trainers alike) at every resource unit, and asks the scheduler, local (Optuna) o
 start and whether each trial goes on. Every peer therefore sees the same problems, seeds, number
 of workers, budget and clock as hpod's simulator.
 
-Interpreters: ``--syne-python`` / ``--ray-python`` on the command line, else the environment
-variables ``HPOD_SYNE_PYTHON`` / ``HPOD_RAY_PYTHON``, else this interpreter if it can import the
-peer. Setting one up (``bench/README.md``)::
+Interpreters: ``--syne-python`` / ``--ray-python`` on ``bench/compare.py``'s command line, else
+the environment variables ``HPOD_SYNE_PYTHON`` / ``HPOD_RAY_PYTHON`` / ``HPOD_DEHB_PYTHON``,
+else this interpreter if it can import the peer. Setting one up (``bench/README.md``)::
 
     python -m venv /tmp/peers/syne && /tmp/peers/syne/bin/pip install 'syne-tune==0.16.0'
     python -m venv /tmp/peers/ray && /tmp/peers/ray/bin/pip install 'ray[tune]==2.60.0'
+    python -m venv /tmp/peers/dehb && /tmp/peers/dehb/bin/pip install 'dehb==0.1.2'
 """
 
 from __future__ import annotations
@@ -52,6 +53,8 @@ PEERS = {
                           "HPOD_SYNE_PYTHON", "--syne-python", "'syne-tune>=0.14.2'"),
     "ray-tune": PeerSpec("ray-tune", "ray", "ray", "ray_tune_runner.py", "HPOD_RAY_PYTHON",
                          "--ray-python", "'ray[tune]'"),
+    "dehb": PeerSpec("dehb", "dehb", "dehb", "dehb_runner.py", "HPOD_DEHB_PYTHON",
+                     "--dehb-python", "'dehb==0.1.2' (it pins numpy < 2)"),
 }
 
 

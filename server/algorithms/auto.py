@@ -9,12 +9,15 @@ and MFES-HB (Li et al., AAAI 2021) measure instead how well each low level ranks
 against a higher one and weight brackets and surrogates by it. ``auto`` does the same:
 
 * **trust of a level**: Spearman's rank correlation ρ of the values recorded at that rung level
-  with those of the highest level that shares at least 5 trials with it (``level_trust``), and
-  ``q = max(ρ, 0)²``; unknown (too few pairs) counts as ``prior_trust`` (0.5);
-* **bracket rule**: bracket b starts its trials at level b. Its weight is
-  proportional to ``p_b · q_b · Π_{b' < b} (1 − q_b')``, with ``p_b`` Hyperband's own bracket
-  sizes (``sync_proportional``), mixed with a uniform ``explore`` share (0.05) over brackets.
-  A trusted low level takes the budget from every bracket above it
+  with those of the highest level that shares at least 5 trials with it (``level_trust``), its
+  agreement with R (ρ times the partner's own agreement when the partner is below R,
+  ``agreement_with_top``), and ``q = max(agreement, 0)²``; unknown (too few pairs) counts as
+  ``prior_trust`` (0.5);
+* **bracket rule**: bracket b starts its trials at level b and is judged at every rung from b
+  up, so its trust is ``Q_b = q_b · Π_{l > b, known} q_l`` (``chain``; off: ``Q_b = q_b``).
+  Its weight is proportional to ``p_b · Q_b · Π_{b' < b} (1 − Q_b')``, with ``p_b``
+  Hyperband's own bracket sizes (``sync_proportional``), mixed with a uniform ``explore``
+  share (0.05) over brackets. A trusted low level takes the budget from every bracket above it
   (aggressive early stopping); a misleading one hands it to the brackets that start higher. The
   last bracket (the one that starts closest to R) has q = 1: it is the fallback when nothing
   below can be trusted. The uniform share keeps every level receiving results, so a trust
@@ -25,19 +28,21 @@ against a higher one and weight brackets and surrogates by it. ``auto`` does the
 Every bracket draw is recorded (trial, bracket, the trust it saw): :meth:`Auto.decision_log`
 reads them back with the reason in words; :meth:`Auto.fidelity_report` gives the current trust
 and bracket weights. Settings: ``budget`` (resource units; or the study's ``max_trials``),
-``sampler`` (default ``mfkde``), ``explore``, ``prior_trust``.
+``sampler`` (default ``mfkde``), ``explore``, ``prior_trust``, ``chain``.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
 
 from .asha import AsyncHyperband
-from .base import Context, Plan, SettingsError, register_algorithm
-from .mfkde import MIN_PAIRS, level_trust, trust_weight
+from .base import Capability, Context, Plan, SettingsError, register_algorithm
+from .mfkde import MIN_PAIRS, agreement_with_top, level_trust, trust_weight
+from .persist import encode
 from .samplers import sampler_options
 from .settings import parse
 
@@ -50,14 +55,16 @@ class AutoSettings:
     sampler: str = "mfkde"
     explore: float = 0.05
     prior_trust: float = 0.5
+    chain: bool = True
 
 
 class Auto(AsyncHyperband):
     """Asynchronous Hyperband with trust-weighted brackets; see the module docstring."""
 
-    saved = (*AsyncHyperband.saved, "decisions")
-    state_version = 1
+    saved = (*AsyncHyperband.saved, "decisions", "curves")
+    state_version = 2
     name = "auto"
+    capabilities = frozenset({Capability.FIDELITY})
 
     def __init__(self, ctx: Context) -> None:
         st = parse(AutoSettings, ctx.settings, passthrough=sampler_options(
@@ -66,17 +73,37 @@ class Auto(AsyncHyperband):
             if not 0.0 <= getattr(st, key) <= 1.0:
                 raise SettingsError(f"algorithm.settings.{key}",
                                     f"must be between 0 and 1 (got {getattr(st, key)})")
-        self.explore, self.prior_trust = st.explore, st.prior_trust
-        inner = {k: v for k, v in ctx.settings.items() if k not in ("explore", "prior_trust")}
+        self.explore, self.prior_trust, self.chain = st.explore, st.prior_trust, st.chain
+        inner = {k: v for k, v in ctx.settings.items()
+                 if k not in ("explore", "prior_trust", "chain")}
         inner.update(mode="promotion", brackets="all", sampler=st.sampler)
         super().__init__(replace(ctx, settings=inner))
         self.base = np.asarray(self.probabilities, dtype=float)
-        # [trial, bracket, [rho or None per bracket start level]] per new trial.
+        # [trial, bracket, [agreement or None per bracket start level]] per new trial.
         self.decisions: list[list[Any]] = []
+        # Per level index: trial -> its first reported value at or past that level, from the
+        # whole learning curve (not only the rungs of its bracket).
+        self.curves: list[dict[int, float]] = [{} for _ in self.levels]
+
+    def restore(self, state: Mapping[str, Any]) -> None:
+        if state.get("version") == 1:  # saved before curves were kept: start from the rungs
+            super().restore({**state, "version": 2, "curves": encode(self.curves)})
+            for i, values in enumerate(self._rung_values().values()):
+                self.curves[i].update(values)
+            return
+        super().restore(state)
+
+    def _observe(self, tid: int, trial: Any, resource: float, value: float) -> None:
+        if resource > trial.seen:
+            for i, level in enumerate(self.levels):
+                if level > resource:
+                    break
+                self.curves[i].setdefault(tid, value)
+        super()._observe(tid, trial, resource, value)
 
     # --- the fidelity policy ----------------------------------------------------------------
 
-    def _by_level(self) -> dict[float, dict[int, float]]:
+    def _rung_values(self) -> dict[float, dict[int, float]]:
         out: dict[float, dict[int, float]] = {lv: {} for lv in self.levels}
         for rungs in self.rungs:
             for rung in rungs:
@@ -84,21 +111,40 @@ class Auto(AsyncHyperband):
         return out
 
     def trust(self) -> dict[float, tuple[float, float, int]]:
-        """Per rung level: (rank correlation, level it was compared with, pairs)."""
-        return level_trust(self._by_level(), MIN_PAIRS)
+        """Per rung level: (rank correlation, level it was compared with, pairs), from every
+        trial's learning curve: a trial that started at R reported at the lower levels on the
+        way, and those pairs were not selected by the lower levels' ranking (the trials that
+        reached R through promotions were)."""
+        return level_trust(dict(zip(self.levels, self.curves, strict=True)), MIN_PAIRS)
 
     def _rhos(self) -> list[float | None]:
-        """The rank correlation of each bracket's start level (None: unknown)."""
-        trust = self.trust()
-        return [round(trust[self.levels[b]][0], 4) if self.levels[b] in trust else None
+        """Each bracket's start level's rank agreement with R (None: unknown)."""
+        agree = agreement_with_top(self.trust(), self.levels[-1])
+        return [round(agree[self.levels[b]], 4) if self.levels[b] in agree else None
                 for b in range(self.n_brackets)]
+
+    def bracket_trust(self, rhos: list[float | None]) -> list[float]:
+        """How far each bracket's successive halving can be trusted: a bracket that starts at
+        level b is judged at every rung from b up to R, so its trust is the product of those
+        levels' q (a misleading level 3 spoils bracket 0 even when level 1 ranks well)."""
+        own = [self.prior_trust if r is None else trust_weight(r) for r in rhos]
+        own[-1] = 1.0  # the bracket that starts at R judges nothing early: the fallback
+        if not self.chain:
+            return own
+        # Above the start level only evidence counts: an unknown level does not discount.
+        known = [1.0 if r is None else trust_weight(r) for r in rhos]
+        known[-1] = 1.0
+        out, above = list(own), 1.0
+        for b in range(self.n_brackets - 1, -1, -1):
+            out[b] = own[b] * above
+            above *= known[b]
+        return out
 
     def weights(self, rhos: list[float | None] | None = None) -> np.ndarray:
         """The bracket probabilities the rule gives for these correlations (the current ones
         by default)."""
         rhos = self._rhos() if rhos is None else rhos
-        q = [self.prior_trust if r is None else trust_weight(r) for r in rhos]
-        q[-1] = 1.0  # the bracket closest to R is the fallback
+        q = self.bracket_trust(rhos)
         w = np.empty(self.n_brackets)
         distrust_below = 1.0
         for b in range(self.n_brackets):
@@ -124,18 +170,22 @@ class Auto(AsyncHyperband):
 
     def _why(self, b: int, rhos: list[float | None]) -> str:
         known = [(self.levels[i], r) for i, r in enumerate(rhos) if r is not None]
+        # The weights follow from the recorded agreements and the settings: recomputed here.
+        drew = (f"drew bracket {b} (starts at r={self.levels[b]:g}, probability "
+                f"{float(self.weights(rhos)[b]):.2f})")
         if not known:
             return ("no level has enough paired results yet: Hyperband's bracket shares, "
-                    "tilted to the cheapest start by the prior trust")
+                    f"tilted to the cheapest start by the prior trust; {drew}")
         seen = ", ".join(f"r={lv:g}: rho={r:+.2f}" for lv, r in known)
-        return f"rank agreement with higher levels {seen}; drew bracket {b} (starts at " \
-               f"r={self.levels[b]:g})"
+        return f"rank agreement with R {seen}; {drew}"
 
     def fidelity_report(self) -> dict[str, Any]:
         """The current trust per level and the bracket weights it gives."""
         trust = self.trust()
+        agree = agreement_with_top(trust, self.levels[-1])
         return {
-            "trust": [{"resource": lv, "rho": round(r, 4), "against": h, "pairs": n}
+            "trust": [{"resource": lv, "rho": round(r, 4), "against": h, "pairs": n,
+                       "agreement": round(agree[lv], 4)}
                       for lv, (r, h, n) in sorted(trust.items())],
             "bracket_weights": [round(float(w), 4) for w in self.weights()],
             "bracket_start": [self.levels[b] for b in range(self.n_brackets)],
@@ -152,9 +202,11 @@ class Auto(AsyncHyperband):
         notes = (
             "auto: asynchronous Hyperband (promotion from checkpoints) with "
             f"{self.sampler.name} proposals fitted on every resource level",
-            "bracket b is drawn with weight p_b * q_b * prod_{b'<b}(1 - q_b') (p: Hyperband's "
-            f"bracket sizes), mixed with {self.explore:g} uniform; q = max(rho, 0)^2, rho = "
-            "rank correlation of the bracket's start level with a higher level (unknown: "
+            "bracket b is drawn with weight p_b * Q_b * prod_{b'<b}(1 - Q_b') (p: Hyperband's "
+            f"bracket sizes), mixed with {self.explore:g} uniform; Q_b = q of its start level"
+            + (" times q of every known level above it" if self.chain else "")
+            + "; q = max(a, 0)^2, a = the level's rank agreement with R (Spearman's rho with "
+            "a higher level, times that level's own agreement; unknown: "
             f"{self.prior_trust:g})",
             "trusted low levels -> cheap early stopping; misleading ones -> brackets that "
             "start near the maximum resource",

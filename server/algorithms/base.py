@@ -249,6 +249,7 @@ class Capability(str, enum.Enum):
 
     DEEPENING = "deepening"  # the maximum resource can be raised (ID-HB)
     PARETO = "pareto"  # keeps a cost/value Pareto front and scaling fits (CARBS)
+    FIDELITY = "fidelity"  # learns how far low resources can be trusted, logs its decisions
 
 
 class Deepening(Protocol):
@@ -274,9 +275,20 @@ class ParetoSource(Protocol):
         """Per parameter: how its best value scales with cost."""
 
 
+class FidelitySource(Protocol):
+    def decision_log(self) -> list[dict[str, Any]]:
+        """Each new trial's bracket and why: ``trial``, ``bracket``, ``start_resource``,
+        ``why``, oldest first."""
+
+    def fidelity_report(self) -> dict[str, Any]:
+        """``trust`` (per level: ``resource``, ``rho``, ``against``, ``pairs``),
+        ``bracket_start`` and ``bracket_weights``."""
+
+
 CAPABILITY_MEMBERS: dict[Capability, tuple[str, ...]] = {
     Capability.DEEPENING: ("max_resource", "raise_max_resource"),
     Capability.PARETO: ("pareto_front", "pareto_groups", "pareto_configs", "scaling_fit"),
+    Capability.FIDELITY: ("decision_log", "fidelity_report"),
 }
 
 
@@ -380,6 +392,12 @@ def deepening(alg: Algorithm) -> Deepening | None:
 
 def can_deepen(alg: Algorithm) -> bool:
     return Capability.DEEPENING in alg.capabilities
+
+
+def fidelity_source(alg: Algorithm) -> FidelitySource | None:
+    """The algorithm if it declared :attr:`Capability.FIDELITY` (``decision_log()``,
+    ``fidelity_report()``: auto), else None."""
+    return alg if Capability.FIDELITY in alg.capabilities else None  # type: ignore[return-value]
 
 
 def pareto_source(alg: Algorithm) -> ParetoSource | None:

@@ -95,6 +95,20 @@ def level_trust(by_level: Mapping[float, Mapping[int, float]],
     return out
 
 
+def agreement_with_top(trust: Mapping[float, tuple[float, float, int]], top: float
+                       ) -> dict[float, float]:
+    """Each level's rank agreement with the top level ``top``, from :func:`level_trust`'s
+    pairwise correlations: a level compared with a lower partner ``h`` agrees with the top as
+    much as ``rho(level, h) * agreement(h)`` (correlations multiply along a chain, and a level
+    that ranks backwards against a backwards partner agrees with the top). A partner whose own
+    agreement is unknown passes the pairwise rho on unchanged."""
+    out: dict[float, float] = {}
+    for level in sorted(trust, reverse=True):
+        rho, against, _ = trust[level]
+        out[level] = rho if against >= top or against not in out else rho * out[against]
+    return out
+
+
 def trust_weight(rho: float) -> float:
     """How much a level's ranking counts, from its rank correlation: rho² above 0, else 0."""
     return max(rho, 0.0) ** 2
@@ -160,12 +174,13 @@ class MultiFidelityKDE(Sampler):
             return {}
         trust = level_trust(self.values)
         top = fitted[-1]
+        agree = agreement_with_top(trust, self.levels[-1])
         weights = {}
         for lv in fitted:
             if lv == top:
                 weights[lv] = 1.0
-            elif lv in trust:
-                weights[lv] = trust_weight(trust[lv][0])
+            elif lv in agree:
+                weights[lv] = trust_weight(agree[lv])
             else:
                 weights[lv] = 0.5  # unknown: half a say until a higher level can judge it
         return {lv: w for lv, w in weights.items() if w > 0}

@@ -10,7 +10,7 @@ from google.protobuf import json_format, struct_pb2, timestamp_pb2
 from hpod.v1 import hpod_pb2 as pb
 
 from ..algorithms import Plan, Resource, SearchSpace, SettingsError
-from ..algorithms.base import pareto_source
+from ..algorithms.base import fidelity_source, pareto_source
 from ..algorithms.space import Categorical, Float, Int, Param, SpaceError
 from ..engine import EngineError, StudyEngine, TrialRec
 from ..study import StudyConfig
@@ -155,7 +155,9 @@ def spec_to_pb(config: StudyConfig) -> pb.StudySpec:
     )
 
 
-def study_to_pb(eng: StudyEngine, created: float) -> pb.Study:
+def study_to_pb(eng: StudyEngine, created: float, fidelity: bool = True) -> pb.Study:
+    """The study as the wire shows it; ``fidelity=False`` leaves out auto's decision log (one
+    entry per trial), as a listing of many studies should."""
     counts = eng.counts()
     ts = timestamp_pb2.Timestamp()
     ts.FromNanoseconds(int(created * 1e9))
@@ -170,7 +172,23 @@ def study_to_pb(eng: StudyEngine, created: float) -> pb.Study:
     best = eng.best_trial()
     if best is not None:
         msg.best_trial.CopyFrom(trial_to_pb(eng.study_id, best, curve=False))
+    source = fidelity_source(eng.algorithm)
+    if fidelity and source is not None:
+        msg.fidelity.CopyFrom(fidelity_to_pb(source.fidelity_report(), source.decision_log()))
     return msg
+
+
+def fidelity_to_pb(report: dict[str, Any], decisions: list[dict[str, Any]]
+                   ) -> pb.FidelityPolicy:
+    """auto's ``fidelity_report()`` and ``decision_log()`` on the wire."""
+    return pb.FidelityPolicy(
+        trust=[pb.LevelTrust(resource=t["resource"], rho=t["rho"], against=t["against"],
+                             pairs=t["pairs"], agreement=t["agreement"])
+               for t in report["trust"]],
+        bracket_start=report["bracket_start"], bracket_weights=report["bracket_weights"],
+        decisions=[pb.FidelityDecision(trial_id=d["trial"], bracket=d["bracket"],
+                                       start_resource=d["start_resource"], why=d["why"])
+                   for d in decisions])
 
 
 def pareto_to_pb(eng: StudyEngine) -> pb.ParetoFront:

@@ -269,7 +269,7 @@ class HpodServicer(pb_grpc.HpodServicer):
                 live = await self.m.read(sid)
             except EngineError:
                 return None
-        live.listed = convert.study_to_pb(live.engine, live.created)
+        live.listed = convert.study_to_pb(live.engine, live.created, fidelity=False)
         return live.listed
 
     @rpc

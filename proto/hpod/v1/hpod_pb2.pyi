@@ -163,7 +163,7 @@ class StudySpec(_message.Message):
     def __init__(self, name: _Optional[str] = ..., search_space: _Optional[_Iterable[_Union[Parameter, _Mapping]]] = ..., objective: _Optional[_Union[Objective, _Mapping]] = ..., resource: _Optional[_Union[ResourceSpec, _Mapping]] = ..., algorithm: _Optional[_Union[AlgorithmSpec, _Mapping]] = ..., seed: _Optional[int] = ..., max_trials: _Optional[int] = ..., trainer: _Optional[str] = ..., trainer_settings: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., max_retries: _Optional[int] = ...) -> None: ...
 
 class Study(_message.Message):
-    __slots__ = ("id", "spec", "state", "create_time", "trials_total", "trials_running", "trials_finished", "resource_used", "cost_used", "best_trial", "plan", "error", "checkpoint_bytes")
+    __slots__ = ("id", "spec", "state", "create_time", "trials_total", "trials_running", "trials_finished", "resource_used", "cost_used", "best_trial", "plan", "error", "checkpoint_bytes", "fidelity")
     ID_FIELD_NUMBER: _ClassVar[int]
     SPEC_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
@@ -177,6 +177,7 @@ class Study(_message.Message):
     PLAN_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
     CHECKPOINT_BYTES_FIELD_NUMBER: _ClassVar[int]
+    FIDELITY_FIELD_NUMBER: _ClassVar[int]
     id: str
     spec: StudySpec
     state: StudyState
@@ -190,7 +191,46 @@ class Study(_message.Message):
     plan: Plan
     error: str
     checkpoint_bytes: int
-    def __init__(self, id: _Optional[str] = ..., spec: _Optional[_Union[StudySpec, _Mapping]] = ..., state: _Optional[_Union[StudyState, str]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., trials_total: _Optional[int] = ..., trials_running: _Optional[int] = ..., trials_finished: _Optional[int] = ..., resource_used: _Optional[float] = ..., cost_used: _Optional[float] = ..., best_trial: _Optional[_Union[Trial, _Mapping]] = ..., plan: _Optional[_Union[Plan, _Mapping]] = ..., error: _Optional[str] = ..., checkpoint_bytes: _Optional[int] = ...) -> None: ...
+    fidelity: FidelityPolicy
+    def __init__(self, id: _Optional[str] = ..., spec: _Optional[_Union[StudySpec, _Mapping]] = ..., state: _Optional[_Union[StudyState, str]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., trials_total: _Optional[int] = ..., trials_running: _Optional[int] = ..., trials_finished: _Optional[int] = ..., resource_used: _Optional[float] = ..., cost_used: _Optional[float] = ..., best_trial: _Optional[_Union[Trial, _Mapping]] = ..., plan: _Optional[_Union[Plan, _Mapping]] = ..., error: _Optional[str] = ..., checkpoint_bytes: _Optional[int] = ..., fidelity: _Optional[_Union[FidelityPolicy, _Mapping]] = ...) -> None: ...
+
+class FidelityPolicy(_message.Message):
+    __slots__ = ("trust", "bracket_start", "bracket_weights", "decisions")
+    TRUST_FIELD_NUMBER: _ClassVar[int]
+    BRACKET_START_FIELD_NUMBER: _ClassVar[int]
+    BRACKET_WEIGHTS_FIELD_NUMBER: _ClassVar[int]
+    DECISIONS_FIELD_NUMBER: _ClassVar[int]
+    trust: _containers.RepeatedCompositeFieldContainer[LevelTrust]
+    bracket_start: _containers.RepeatedScalarFieldContainer[float]
+    bracket_weights: _containers.RepeatedScalarFieldContainer[float]
+    decisions: _containers.RepeatedCompositeFieldContainer[FidelityDecision]
+    def __init__(self, trust: _Optional[_Iterable[_Union[LevelTrust, _Mapping]]] = ..., bracket_start: _Optional[_Iterable[float]] = ..., bracket_weights: _Optional[_Iterable[float]] = ..., decisions: _Optional[_Iterable[_Union[FidelityDecision, _Mapping]]] = ...) -> None: ...
+
+class LevelTrust(_message.Message):
+    __slots__ = ("resource", "rho", "against", "pairs", "agreement")
+    RESOURCE_FIELD_NUMBER: _ClassVar[int]
+    RHO_FIELD_NUMBER: _ClassVar[int]
+    AGAINST_FIELD_NUMBER: _ClassVar[int]
+    PAIRS_FIELD_NUMBER: _ClassVar[int]
+    AGREEMENT_FIELD_NUMBER: _ClassVar[int]
+    resource: float
+    rho: float
+    against: float
+    pairs: int
+    agreement: float
+    def __init__(self, resource: _Optional[float] = ..., rho: _Optional[float] = ..., against: _Optional[float] = ..., pairs: _Optional[int] = ..., agreement: _Optional[float] = ...) -> None: ...
+
+class FidelityDecision(_message.Message):
+    __slots__ = ("trial_id", "bracket", "start_resource", "why")
+    TRIAL_ID_FIELD_NUMBER: _ClassVar[int]
+    BRACKET_FIELD_NUMBER: _ClassVar[int]
+    START_RESOURCE_FIELD_NUMBER: _ClassVar[int]
+    WHY_FIELD_NUMBER: _ClassVar[int]
+    trial_id: int
+    bracket: int
+    start_resource: float
+    why: str
+    def __init__(self, trial_id: _Optional[int] = ..., bracket: _Optional[int] = ..., start_resource: _Optional[float] = ..., why: _Optional[str] = ...) -> None: ...
 
 class Rung(_message.Message):
     __slots__ = ("n", "r")
