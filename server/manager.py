@@ -271,6 +271,11 @@ class StudyManager:
 
     async def _loop(self, step: Any, pause: float | None = None) -> None:
         while True:
+            if not self.ownership.fresh():
+                # Woken from a pause past its leases (or Redis away): nothing of any study is
+                # read or written until the next renewal says which studies are still ours.
+                await asyncio.sleep(0.05)
+                continue
             try:
                 await step()
             except asyncio.CancelledError:

@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import time
 from collections.abc import Awaitable, Callable
 
 from redis.exceptions import RedisError
@@ -52,16 +53,26 @@ class Ownership:
         self.live_replicas = 1
         self.draining = False
         self._seen_free: set[str] = set()
+        self._renewed_at = -math.inf  # time.monotonic() of the last renewal of every lease
+
+    def fresh(self) -> bool:
+        """Whether this replica renewed its leases less than half a lease ago. A replica that
+        was paused (SIGSTOP, a long GC, a frozen VM) past its leases is not fresh when it
+        wakes (the monotonic clock ran on): until its next renewal tells it which studies it
+        lost, it must not read their events, or another owner would see them out of order."""
+        return time.monotonic() - self._renewed_at < self.lease_s / 2
 
     # ---------------------------------------------------------------- one pass
 
     async def step(self) -> None:
         await self.leases.heartbeat(self.replica, self.address)
+        started = time.monotonic()
         for sid in await self.leases.renew(dict(self.held), self.lease_s):
             log.warning("study %s: lease lost (another replica owns it now)", sid,
                         extra={"study_id": sid})
             self.held.pop(sid, None)
             self._lost(sid)
+        self._renewed_at = started
         if self.draining:
             return
         replicas = await self.leases.live_replicas(self.lease_s)

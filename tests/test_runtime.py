@@ -151,8 +151,11 @@ def test_an_ended_study_keeps_only_its_best_trials_checkpoints_and_reports_its_d
         folder = cluster.workdir / "checkpoints" / study.id
 
         def on_disk() -> dict[int, int]:
-            return {int(p.name): sum(f.stat().st_size for f in p.iterdir())
-                    for p in folder.iterdir() if p.is_dir() and any(p.iterdir())}
+            try:
+                return {int(p.name): sum(f.stat().st_size for f in p.iterdir())
+                        for p in folder.iterdir() if p.is_dir() and any(p.iterdir())}
+            except FileNotFoundError:  # pruned while counted: count again
+                return on_disk()
 
         wait_for(lambda: len(on_disk()) <= 3, timeout=60, what="checkpoints pruned")
         best = sorted((t.value, t.id) for t in study.trials() if t.value is not None)[:3]
