@@ -21,6 +21,7 @@ from hpod.client.local import LocalCluster
 from hpod.server.store import keys
 from hpod.server.store.embedded import EmbeddedRedis
 from hpod.v1 import hpod_pb2 as pb
+from test_faults import assert_nothing_lost_or_doubled
 
 pytestmark = pytest.mark.slow
 
@@ -52,16 +53,6 @@ def all_events_applied(r: redis.Redis, sid: str) -> None:
     assert r.xlen(keys.events(sid)) == 0
 
 
-def nothing_lost_or_doubled(study, info) -> None:
-    trials = study.trials()
-    assert len(trials) == info.plan.max_trials
-    assert {t.state for t in trials} == {"completed"}
-    for t in trials:
-        assert [r for r, _ in t.curve] == list(range(1, int(t.resource) + 1))
-    # Each segment counted once: a lost job's partial work is not added to the total.
-    assert info.resource_used == pytest.approx(info.plan.incremental_resource)
-
-
 def restart_comes_up_clean(cluster: LocalCluster, client, study) -> pb.Study:
     assert cluster.server.poll() is None, "the server exited on its own"
     before = study.refresh()
@@ -80,7 +71,7 @@ def completes_whole_and_restarts_clean(cluster: LocalCluster, client, study,
     alive, and a restart afterwards comes up clean."""
     info = study.wait(timeout=240)
     assert info.state == pb.STUDY_STATE_COMPLETED
-    nothing_lost_or_doubled(study, info)
+    assert_nothing_lost_or_doubled(study, info)
     all_events_applied(r, study.id)
     assert all(w.poll() is None for w in cluster.workers), "a worker died"
     restart_comes_up_clean(cluster, client, study)
@@ -161,6 +152,6 @@ def test_a_worker_paused_past_its_lease(store, tmp_path) -> None:
         assert info.state == pb.STUDY_STATE_COMPLETED
         trials = study.trials()
         assert sum(t.lost_jobs for t in trials) >= 1  # the paused worker's job was handed on
-        nothing_lost_or_doubled(study, info)
+        assert_nothing_lost_or_doubled(study, info)
         all_events_applied(r, study.id)
         restart_comes_up_clean(cluster, client, study)

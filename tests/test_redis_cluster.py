@@ -6,7 +6,6 @@ accepted result is lost, no segment is counted twice."""
 from __future__ import annotations
 
 import asyncio
-import multiprocessing
 import os
 import re
 import signal
@@ -27,7 +26,14 @@ from hpod.server.store.worker_queue import WorkerQueue
 from hpod.v1 import hpod_pb2 as pb
 from redis.cluster import RedisCluster
 from test_faults import assert_nothing_lost_or_doubled, slow_spec
-from test_replicas import AppliedBy, all_addresses, owners, probe, spread, wait_all
+from test_replicas import (
+    AppliedBy,
+    all_addresses,
+    owners,
+    restart_each_replica_during_a_study,
+    spread,
+    wait_all,
+)
 
 TRAINER = "analytic"
 ACCEPTED = re.compile(r"job (\S+): complete accepted \(trial (\d+), resource ([\d.e+-]+), "
@@ -255,31 +261,4 @@ def test_rolling_restart_of_every_replica_on_a_cluster(redis_cluster, tmp_path) 
                       server_args=("--study-lease-seconds", str(lease))) as hp:
         for _ in range(2):
             hp.add_replica(free_port())
-        with Client(all_addresses(hp), timeout=60) as client:
-            spec = {**slow_spec(seed=51), "trainer_settings": {"step_seconds": 0.8}}
-            study = client.create_study(spec)
-            ctx = multiprocessing.get_context("spawn")
-            halt, out = ctx.Event(), ctx.Queue()
-            prober = ctx.Process(target=probe, args=(all_addresses(hp), study.id, halt, out))
-            prober.start()
-            wait_for(lambda: study.refresh().trials_finished >= 1, timeout=120,
-                     what="a finished trial")
-            for port in [hp.port, *hp.replicas]:
-                proc = hp.server if port == hp.port else hp.replicas[port]
-                proc.send_signal(signal.SIGTERM)
-                assert proc.wait(30) == 0
-                fresh = hp.launch_server(port, f"server-{port}-again")
-                if port == hp.port:
-                    hp.server = fresh
-                else:
-                    hp.replicas[port] = fresh
-                time.sleep(2 * lease)  # the restarted replica takes its share back
-            info = wait_all(client, [study.id], timeout=300)[study.id]
-            halt.set()
-            calls, codes = out.get(timeout=60)
-            prober.join(30)
-            assert info.state == pb.STUDY_STATE_COMPLETED, info.error
-            assert set(codes) <= {"UNAVAILABLE"}, codes
-            assert_nothing_lost_or_doubled(study, study.refresh())
-            print(f"\nrolling restart on the cluster: {calls} calls, "
-                  f"{codes.get('UNAVAILABLE', 0)} UNAVAILABLE (retried)")
+        restart_each_replica_during_a_study(hp, 51, lease, "rolling restart on the cluster")

@@ -279,39 +279,46 @@ def probe(address: str, sid: str, halt: Any, out: Any) -> None:
     out.put((n, dict(codes)))
 
 
+def restart_each_replica_during_a_study(cluster: LocalCluster, seed: int, lease: float,
+                                        label: str) -> None:
+    """The server replicas restarted one by one (SIGTERM, then started again) during a
+    study: reads through all of them never fail with anything but UNAVAILABLE (retried), and
+    the study completes with nothing lost or doubled."""
+    with Client(all_addresses(cluster), timeout=60) as client:
+        spec = {**slow_spec(seed=seed), "trainer_settings": {"step_seconds": 0.8}}
+        study = client.create_study(spec)
+        ctx = multiprocessing.get_context("spawn")
+        halt, out = ctx.Event(), ctx.Queue()
+        prober = ctx.Process(target=probe, args=(all_addresses(cluster), study.id, halt, out))
+        prober.start()
+        wait_for(lambda: study.refresh().trials_finished >= 1, timeout=120,
+                 what="a finished trial")
+        for port in [cluster.port, *cluster.replicas]:
+            proc = cluster.server if port == cluster.port else cluster.replicas[port]
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(30) == 0
+            fresh = cluster.launch_server(port, f"server-{port}-again")
+            if port == cluster.port:
+                cluster.server = fresh
+            else:
+                cluster.replicas[port] = fresh
+            time.sleep(2 * lease)  # the restarted replica takes its share back
+        info = wait_all(client, [study.id], timeout=300)[study.id]
+        halt.set()
+        calls, codes = out.get(timeout=60)
+        prober.join(30)
+        assert info.state == pb.STUDY_STATE_COMPLETED, info.error
+        assert set(codes) <= {"UNAVAILABLE"}, codes
+        assert_nothing_lost_or_doubled(study, study.refresh())
+        print(f"\n{label}: {calls} calls, {codes.get('UNAVAILABLE', 0)} UNAVAILABLE (retried)")
+
+
 @pytest.mark.slow
 def test_rolling_restart_of_every_replica_during_a_study(tmp_path) -> None:
     with replica_cluster(tmp_path, workers=2) as cluster:
         for _ in range(2):
             cluster.add_replica(free_port())
-        with Client(all_addresses(cluster), timeout=60) as client:
-            spec = {**slow_spec(seed=21), "trainer_settings": {"step_seconds": 0.8}}
-            study = client.create_study(spec)
-            ctx = multiprocessing.get_context("spawn")
-            halt, out = ctx.Event(), ctx.Queue()
-            prober = ctx.Process(target=probe, args=(all_addresses(cluster), study.id, halt, out))
-            prober.start()
-            wait_for(lambda: study.refresh().trials_finished >= 1, timeout=120,
-                     what="a finished trial")
-            for port in [cluster.port, *cluster.replicas]:
-                proc = cluster.server if port == cluster.port else cluster.replicas[port]
-                proc.send_signal(signal.SIGTERM)
-                assert proc.wait(30) == 0
-                fresh = cluster.launch_server(port, f"server-{port}-again")
-                if port == cluster.port:
-                    cluster.server = fresh
-                else:
-                    cluster.replicas[port] = fresh
-                time.sleep(2 * LEASE)  # the restarted replica takes its share back
-            info = wait_all(client, [study.id], timeout=300)[study.id]
-            halt.set()
-            calls, codes = out.get(timeout=60)
-            prober.join(30)
-            assert info.state == pb.STUDY_STATE_COMPLETED, info.error
-            assert set(codes) <= {"UNAVAILABLE"}, codes
-            assert_nothing_lost_or_doubled(study, study.refresh())
-            print(f"\nrolling restart: {calls} calls, {codes.get('UNAVAILABLE', 0)} "
-                  "UNAVAILABLE (retried)")
+        restart_each_replica_during_a_study(cluster, 21, LEASE, "rolling restart")
 
 
 def external_spec(seed: int) -> dict:

@@ -565,15 +565,20 @@ class RedisStore:
 
     # ---------------------------------------------------------------- workers and leases
 
-    async def idle_workers(self, lease_s: float) -> dict[str, list[str]]:
-        """Ids of the live idle workers, per trainer name."""
+    async def _live_workers(self, lease_s: float, *fields: str
+                            ) -> tuple[list[str], list[list[str | None]]]:
+        """Ids of the workers that heartbeated within ``lease_s``, and those fields of each."""
         ids = await self.r.zrangebyscore(keys.workers(), time.time() - lease_s, "+inf")
         if not ids:
-            return {}
+            return [], []
         async with self.r.pipeline(transaction=False) as p:
             for wid in ids:
-                p.hmget(keys.worker(wid), "trainers", "status")
-            rows = await p.execute()
+                p.hmget(keys.worker(wid), *fields)
+            return ids, await p.execute()
+
+    async def idle_workers(self, lease_s: float) -> dict[str, list[str]]:
+        """Ids of the live idle workers, per trainer name."""
+        ids, rows = await self._live_workers(lease_s, "trainers", "status")
         idle: dict[str, list[str]] = {}
         for wid, (trainers, status) in zip(ids, rows, strict=True):
             if status == "idle" and trainers:
@@ -583,15 +588,9 @@ class RedisStore:
 
     async def worker_status(self, lease_s: float) -> dict[str, int]:
         """Live workers by status (``idle`` | ``busy``), for the metrics."""
-        ids = await self.r.zrangebyscore(keys.workers(), time.time() - lease_s, "+inf")
-        if not ids:
-            return {}
-        async with self.r.pipeline(transaction=False) as p:
-            for wid in ids:
-                p.hget(keys.worker(wid), "status")
-            rows = await p.execute()
+        _, rows = await self._live_workers(lease_s, "status")
         out: dict[str, int] = {}
-        for status in rows:
+        for (status,) in rows:
             if status:
                 out[status] = out.get(status, 0) + 1
         return out
@@ -670,13 +669,7 @@ class RedisStore:
         """Trainers the live workers have: name -> the settings they declared in their
         ``trainer_specs`` field (JSON ``{name: {"settings": [...]}}``), or None when none of
         its workers published any."""
-        ids = await self.r.zrangebyscore(keys.workers(), time.time() - lease_s, "+inf")
-        if not ids:
-            return {}
-        async with self.r.pipeline(transaction=False) as p:
-            for wid in ids:
-                p.hmget(keys.worker(wid), "trainers", "trainer_specs")
-            rows = await p.execute()
+        _, rows = await self._live_workers(lease_s, "trainers", "trainer_specs")
         out: dict[str, list[str] | None] = {}
         for trainers, specs in rows:
             for t in (trainers or "").split(","):
