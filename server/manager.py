@@ -104,9 +104,9 @@ class Settings:
     # or `hpod local`): a study's checkpoints are pruned when it ends, keeping the best trials'.
     checkpoint_dir: str = ""
     keep_checkpoints: int = 3  # trials whose checkpoints survive the end of their study
-    # Suggestions a model-based study keeps ready beyond what is asked of it (asked in the
-    # background: an ask/tell client or an idle worker then never waits on a model fit). The
-    # price: a ready suggestion may not have seen the last result. 0: suggest on demand.
+    # Jobs a model-based ask/tell study keeps ready beyond what is asked of it (asked in the
+    # background: a client's ask then never waits on a model fit). The price: a ready
+    # suggestion may not have seen the last result. 0: suggest on demand.
     suggestion_buffer: int = 1
     # Ended studies leave memory after this long unused, or beyond this many (server/residency.py)
     rest_after_seconds: float = 60.0
@@ -869,22 +869,23 @@ class StudyManager:
             # The idle workers are shared by every replica, each asking its own studies: each
             # asks for its share, rounded up (a few jobs queued in excess only wait).
             free = math.ceil(len(idle.get(trainer, ())) / self.ownership.live_replicas) - queued
+            if free <= 0:
+                continue
             order = sids[self._rr % len(sids):] + sids[:self._rr % len(sids)]
             for sid in order:
+                if free <= 0:
+                    break
                 live = self.studies.get(sid)
                 if live is None or live.lock.locked():
                     continue  # busy (e.g. a model fit off the loop): asked again next pass
                 if live.offloaded:
-                    # Never wait on a fit here: the study is asked in the background, for its
-                    # share and for the jobs it keeps queued ahead, so a worker that frees up
-                    # finds its next suggestion made; the other studies are served meanwhile.
-                    want = max(free, 0) + max(0, self.settings.suggestion_buffer
-                                              - live.engine.queued_jobs())
-                    if want > 0:
-                        self._spawn(self._ask_quietly(sid, want), f"ask {sid}")
+                    # Never wait on a fit here: the study is asked in the background and the
+                    # other studies of the trainer are served meanwhile. No job is suggested
+                    # ahead for workers: a fit is short next to a training, and a suggestion
+                    # made ahead would not see the result that frees the worker.
+                    self._spawn(self._ask_quietly(sid, free), f"ask {sid}")
                     continue
-                if free > 0:
-                    free -= await self._ask_quietly(sid, free)
+                free -= await self._ask_quietly(sid, free)
 
     async def _ask_quietly(self, sid: str, free: int) -> int:
         """Ask one study for jobs; a failure of one study never stops the pass."""

@@ -81,7 +81,7 @@ class ServerOptions:
     replica_id: str = ""  # "": <hostname>:<port>, stable across restarts of one replica
     advertise_address: str = ""  # where peers forward calls; "": derived from the bind address
     study_lease_seconds: float = 10.0  # a dead replica's studies move after about this long
-    suggestion_buffer: int = 1  # jobs a model-based study suggests ahead (0: on demand)
+    suggestion_buffer: int = 1  # jobs a model-based ask/tell study suggests ahead (0: on demand)
 
     @classmethod
     def from_env(cls) -> ServerOptions:
@@ -137,9 +137,9 @@ def add_arguments(p: Any) -> None:
                    help="how long a replica that stopped renewing keeps its studies: about "
                         "the failover time after a crash")
     p.add_argument("--suggestion-buffer", type=int, default=d.suggestion_buffer,
-                   help="jobs a model-based study suggests ahead, in the background, so a "
-                        "worker or ask/tell client does not wait on a model fit (0: suggest "
-                        "on demand, each suggestion seeing every result before it)")
+                   help="jobs a model-based ask/tell study suggests ahead, in the background, "
+                        "so a client's ask does not wait on a model fit (0: suggest on demand, "
+                        "each suggestion seeing every result before it)")
 
 
 def from_arguments(a: Any) -> ServerOptions:
