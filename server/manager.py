@@ -66,7 +66,7 @@ from .study import StudyConfig
 
 # Algorithms and samplers that fit a model on every suggestion: their inputs never run on the
 # event loop. Any other study joins them once one of its inputs takes longer than SLOW_INPUT_S.
-MODEL_BASED = frozenset({"cqr", "asha-cqr", "carbs", "asha-carbs", "tpe", "auto", "mfkde"})
+MODEL_BASED = frozenset({"cqr", "asha-cqr", "carbs", "asha-carbs", "tpe", "auto", "mfkde", "mfgp"})
 SLOW_INPUT_S = 0.003
 # A snapshot is also taken once the algorithm has spent this much CPU since the last one, so
 # replaying a model-based study after a crash never refits for long.

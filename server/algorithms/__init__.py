@@ -36,6 +36,7 @@ MODULES: dict[str, str] = {
 }
 SAMPLER_MODULES: dict[str, str] = {
     "random": "samplers", "cqr": "cqr", "carbs": "carbs", "tpe": "tpe", "mfkde": "mfkde",
+    "mfgp": "mfgp",
 }
 
 

@@ -1,0 +1,387 @@
+"""A multi-fidelity Gaussian-process sampler (``mfgp``): one GP over (configuration, resource)
+fitted on every rung-level result of every trial, proposing by expected improvement at the
+maximum resource.
+
+Why one joint model rather than one model per level (BOHB, MFES-HB): the kernel's resource
+length scale *is* the answer to "how far do low resources predict R", learned from the data by
+marginal likelihood, the way FABOLAS (Klein et al., AISTATS 2017) and BOCA (Kandasamy et al.,
+ICML 2017) model the fidelity as an input. A level that ranks like R shares the configuration
+part of the function with R and sharpens the prediction at R with cheap points; a level that
+misleads drives the resource length scale down, so its points stop speaking for R and the
+prediction rests on the results at or near R.
+
+The kernel is ``s1·Matérn52_ARD(x, z) + s2·Matérn52(z)`` on unit-scaled parameters (one-hot
+categoricals) and ``z = log(r / r_min) / log(R / r_min)``: the second term absorbs the learning
+curve common to all configurations (every configuration is worse after one epoch), so that the
+first models how configurations differ. Targets are standardised.
+
+Costs, so that it can sit behind a service: the hyperparameters are fitted with BoTorch's
+``fit_gpytorch_mll`` on at most ``fit_rows`` rows, only when the data grew by ``refit_growth``
+since the last fit (a few dozen fits in a 500-trial study), and the fit runs through
+:func:`~.offload.compute` (off the server's event loop). Between fits, a suggestion conditions
+the GP on the current rows (at most ``max_rows``) with the fixed hyperparameters in numpy (one
+Cholesky factorisation) and scores ``n_candidates`` points: half uniform, half Gaussian moves
+around the configurations with the best predicted value at R, then a second, finer round of
+moves around the best scored candidates. Running trials without a result are added at R with
+their predicted mean as the value ("kriging believer"): several workers asking at once spread
+out. ``random_fraction`` of suggestions (and every one before ``n_init`` trials have a result)
+are uniform.
+
+Deterministic given the study seed and the sequence of observations: the fit's torch generator
+is seeded from the sampler's, the hyperparameters are saved, and a restore conditions on the
+same rows.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from scipy.linalg import cho_solve, cholesky, solve_triangular
+from scipy.special import ndtr
+
+from .base import Context, Sampler, SuggestContext, register_sampler
+from .hb_math import rung_levels, to_fraction
+from .offload import compute
+from .persist import decode, encode
+from .settings import parse
+from .space import Categorical, Float, Int
+
+JITTER = 1e-6
+# A categorical parameter is redrawn with this probability in a local move.
+CATEGORICAL_REDRAW = 0.2
+# Scales (unit space) of the local moves: a mix, so both a basin and its bottom are found.
+LOCAL_SCALES = (0.02, 0.06, 0.15)
+TOP_PARENTS = 5
+MAX_FIT_STEPS = 100
+# Below this many results the hyperparameters are refitted at every new one (fits are cheap
+# there, and each result moves them most).
+REFIT_ALWAYS_BELOW = 32
+
+
+@dataclass(frozen=True)
+class MFGPSettings:
+    """``algorithm.settings.mfgp``."""
+
+    n_init: int | None = None  # default: number of parameters + 2
+    n_candidates: int = 512
+    random_fraction: float = 0.05
+    max_rows: int = 300
+    fit_rows: int = 128
+    refit_growth: float = 0.25
+
+
+# --- the model --------------------------------------------------------------------------------
+
+
+def _matern52(d: np.ndarray) -> np.ndarray:
+    """Matérn-5/2 correlation of scaled distances (in place: ``d`` is consumed)."""
+    d *= math.sqrt(5.0)
+    out = np.exp(-d)
+    out *= 1.0 + d + d * d / 3.0
+    return out
+
+
+def _scaled_dist(a: np.ndarray, b: np.ndarray, ls: np.ndarray) -> np.ndarray:
+    a, b = a / ls, b / ls
+    d2 = a @ b.T
+    d2 *= -2.0
+    d2 += (a * a).sum(1)[:, None]
+    d2 += (b * b).sum(1)[None, :]
+    np.maximum(d2, 0.0, out=d2)
+    return np.sqrt(d2, out=d2)
+
+
+def kernel(a: np.ndarray, b: np.ndarray, hyper: Mapping[str, Any]) -> np.ndarray:
+    """The covariance between rows ``a`` and ``b`` (last column: the fidelity z)."""
+    ls = np.asarray(hyper["lengthscale"], dtype=float)
+    out = _matern52(_scaled_dist(a, b, ls))
+    out *= hyper["outputscale"]
+    # The curve term depends on z alone, which takes a few values (the rung levels).
+    za, ia = np.unique(a[:, -1], return_inverse=True)
+    zb, ib = np.unique(b[:, -1], return_inverse=True)
+    curve = hyper["curve_scale"] * _matern52(
+        np.abs(za[:, None] - zb[None, :]) / hyper["curve_lengthscale"])
+    out += curve[ia.reshape(-1)][:, ib.reshape(-1)]
+    return out
+
+
+def fit_hyperparameters(x: np.ndarray, y: np.ndarray, seed: int,
+                        start: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Maximum-a-posteriori hyperparameters of the kernel above for standardised ``y``
+    (BoTorch's dimension-scaled length-scale prior), starting from ``start`` (the previous
+    fit: the optimum moves little between fits, so few steps are needed). Pure: the service
+    may run it in another process."""
+    import torch
+    from botorch.exceptions.errors import ModelFittingError
+    from botorch.fit import fit_gpytorch_mll
+    from botorch.models import SingleTaskGP
+    from gpytorch.constraints import GreaterThan
+    from gpytorch.kernels import MaternKernel, ScaleKernel
+    from gpytorch.likelihoods import GaussianLikelihood
+    from gpytorch.means import ConstantMean
+    from gpytorch.mlls import ExactMarginalLogLikelihood
+    from gpytorch.priors import GammaPrior, LogNormalPrior
+
+    dims = x.shape[1]
+    joint = ScaleKernel(MaternKernel(
+        nu=2.5, ard_num_dims=dims,
+        lengthscale_prior=LogNormalPrior(math.sqrt(2) + 0.5 * math.log(dims), math.sqrt(3))))
+    curve = ScaleKernel(MaternKernel(nu=2.5, active_dims=(dims - 1,),
+                                     lengthscale_prior=LogNormalPrior(0.0, 1.0)))
+    lik = GaussianLikelihood(noise_prior=GammaPrior(1.1, 0.05),
+                             noise_constraint=GreaterThan(1e-6))
+    with warnings.catch_warnings(), torch.random.fork_rng():
+        warnings.simplefilter("ignore")
+        torch.manual_seed(seed)
+        model = SingleTaskGP(torch.as_tensor(x, dtype=torch.float64),
+                             torch.as_tensor(y, dtype=torch.float64).reshape(-1, 1),
+                             likelihood=lik, covar_module=joint + curve,
+                             mean_module=ConstantMean(), outcome_transform=None)
+        model = model.to(torch.float64)
+        # Signal first: a fit that starts noisy can stop in the all-noise optimum, where the
+        # gradient of the signal variance vanishes. Length scales start where the last fit
+        # ended (they move little between fits, so few steps are needed).
+        joint.outputscale, curve.outputscale, lik.noise = 1.0, 0.5, 1e-2
+        if start is not None:
+            joint.base_kernel.lengthscale = torch.tensor(start["lengthscale"])
+            curve.base_kernel.lengthscale = start["curve_lengthscale"]
+        try:
+            fit_gpytorch_mll(ExactMarginalLogLikelihood(model.likelihood, model),
+                             optimizer_kwargs={"options": {"maxiter": MAX_FIT_STEPS}})
+        except ModelFittingError:
+            pass  # the initial hyperparameters stand: a weaker model, never a failed study
+    with torch.no_grad():
+        return {
+            "lengthscale": joint.base_kernel.lengthscale.reshape(-1).tolist(),
+            "outputscale": float(joint.outputscale),
+            "curve_lengthscale": float(curve.base_kernel.lengthscale.reshape(-1)[0]),
+            "curve_scale": float(curve.outputscale),
+            "mean": float(model.mean_module.constant),
+            "noise": float(lik.noise.reshape(-1)[0]),
+        }
+
+
+class Posterior:
+    """The GP conditioned on rows ``x`` with targets ``y`` under fixed hyperparameters."""
+
+    def __init__(self, x: np.ndarray, y: np.ndarray, hyper: Mapping[str, Any]) -> None:
+        self.x, self.hyper = x, hyper
+        k = kernel(x, x, hyper)
+        k[np.diag_indices_from(k)] += hyper["noise"] + JITTER
+        self.chol = cholesky(k, lower=True)
+        self.alpha = cho_solve((self.chol, True), y - hyper["mean"])
+        self.prior_var = hyper["outputscale"] + hyper["curve_scale"]
+
+    def predict(self, q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Mean and standard deviation of the latent function at rows ``q``."""
+        ks = kernel(q, self.x, self.hyper)
+        mean = self.hyper["mean"] + ks @ self.alpha
+        v = solve_triangular(self.chol, ks.T, lower=True)
+        var = np.maximum(self.prior_var - (v * v).sum(0), 1e-12)
+        return mean, np.sqrt(var)
+
+
+def expected_improvement(mean: np.ndarray, sd: np.ndarray, best: float) -> np.ndarray:
+    z = (best - mean) / sd
+    return sd * (z * ndtr(z) + np.exp(-0.5 * z * z) / math.sqrt(2 * math.pi))
+
+
+# --- the sampler ----------------------------------------------------------------------------
+
+
+class MultiFidelityGP(Sampler):
+    name = "mfgp"
+
+    def __init__(self, ctx: Context, rng: np.random.Generator) -> None:
+        self.space = ctx.space
+        st = parse(MFGPSettings, ctx.settings.get("mfgp") or {}, "algorithm.settings.mfgp")
+        self.opts = st
+        self.n_init = int(st.n_init or len(self.space) + 2)
+        res = ctx.resource
+        self.levels = rung_levels(to_fraction(res.min_resource), to_fraction(res.max_resource),
+                                  int(res.eta))
+        span = math.log(self.levels[-1] / self.levels[0])
+        self.z = {lv: (math.log(lv / self.levels[0]) / span if span > 0 else 1.0)
+                  for lv in self.levels}
+        self.rng = rng
+        self.values: dict[float, dict[int, float]] = {lv: {} for lv in self.levels}
+        self.configs: dict[int, list[float]] = {}  # trial -> raw point (unit or choice index)
+        self.rows = 0  # results recorded; the refit schedule counts them
+        self.hyper: dict[str, Any] | None = None
+        self.fitted_at = 0  # rows when the hyperparameters were fitted
+        self.last_fit: dict[str, Any] = {}
+        self._cat = [isinstance(p, Categorical) for p in self.space.params]
+
+    # --- telling -------------------------------------------------------------------------
+
+    def observe(self, trial_id: int, config: Mapping[str, Any], resource: float,
+                value: float) -> None:
+        if not math.isfinite(value):
+            return
+        for level in self.levels:
+            if resource >= level and trial_id not in self.values[level]:
+                self.values[level][trial_id] = float(value)
+                self.rows += 1
+        if trial_id not in self.configs:
+            self.configs[trial_id] = self._raw(config)
+
+    def _raw(self, config: Mapping[str, Any]) -> list[float]:
+        return [float(p.index(config[p.name])) if isinstance(p, Categorical)
+                else p.to_unit(config[p.name]) for p in self.space.params]
+
+    def _decode(self, raw: np.ndarray) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for p, u in zip(self.space.params, raw, strict=True):
+            if isinstance(p, Categorical):
+                out[p.name] = p.choices[int(u)]
+            else:
+                assert isinstance(p, (Float, Int))
+                out[p.name] = p.from_unit(float(u))
+        return out
+
+    def _features(self, raw: np.ndarray) -> np.ndarray:
+        """Model inputs of raw points: unit numerics (integers snapped to the values they
+        stand for) and one-hot categoricals."""
+        parts = []
+        for j, p in enumerate(self.space.params):
+            col = raw[:, j]
+            if isinstance(p, Categorical):
+                parts.append(np.eye(len(p.choices))[col.astype(int)] / math.sqrt(2))
+            elif isinstance(p, Int):
+                parts.append(np.array([p.to_unit(p.from_unit(u)) for u in col])[:, None])
+            else:
+                parts.append(col[:, None])
+        return np.hstack(parts)
+
+    # --- asking --------------------------------------------------------------------------
+
+    def suggest(self, ctx: SuggestContext) -> dict[str, Any]:
+        u = float(self.rng.random())
+        if len(self.configs) < self.n_init or u < self.opts.random_fraction:
+            self.last_fit = {"model": False}
+            return self.space.sample(self.rng)
+        x, y, scale, trials = self._training_rows()
+        self._refit_if_due(x, y)
+        assert self.hyper is not None
+        post = Posterior(x, y, self.hyper)
+        seen = np.array([self.configs[t] for t in trials])
+        seen_mean, _ = post.predict(self._at_top(seen))
+        best = float(seen_mean.min())
+        if ctx.pending:
+            post, believed = self._believe(post, x, y, ctx.pending)
+            # What a pending trial is believed to reach counts as reached: no candidate gains
+            # from repeating it.
+            best = min(best, believed)
+        parents = seen[np.argsort(seen_mean, kind="stable")[:TOP_PARENTS]]
+        cand = np.vstack([self._uniform(self.opts.n_candidates // 2),
+                          self._moves(parents, self.opts.n_candidates // 2)])
+        score = self._score(post, cand, best)
+        finer = cand[np.argsort(-score, kind="stable")[:TOP_PARENTS]]
+        cand2 = self._moves(finer, self.opts.n_candidates // 4, scale=0.3)
+        score2 = self._score(post, cand2, best)
+        pick = cand[int(np.argmax(score))] if score.max() >= score2.max() \
+            else cand2[int(np.argmax(score2))]
+        self.last_fit = {"model": True, "rows": len(y), "scale": scale,
+                         "resource_lengthscale": self.hyper["lengthscale"][-1]}
+        return self._decode(pick)
+
+    def _score(self, post: Posterior, cand: np.ndarray, best: float) -> np.ndarray:
+        mean, sd = post.predict(self._at_top(cand))
+        ei = expected_improvement(mean, sd, best)
+        if ei.max() <= 0.0:  # far past any improvement the model believes in: optimism
+            return -(mean - 2.0 * sd)
+        return ei
+
+    def _at_top(self, raw: np.ndarray) -> np.ndarray:
+        f = self._features(raw)
+        return np.hstack([f, np.ones((len(f), 1))])
+
+    def _training_rows(self) -> tuple[np.ndarray, np.ndarray, float, list[int]]:
+        """Features (with z), standardised targets, their scale and the trials among them, for
+        at most ``max_rows`` results: every
+        result above the lowest level, then the lowest level's best and an even spread of the
+        rest (cheap results are the many and say the least about R)."""
+        rows: list[tuple[int, float, float]] = []  # (trial, z, value)
+        low = self.levels[0]
+        for lv in self.levels[1:]:
+            rows += [(t, self.z[lv], v) for t, v in sorted(self.values[lv].items())]
+        cheap = sorted(self.values[low].items(), key=lambda tv: (tv[1], tv[0]))
+        room = max(self.opts.max_rows - len(rows), self.opts.max_rows // 2)
+        if len(cheap) > room:
+            keep = cheap[: room // 2]
+            rest = cheap[room // 2:]
+            step = len(rest) / (room - len(keep))
+            keep += [rest[int(i * step)] for i in range(room - len(keep))]
+            cheap = keep
+        rows += [(t, self.z[low], v) for t, v in cheap]
+        raw = np.array([self.configs[t] for t, _, _ in rows])
+        x = np.hstack([self._features(raw), np.array([[z] for _, z, _ in rows])])
+        y = np.array([v for _, _, v in rows])
+        scale = float(y.std()) or 1.0
+        return x, (y - y.mean()) / scale, scale, sorted({t for t, _, _ in rows})
+
+    def _refit_if_due(self, x: np.ndarray, y: np.ndarray) -> None:
+        if self.hyper is not None and (
+                self.rows < self.fitted_at * (1 + self.opts.refit_growth)
+                and self.fitted_at >= REFIT_ALWAYS_BELOW or self.rows == self.fitted_at):
+            return
+        idx = np.arange(len(y))
+        if len(y) > self.opts.fit_rows:  # the highest results, then an even spread of the rest
+            order = np.argsort(-x[:, -1], kind="stable")
+            half = self.opts.fit_rows // 2
+            rest = order[half:]
+            spread = rest[np.linspace(0, len(rest) - 1, self.opts.fit_rows - half).astype(int)]
+            idx = np.sort(np.concatenate([order[:half], spread]))
+        seed = int(self.rng.integers(2**31 - 1))
+        self.hyper = compute(fit_hyperparameters, x[idx], y[idx], seed, self.hyper)
+        self.fitted_at = self.rows
+
+    def _believe(self, post: Posterior, x: np.ndarray, y: np.ndarray,
+                 pending: Sequence[Mapping[str, Any]]) -> tuple[Posterior, float]:
+        """The posterior with each pending configuration added at R at its predicted mean,
+        and the best of those means."""
+        px = self._at_top(np.array([self._raw(c) for c in pending]))
+        mean, _ = post.predict(px)
+        assert self.hyper is not None
+        return (Posterior(np.vstack([x, px]), np.concatenate([y, mean]), self.hyper),
+                float(mean.min()))
+
+    def _uniform(self, n: int) -> np.ndarray:
+        cols = [self.rng.integers(len(p.choices), size=n).astype(float)
+                if isinstance(p, Categorical) else self.rng.random(n) for p in self.space.params]
+        return np.column_stack(cols)
+
+    def _moves(self, parents: np.ndarray, n: int, scale: float = 1.0) -> np.ndarray:
+        """Gaussian moves of the numerics around random parents, at mixed scales; each
+        categorical redrawn now and then."""
+        out = parents[self.rng.integers(len(parents), size=n)].copy()
+        sd = scale * np.asarray(LOCAL_SCALES)[self.rng.integers(len(LOCAL_SCALES), size=n)]
+        for j, p in enumerate(self.space.params):
+            if isinstance(p, Categorical):
+                redraw = self.rng.random(n) < CATEGORICAL_REDRAW
+                out[redraw, j] = self.rng.integers(len(p.choices), size=int(redraw.sum()))
+            else:
+                out[:, j] = np.clip(out[:, j] + sd * self.rng.standard_normal(n), 0.0, 1.0)
+        return out
+
+    # --- state ---------------------------------------------------------------------------
+
+    def state(self) -> dict[str, Any]:
+        return {"rng": encode(self.rng), "values": encode(self.values),
+                "configs": {str(t): x for t, x in self.configs.items()},
+                "rows": self.rows, "hyper": encode(self.hyper), "fitted_at": self.fitted_at}
+
+    def restore(self, state: Mapping[str, Any]) -> None:
+        self.rng = decode(state["rng"], self.rng)
+        self.values = decode(state["values"])
+        self.configs = {int(t): list(x) for t, x in state["configs"].items()}
+        self.rows, self.fitted_at = int(state["rows"]), int(state["fitted_at"])
+        self.hyper = decode(state["hyper"])
+
+
+register_sampler("mfgp")(MultiFidelityGP)
