@@ -142,11 +142,22 @@ class EmbeddedCluster:
                         "--cluster-replicas", str(self.replicas), "--cluster-yes"],
                        check=True, capture_output=True, timeout=timeout)
         deadline = time.time() + timeout
-        while not all(self.cluster_ok(p) for p in self.ports):
+        # "ok" can come before every node knows every replica; a client that starts then
+        # (an ACL set on "all nodes", say) would miss a replica.
+        while not all(self.cluster_ok(p) and self.knows_all(p) for p in self.ports):
             if time.time() > deadline:
                 raise RuntimeError("the Redis Cluster did not reach cluster_state:ok")
             time.sleep(0.1)
         return self
+
+    def knows_all(self, port: int) -> bool:
+        """Whether node ``port`` lists every node of the cluster in its slot map."""
+        try:
+            slots = redis.Redis(port=port, socket_timeout=2).execute_command("CLUSTER SLOTS")
+        except redis.RedisError:
+            return False
+        seen = {int(node[1]) for entry in slots for node in entry[2:]}
+        return seen == set(self.ports)
 
     @staticmethod
     def cluster_ok(port: int) -> bool:
