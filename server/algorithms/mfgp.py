@@ -35,7 +35,6 @@ same rows.
 from __future__ import annotations
 
 import math
-import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -61,6 +60,9 @@ MAX_FIT_STEPS = 100
 # Below this many results the hyperparameters are refitted at every new one (fits are cheap
 # there, and each result moves them most).
 REFIT_ALWAYS_BELOW = 32
+# Rank of the learned covariance between levels (it may be negative: a level that ranks
+# backwards then still informs R, reversed).
+LEVEL_RANK = 2
 
 
 @dataclass(frozen=True)
@@ -97,73 +99,106 @@ def _scaled_dist(a: np.ndarray, b: np.ndarray, ls: np.ndarray) -> np.ndarray:
 
 
 def kernel(a: np.ndarray, b: np.ndarray, hyper: Mapping[str, Any]) -> np.ndarray:
-    """The covariance between rows ``a`` and ``b`` (last column: the fidelity z)."""
+    """The covariance between rows ``a`` and ``b`` (columns: the configuration's features,
+    then the fidelity z, then the level's index)."""
     ls = np.asarray(hyper["lengthscale"], dtype=float)
-    out = _matern52(_scaled_dist(a, b, ls))
-    out *= hyper["outputscale"]
+    out = _matern52(_scaled_dist(a[:, :-2], b[:, :-2], ls))
+    la, lb = a[:, -1].astype(int), b[:, -1].astype(int)
+    out *= np.asarray(hyper["levels"])[la][:, lb]
     # The curve term depends on z alone, which takes a few values (the rung levels).
-    za, ia = np.unique(a[:, -1], return_inverse=True)
-    zb, ib = np.unique(b[:, -1], return_inverse=True)
+    za, ia = np.unique(a[:, -2], return_inverse=True)
+    zb, ib = np.unique(b[:, -2], return_inverse=True)
     curve = hyper["curve_scale"] * _matern52(
         np.abs(za[:, None] - zb[None, :]) / hyper["curve_lengthscale"])
     out += curve[ia.reshape(-1)][:, ib.reshape(-1)]
     return out
 
 
-def fit_hyperparameters(x: np.ndarray, y: np.ndarray, seed: int,
+def fit_hyperparameters(x: np.ndarray, y: np.ndarray, n_levels: int, seed: int,
                         start: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """Maximum-a-posteriori hyperparameters of the kernel above for standardised ``y``
-    (BoTorch's dimension-scaled length-scale prior), starting from ``start`` (the previous
-    fit: the optimum moves little between fits, so few steps are needed). Pure: the service
-    may run it in another process."""
+    """Maximum-a-posteriori hyperparameters of :func:`kernel` for standardised ``y``: L-BFGS
+    on the exact log marginal likelihood (torch computes its gradient), with BoTorch's
+    dimension-scaled log-normal prior on the length scales and its Gamma(1.1, 0.05) prior on
+    the noise. Length scales start where ``start`` (the previous fit) ended. Pure, and
+    bit-for-bit repeatable (one thread, no random restarts): a restored study must refit
+    exactly what the live one did, and the service may run it in another process."""
     import torch
-    from botorch.exceptions.errors import ModelFittingError
-    from botorch.fit import fit_gpytorch_mll
-    from botorch.models import SingleTaskGP
-    from gpytorch.constraints import GreaterThan
-    from gpytorch.kernels import MaternKernel, ScaleKernel
-    from gpytorch.likelihoods import GaussianLikelihood
-    from gpytorch.means import ConstantMean
-    from gpytorch.mlls import ExactMarginalLogLikelihood
-    from gpytorch.priors import GammaPrior, LogNormalPrior
 
-    dims = x.shape[1]
-    joint = ScaleKernel(MaternKernel(
-        nu=2.5, ard_num_dims=dims,
-        lengthscale_prior=LogNormalPrior(math.sqrt(2) + 0.5 * math.log(dims), math.sqrt(3))))
-    curve = ScaleKernel(MaternKernel(nu=2.5, active_dims=(dims - 1,),
-                                     lengthscale_prior=LogNormalPrior(0.0, 1.0)))
-    lik = GaussianLikelihood(noise_prior=GammaPrior(1.1, 0.05),
-                             noise_constraint=GreaterThan(1e-6))
-    with warnings.catch_warnings(), torch.random.fork_rng():
-        warnings.simplefilter("ignore")
-        torch.manual_seed(seed)
-        model = SingleTaskGP(torch.as_tensor(x, dtype=torch.float64),
-                             torch.as_tensor(y, dtype=torch.float64).reshape(-1, 1),
-                             likelihood=lik, covar_module=joint + curve,
-                             mean_module=ConstantMean(), outcome_transform=None)
-        model = model.to(torch.float64)
-        # Signal first: a fit that starts noisy can stop in the all-noise optimum, where the
-        # gradient of the signal variance vanishes. Length scales start where the last fit
-        # ended (they move little between fits, so few steps are needed).
-        joint.outputscale, curve.outputscale, lik.noise = 1.0, 0.5, 1e-2
-        if start is not None:
-            joint.base_kernel.lengthscale = torch.tensor(start["lengthscale"])
-            curve.base_kernel.lengthscale = start["curve_lengthscale"]
-        try:
-            fit_gpytorch_mll(ExactMarginalLogLikelihood(model.likelihood, model),
-                             optimizer_kwargs={"options": {"maxiter": MAX_FIT_STEPS}})
-        except ModelFittingError:
-            pass  # the initial hyperparameters stand: a weaker model, never a failed study
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)  # a parallel reduction's rounding varies between runs
+        return _fit(x, y, n_levels, np.random.default_rng(seed), start)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _fit(x: np.ndarray, y: np.ndarray, n_levels: int, rng: np.random.Generator,
+         start: Mapping[str, Any] | None) -> dict[str, Any]:
+    import torch
+    from scipy.optimize import minimize
+
+    dims = x.shape[1] - 2
+    rank = min(LEVEL_RANK, n_levels)
+    tx = torch.as_tensor(x, dtype=torch.float64)
+    ty = torch.as_tensor(y, dtype=torch.float64)
+    feats, z, lvl = tx[:, :dims], tx[:, dims], tx[:, dims + 1].long()
+    ls_mu, ls_sd = math.sqrt(2) + 0.5 * math.log(max(dims, 1)), math.sqrt(3)
+    # Packed parameters: log length scales, the levels' factor (n_levels x rank), log of
+    # the levels' own variances, log curve scale, log curve length scale, mean, log noise.
+    ls0 = (np.log(start["lengthscale"]) if start is not None
+           else np.full(dims, ls_mu - ls_sd ** 2 / 2))  # the prior's mode
+    # Every level starts fully correlated with every other: the data must show otherwise.
+    factor0 = np.full((n_levels, rank), 1.0 / math.sqrt(rank))
+    factor0 += 0.01 * rng.standard_normal(factor0.shape)  # break the rank symmetry
+    theta0 = np.concatenate([ls0, factor0.ravel(), np.full(n_levels, math.log(0.05)),
+                             [math.log(0.5), 0.0, 0.0, math.log(1e-2)]])
+    eye = torch.eye(len(y), dtype=torch.float64)
+
+    def unpack(t: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        i = dims + n_levels * rank
+        ls = torch.exp(t[:dims])
+        factor = t[dims:i].reshape(n_levels, rank)
+        own = torch.exp(t[i:i + n_levels])
+        c_scale, c_ls, mean, noise = (torch.exp(t[i + n_levels]), torch.exp(t[i + n_levels + 1]),
+                                      t[i + n_levels + 2], torch.exp(t[i + n_levels + 3]) + 1e-6)
+        return ls, factor @ factor.T + torch.diag(own), c_scale, c_ls, mean, noise
+
+    def loss(theta: np.ndarray) -> tuple[float, np.ndarray]:
+        t = torch.tensor(theta, dtype=torch.float64, requires_grad=True)
+        ls, levels, c_scale, c_ls, mean, noise = unpack(t)
+        k = _torch_matern52(torch.cdist(feats / ls, feats / ls)) * levels[lvl][:, lvl]
+        k = k + c_scale * _torch_matern52((z[:, None] - z[None, :]).abs() / c_ls)
+        k = k + (noise + JITTER) * eye
+        chol, info = torch.linalg.cholesky_ex(k)
+        if int(info) != 0:
+            return 1e10, np.zeros_like(theta)
+        r = (ty - mean).reshape(-1, 1)
+        alpha = torch.cholesky_solve(r, chol)
+        nll = 0.5 * (r * alpha).sum() + torch.log(torch.diagonal(chol)).sum()
+        log_ls = t[:dims]
+        nll = nll + (0.5 * ((log_ls - ls_mu) / ls_sd) ** 2 + log_ls).sum()  # log-normal
+        nll = nll - (0.1 * torch.log(noise) - 0.05 * noise)  # Gamma(1.1, 0.05)
+        nll.backward()
+        assert t.grad is not None
+        return float(nll.detach()), t.grad.numpy().copy()
+
+    bounds = ([(-5.0, 5.0)] * dims + [(-10.0, 10.0)] * (n_levels * rank)
+              + [(-12.0, 3.0)] * n_levels + [(-12.0, 3.0), (-5.0, 3.0), (-10.0, 10.0),
+                                               (-14.0, 2.0)])
+    res = minimize(loss, theta0, jac=True, method="L-BFGS-B", bounds=bounds,
+                   options={"maxiter": MAX_FIT_STEPS})
     with torch.no_grad():
-        return {
-            "lengthscale": joint.base_kernel.lengthscale.reshape(-1).tolist(),
-            "outputscale": float(joint.outputscale),
-            "curve_lengthscale": float(curve.base_kernel.lengthscale.reshape(-1)[0]),
-            "curve_scale": float(curve.outputscale),
-            "mean": float(model.mean_module.constant),
-            "noise": float(lik.noise.reshape(-1)[0]),
-        }
+        ls, levels, c_scale, c_ls, mean, noise = unpack(torch.as_tensor(res.x))
+        return {"lengthscale": ls.tolist(), "levels": levels.tolist(),
+                "curve_lengthscale": float(c_ls), "curve_scale": float(c_scale),
+                "mean": float(mean), "noise": float(noise)}
+
+
+def _torch_matern52(d: Any) -> Any:
+    import torch
+
+    s = math.sqrt(5.0) * d
+    return (1.0 + s + s * s / 3.0) * torch.exp(-s)
 
 
 class Posterior:
@@ -175,7 +210,8 @@ class Posterior:
         k[np.diag_indices_from(k)] += hyper["noise"] + JITTER
         self.chol = cholesky(k, lower=True)
         self.alpha = cho_solve((self.chol, True), y - hyper["mean"])
-        self.prior_var = hyper["outputscale"] + hyper["curve_scale"]
+        # Predictions are asked for at R only: the top level's variance.
+        self.prior_var = np.asarray(hyper["levels"])[-1, -1] + hyper["curve_scale"]
 
     def predict(self, q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Mean and standard deviation of the latent function at rows ``q``."""
@@ -287,7 +323,7 @@ class MultiFidelityGP(Sampler):
         pick = cand[int(np.argmax(score))] if score.max() >= score2.max() \
             else cand2[int(np.argmax(score2))]
         self.last_fit = {"model": True, "rows": len(y), "scale": scale,
-                         "resource_lengthscale": self.hyper["lengthscale"][-1]}
+                         "level_correlation": self._top_correlation()}
         return self._decode(pick)
 
     def _score(self, post: Posterior, cand: np.ndarray, best: float) -> np.ndarray:
@@ -297,19 +333,27 @@ class MultiFidelityGP(Sampler):
             return -(mean - 2.0 * sd)
         return ei
 
+    def _top_correlation(self) -> list[float]:
+        """Each level's learned correlation with R (of the configuration-dependent part)."""
+        assert self.hyper is not None
+        b = np.asarray(self.hyper["levels"])
+        return [round(float(b[i, -1] / math.sqrt(b[i, i] * b[-1, -1])), 4)
+                for i in range(len(b))]
+
     def _at_top(self, raw: np.ndarray) -> np.ndarray:
         f = self._features(raw)
-        return np.hstack([f, np.ones((len(f), 1))])
+        return np.hstack([f, np.ones((len(f), 1)),
+                          np.full((len(f), 1), len(self.levels) - 1.0)])
 
     def _training_rows(self) -> tuple[np.ndarray, np.ndarray, float, list[int]]:
         """Features (with z), standardised targets, their scale and the trials among them, for
         at most ``max_rows`` results: every
         result above the lowest level, then the lowest level's best and an even spread of the
         rest (cheap results are the many and say the least about R)."""
-        rows: list[tuple[int, float, float]] = []  # (trial, z, value)
+        rows: list[tuple[int, int, float]] = []  # (trial, level index, value)
         low = self.levels[0]
-        for lv in self.levels[1:]:
-            rows += [(t, self.z[lv], v) for t, v in sorted(self.values[lv].items())]
+        for i, lv in enumerate(self.levels[1:], 1):
+            rows += [(t, i, v) for t, v in sorted(self.values[lv].items())]
         cheap = sorted(self.values[low].items(), key=lambda tv: (tv[1], tv[0]))
         room = max(self.opts.max_rows - len(rows), self.opts.max_rows // 2)
         if len(cheap) > room:
@@ -318,9 +362,10 @@ class MultiFidelityGP(Sampler):
             step = len(rest) / (room - len(keep))
             keep += [rest[int(i * step)] for i in range(room - len(keep))]
             cheap = keep
-        rows += [(t, self.z[low], v) for t, v in cheap]
+        rows += [(t, 0, v) for t, v in cheap]
         raw = np.array([self.configs[t] for t, _, _ in rows])
-        x = np.hstack([self._features(raw), np.array([[z] for _, z, _ in rows])])
+        x = np.hstack([self._features(raw),
+                       np.array([[self.z[self.levels[i]], i] for _, i, _ in rows])])
         y = np.array([v for _, _, v in rows])
         scale = float(y.std()) or 1.0
         return x, (y - y.mean()) / scale, scale, sorted({t for t, _, _ in rows})
@@ -338,7 +383,8 @@ class MultiFidelityGP(Sampler):
             spread = rest[np.linspace(0, len(rest) - 1, self.opts.fit_rows - half).astype(int)]
             idx = np.sort(np.concatenate([order[:half], spread]))
         seed = int(self.rng.integers(2**31 - 1))
-        self.hyper = compute(fit_hyperparameters, x[idx], y[idx], seed, self.hyper)
+        self.hyper = compute(fit_hyperparameters, x[idx], y[idx], len(self.levels), seed,
+                             self.hyper)
         self.fitted_at = self.rows
 
     def _believe(self, post: Posterior, x: np.ndarray, y: np.ndarray,
