@@ -62,7 +62,7 @@ MAX_FIT_STEPS = 100
 REFIT_ALWAYS_BELOW = 32
 # Rank of the learned covariance between levels (it may be negative: a level that ranks
 # backwards then still informs R, reversed).
-LEVEL_RANK = 2
+LEVEL_RANK = 1
 
 
 @dataclass(frozen=True)
@@ -100,17 +100,12 @@ def _scaled_dist(a: np.ndarray, b: np.ndarray, ls: np.ndarray) -> np.ndarray:
 
 def kernel(a: np.ndarray, b: np.ndarray, hyper: Mapping[str, Any]) -> np.ndarray:
     """The covariance between rows ``a`` and ``b`` (columns: the configuration's features,
-    then the fidelity z, then the level's index)."""
+    then the level's index): Matérn-5/2 over the configuration times the levels'
+    covariance."""
     ls = np.asarray(hyper["lengthscale"], dtype=float)
-    out = _matern52(_scaled_dist(a[:, :-2], b[:, :-2], ls))
+    out = _matern52(_scaled_dist(a[:, :-1], b[:, :-1], ls))
     la, lb = a[:, -1].astype(int), b[:, -1].astype(int)
     out *= np.asarray(hyper["levels"])[la][:, lb]
-    # The curve term depends on z alone, which takes a few values (the rung levels).
-    za, ia = np.unique(a[:, -2], return_inverse=True)
-    zb, ib = np.unique(b[:, -2], return_inverse=True)
-    curve = hyper["curve_scale"] * _matern52(
-        np.abs(za[:, None] - zb[None, :]) / hyper["curve_lengthscale"])
-    out += curve[ia.reshape(-1)][:, ib.reshape(-1)]
     return out
 
 
@@ -137,21 +132,23 @@ def _fit(x: np.ndarray, y: np.ndarray, n_levels: int, rng: np.random.Generator,
     import torch
     from scipy.optimize import minimize
 
-    dims = x.shape[1] - 2
+    dims = x.shape[1] - 1
     rank = min(LEVEL_RANK, n_levels)
     tx = torch.as_tensor(x, dtype=torch.float64)
     ty = torch.as_tensor(y, dtype=torch.float64)
-    feats, z, lvl = tx[:, :dims], tx[:, dims], tx[:, dims + 1].long()
+    feats, lvl = tx[:, :dims], tx[:, dims].long()
     ls_mu, ls_sd = math.sqrt(2) + 0.5 * math.log(max(dims, 1)), math.sqrt(3)
     # Packed parameters: log length scales, the levels' factor (n_levels x rank), log of
-    # the levels' own variances, log curve scale, log curve length scale, mean, log noise.
+    # the levels' own variances, the levels' means, log noise.
     ls0 = (np.log(start["lengthscale"]) if start is not None
            else np.full(dims, ls_mu - ls_sd ** 2 / 2))  # the prior's mode
     # Every level starts fully correlated with every other: the data must show otherwise.
     factor0 = np.full((n_levels, rank), 1.0 / math.sqrt(rank))
     factor0 += 0.01 * rng.standard_normal(factor0.shape)  # break the rank symmetry
+    means0 = [float(ty[lvl == i].mean()) if bool((lvl == i).any()) else 0.0
+              for i in range(n_levels)]
     theta0 = np.concatenate([ls0, factor0.ravel(), np.full(n_levels, math.log(0.05)),
-                             [math.log(0.5), 0.0, 0.0, math.log(1e-2)]])
+                             means0, [math.log(1e-2)]])
     eye = torch.eye(len(y), dtype=torch.float64)
 
     def unpack(t: torch.Tensor) -> tuple[torch.Tensor, ...]:
@@ -159,20 +156,19 @@ def _fit(x: np.ndarray, y: np.ndarray, n_levels: int, rng: np.random.Generator,
         ls = torch.exp(t[:dims])
         factor = t[dims:i].reshape(n_levels, rank)
         own = torch.exp(t[i:i + n_levels])
-        c_scale, c_ls, mean, noise = (torch.exp(t[i + n_levels]), torch.exp(t[i + n_levels + 1]),
-                                      t[i + n_levels + 2], torch.exp(t[i + n_levels + 3]) + 1e-6)
-        return ls, factor @ factor.T + torch.diag(own), c_scale, c_ls, mean, noise
+        means = t[i + n_levels:i + 2 * n_levels]
+        noise = torch.exp(t[i + 2 * n_levels]) + 1e-6
+        return ls, factor @ factor.T + torch.diag(own), means, noise
 
     def loss(theta: np.ndarray) -> tuple[float, np.ndarray]:
         t = torch.tensor(theta, dtype=torch.float64, requires_grad=True)
-        ls, levels, c_scale, c_ls, mean, noise = unpack(t)
+        ls, levels, means, noise = unpack(t)
         k = _torch_matern52(torch.cdist(feats / ls, feats / ls)) * levels[lvl][:, lvl]
-        k = k + c_scale * _torch_matern52((z[:, None] - z[None, :]).abs() / c_ls)
         k = k + (noise + JITTER) * eye
         chol, info = torch.linalg.cholesky_ex(k)
         if int(info) != 0:
             return 1e10, np.zeros_like(theta)
-        r = (ty - mean).reshape(-1, 1)
+        r = (ty - means[lvl]).reshape(-1, 1)
         alpha = torch.cholesky_solve(r, chol)
         nll = 0.5 * (r * alpha).sum() + torch.log(torch.diagonal(chol)).sum()
         log_ls = t[:dims]
@@ -183,15 +179,13 @@ def _fit(x: np.ndarray, y: np.ndarray, n_levels: int, rng: np.random.Generator,
         return float(nll.detach()), t.grad.numpy().copy()
 
     bounds = ([(-5.0, 5.0)] * dims + [(-10.0, 10.0)] * (n_levels * rank)
-              + [(-12.0, 3.0)] * n_levels + [(-12.0, 3.0), (-5.0, 3.0), (-10.0, 10.0),
-                                               (-14.0, 2.0)])
+              + [(-12.0, 3.0)] * n_levels + [(-10.0, 10.0)] * n_levels + [(-14.0, 2.0)])
     res = minimize(loss, theta0, jac=True, method="L-BFGS-B", bounds=bounds,
                    options={"maxiter": MAX_FIT_STEPS})
     with torch.no_grad():
-        ls, levels, c_scale, c_ls, mean, noise = unpack(torch.as_tensor(res.x))
-        return {"lengthscale": ls.tolist(), "levels": levels.tolist(),
-                "curve_lengthscale": float(c_ls), "curve_scale": float(c_scale),
-                "mean": float(mean), "noise": float(noise)}
+        ls, levels, means, noise = unpack(torch.as_tensor(res.x))
+        return {"lengthscale": ls.tolist(), "levels": levels.tolist(), "means": means.tolist(),
+                "noise": float(noise)}
 
 
 def _torch_matern52(d: Any) -> Any:
@@ -209,14 +203,15 @@ class Posterior:
         k = kernel(x, x, hyper)
         k[np.diag_indices_from(k)] += hyper["noise"] + JITTER
         self.chol = cholesky(k, lower=True)
-        self.alpha = cho_solve((self.chol, True), y - hyper["mean"])
+        self.means = np.asarray(hyper["means"])
+        self.alpha = cho_solve((self.chol, True), y - self.means[x[:, -1].astype(int)])
         # Predictions are asked for at R only: the top level's variance.
-        self.prior_var = np.asarray(hyper["levels"])[-1, -1] + hyper["curve_scale"]
+        self.prior_var = np.asarray(hyper["levels"])[-1, -1]
 
     def predict(self, q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Mean and standard deviation of the latent function at rows ``q``."""
         ks = kernel(q, self.x, self.hyper)
-        mean = self.hyper["mean"] + ks @ self.alpha
+        mean = self.means[-1] + ks @ self.alpha
         v = solve_triangular(self.chol, ks.T, lower=True)
         var = np.maximum(self.prior_var - (v * v).sum(0), 1e-12)
         return mean, np.sqrt(var)
@@ -241,9 +236,6 @@ class MultiFidelityGP(Sampler):
         res = ctx.resource
         self.levels = rung_levels(to_fraction(res.min_resource), to_fraction(res.max_resource),
                                   int(res.eta))
-        span = math.log(self.levels[-1] / self.levels[0])
-        self.z = {lv: (math.log(lv / self.levels[0]) / span if span > 0 else 1.0)
-                  for lv in self.levels}
         self.rng = rng
         self.values: dict[float, dict[int, float]] = {lv: {} for lv in self.levels}
         self.configs: dict[int, list[float]] = {}  # trial -> raw point (unit or choice index)
@@ -342,8 +334,7 @@ class MultiFidelityGP(Sampler):
 
     def _at_top(self, raw: np.ndarray) -> np.ndarray:
         f = self._features(raw)
-        return np.hstack([f, np.ones((len(f), 1)),
-                          np.full((len(f), 1), len(self.levels) - 1.0)])
+        return np.hstack([f, np.full((len(f), 1), len(self.levels) - 1.0)])
 
     def _training_rows(self) -> tuple[np.ndarray, np.ndarray, float, list[int]]:
         """Features (with z), standardised targets, their scale and the trials among them, for
@@ -364,8 +355,7 @@ class MultiFidelityGP(Sampler):
             cheap = keep
         rows += [(t, 0, v) for t, v in cheap]
         raw = np.array([self.configs[t] for t, _, _ in rows])
-        x = np.hstack([self._features(raw),
-                       np.array([[self.z[self.levels[i]], i] for _, i, _ in rows])])
+        x = np.hstack([self._features(raw), np.array([[i] for _, i, _ in rows])])
         y = np.array([v for _, _, v in rows])
         scale = float(y.std()) or 1.0
         return x, (y - y.mean()) / scale, scale, sorted({t for t, _, _ in rows})
