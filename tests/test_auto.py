@@ -164,8 +164,11 @@ def test_a_misleading_middle_rung_moves_trials_past_it_in_the_simulator() -> Non
     agree = {t["resource"]: t["agreement"] for t in alg.fidelity_report()["trust"]}
     assert trust[1.0] == pytest.approx(1.0) and agree[1.0] == pytest.approx(1.0)
     assert agree[3.0] == pytest.approx(-1.0) and agree[9.0] == pytest.approx(-1.0)
-    late = [d["bracket"] for d in alg.decision_log()[-20:]]
-    assert late.count(alg.n_brackets - 1) >= 15, late
+    # Once every level's agreement is known, the top bracket (past levels 3 and 9) gets
+    # 1 - explore + explore / brackets of the draws.
+    known = [b for _, b, rhos in alg.decisions if None not in rhos[:-1]]
+    assert len(known) >= 10
+    assert known.count(alg.n_brackets - 1) >= 0.8 * len(known), known
 
 
 def test_agreement_with_the_top_multiplies_along_the_chain() -> None:
