@@ -280,16 +280,24 @@ def markdown(res: Mapping[str, Any]) -> str:
 
 
 def run_suite(problems: list[str], methods: list[str], peers: list[str], seeds: int,
-              budget_r: float, jobs: int) -> dict[str, Any]:
+              budget_r: float, jobs: int, reuse: list[Run] | None = None) -> dict[str, Any]:
+    """Every method on every problem and seed. Runs found in ``reuse`` (an earlier result
+    file's, same budget) are taken from it instead of run again, except those of the hpod
+    methods named here: those always run with the code as it is."""
     table, skipped = _methods(methods, peers)
-    names = list(table)
-    tasks = [(p, m, s, budget_r, tuple(peers)) for p in problems for m in names
-             for s in range(seeds)]
+    fresh = {f"hpod-{m}" for m in methods}
+    kept = {(r.problem, r.method, r.seed): r for r in reuse or []
+            if r.problem in problems and r.seed < seeds and not r.error
+            and r.method not in fresh}
+    names = sorted(set(table) | {m for _, m, _ in kept})
+    tasks = [(p, m, s, budget_r, tuple(peers)) for p in problems for m in table
+             for s in range(seeds) if (p, m, s) not in kept]
     if jobs > 1:
         with ProcessPoolExecutor(jobs) as pool:
             runs = list(pool.map(one_run, tasks))
     else:
         runs = [one_run(t) for t in tasks]
+    runs += list(kept.values())
     errors = sorted({f"{r.method}: {r.error}" for r in runs if r.error})
     refs = {}
     for p in problems:
@@ -302,8 +310,21 @@ def run_suite(problems: list[str], methods: list[str], peers: list[str], seeds: 
         refs[p] = (float(optimum), float(ref))
     return {"setup": {"problems": problems, "methods": names, "seeds": seeds,
                       "budget_full_trainings": budget_r, "workers": 1, "skipped": skipped,
-                      "errors": errors},
-            "problems": summarise(runs, budget_r, refs)}
+                      "errors": errors, "reused_runs": len(kept)},
+            "problems": summarise(runs, budget_r, refs),
+            "runs": [{"problem": r.problem, "method": r.method, "seed": r.seed,
+                      "curve": r.curve, "error": r.error} for r in runs]}
+
+
+def load_runs(path: str, budget_r: float) -> list[Run]:
+    """The runs saved in an earlier result file (with the same budget)."""
+    res = json.loads(Path(path).read_text())
+    if res["setup"]["budget_full_trainings"] != budget_r:
+        raise SystemExit(f"{path}: budget {res['setup']['budget_full_trainings']} R, "
+                         f"not {budget_r} R: its runs cannot be reused")
+    return [Run(r["problem"], r["method"], r["seed"],
+                [(int(i), float(v)) for i, v in r["curve"]], r["error"])
+            for r in res.get("runs", [])]
 
 
 def suggestion_cost(method: str, trials: int = 500, problem: str = "ranks-well"
@@ -352,6 +373,10 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--cost", default="",
                     help="only measure CPU per suggestion at 500 trials for these methods "
                     "(e.g. auto,asha@cqr,asha@tpe)")
+    ap.add_argument("--stem", default="", help="name of the result files (default mf_suite)")
+    ap.add_argument("--reuse", default="",
+                    help="an earlier result file: its runs (same budget) are reused, not run "
+                    "again (e.g. the peers' runs while hpod's methods change)")
     ap.add_argument("--quick", action="store_true",
                     help="two problems, two seeds, budget 3 R, auto and asha and optuna's HB+TPE")
     return ap
@@ -364,16 +389,18 @@ def main(argv: list[str] | None = None) -> int:
             print(method, json.dumps({k: round(v, 2) for k, v in
                                       suggestion_cost(method).items()}))
         return 0
-    problems, methods = args.problems.split(","), args.methods.split(",")
+    problems = args.problems.split(",")
+    methods = [] if args.methods == "none" else args.methods.split(",")
     peers = [] if args.peers == "none" else args.peers.split(",")
     seeds, budget = args.seeds, args.budget
     if args.quick:
         problems, methods, seeds, budget = ["ranks-well", "misleading"], ["auto", "asha"], 2, 3
         peers = ["optuna-hyperband-tpe"] if importlib.util.find_spec("optuna") else []
-    res = run_suite(problems, methods, peers, seeds, budget, args.jobs)
+    reuse = load_runs(args.reuse, budget) if args.reuse else None
+    res = run_suite(problems, methods, peers, seeds, budget, args.jobs, reuse)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    stem = "mf_suite-quick" if args.quick else "mf_suite"
+    stem = "mf_suite-quick" if args.quick else (args.stem or "mf_suite")
     table = markdown(res)
     (out / f"{stem}.json").write_text(json.dumps(res, indent=1))
     (out / f"{stem}.md").write_text(table + "\n")

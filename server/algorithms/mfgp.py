@@ -139,7 +139,8 @@ def _fit(x: np.ndarray, y: np.ndarray, n_levels: int, rng: np.random.Generator,
     feats, lvl = tx[:, :dims], tx[:, dims].long()
     ls_mu, ls_sd = math.sqrt(2) + 0.5 * math.log(max(dims, 1)), math.sqrt(3)
     # Packed parameters: log length scales, the levels' factor (n_levels x rank), log of
-    # the levels' own variances, the levels' means, log noise.
+    # the levels' own variances, the levels' means, log noise per level (a cheap level is
+    # often noisier than R).
     ls0 = (np.log(start["lengthscale"]) if start is not None
            else np.full(dims, ls_mu - ls_sd ** 2 / 2))  # the prior's mode
     # Every level starts fully correlated with every other: the data must show otherwise.
@@ -148,8 +149,7 @@ def _fit(x: np.ndarray, y: np.ndarray, n_levels: int, rng: np.random.Generator,
     means0 = [float(ty[lvl == i].mean()) if bool((lvl == i).any()) else 0.0
               for i in range(n_levels)]
     theta0 = np.concatenate([ls0, factor0.ravel(), np.full(n_levels, math.log(0.05)),
-                             means0, [math.log(1e-2)]])
-    eye = torch.eye(len(y), dtype=torch.float64)
+                             means0, np.full(n_levels, math.log(1e-2))])
 
     def unpack(t: torch.Tensor) -> tuple[torch.Tensor, ...]:
         i = dims + n_levels * rank
@@ -157,14 +157,14 @@ def _fit(x: np.ndarray, y: np.ndarray, n_levels: int, rng: np.random.Generator,
         factor = t[dims:i].reshape(n_levels, rank)
         own = torch.exp(t[i:i + n_levels])
         means = t[i + n_levels:i + 2 * n_levels]
-        noise = torch.exp(t[i + 2 * n_levels]) + 1e-6
+        noise = torch.exp(t[i + 2 * n_levels:]) + 1e-6
         return ls, factor @ factor.T + torch.diag(own), means, noise
 
     def loss(theta: np.ndarray) -> tuple[float, np.ndarray]:
         t = torch.tensor(theta, dtype=torch.float64, requires_grad=True)
         ls, levels, means, noise = unpack(t)
         k = _torch_matern52(torch.cdist(feats / ls, feats / ls)) * levels[lvl][:, lvl]
-        k = k + (noise + JITTER) * eye
+        k = k + torch.diag(noise[lvl] + JITTER)
         chol, info = torch.linalg.cholesky_ex(k)
         if int(info) != 0:
             return 1e10, np.zeros_like(theta)
@@ -173,19 +173,19 @@ def _fit(x: np.ndarray, y: np.ndarray, n_levels: int, rng: np.random.Generator,
         nll = 0.5 * (r * alpha).sum() + torch.log(torch.diagonal(chol)).sum()
         log_ls = t[:dims]
         nll = nll + (0.5 * ((log_ls - ls_mu) / ls_sd) ** 2 + log_ls).sum()  # log-normal
-        nll = nll - (0.1 * torch.log(noise) - 0.05 * noise)  # Gamma(1.1, 0.05)
+        nll = nll - (0.1 * torch.log(noise) - 0.05 * noise).sum()  # Gamma(1.1, 0.05)
         nll.backward()
         assert t.grad is not None
         return float(nll.detach()), t.grad.numpy().copy()
 
     bounds = ([(-5.0, 5.0)] * dims + [(-10.0, 10.0)] * (n_levels * rank)
-              + [(-12.0, 3.0)] * n_levels + [(-10.0, 10.0)] * n_levels + [(-14.0, 2.0)])
+              + [(-12.0, 3.0)] * n_levels + [(-10.0, 10.0)] * n_levels + [(-14.0, 2.0)] * n_levels)
     res = minimize(loss, theta0, jac=True, method="L-BFGS-B", bounds=bounds,
                    options={"maxiter": MAX_FIT_STEPS})
     with torch.no_grad():
         ls, levels, means, noise = unpack(torch.as_tensor(res.x))
         return {"lengthscale": ls.tolist(), "levels": levels.tolist(), "means": means.tolist(),
-                "noise": float(noise)}
+                "noise": noise.tolist()}
 
 
 def _torch_matern52(d: Any) -> Any:
@@ -201,7 +201,7 @@ class Posterior:
     def __init__(self, x: np.ndarray, y: np.ndarray, hyper: Mapping[str, Any]) -> None:
         self.x, self.hyper = x, hyper
         k = kernel(x, x, hyper)
-        k[np.diag_indices_from(k)] += hyper["noise"] + JITTER
+        k[np.diag_indices_from(k)] += np.asarray(hyper["noise"])[x[:, -1].astype(int)] + JITTER
         self.chol = cholesky(k, lower=True)
         self.means = np.asarray(hyper["means"])
         self.alpha = cho_solve((self.chol, True), y - self.means[x[:, -1].astype(int)])
