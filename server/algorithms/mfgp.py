@@ -1,35 +1,41 @@
-"""A multi-fidelity Gaussian-process sampler (``mfgp``): one GP over (configuration, resource)
-fitted on every rung-level result of every trial, proposing by expected improvement at the
-maximum resource.
+"""A multi-fidelity Gaussian-process sampler (``mfgp``): one GP over (configuration, resource
+level) fitted on every rung-level result of every trial, proposing by expected improvement at
+the maximum resource R.
 
-Why one joint model rather than one model per level (BOHB, MFES-HB): the kernel's resource
-length scale *is* the answer to "how far do low resources predict R", learned from the data by
-marginal likelihood, the way FABOLAS (Klein et al., AISTATS 2017) and BOCA (Kandasamy et al.,
-ICML 2017) model the fidelity as an input. A level that ranks like R shares the configuration
-part of the function with R and sharpens the prediction at R with cheap points; a level that
-misleads drives the resource length scale down, so its points stop speaking for R and the
-prediction rests on the results at or near R.
+Why one joint model rather than one model per level (BOHB, MFES-HB): how far a cheap level
+speaks for R is then learned by the same marginal likelihood as everything else, and R's few
+results and the many cheap ones meet in one prediction at R (MOBSTER and FABOLAS model the
+fidelity as an input for the same reason). The covariance is the intrinsic coregionalisation
+model of multi-task GPs (Bonilla et al., NIPS 2007)::
 
-The kernel is ``s1·Matérn52_ARD(x, z) + s2·Matérn52(z)`` on unit-scaled parameters (one-hot
-categoricals) and ``z = log(r / r_min) / log(R / r_min)``: the second term absorbs the learning
-curve common to all configurations (every configuration is worse after one epoch), so that the
-first models how configurations differ. Targets are standardised.
+    k((x, l), (x', l')) = Matérn52_ARD(x, x') * B[l, l'],   B = w wᵀ + diag(v)
 
-Costs, so that it can sit behind a service: the hyperparameters are fitted with BoTorch's
-``fit_gpytorch_mll`` on at most ``fit_rows`` rows, only when the data grew by ``refit_growth``
-since the last fit (a few dozen fits in a 500-trial study), and the fit runs through
-:func:`~.offload.compute` (off the server's event loop). Between fits, a suggestion conditions
-the GP on the current rows (at most ``max_rows``) with the fixed hyperparameters in numpy (one
-Cholesky factorisation) and scores ``n_candidates`` points: half uniform, half Gaussian moves
-around the configurations with the best predicted value at R, then a second, finer round of
-moves around the best scored candidates. Running trials without a result are added at R with
-their predicted mean as the value ("kriging believer"): several workers asking at once spread
-out. ``random_fraction`` of suggestions (and every one before ``n_init`` trials have a result)
-are uniform.
+on unit-scaled parameters (one-hot categoricals), with a mean and a white-noise variance per
+level. The mean per level absorbs the learning curve all configurations share (everything is
+worse after one epoch); ``B`` is what the study learned about its fidelities: a level whose
+``w`` has R's sign and whose own ``v`` is small passes its ranking on to R; a level that ranks
+backwards gets the opposite sign and still informs R, reversed; a noisy level gets a large
+noise variance and says little. Before results at R exist, every level starts fully
+correlated with every other (the prior a Hyperband user already holds).
 
-Deterministic given the study seed and the sequence of observations: the fit's torch generator
-is seeded from the sampler's, the hyperparameters are saved, and a restore conditions on the
-same rows.
+Costs, so that it can sit behind a service: the hyperparameters are MAP estimates (BoTorch's
+dimension-scaled log-normal prior on the length scales, Gamma(1.1, 0.05) on each noise) by
+L-BFGS on the exact marginal likelihood, torch computing the gradient, on at most
+``fit_rows`` rows (the highest levels first), at every new result below
+``REFIT_ALWAYS_BELOW`` results and then once they grew by ``refit_growth`` (a few dozen fits
+in a 500-trial study), starting from the last length scales, through
+:func:`~.offload.compute` (a fit process in the service). Between fits a suggestion conditions
+the GP on at most ``max_rows`` rows (every result above the lowest level, then the lowest
+level's best and an even spread of the rest) in numpy, one Cholesky factorisation, and scores
+``n_candidates`` points: half uniform, half Gaussian moves around the five configurations
+with the best predicted value at R, then a finer round of moves around the best-scored
+candidates. Running trials without a result are added at R at their predicted mean ("kriging
+believer"), so workers asking together spread out. ``random_fraction`` of suggestions, and
+every one before ``n_init`` trials have a result, are uniform.
+
+Deterministic given the study seed and the sequence of observations: the fit runs on one
+thread with no random restarts (bit for bit repeatable), its result is saved, and a restore
+conditions on the same rows.
 """
 
 from __future__ import annotations
