@@ -365,3 +365,21 @@ def test_study_show_gives_the_decisions_through_a_real_server(tmp_path: Path,
         assert -1.0 <= t["rho"] <= 1.0 and t["against"] > t["resource"] and t["pairs"] >= 5
     assert "fidelity trust: " in human and "bracket weights now: start 1: " in human
     assert "bracket decisions (latest 10 of 20" in human
+
+
+def test_the_suite_reuses_saved_peer_runs_but_runs_hpod_methods_afresh() -> None:
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("mf_suite_under_test", BENCH)
+    assert spec is not None and spec.loader is not None
+    suite = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = suite  # its dataclasses look their module up
+    spec.loader.exec_module(suite)
+    saved = [suite.Run("ranks-well", "peer-x", 0, [(100, -3.0)]),
+             suite.Run("ranks-well", "hpod-random", 0, [(1, -3.3)])]  # stale: run again
+    res = suite.run_suite(["ranks-well"], ["random"], [], 1, 2.0, 1, saved)
+    assert res["setup"]["reused_runs"] == 1
+    rows = res["problems"]["ranks-well"]["rows"]
+    assert set(rows) == {"peer-x", "hpod-random"}
+    fresh = [r for r in res["runs"] if r["method"] == "hpod-random"]
+    assert len(fresh) == 1 and fresh[0]["curve"] != [(1, -3.3)]
