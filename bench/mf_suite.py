@@ -375,8 +375,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "(e.g. auto,asha@cqr,asha@tpe)")
     ap.add_argument("--stem", default="", help="name of the result files (default mf_suite)")
     ap.add_argument("--reuse", default="",
-                    help="an earlier result file: its runs (same budget) are reused, not run "
-                    "again (e.g. the peers' runs while hpod's methods change)")
+                    help="earlier result files, comma-separated: their runs (same budget) are "
+                    "reused, not run again (e.g. the peers' runs while hpod's methods change)")
     ap.add_argument("--quick", action="store_true",
                     help="two problems, two seeds, budget 3 R, auto and asha and optuna's HB+TPE")
     return ap
@@ -396,7 +396,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.quick:
         problems, methods, seeds, budget = ["ranks-well", "misleading"], ["auto", "asha"], 2, 3
         peers = ["optuna-hyperband-tpe"] if importlib.util.find_spec("optuna") else []
-    reuse = load_runs(args.reuse, budget) if args.reuse else None
+    reuse = [run for path in args.reuse.split(",") if path
+             for run in load_runs(path, budget)] or None
     res = run_suite(problems, methods, peers, seeds, budget, args.jobs, reuse)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
