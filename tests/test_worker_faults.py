@@ -183,6 +183,10 @@ def test_workers_ride_out_redis_refusing_writes(tmp_path, monkeypatch, retry_sec
         def logs() -> str:
             return "".join((tmp_path / f"worker{i}.log").read_text() for i in range(2))
 
+        # A worker must be training when the refusals start: an idle one has no report to
+        # give up (Hyperband's rungs wait for their last job, and under load both can idle).
+        wait_for(lambda: any(r.hget(keys.worker(w), "status") == "busy"
+                             for w in r.zrange(keys.workers(), 0, -1)), what="a busy worker")
         with refusing_writes(r):
             time.sleep(4.0)
             # On a loaded machine the workers may not have written yet: refuse until they met
