@@ -11,7 +11,7 @@ import numpy as np
 from hpod.server.algorithms import Context, Resource, SearchSpace, build
 from hpod.server.algorithms.base import SuggestContext, rng_for
 from hpod.server.algorithms.mfgp import MultiFidelityGP, Posterior
-from hpod.server.algorithms.mfkde import spearman
+from hpod.server.algorithms.mfkde import spearman, to_raw
 from hpod.server.algorithms.space import Categorical, Float, Int
 from test_persist import apply, drive
 
@@ -56,7 +56,7 @@ def _told(sign: float, seed: int = 0) -> tuple[MultiFidelityGP, list[dict]]:
 def _predicted_at_top(s: MultiFidelityGP, configs: list[dict]) -> np.ndarray:
     x, y, _, _ = s._training_rows()
     assert s.hyper is not None
-    raw = np.array([s._raw(c) for c in configs])
+    raw = np.array([to_raw(s.space, c) for c in configs])
     return Posterior(x, y, s.hyper).predict(s._at_top(raw))[0]
 
 

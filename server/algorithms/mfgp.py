@@ -50,11 +50,11 @@ from scipy.linalg import cho_solve, cholesky, solve_triangular
 from scipy.special import ndtr
 
 from .base import Context, Sampler, SuggestContext, register_sampler
-from .hb_math import rung_levels, to_fraction
+from .mfkde import from_raw, milestone_levels, record_milestones, to_raw
 from .offload import compute
 from .persist import decode, encode
 from .settings import parse
-from .space import Categorical, Float, Int
+from .space import Categorical, Int
 
 JITTER = 1e-6
 # A categorical parameter is redrawn with this probability in a local move.
@@ -239,9 +239,7 @@ class MultiFidelityGP(Sampler):
         st = parse(MFGPSettings, ctx.settings.get("mfgp") or {}, "algorithm.settings.mfgp")
         self.opts = st
         self.n_init = int(st.n_init or len(self.space) + 2)
-        res = ctx.resource
-        self.levels = rung_levels(to_fraction(res.min_resource), to_fraction(res.max_resource),
-                                  int(res.eta))
+        self.levels = milestone_levels(ctx.resource)
         self.rng = rng
         self.values: dict[float, dict[int, float]] = {lv: {} for lv in self.levels}
         self.configs: dict[int, list[float]] = {}  # trial -> raw point (unit or choice index)
@@ -249,7 +247,6 @@ class MultiFidelityGP(Sampler):
         self.hyper: dict[str, Any] | None = None
         self.fitted_at = 0  # rows when the hyperparameters were fitted
         self.last_fit: dict[str, Any] = {}
-        self._cat = [isinstance(p, Categorical) for p in self.space.params]
 
     # --- telling -------------------------------------------------------------------------
 
@@ -257,26 +254,9 @@ class MultiFidelityGP(Sampler):
                 value: float) -> None:
         if not math.isfinite(value):
             return
-        for level in self.levels:
-            if resource >= level and trial_id not in self.values[level]:
-                self.values[level][trial_id] = float(value)
-                self.rows += 1
+        self.rows += record_milestones(self.values, trial_id, resource, value)
         if trial_id not in self.configs:
-            self.configs[trial_id] = self._raw(config)
-
-    def _raw(self, config: Mapping[str, Any]) -> list[float]:
-        return [float(p.index(config[p.name])) if isinstance(p, Categorical)
-                else p.to_unit(config[p.name]) for p in self.space.params]
-
-    def _decode(self, raw: np.ndarray) -> dict[str, Any]:
-        out: dict[str, Any] = {}
-        for p, u in zip(self.space.params, raw, strict=True):
-            if isinstance(p, Categorical):
-                out[p.name] = p.choices[int(u)]
-            else:
-                assert isinstance(p, (Float, Int))
-                out[p.name] = p.from_unit(float(u))
-        return out
+            self.configs[trial_id] = to_raw(self.space, config)
 
     def _features(self, raw: np.ndarray) -> np.ndarray:
         """Model inputs of raw points: unit numerics (integers snapped to the values they
@@ -322,7 +302,7 @@ class MultiFidelityGP(Sampler):
             else cand2[int(np.argmax(score2))]
         self.last_fit = {"model": True, "rows": len(y), "scale": scale,
                          "level_correlation": self._top_correlation()}
-        return self._decode(pick)
+        return from_raw(self.space, pick)
 
     def _score(self, post: Posterior, cand: np.ndarray, best: float) -> np.ndarray:
         mean, sd = post.predict(self._at_top(cand))
@@ -387,7 +367,7 @@ class MultiFidelityGP(Sampler):
                  pending: Sequence[Mapping[str, Any]]) -> tuple[Posterior, float]:
         """The posterior with each pending configuration added at R at its predicted mean,
         and the best of those means."""
-        px = self._at_top(np.array([self._raw(c) for c in pending]))
+        px = self._at_top(np.array([to_raw(self.space, c) for c in pending]))
         mean, _ = post.predict(px)
         assert self.hyper is not None
         return (Posterior(np.vstack([x, px]), np.concatenate([y, mean]), self.hyper),

@@ -35,11 +35,11 @@ from typing import Any
 
 import numpy as np
 
-from .base import Context, Sampler, SuggestContext, register_sampler
+from .base import Context, Resource, Sampler, SuggestContext, register_sampler
 from .hb_math import rung_levels, to_fraction
 from .persist import decode, encode
 from .settings import parse
-from .space import Categorical, Float, Int
+from .space import Categorical, Float, Int, SearchSpace
 
 MIN_PAIRS = 5  # trials two levels must share before their rank correlation is believed
 
@@ -114,6 +114,46 @@ def trust_weight(rho: float) -> float:
     return max(rho, 0.0) ** 2
 
 
+# --- what per-level samplers share (also mfgp) -----------------------------------------------
+
+
+def milestone_levels(res: Resource) -> list[float]:
+    """The rung levels a study's results are kept at (r_min * eta^k, then R)."""
+    return rung_levels(to_fraction(res.min_resource), to_fraction(res.max_resource),
+                       int(res.eta))
+
+
+def record_milestones(values: dict[float, dict[int, float]], trial_id: int, resource: float,
+                      value: float) -> int:
+    """Keep ``value`` as the trial's value at every level it reached and had none yet (the
+    first report at or past a level, the milestone rule); how many levels got it."""
+    added = 0
+    for level, seen in values.items():
+        if resource >= level and trial_id not in seen:
+            seen[trial_id] = float(value)
+            added += 1
+    return added
+
+
+def to_raw(space: SearchSpace, config: Mapping[str, Any]) -> list[float]:
+    """A configuration as a point: numerics on the unit scale, categoricals as choice
+    indexes."""
+    return [float(p.index(config[p.name])) if isinstance(p, Categorical)
+            else p.to_unit(config[p.name]) for p in space.params]
+
+
+def from_raw(space: SearchSpace, x: Any) -> dict[str, Any]:
+    """The configuration a point of :func:`to_raw` stands for."""
+    out: dict[str, Any] = {}
+    for p, u in zip(space.params, x, strict=True):
+        if isinstance(p, Categorical):
+            out[p.name] = p.choices[int(u)]
+        else:
+            assert isinstance(p, (Float, Int))
+            out[p.name] = p.from_unit(float(u))
+    return out
+
+
 # --- the sampler ----------------------------------------------------------------------------
 
 
@@ -126,9 +166,7 @@ class MultiFidelityKDE(Sampler):
         st = parse(MFKDESettings, ctx.settings.get("mfkde") or {}, "algorithm.settings.mfkde")
         self.opts = st
         self.min_points = int(st.min_points or len(self.space) + 2)
-        res = ctx.resource
-        self.levels = rung_levels(to_fraction(res.min_resource), to_fraction(res.max_resource),
-                                  int(res.eta))
+        self.levels = milestone_levels(ctx.resource)
         self.rng = rng
         self.values: dict[float, dict[int, float]] = {lv: {} for lv in self.levels}
         self.last_fit: dict[str, Any] = {}  # weights of the latest model, for reading
@@ -142,28 +180,9 @@ class MultiFidelityKDE(Sampler):
                 value: float) -> None:
         if not math.isfinite(value):
             return
-        for level in self.levels:
-            if resource >= level and trial_id not in self.values[level]:
-                self.values[level][trial_id] = float(value)
+        record_milestones(self.values, trial_id, resource, value)
         if trial_id not in self._configs:
-            self._configs[trial_id] = self._encode(config)
-
-    def _encode(self, config: Mapping[str, Any]) -> np.ndarray:
-        out = []
-        for p in self.space.params:
-            v = config[p.name]
-            out.append(float(p.index(v)) if isinstance(p, Categorical) else p.to_unit(v))
-        return np.array(out)
-
-    def _decode(self, x: np.ndarray) -> dict[str, Any]:
-        out: dict[str, Any] = {}
-        for p, u in zip(self.space.params, x, strict=True):
-            if isinstance(p, Categorical):
-                out[p.name] = p.choices[int(u)]
-            else:
-                assert isinstance(p, (Float, Int))
-                out[p.name] = p.from_unit(float(u))
-        return out
+            self._configs[trial_id] = np.array(to_raw(self.space, config))
 
     # --- asking --------------------------------------------------------------------------
 
@@ -198,7 +217,7 @@ class MultiFidelityKDE(Sampler):
         score = np.zeros(len(cands))
         for w, good, bad in models:
             score += w * (good.logpdf(cands) - bad.logpdf(cands))
-        return self._decode(cands[int(np.argmax(score))])
+        return from_raw(self.space, cands[int(np.argmax(score))])
 
     def _fit(self, level: float) -> tuple[_KDE, _KDE]:
         entries = sorted((v, t) for t, v in self.values[level].items())
