@@ -19,7 +19,7 @@ from hpod.server.algorithms import Context, Resource, SearchSpace, SettingsError
 from hpod.server.algorithms.mfkde import agreement_with_top, level_trust, spearman
 from hpod.server.algorithms.space import Categorical, Float
 from hpod.server.simulator import Simulator, study_config
-from test_persist import apply, drive
+from test_persist import drive, replay_from_snapshot
 
 SPACE = SearchSpace((Float("x", 0.0, 1.0), Float("y", 0.0, 1.0)))
 BENCH = Path(__file__).resolve().parent.parent / "bench" / "mf_suite.py"
@@ -73,13 +73,7 @@ def test_snapshot_plus_replay_gives_the_live_answers() -> None:
 
     live, log = fresh(), []
     drive(live, random.Random(7), 250, log)
-    snapshot = json.loads(json.dumps(live.state(), allow_nan=False))
-    mark = len(log)
-    later = drive(live, random.Random(8), 250, log)
-    restored = fresh()
-    restored.restore(snapshot)
-    assert [apply(restored, inp) for inp in log[mark:]] == later
-    assert json.dumps(restored.state()) == json.dumps(live.state())
+    restored = replay_from_snapshot(live, fresh, log, random.Random(8), 250)
     assert restored.decision_log() == live.decision_log()
 
 
@@ -227,12 +221,7 @@ def test_mfkde_handles_categoricals_and_restores() -> None:
     for trial in live.trials.values():
         assert trial.config["act"] in ("a", "b", "c") and 1e-4 <= trial.config["lr"] <= 1.0
     assert live.sampler.last_fit.get("model") is not None
-    snapshot = json.loads(json.dumps(live.state(), allow_nan=False))
-    restored = build("asha", ctx)
-    restored.restore(snapshot)
-    mark = len(log)
-    later = drive(live, random.Random(2), 100, log)
-    assert [apply(restored, inp) for inp in log[mark:]] == later
+    replay_from_snapshot(live, lambda: build("asha", ctx), log, random.Random(2), 100)
 
 
 def test_default_algorithm_is_auto() -> None:

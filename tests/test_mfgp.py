@@ -4,7 +4,6 @@ ranks backwards from doing so, parallel asks spread out, and it restores exactly
 
 from __future__ import annotations
 
-import json
 import random
 
 import numpy as np
@@ -13,7 +12,7 @@ from hpod.server.algorithms.base import SuggestContext, rng_for
 from hpod.server.algorithms.mfgp import MultiFidelityGP, Posterior
 from hpod.server.algorithms.mfkde import spearman, to_raw
 from hpod.server.algorithms.space import Categorical, Float, Int
-from test_persist import apply, drive
+from test_persist import drive, replay_from_snapshot
 
 SPACE = SearchSpace((Float("x", 0.0, 1.0), Float("y", 0.0, 1.0)))
 
@@ -101,10 +100,4 @@ def test_handles_every_parameter_kind_and_restores_exactly() -> None:
         assert c["act"] in ("a", "b", "c") and 1e-4 <= c["lr"] <= 1.0
         assert isinstance(c["width"], int) and 8 <= c["width"] <= 512 and 1 <= c["depth"] <= 6
     assert live.sampler.last_fit.get("model") is True
-    snapshot = json.loads(json.dumps(live.state(), allow_nan=False))
-    restored = build("asha", ctx)
-    restored.restore(snapshot)
-    mark = len(log)
-    later = drive(live, random.Random(2), 80, log)
-    assert [apply(restored, inp) for inp in log[mark:]] == later
-    assert json.dumps(restored.state()) == json.dumps(live.state())
+    replay_from_snapshot(live, lambda: build("asha", ctx), log, random.Random(2), 80)

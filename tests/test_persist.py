@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import math
 import random
+from collections.abc import Callable
 from fractions import Fraction
 from typing import Any
 
@@ -65,6 +66,21 @@ def apply(alg: Any, inp: tuple[Any, ...], running: list[Any] | None = None) -> A
     return (alg.best(), alg.done(), alg.finalized())
 
 
+def replay_from_snapshot(live: Any, fresh: Callable[[], Any], log: list[Any],
+                         rng: random.Random, steps: int) -> Any:
+    """Snapshot ``live`` (through JSON), drive it ``steps`` further (inputs appended to
+    ``log``), restore a ``fresh()`` algorithm from the snapshot and replay those inputs on it:
+    asserts it answers as the live one did and ends in the same state; returns it."""
+    snapshot = json.loads(json.dumps(live.state(), allow_nan=False))
+    mark = len(log)
+    later = drive(live, rng, steps, log)
+    restored = fresh()
+    restored.restore(snapshot)
+    assert [apply(restored, inp) for inp in log[mark:]] == later
+    assert json.dumps(restored.state()) == json.dumps(live.state())
+    return restored
+
+
 @pytest.mark.parametrize(("name", "settings", "steps"), [
     ("random", {}, 150), ("asha", {}, 150), ("asha", {"mode": "stopping"}, 150),
     ("async-hyperband", {}, 150), ("hyperband", {"iterations": 3}, 150), ("idhb", {}, 150),
@@ -78,11 +94,4 @@ def test_snapshot_plus_replay_is_the_live_state(name: str, settings: dict[str, A
 
     live, log = fresh(), []
     drive(live, random.Random(7), steps, log)
-    snapshot = json.loads(json.dumps(live.state(), allow_nan=False))
-    mark = len(log)
-    later = drive(live, random.Random(8), steps, log)
-    restored = fresh()
-    restored.restore(snapshot)
-    replayed = [apply(restored, inp) for inp in log[mark:]]
-    assert replayed == later
-    assert json.dumps(restored.state()) == json.dumps(live.state())
+    replay_from_snapshot(live, fresh, log, random.Random(8), steps)
