@@ -33,6 +33,9 @@ TRIAL_STATE = {v: k.removeprefix("TRIAL_STATE_").lower()
                for k, v in pb.TrialState.items()}
 STUDY_STATE = {v: k.removeprefix("STUDY_STATE_").lower() for k, v in pb.StudyState.items()}
 EVENT_KIND = {v: k.lower() for k, v in pb.TrialEvent.Kind.items()}
+# gRPC health checking (grpc.health.v1), which every hpod server serves; an empty request
+# asks about the server as a whole.
+HEALTH_CHECK = "/grpc.health.v1.Health/Check"
 READS = {"GetStudy", "ListStudies", "ListTrials", "GetTrial", "GetBestTrial", "PlanStudy",
          "GetParetoFront"}
 
@@ -140,12 +143,27 @@ class Client:
         self.close()
 
     def wait_ready(self, timeout: float = 30.0) -> None:
-        try:
-            grpc.channel_ready_future(self.channel).result(timeout=timeout)
-        except grpc.FutureTimeoutError:
-            raise HpodError(grpc.StatusCode.UNAVAILABLE,
-                            f"no hpod server answered at {self.address} within {timeout:g}s; "
-                            "start one with `hpod server` or `hpod local`") from None
+        """Return once a server answers a call on this channel (a health check; any answer
+        counts, NOT_SERVING or a refused token included: the next call says what is wrong).
+
+        A call, not ``grpc.channel_ready_future``: channels to one address share their
+        connection, so a new channel can find it READY on a server that has just died; the
+        future then sees it drop to IDLE and, having asked to connect only once, waits there
+        for good. Every call below asks to connect again and waits for a live server."""
+        check = self.channel.unary_unary(HEALTH_CHECK)  # bytes in and out: no health stubs
+        deadline = time.monotonic() + timeout
+        while (left := deadline - time.monotonic()) > 0:
+            try:
+                check(b"", timeout=min(left, 5.0), wait_for_ready=True)
+                return
+            except grpc.RpcError as e:
+                if e.code() not in (grpc.StatusCode.UNAVAILABLE,
+                                    grpc.StatusCode.DEADLINE_EXCEEDED):
+                    return
+            time.sleep(min(0.1, max(0.0, deadline - time.monotonic())))
+        raise HpodError(grpc.StatusCode.UNAVAILABLE,
+                        f"no hpod server answered at {self.address} within {timeout:g}s; "
+                        "start one with `hpod server` or `hpod local`")
 
     def _call(self, method: str, request: Any) -> Any:
         # Reads are retried while the server is briefly unavailable (restarting, or reloading a

@@ -147,3 +147,43 @@ def test_a_trainer_no_worker_has_says_how_to_start_one(server):
             client.create_study({**BASE, "trainer": "analytic",
                                  "trainer_settings": {"step_seconds": 1e9}})
         assert "spec.trainer_settings.step_seconds" in err.value.message
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_wait_ready_names_the_address_when_no_server_answers() -> None:
+    address = f"127.0.0.1:{_free_port()}"
+    with Client(address) as client, pytest.raises(HpodError) as e:
+        client.wait_ready(1.0)
+    assert e.value.code == grpc.StatusCode.UNAVAILABLE
+    assert address in e.value.message and "hpod local" in e.value.message
+
+
+def test_wait_ready_finds_a_server_that_starts_while_it_waits_even_one_not_serving() -> None:
+    """A health answer of any kind is a server answering (NOT_SERVING: it cannot reach Redis
+    yet); a channel made before the server listened connects once it does."""
+    import threading
+    from concurrent import futures
+
+    from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+    port = _free_port()
+    server = grpc.server(futures.ThreadPoolExecutor(2))
+    servicer = health.HealthServicer()
+    servicer.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
+    health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
+    server.add_insecure_port(f"127.0.0.1:{port}")
+    later = threading.Timer(1.0, server.start)
+    with Client(f"127.0.0.1:{port}") as client:
+        later.start()
+        try:
+            client.wait_ready(60)
+        finally:
+            later.join()
+            server.stop(None)

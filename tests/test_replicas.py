@@ -256,8 +256,9 @@ def test_kill_9_of_the_busiest_replica_moves_its_studies_and_loses_nothing(tmp_p
 
 def probe(address: str, sid: str, halt: Any, out: Any) -> None:
     """Reads through one channel to all replicas, all the time; puts (calls, {code: count})
-    for every status other than OK. A process of its own: a thread using gRPC while the test
-    forks servers can deadlock the fork."""
+    for every status other than OK, and what each code other than UNAVAILABLE said (when, which
+    call, the details). A process of its own: a thread using gRPC while the test forks
+    servers can deadlock the fork."""
     from hpod.v1 import hpod_pb2_grpc as pb_grpc
 
     channel = grpc.insecure_channel(address)
@@ -266,17 +267,20 @@ def probe(address: str, sid: str, halt: Any, out: Any) -> None:
              lambda: stub.ListTrials(pb.ListTrialsRequest(study_id=sid), timeout=10),
              lambda: stub.ListStudies(pb.ListStudiesRequest(), timeout=10)]
     codes: Counter = Counter()
+    said: list[str] = []
     n = 0
     while not halt.is_set():
-        for call in calls:
+        for i, call in enumerate(calls):
             n += 1
             try:
                 call()
             except grpc.RpcError as e:
                 codes[e.code().name] += 1
+                if e.code() != grpc.StatusCode.UNAVAILABLE:
+                    said.append(f"{time.strftime('%H:%M:%S')} call {i}: {e.details()}")
         time.sleep(0.05)
     channel.close()
-    out.put((n, dict(codes)))
+    out.put((n, dict(codes), said))
 
 
 def restart_each_replica_during_a_study(cluster: LocalCluster, seed: int, lease: float,
@@ -305,10 +309,10 @@ def restart_each_replica_during_a_study(cluster: LocalCluster, seed: int, lease:
             time.sleep(2 * lease)  # the restarted replica takes its share back
         info = wait_all(client, [study.id], timeout=300)[study.id]
         halt.set()
-        calls, codes = out.get(timeout=60)
+        calls, codes, said = out.get(timeout=60)
         prober.join(30)
         assert info.state == pb.STUDY_STATE_COMPLETED, info.error
-        assert set(codes) <= {"UNAVAILABLE"}, codes
+        assert set(codes) <= {"UNAVAILABLE"}, (codes, said)
         assert_nothing_lost_or_doubled(study, study.refresh())
         print(f"\n{label}: {calls} calls, {codes.get('UNAVAILABLE', 0)} UNAVAILABLE (retried)")
 
