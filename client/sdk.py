@@ -36,6 +36,11 @@ EVENT_KIND = {v: k.lower() for k, v in pb.TrialEvent.Kind.items()}
 # gRPC health checking (grpc.health.v1), which every hpod server serves; an empty request
 # asks about the server as a whole.
 HEALTH_CHECK = "/grpc.health.v1.Health/Check"
+# What a read retries: a server restarting or a study moving (UNAVAILABLE), and a call that
+# reached a server in the moment it began to stop: gRPC cancels a call its transport took
+# but the stopping server never picked up (CANCELLED, the call not run), and this client
+# never cancels a call itself.
+RETRIED = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED)
 READS = {"GetStudy", "ListStudies", "ListTrials", "GetTrial", "GetBestTrial", "PlanStudy",
          "GetParetoFront"}
 
@@ -173,7 +178,7 @@ class Client:
             try:
                 return getattr(self.stub, method)(request, timeout=self.timeout)
             except grpc.RpcError as e:
-                if e.code() != grpc.StatusCode.UNAVAILABLE or time.time() > deadline:
+                if e.code() not in RETRIED or time.time() > deadline:
                     raise HpodError(e.code(), e.details() or "") from None
                 time.sleep(0.2)
 
@@ -353,10 +358,10 @@ class Study:
                     if ev.kind == "study_ended":
                         break
             except HpodError as e:
-                # The server restarted or the study moved to another replica (UNAVAILABLE),
-                # or the deadline passed: look at the study again.
-                if e.code not in (grpc.StatusCode.UNAVAILABLE,
-                                  grpc.StatusCode.DEADLINE_EXCEEDED):
+                # The server restarted or the study moved to another replica (UNAVAILABLE;
+                # CANCELLED as a server stops), or the deadline passed: look at the study
+                # again.
+                if e.code not in (*RETRIED, grpc.StatusCode.DEADLINE_EXCEEDED):
                     raise
                 time.sleep(0.2)
         return self.info

@@ -187,3 +187,36 @@ def test_wait_ready_finds_a_server_that_starts_while_it_waits_even_one_not_servi
         finally:
             later.join()
             server.stop(None)
+
+
+class _Flaky:
+    """A stub whose calls fail with ``codes`` in turn, then answer (a unit test of the SDK's
+    retry rule alone)."""
+
+    def __init__(self, codes: list[grpc.StatusCode]) -> None:
+        self.codes, self.calls = list(codes), 0
+
+    def __getattr__(self, method: str):
+        def call(request, timeout=None):
+            self.calls += 1
+            if self.codes:
+                code = self.codes.pop(0)
+                raise type("Failed", (grpc.RpcError,), {
+                    "code": lambda self: code, "details": lambda self: code.name})()
+            return method
+        return call
+
+
+def test_reads_ride_out_a_stopping_server_and_writes_are_not_repeated() -> None:
+    with Client(f"127.0.0.1:{_free_port()}", timeout=30) as client:
+        client.stub = _Flaky([grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED])
+        assert client._call("GetStudy", None) == "GetStudy"
+        assert client.stub.calls == 3
+        client.stub = _Flaky([grpc.StatusCode.CANCELLED])
+        with pytest.raises(HpodError) as e:
+            client._call("CompleteJob", None)
+        assert e.value.code == grpc.StatusCode.CANCELLED and client.stub.calls == 1
+        client.stub = _Flaky([grpc.StatusCode.NOT_FOUND])
+        with pytest.raises(HpodError):
+            client._call("GetStudy", None)
+        assert client.stub.calls == 1

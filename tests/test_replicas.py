@@ -286,8 +286,9 @@ def probe(address: str, sid: str, halt: Any, out: Any) -> None:
 def restart_each_replica_during_a_study(cluster: LocalCluster, seed: int, lease: float,
                                         label: str) -> None:
     """The server replicas restarted one by one (SIGTERM, then started again) during a
-    study: reads through all of them never fail with anything but UNAVAILABLE (retried), and
-    the study completes with nothing lost or doubled."""
+    study: reads through all of them never fail with anything but UNAVAILABLE or, as a server
+    stops, CANCELLED (both retried by the SDK), and the study completes with nothing lost or
+    doubled."""
     with Client(all_addresses(cluster), timeout=60) as client:
         spec = {**slow_spec(seed=seed), "trainer_settings": {"step_seconds": 0.8}}
         study = client.create_study(spec)
@@ -312,9 +313,12 @@ def restart_each_replica_during_a_study(cluster: LocalCluster, seed: int, lease:
         calls, codes, said = out.get(timeout=60)
         prober.join(30)
         assert info.state == pb.STUDY_STATE_COMPLETED, info.error
-        assert set(codes) <= {"UNAVAILABLE"}, (codes, said)
+        # UNAVAILABLE, or CANCELLED for a call that reached a server the moment it began to
+        # stop: gRPC itself cancels a call its transport took but the stopping server never
+        # picked up (a bare grpc.aio health server does the same); the SDK retries both.
+        assert set(codes) <= {"UNAVAILABLE", "CANCELLED"}, (codes, said)
         assert_nothing_lost_or_doubled(study, study.refresh())
-        print(f"\n{label}: {calls} calls, {codes.get('UNAVAILABLE', 0)} UNAVAILABLE (retried)")
+        print(f"\n{label}: {calls} calls, {codes} (retried)")
 
 
 @pytest.mark.slow
