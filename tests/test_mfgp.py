@@ -101,3 +101,60 @@ def test_handles_every_parameter_kind_and_restores_exactly() -> None:
         assert isinstance(c["width"], int) and 8 <= c["width"] <= 512 and 1 <= c["depth"] <= 6
     assert live.sampler.last_fit.get("model") is True
     replay_from_snapshot(live, lambda: build("asha", ctx), log, random.Random(2), 80)
+
+
+def test_kept_rows_hold_the_best_exactly_and_a_repeatable_sample_of_the_rest() -> None:
+    from hpod.server.algorithms.mfgp import KeptRows
+
+    values = np.random.default_rng(3).random(500)
+    a, b = KeptRows(10, 20, salt=1), KeptRows(10, 20, salt=1)
+    for t, v in enumerate(values[:250]):
+        a.add(t, float(v))
+        b.add(t, float(v))
+    b.restore(json_roundtrip(b.state()))  # as a snapshot carries it
+    for t, v in enumerate(values[250:], 250):
+        a.add(t, float(v))
+        b.add(t, float(v))
+    kept = a.by_value()
+    assert kept == b.by_value() and len(kept) == 30
+    best = sorted(range(500), key=lambda t: values[t])[:10]
+    assert [t for t, _ in kept[:10]] == best
+    # The sample is spread over the rest, not stuck on the first results seen.
+    assert max(t for t, _ in kept[10:]) >= 250 and min(t for t, _ in kept[10:]) < 250
+
+
+def json_roundtrip(state):
+    import json
+
+    return json.loads(json.dumps(state))
+
+
+def test_a_suggestion_conditions_on_a_bounded_set_of_rows_at_any_study_size() -> None:
+    """Every result is used while they fit in ``max_rows``; past it the rows stay at
+    ``max_rows``, the highest levels first, each level's best result always among them."""
+    s = sampler(Resource(9, 1, 3))
+    rng = np.random.default_rng(0)
+    n = 0
+
+    def tell(k: int, resource: float) -> None:
+        nonlocal n
+        for c in rng.random((k, 2)):
+            s.observe(n, {"x": float(c[0]), "y": float(c[1])}, resource, float(c.sum()))
+            n += 1
+
+    tell(100, 1.0)
+    tell(60, 3.0)
+    tell(20, 9.0)
+    x, _, _, _ = s._training_rows()
+    assert len(x) == 100 + 2 * 60 + 3 * 20  # every result at every level it passed
+    tell(2000, 1.0)
+    tell(400, 3.0)
+    tell(100, 9.0)
+    x, y, _, trials = s._training_rows()
+    levels = x[:, -1].astype(int)
+    assert len(x) == 300 and len(trials) <= 300
+    assert (levels == 2).sum() == 120  # every result at R
+    assert (levels == 0).sum() == 150  # half of the rows for the many cheap results
+    for level in s.levels:
+        best_trial = min(s.values[level], key=s.values[level].get)
+        assert best_trial in trials, (level, best_trial)

@@ -25,8 +25,9 @@ L-BFGS on the exact marginal likelihood, torch computing the gradient, on at mos
 ``REFIT_ALWAYS_BELOW`` results and then once they grew by ``refit_growth`` (a few dozen fits
 in a 500-trial study), starting from the last length scales, through
 :func:`~.offload.compute` (a fit process in the service). Between fits a suggestion conditions
-the GP on at most ``max_rows`` rows (every result above the lowest level, then the lowest
-level's best and an even spread of the rest) in numpy, one Cholesky factorisation, and scores
+the GP on at most ``max_rows`` rows (the highest levels first, each level's best and an even
+spread of the rest, chosen from a bounded set kept per level as results arrive: the cost of a
+suggestion does not grow with the study) in numpy, one Cholesky factorisation, and scores
 ``n_candidates`` points: half uniform, half Gaussian moves around the five configurations
 with the best predicted value at R, then a finer round of moves around the best-scored
 candidates. Running trials without a result are added at R at their predicted mean ("kriging
@@ -40,6 +41,7 @@ conditions on the same rows.
 
 from __future__ import annotations
 
+import heapq
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -223,6 +225,75 @@ class Posterior:
         return mean, np.sqrt(var)
 
 
+# --- the rows a suggestion conditions on ------------------------------------------------------
+
+_MASK = (1 << 64) - 1
+
+
+def _mix(n: int, salt: int) -> int:
+    """SplitMix64 of (n, salt): the reservoir's coin, a function of the position alone, so the
+    choice is repeatable without a random state to save."""
+    z = (n * 0x9E3779B97F4A7C15 + salt * 0xBF58476D1CE4E5B9) & _MASK
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _MASK
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _MASK
+    return z ^ (z >> 31)
+
+
+class KeptRows:
+    """One level's results that the model may use, bounded: the ``best`` lowest values exactly
+    and a uniform sample of the others (reservoir sampling, Vitter's algorithm R), so that a
+    suggestion costs the same at a hundred results as at a hundred thousand. Until the level
+    has ``best + sample`` results it keeps every one."""
+
+    def __init__(self, best: int, sample: int, salt: int) -> None:
+        self.cap_best, self.cap_sample, self.salt = best, sample, salt
+        self.best: list[tuple[float, int]] = []  # heap of (-value, -trial): the worst on top
+        self.sample: list[tuple[int, float]] = []  # (trial, value)
+        self.offered = 0  # results that have left (or never entered) the best
+
+    def add(self, trial: int, value: float) -> None:
+        heapq.heappush(self.best, (-value, -trial))
+        if len(self.best) > self.cap_best:
+            v, t = heapq.heappop(self.best)
+            self._offer(-t, -v)
+
+    def _offer(self, trial: int, value: float) -> None:
+        self.offered += 1
+        if len(self.sample) < self.cap_sample:
+            self.sample.append((trial, value))
+            return
+        j = _mix(self.offered, self.salt) % self.offered
+        if j < self.cap_sample:
+            self.sample[j] = (trial, value)
+
+    def by_value(self) -> list[tuple[int, float]]:
+        """The kept (trial, value) pairs, lowest value first."""
+        kept = [(-t, -v) for v, t in self.best] + self.sample
+        return sorted(kept, key=lambda tv: (tv[1], tv[0]))
+
+    def state(self) -> list[Any]:
+        return [self.best, self.sample, self.offered]
+
+    def restore(self, saved: Sequence[Any]) -> None:
+        best, sample, offered = saved
+        self.best = [(float(v), int(t)) for v, t in best]  # a heap stays a heap
+        self.sample = [(int(t), float(v)) for t, v in sample]
+        self.offered = int(offered)
+
+
+def thin(rows: list[tuple[int, float]], n: int) -> list[tuple[int, float]]:
+    """At most ``n`` of ``rows`` (sorted by value): the best half of ``n``, then an even spread
+    of the rest, so the model sees the good region closely and the whole range."""
+    if len(rows) <= n:
+        return rows
+    if n <= 0:
+        return []
+    keep = rows[: n // 2]
+    rest = rows[n // 2:]
+    step = len(rest) / (n - len(keep))
+    return keep + [rest[int(i * step)] for i in range(n - len(keep))]
+
+
 def expected_improvement(mean: np.ndarray, sd: np.ndarray, best: float) -> np.ndarray:
     z = (best - mean) / sd
     return sd * (z * ndtr(z) + np.exp(-0.5 * z * z) / math.sqrt(2 * math.pi))
@@ -242,6 +313,8 @@ class MultiFidelityGP(Sampler):
         self.levels = milestone_levels(ctx.resource)
         self.rng = rng
         self.values: dict[float, dict[int, float]] = {lv: {} for lv in self.levels}
+        # Per level, the results a suggestion may condition on (a bounded choice of them).
+        self.kept = [self._new_kept(i) for i in range(len(self.levels))]
         self.configs: dict[int, list[float]] = {}  # trial -> raw point (unit or choice index)
         self.rows = 0  # results recorded; the refit schedule counts them
         self.hyper: dict[str, Any] | None = None
@@ -254,7 +327,9 @@ class MultiFidelityGP(Sampler):
                 value: float) -> None:
         if not math.isfinite(value):
             return
-        self.rows += record_milestones(self.values, trial_id, resource, value)
+        for level in record_milestones(self.values, trial_id, resource, value):
+            self.kept[self.levels.index(level)].add(trial_id, float(value))
+            self.rows += 1
         if trial_id not in self.configs:
             self.configs[trial_id] = to_raw(self.space, config)
 
@@ -322,24 +397,30 @@ class MultiFidelityGP(Sampler):
         f = self._features(raw)
         return np.hstack([f, np.full((len(f), 1), len(self.levels) - 1.0)])
 
+    def _new_kept(self, level: int) -> KeptRows:
+        half = self.opts.max_rows // 2
+        return KeptRows(half, self.opts.max_rows - half, level)
+
     def _training_rows(self) -> tuple[np.ndarray, np.ndarray, float, list[int]]:
         """Features (with z), standardised targets, their scale and the trials among them, for
-        at most ``max_rows`` results: every
-        result above the lowest level, then the lowest level's best and an even spread of the
-        rest (cheap results are the many and say the least about R)."""
+        at most ``max_rows`` results, chosen from each level's kept ones (:class:`KeptRows`):
+        the highest levels first, the lowest level keeping at least half the rows if it has
+        them (cheap results are the many and say the least about R); a level cut short gives
+        its best and an even spread of the rest (:func:`thin`). Costs O(max_rows) whatever
+        the study's size."""
+        kept = [k.by_value() for k in self.kept]
+        take = [len(k) for k in kept]
+        cap = self.opts.max_rows
+        if sum(take) > cap:
+            left = cap - min(take[0], cap // 2)
+            for i in range(len(kept) - 1, 0, -1):
+                take[i] = min(take[i], left)
+                left -= take[i]
+            take[0] = cap - sum(take[1:])
         rows: list[tuple[int, int, float]] = []  # (trial, level index, value)
-        low = self.levels[0]
-        for i, lv in enumerate(self.levels[1:], 1):
-            rows += [(t, i, v) for t, v in sorted(self.values[lv].items())]
-        cheap = sorted(self.values[low].items(), key=lambda tv: (tv[1], tv[0]))
-        room = max(self.opts.max_rows - len(rows), self.opts.max_rows // 2)
-        if len(cheap) > room:
-            keep = cheap[: room // 2]
-            rest = cheap[room // 2:]
-            step = len(rest) / (room - len(keep))
-            keep += [rest[int(i * step)] for i in range(room - len(keep))]
-            cheap = keep
-        rows += [(t, 0, v) for t, v in cheap]
+        for i in range(1, len(kept)):
+            rows += [(t, i, v) for t, v in sorted(thin(kept[i], take[i]))]
+        rows += [(t, 0, v) for t, v in thin(kept[0], take[0])]
         raw = np.array([self.configs[t] for t, _, _ in rows])
         x = np.hstack([self._features(raw), np.array([[i] for _, i, _ in rows])])
         y = np.array([v for _, _, v in rows])
@@ -395,12 +476,21 @@ class MultiFidelityGP(Sampler):
 
     def state(self) -> dict[str, Any]:
         return {"rng": encode(self.rng), "values": encode(self.values),
+                "kept": [k.state() for k in self.kept],
                 "configs": {str(t): x for t, x in self.configs.items()},
                 "rows": self.rows, "hyper": encode(self.hyper), "fitted_at": self.fitted_at}
 
     def restore(self, state: Mapping[str, Any]) -> None:
         self.rng = decode(state["rng"], self.rng)
         self.values = decode(state["values"])
+        self.kept = [self._new_kept(i) for i in range(len(self.levels))]
+        if "kept" in state:
+            for k, saved in zip(self.kept, state["kept"], strict=True):
+                k.restore(saved)
+        else:  # saved before results were kept per level: choose them again, oldest first
+            for i, lv in enumerate(self.levels):
+                for t, v in sorted(self.values[lv].items()):
+                    self.kept[i].add(t, v)
         self.configs = {int(t): list(x) for t, x in state["configs"].items()}
         self.rows, self.fitted_at = int(state["rows"]), int(state["fitted_at"])
         self.hyper = decode(state["hyper"])

@@ -124,14 +124,14 @@ def milestone_levels(res: Resource) -> list[float]:
 
 
 def record_milestones(values: dict[float, dict[int, float]], trial_id: int, resource: float,
-                      value: float) -> int:
+                      value: float) -> list[float]:
     """Keep ``value`` as the trial's value at every level it reached and had none yet (the
-    first report at or past a level, the milestone rule); how many levels got it."""
-    added = 0
+    first report at or past a level, the milestone rule); the levels that got it."""
+    added = []
     for level, seen in values.items():
         if resource >= level and trial_id not in seen:
             seen[trial_id] = float(value)
-            added += 1
+            added.append(level)
     return added
 
 
