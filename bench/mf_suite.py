@@ -331,7 +331,8 @@ def suggestion_cost(method: str, trials: int = 500, problem: str = "ranks-well"
                     ) -> dict[str, float]:
     """CPU milliseconds per new trial (the sampler's proposal and the scheduler's bracket
     choice) while a study grows to ``trials`` trials on one simulated worker: the mean over
-    the whole run and the median and maximum over the last 50 trials."""
+    the whole run and the median and maximum over the last 50 trials; and the CPU the
+    algorithm spent on the reports (learning-curve points, job ends), per trial."""
     import time
 
     from hpod.server.simulator import Simulator, study_config
@@ -351,11 +352,25 @@ def suggestion_cost(method: str, trials: int = 500, problem: str = "ranks-well"
             costs.append((time.thread_time() - t0) * 1e3)
         return job
 
+    reports = [0.0]
+
+    def counted(method: Callable[..., Any]) -> Callable[..., Any]:
+        def run(*args: Any) -> Any:
+            t0 = time.thread_time()
+            try:
+                return method(*args)
+            finally:
+                reports[0] += (time.thread_time() - t0) * 1e3
+        return run
+
     alg._start_trial = timed
+    alg.on_progress = counted(alg.on_progress)
+    alg.on_job_end = counted(alg.on_job_end)
     sim.run()
     last = costs[-50:]
     return {"trials": len(costs), "mean_ms": statistics.fmean(costs),
-            "last50_median_ms": statistics.median(last), "last50_max_ms": max(last)}
+            "last50_median_ms": statistics.median(last), "last50_max_ms": max(last),
+            "reports_ms_per_trial": reports[0] / max(len(costs), 1)}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -371,8 +386,10 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--jobs", type=int, default=2)
     ap.add_argument("--out", default=str(HERE / "results"))
     ap.add_argument("--cost", default="",
-                    help="only measure CPU per suggestion at 500 trials for these methods "
+                    help="only measure CPU per suggestion (at --cost-trials) for these methods "
                     "(e.g. auto,asha@cqr,asha@tpe)")
+    ap.add_argument("--cost-trials", type=int, default=500,
+                    help="the study size --cost measures at (e.g. 2000 to see growth)")
     ap.add_argument("--stem", default="", help="name of the result files (default mf_suite)")
     ap.add_argument("--reuse", default="",
                     help="earlier result files, comma-separated: their runs (same budget) are "
@@ -387,7 +404,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.cost:
         for method in args.cost.split(","):
             print(method, json.dumps({k: round(v, 2) for k, v in
-                                      suggestion_cost(method).items()}))
+                                      suggestion_cost(method, args.cost_trials).items()}))
         return 0
     problems = args.problems.split(",")
     methods = [] if args.methods == "none" else args.methods.split(",")
