@@ -1014,7 +1014,7 @@ class StudyManager:
                 eng = live.engine
                 listing = convert.study_to_pb(eng, live.created, fidelity=False)
                 rest = Resting(live.created, eng.config.tenant, listing.SerializeToString(),
-                               eng.inputs)
+                               eng.inputs, eng.state)
                 try:
                     await self.store.execute(sid, [listing_command(sid, rest)], live.fence, 0)
                 except Exception:  # still in memory and answering; tried again next pass

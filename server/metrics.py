@@ -81,7 +81,8 @@ class StudyCollector:
 
     def collect(self) -> Iterator[Any]:
         studies = GaugeMetricFamily("hpod_studies", "Studies by state", labels=["state"])
-        trials = GaugeMetricFamily("hpod_trials", "Trials by state", labels=["state"])
+        trials = GaugeMetricFamily("hpod_trials", "Trials by state, of the studies in memory",
+                                   labels=["state"])
         jobs = GaugeMetricFamily("hpod_jobs", "Jobs by state (queued|leased)", labels=["state"])
         by_study: dict[str, int] = {}
         by_trial: dict[str, int] = {}
@@ -93,6 +94,10 @@ class StudyCollector:
                 by_trial[t.state] = by_trial.get(t.state, 0) + 1
             for j in list(eng.jobs.values()):
                 by_job["queued" if j.state == "queued" else "leased"] += 1
+        # Ended studies resting out of memory still count (their trials are not in memory:
+        # hpod_trials counts those of the studies held in memory).
+        for rest in list(self.m.residency.resting.values()):
+            by_study[rest.state] = by_study.get(rest.state, 0) + 1
         for family, counts in ((studies, by_study), (trials, by_trial), (jobs, by_job)):
             for state, n in sorted(counts.items()):
                 family.add_metric([state], n)

@@ -41,6 +41,7 @@ class Resting:
     tenant: str
     listing: bytes  # the serialized ``hpod.v1.Study`` of its last engine
     inputs: int  # the engine's input count when it was put to rest
+    state: str = "completed"  # how it ended (one of ENDED_STATES), for the metrics
 
 
 @dataclass
@@ -115,6 +116,6 @@ async def stored_resting(r: Any, sid: str) -> Resting | None:
         # The creation time the study was listed with, so that it is listed the same after
         # a restart (the study hash holds one taken a moment before it).
         return Resting(float(saved["created"]), str(json.loads(config).get("tenant", "") or ""),
-                       base64.b64decode(saved["study"]), inputs)
+                       base64.b64decode(saved["study"]), inputs, state)
     except (ValueError, KeyError, TypeError):
         return None

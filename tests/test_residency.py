@@ -89,6 +89,14 @@ async def reads(svc: HpodServicer, sid: str, late_job: str) -> dict[str, Any]:
             "best": best, "one": one, "late": (late.value.code, str(late.value))}
 
 
+def studies_gauge(m: StudyManager) -> dict[str, float]:
+    """What Prometheus would read as ``hpod_studies`` now, by state."""
+    from hpod.server.metrics import StudyCollector
+
+    family = next(f for f in StudyCollector(m).collect() if f.name == "hpod_studies")
+    return {sample.labels["state"]: sample.value for sample in family.samples}
+
+
 @contextlib.asynccontextmanager
 async def manager(url: str) -> AsyncIterator[StudyManager]:
     # Ended studies rest only when the test says so (rest() below): no clock is involved.
@@ -114,6 +122,7 @@ def test_an_ended_study_rests_out_of_memory_and_reads_answer_as_before(redis_ser
 
             await rest(m)
             assert sid not in m.studies and sid in m.residency.resting
+            assert studies_gauge(m) == {"completed": 1.0}  # still counted, out of memory
             listed = await svc.ListStudies(pb.ListStudiesRequest(), Context())
             assert list(listed.studies) == before["listed"]
             assert sid not in m.studies  # listed without loading it
@@ -126,6 +135,7 @@ def test_an_ended_study_rests_out_of_memory_and_reads_answer_as_before(redis_ser
         async with manager(redis_server.url) as m:
             svc = HpodServicer(m)
             assert sid not in m.studies and sid in m.residency.resting
+            assert studies_gauge(m) == {"completed": 1.0}
             assert await reads(svc, sid, late_job) == before
 
             # A write to a resting study loads it too: ID-HB raised, and work is handed out.
