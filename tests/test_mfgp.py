@@ -158,3 +158,16 @@ def test_a_suggestion_conditions_on_a_bounded_set_of_rows_at_any_study_size() ->
     for level in s.levels:
         best_trial = min(s.values[level], key=s.values[level].get)
         assert best_trial in trials, (level, best_trial)
+
+
+def test_a_state_saved_before_rows_were_kept_per_level_restores_to_the_same_rows() -> None:
+    s = sampler(Resource(9, 1, 3))
+    rng = np.random.default_rng(1)
+    for t, c in enumerate(rng.random((80, 2))):
+        s.observe(t, {"x": float(c[0]), "y": float(c[1])}, 3.0 if t % 3 else 9.0, float(c[0]))
+    old = json_roundtrip(s.state())
+    del old["kept"]  # as the previous version saved it
+    again = sampler(Resource(9, 1, 3))
+    again.restore(old)
+    for a, b in zip(s._training_rows(), again._training_rows(), strict=True):
+        assert np.array_equal(np.asarray(a), np.asarray(b))
