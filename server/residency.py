@@ -41,7 +41,7 @@ class Resting:
     tenant: str
     listing: bytes  # the serialized ``hpod.v1.Study`` of its last engine
     inputs: int  # the engine's input count when it was put to rest
-    state: str = "completed"  # how it ended (one of ENDED_STATES), for the metrics
+    state: str  # how it ended (one of ENDED_STATES), for the metrics
 
 
 @dataclass
