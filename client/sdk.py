@@ -17,6 +17,7 @@ Ask/tell, for users who keep their own training loop::
 from __future__ import annotations
 
 import os
+import threading
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -38,8 +39,8 @@ EVENT_KIND = {v: k.lower() for k, v in pb.TrialEvent.Kind.items()}
 HEALTH_CHECK = "/grpc.health.v1.Health/Check"
 # What a read retries: a server restarting or a study moving (UNAVAILABLE), and a call that
 # reached a server in the moment it began to stop: gRPC cancels a call its transport took
-# but the stopping server never picked up (CANCELLED, the call not run), and this client
-# never cancels a call itself.
+# but the stopping server never picked up (CANCELLED, the call not run); this client cancels
+# only the watch streams of a wait its caller interrupted, which it does not retry.
 RETRIED = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED)
 READS = {"GetStudy", "ListStudies", "ListTrials", "GetTrial", "GetBestTrial", "PlanStudy",
          "GetParetoFront"}
@@ -266,6 +267,34 @@ class _Bearer(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClientIntercepto
         return continuation(self._add(details), request)
 
 
+class _Streams:
+    """The watch streams a study has open, so that a Ctrl-C on the main thread can end them
+    from there (``Study.wait``); once halted, a stream opened late is ended at once."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.open: set[Any] = set()
+        self.halted = False
+
+    def add(self, stream: Any) -> None:
+        with self.lock:
+            self.open.add(stream)
+            halted = self.halted
+        if halted:
+            stream.cancel()
+
+    def discard(self, stream: Any) -> None:
+        with self.lock:
+            self.open.discard(stream)
+
+    def halt(self) -> None:
+        with self.lock:
+            self.halted = True
+            streams = list(self.open)
+        for stream in streams:
+            stream.cancel()
+
+
 class Study:
     """A handle on one study; ``info`` is the last fetched ``hpod.v1.Study`` message."""
 
@@ -274,6 +303,7 @@ class Study:
         self.id = study_id
         self.info = info
         self._int_params = int_params(info.spec)
+        self._streams = _Streams()
 
     def refresh(self) -> pb.Study:
         self.info = self.client._call("GetStudy", pb.GetStudyRequest(study_id=self.id))
@@ -329,6 +359,8 @@ class Study:
         replica ends the stream with UNAVAILABLE: watch again."""
         stream = self.client.stub.WatchStudy(pb.WatchStudyRequest(
             study_id=self.id, include_progress=include_progress), timeout=timeout)
+        streams = self._streams
+        streams.add(stream)
         try:
             for ev in stream:
                 trial = trial_from_pb(ev.trial, self._int_params) if ev.HasField("trial") \
@@ -338,15 +370,51 @@ class Study:
                             ev.time.ToNanoseconds() / 1e9)
         except grpc.RpcError as e:
             raise HpodError(e.code(), e.details() or "") from None
+        finally:
+            streams.discard(stream)
+            stream.cancel()  # a caller that stops reading early ends the server's stream too
 
     def wait(self, progress: bool = False, timeout: float | None = None) -> pb.Study:
-        """Block until the study ends; with ``progress`` show a live progress bar."""
+        """Block until the study ends; with ``progress`` show a live progress bar. Ctrl-C
+        (KeyboardInterrupt) stops the waiting, never the study.
+
+        On the main thread the waiting runs on a thread of its own and the main thread only
+        joins it: a KeyboardInterrupt raised inside gRPC's own code, as it starts or ends a
+        call, can leave the channel unable to close (the process then hangs at exit). A
+        Ctrl-C instead cancels the watch streams from the main thread and is raised there."""
+        self._streams = _Streams()
+        if threading.current_thread() is not threading.main_thread():
+            return self._wait(progress, timeout)
+        outcome: dict[str, Any] = {}
+
+        def run() -> None:
+            try:
+                outcome["info"] = self._wait(progress, timeout)
+            except BaseException as e:  # handed to the caller's thread
+                outcome["error"] = e
+
+        waiter = threading.Thread(target=run, name=f"hpod-wait-{self.id}", daemon=True)
+        waiter.start()
+        try:
+            # In slices: the OS may deliver SIGINT to another thread, and then only a wait that
+            # returns lets the main thread run Python's handler.
+            while waiter.is_alive():
+                waiter.join(0.2)
+        except KeyboardInterrupt:
+            self._streams.halt()
+            waiter.join(5.0)  # a read under way ends by its own deadline; none is waited for
+            raise
+        if "error" in outcome:
+            raise outcome["error"]
+        return outcome["info"]
+
+    def _wait(self, progress: bool, timeout: float | None) -> pb.Study:
         if progress:
             from .progress import watch_with_progress
 
             watch_with_progress(self)
         deadline = None if timeout is None else time.time() + timeout
-        while self.refresh().state == pb.STUDY_STATE_ACTIVE:
+        while not self._streams.halted and self.refresh().state == pb.STUDY_STATE_ACTIVE:
             left = None if deadline is None else deadline - time.time()
             if left is not None and left <= 0:
                 raise TimeoutError(f"study {self.id} still active after {timeout}s")
@@ -358,6 +426,8 @@ class Study:
                     if ev.kind == "study_ended":
                         break
             except HpodError as e:
+                if self._streams.halted:  # the caller pressed Ctrl-C
+                    break
                 # The server restarted or the study moved to another replica (UNAVAILABLE;
                 # CANCELLED as a server stops), or the deadline passed: look at the study
                 # again.

@@ -124,6 +124,9 @@ class Live:
     external_seen: dict[str, float] = field(default_factory=dict)
     idle_ask_at: int = -1  # engine.inputs after the last ask that returned nothing
     stale: bool = False  # a commit failed: memory may differ from Redis until reloaded
+    # Rebuilt, and applying the events an earlier reader left unacknowledged: the apply loop
+    # reads none of its newer events until then, or they would be applied first.
+    catching_up: bool = False
     offloaded: bool = False  # its inputs run on the policy pool, not on the event loop
     busy: bool = False  # an input of it is being applied off the loop right now
     snapshot_at: int = 0  # engine.inputs at its last snapshot
@@ -164,6 +167,8 @@ class StudyManager:
                 self._fits.submit(offload.ready)
         self._rr = 0
         self._last_reclaim = 0.0
+        # The studies whose events the apply loop is reading right now, and when it is done.
+        self._reading: tuple[frozenset[str], asyncio.Event] | None = None
         self._redis_run_id: str | None = None
         # Idle workers per trainer as the current dispatch pass saw them, minus those already
         # handed a job in it: where a continuation may go to the worker that holds its model.
@@ -211,10 +216,12 @@ class StudyManager:
             return
         async with live.lock:
             self._drop(sid)
-        if not self.ownership.draining:
-            # Let a read of its events already on the way finish: they stay pending under
-            # this replica's consumer, and the next owner claims them all before reading on.
-            await asyncio.sleep(0.3)
+        # A read of its events already sent to Redis puts them on this replica's pending list,
+        # which the next owner claims before it reads on: the lease is released only once
+        # that read has returned (none reads it after the drop above).
+        reading = self._reading
+        if reading is not None and sid in reading[0]:
+            await reading[1].wait()
 
     def _drop(self, sid: str) -> None:
         """Forget a study this replica no longer owns (given back, lease lost, deleted)."""
@@ -326,7 +333,8 @@ class StudyManager:
             if self.ownership.held.get(sid) != fence:
                 return  # lost while it was rebuilt
             ready = await self.store.ready_jobs(sid)
-            live = Live(engine, float(meta.get("created", time.time())), fence=fence)
+            live = Live(engine, float(meta.get("created", time.time())), fence=fence,
+                        catching_up=apply_pending)
             live.offloaded = _model_based(config) or meta.get("off_loop") == "1"
             live.snapshot_at = engine.inputs - len(tail)
             # The log starts at input `log_base`; what it holds before the tail is older
@@ -358,11 +366,17 @@ class StudyManager:
                      extra={"study_id": sid})
         finally:
             self.loading.pop(sid, None)
-        if apply_pending and sid in self.studies:
+        if apply_pending and self.studies.get(sid) is live:
             # Events a previous owner read and never acknowledged are taken over first, so
-            # they are applied in stream order, before any newer one.
-            await self.store.take_pending(sid, self.settings.consumer)
-            await self._apply_pending([sid])
+            # they are applied in stream order, before any newer one (the apply loop leaves
+            # the study alone till then).
+            try:
+                await self.store.take_pending(sid, self.settings.consumer)
+                await self._apply_pending([sid])
+            except BaseException:
+                live.stale = True  # the reaper rebuilds it and catches up again
+                raise
+            live.catching_up = False
 
     async def _restore_ready(self, sid: str, live: Live) -> None:
         """An ask/tell study that suggests ahead and has handed out jobs had its ready jobs
@@ -806,27 +820,35 @@ class StudyManager:
 
     def _active(self) -> list[str]:
         return [sid for sid, lv in self.studies.items()
-                if lv.engine.state == ACTIVE and not lv.stale]
+                if lv.engine.state == ACTIVE and not lv.stale and not lv.catching_up]
 
     async def _apply_once(self) -> None:
         sids = self._active()
         if not sids:
             await asyncio.sleep(0.1)
             return
+        done = asyncio.Event()
+        self._reading = (frozenset(sids), done)
+        try:
+            got = await self._read_events(sids)
+        finally:
+            self._reading = None
+            done.set()
+        for sid, entries in got:
+            if entries:
+                await self._apply_events(sid, entries)
+
+    async def _read_events(self, sids: list[str]) -> list[tuple[str, list[tuple[str, dict]]]]:
+        got = []
         now = time.monotonic()
         if now - self._last_reclaim >= RECLAIM_IDLE_MS / 2000:
             # Entries read but never acknowledged (a read reply lost on the way, a commit that
             # failed part-way through a batch) are taken again here, not only at start-up.
             self._last_reclaim = now
-            for sid, entries in await self.store.reclaim_events(
-                    sids, self.settings.consumer, RECLAIM_IDLE_MS, self.settings.event_batch):
-                if entries:
-                    await self._apply_events(sid, entries)
-        got = await self.store.read_events(sids, self.settings.consumer,
-                                           self.settings.event_batch, 100)
-        for sid, entries in got:
-            if entries:
-                await self._apply_events(sid, entries)
+            got = await self.store.reclaim_events(
+                sids, self.settings.consumer, RECLAIM_IDLE_MS, self.settings.event_batch)
+        return got + await self.store.read_events(sids, self.settings.consumer,
+                                                  self.settings.event_batch, 100)
 
     async def _apply_events(self, sid: str, entries: list[tuple[str, dict]]) -> None:
         live = self.studies.get(sid)

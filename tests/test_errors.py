@@ -149,6 +149,41 @@ def test_a_trainer_no_worker_has_says_how_to_start_one(server):
         assert "spec.trainer_settings.step_seconds" in err.value.message
 
 
+def test_ctrl_c_ends_a_wait_not_the_study_and_the_client_goes_on(server) -> None:
+    """A KeyboardInterrupt raised inside gRPC's own code (as it starts or ends a call) can
+    leave the channel unable to close, and the process hung at exit; so ``wait`` follows the
+    study on another thread, and a Ctrl-C cancels that thread's stream from the main one."""
+    import os
+    import signal
+    import threading
+
+    from hpod.v1 import hpod_pb2 as pb
+
+    with Client(server.address) as client:
+        study = client.create_study(spec())  # ask/tell, nobody asks: it stays active
+        watching, followed_on = threading.Event(), []
+        watch = study.watch
+
+        def recorded(*args, **kw):
+            followed_on.append(threading.current_thread())
+            watching.set()
+            yield from watch(*args, **kw)
+        study.watch = recorded
+
+        def ctrl_c() -> None:
+            watching.wait(60)
+            os.kill(os.getpid(), signal.SIGINT)
+        threading.Thread(target=ctrl_c, daemon=True).start()
+        with pytest.raises(KeyboardInterrupt):
+            study.wait()
+        assert followed_on and threading.main_thread() not in followed_on
+        assert study._streams.halted and not study._streams.open  # its stream was ended
+        assert study.refresh().state == pb.STUDY_STATE_ACTIVE
+        with pytest.raises(TimeoutError):  # a new wait is not the interrupted one
+            study.wait(timeout=1.0)
+    # Leaving the block closes the channel: it returns (a half-made call would hang it).
+
+
 def _free_port() -> int:
     import socket
 

@@ -4,21 +4,28 @@ rolling restarts. Real Redis, real server and worker processes."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import multiprocessing
 import os
 import signal
 import threading
 import time
 from collections import Counter
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import grpc
 import pytest
 import redis
+import redis.asyncio as aioredis
 from helpers import wait_for
 from hpod.client.local import LocalCluster, free_port
 from hpod.client.sdk import Client
+from hpod.client.spec import build_spec
+from hpod.server.manager import Settings, StudyManager
 from hpod.server.routing import MOVING_NOTE
+from hpod.server.service.convert import config_from_spec
 from hpod.server.store import keys
 from hpod.server.store.leases import replica_of
 from hpod.server.store.redis_store import Batch, LeaseLost, RedisStore
@@ -142,6 +149,117 @@ def test_studies_no_replica_holds_are_listed_from_redis_page_by_page(redis_serve
             await store.close()
 
     asyncio.run(scenario())
+
+
+# ------------------------------------------- taking a study over, in process on a real Redis
+
+
+TAKEOVER_SPEC = {"name": "takeover", "trainer": "analytic", "seed": 3,
+                 "resource": {"max_resource": 9, "eta": 3}, "algorithm": {"name": "hyperband"}}
+
+
+@contextlib.asynccontextmanager
+async def replica(url: str, rid: str,
+                  patch: Callable[[StudyManager], None] = lambda m: None
+                  ) -> AsyncIterator[StudyManager]:
+    """One server replica's study manager, started and (on leaving) drained."""
+    m = StudyManager(Settings(redis_url=url, consumer=rid, fit_processes=0,
+                              study_lease_seconds=60.0, lease_seconds=60.0))
+    patch(m)
+    await m.start()
+    try:
+        yield m
+    finally:
+        await m.drain()  # its studies are free at once (as at SIGTERM)
+        await m.stop()
+
+
+async def until(what: str, check: Callable[[], Any]) -> None:
+    for _ in range(1200):
+        if await check():
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def test_a_new_owner_applies_what_its_predecessor_left_pending_before_newer_events(
+        redis_server) -> None:
+    """The previous owner read a job's start and first points and died before applying them;
+    the worker reported on. The new owner must apply those first: applied after the later
+    points, they would be refused as duplicates and leave a gap in the curve."""
+    async def go() -> None:
+        async with replica(redis_server.url, "replica-a") as a:
+            sid = (await a.create(config_from_spec(build_spec(TAKEOVER_SPEC)))).engine.study_id
+            asked = await a.submit(sid, {"op": "ask", "free": 20})
+            job = max(asked, key=lambda j: j.to_resource - j.from_resource)
+        # a drained: the study is free. The worker's events, of which a dead replica read
+        # (and never acknowledged) the first three.
+        points = range(int(job.from_resource) + 1, int(job.to_resource) + 1)
+        assert len(points) >= 3
+        r = aioredis.Redis.from_url(redis_server.url, decode_responses=True)
+        events = [{"op": "start", "job_id": job.job_id, "worker": "w1"},
+                  *({"op": "progress", "job_id": job.job_id, "resource": float(p),
+                     "value": 1.0 / p} for p in points),
+                  {"op": "complete", "job_id": job.job_id, "value": 1.0 / points[-1],
+                   "resource": float(points[-1]), "cost": 1.0}]
+        for ev in events:
+            await r.xadd(keys.events(sid), {"e": json.dumps(ev)})
+        await r.xreadgroup(keys.SERVER_GROUP, "replica-dead", {keys.events(sid): ">"}, count=3)
+        await r.aclose()
+
+        def apply_loop_runs_first(m: StudyManager) -> None:
+            # The apply loop may run in the moment between the rebuilt study going live and
+            # its predecessor's events being claimed: here it always does.
+            take_pending = m.store.take_pending
+
+            async def racing(study: str, consumer: str) -> int:
+                await m._apply_once()
+                return await take_pending(study, consumer)
+            m.store.take_pending = racing  # type: ignore[method-assign]
+
+        async with replica(redis_server.url, "replica-b", apply_loop_runs_first) as b:
+            async def ended() -> bool:
+                live = b.studies.get(sid)
+                return live is not None and job.job_id not in live.engine.jobs
+            await until("the trial's job to end", ended)
+            trial = b.studies[sid].engine.trials[job.trial_id]
+            assert trial.state in ("completed", "paused")
+            assert [p[0] for p in trial.curve] == [float(p) for p in points]
+
+    asyncio.run(go())
+
+
+def test_a_study_given_back_is_released_only_after_a_read_of_its_events_returns(
+        redis_server) -> None:
+    """A read of a study's events already sent to Redis lands on this replica's pending list;
+    the next owner claims that list once, when it takes the study, so the lease must not be
+    released before the read has returned (however long that takes)."""
+    async def go() -> None:
+        reading, let_go = asyncio.Event(), asyncio.Event()
+
+        def slow_reads(m: StudyManager) -> None:
+            read_events = m.store.read_events
+
+            async def held(*args: Any, **kw: Any) -> Any:
+                got = await read_events(*args, **kw)
+                if not kw.get("pending") and len(args) > 3 and args[3] == 100:
+                    reading.set()
+                    await let_go.wait()
+                return got
+            m.store.read_events = held  # type: ignore[method-assign]
+
+        async with replica(redis_server.url, "replica-a", slow_reads) as a:
+            sid = (await a.create(config_from_spec(build_spec(TAKEOVER_SPEC)))).engine.study_id
+            await asyncio.wait_for(reading.wait(), 60)  # the apply loop's read is under way
+            giving = asyncio.create_task(a.ownership.give_back(sid))
+            await asyncio.sleep(0.5)
+            assert not giving.done()
+            assert (await a.store.leases.owners([sid])).get(sid)  # still held
+            let_go.set()
+            await asyncio.wait_for(giving, 60)
+            assert not (await a.store.leases.owners([sid])).get(sid)
+
+    asyncio.run(go())
 
 
 # ---------------------------------------------------------------- real processes
