@@ -6,7 +6,6 @@ from __future__ import annotations
 import itertools
 import json
 import math
-import time
 
 import numpy as np
 import pytest
@@ -403,19 +402,6 @@ def test_scaling_fit_recovers_a_known_exponent():
     alg = make(seed=1, trials=60)
     run(alg, problem, parallel=2)
     assert alg.scaling_fit()["lr"]["exponent"] == pytest.approx(-0.5, abs=0.15)
-
-
-def test_suggest_is_fast_with_100_observations():
-    c = core({"resample_frequency": 0})
-    rng = np.random.default_rng(0)
-    for trial in range(100):
-        config = SPACE.sample(rng)
-        c.observe(trial, config, *width_problem(config))
-    for trial in range(100, 104):  # with pending trials, so the fantasies are fitted too
-        start = time.perf_counter()
-        c.suggest(trial)
-        elapsed = time.perf_counter() - start
-    assert elapsed < 1.5
 
 
 def test_suggest_never_changes_torchs_thread_count(monkeypatch):
