@@ -398,14 +398,19 @@ class StudyManager:
 
     async def _apply_pending(self, sids: list[str] | None = None) -> None:
         """Events read before a crash but not acknowledged: apply them first, in order."""
-        sids = [s for s in (list(self.studies) if sids is None else sids)
-                if s in self.studies and not self.studies[s].stale]
-        while sids:
-            got = await self.store.read_events(sids, self.settings.consumer, 1000, 0, True)
+        lives = {s: self.studies[s] for s in (list(self.studies) if sids is None else sids)
+                 if s in self.studies and not self.studies[s].stale}
+        while lives:
+            got = await self.store.read_events(list(lives), self.settings.consumer, 1000, 0,
+                                               True)
             if not any(entries for _, entries in got):
                 return
             for sid, entries in got:
                 await self._apply_events(sid, entries)
+            # A copy that could not apply them (reloaded, or moved) leaves them pending for
+            # the copy that replaced it: reading them again here would never end.
+            lives = {s: lv for s, lv in lives.items()
+                     if self.studies.get(s) is lv and not lv.stale}
 
     # ---------------------------------------------------------------- studies
 
