@@ -210,6 +210,16 @@ def test_spearman_and_level_trust() -> None:
     trust = level_trust(by_level, min_pairs=5)
     assert trust[1.0] == (pytest.approx(-1.0), 3.0, 6)  # level 9 shares only 3: not it
     assert 3.0 not in trust
+    # Read from the latest trials to reach the higher level, at most max_pairs of them (a
+    # bounded cost): the early ones ranked backwards, the latest in order.
+    by_level = {1.0: {t: float(t) if t >= 10 else -float(t) for t in range(20)},
+                3.0: {t: float(t) for t in range(20)}}
+    everything = spearman(np.array(list(by_level[1.0].values())),
+                          np.array(list(by_level[3.0].values())))
+    assert everything < 0.8 and level_trust(by_level, min_pairs=5)[1.0] == (
+        pytest.approx(everything), 3.0, 20)
+    assert level_trust(by_level, min_pairs=5, max_pairs=10)[1.0] == (pytest.approx(1.0), 3.0,
+                                                                      10)
 
 
 def test_mfkde_handles_categoricals_and_restores() -> None:

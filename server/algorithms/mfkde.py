@@ -28,6 +28,7 @@ state is the generator and the recorded values.
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -42,6 +43,7 @@ from .settings import parse
 from .space import Categorical, Float, Int, SearchSpace
 
 MIN_PAIRS = 5  # trials two levels must share before their rank correlation is believed
+MAX_PAIRS = 300  # the latest trials two levels share that their correlation is read from
 
 
 @dataclass(frozen=True)
@@ -76,17 +78,23 @@ def _ranks(x: np.ndarray) -> np.ndarray:
 
 
 def level_trust(by_level: Mapping[float, Mapping[int, float]],
-                min_pairs: int = MIN_PAIRS) -> dict[float, tuple[float, float, int]]:
+                min_pairs: int = MIN_PAIRS, max_pairs: int = MAX_PAIRS
+                ) -> dict[float, tuple[float, float, int]]:
     """For each level below the highest, (rank correlation, compared level, pairs): its values
-    against those of the *highest* level that shares at least ``min_pairs`` trials with it.
-    A level with no such partner is absent (its trust is unknown)."""
+    against those of the *highest* level that shares at least ``min_pairs`` trials with it,
+    on the latest ``max_pairs`` trials to reach that level (the ones most like those proposed
+    now, and a cost that does not grow with the study). A level with no such partner is
+    absent (its trust is unknown)."""
     levels = sorted(by_level)
     out: dict[float, tuple[float, float, int]] = {}
     for i, low in enumerate(levels[:-1]):
         lo = by_level[low]
         for high in reversed(levels[i + 1:]):
             hi = by_level[high]
-            common = [t for t in hi if t in lo]
+            # Newest first (a dict keeps the order trials reached the level); every trial
+            # that reached a level reported the levels below on the way, so this stops soon.
+            common = list(itertools.islice((t for t in reversed(hi) if t in lo), max_pairs))
+            common.reverse()
             if len(common) >= min_pairs:
                 a = np.array([lo[t] for t in common])
                 b = np.array([hi[t] for t in common])
