@@ -9,7 +9,8 @@ and MFES-HB (Li et al., AAAI 2021) measure instead how well each low level ranks
 against a higher one and weight brackets and surrogates by it. ``auto`` does the same:
 
 * **trust of a level**: Spearman's rank correlation ρ of the values recorded at that rung level
-  with those of the highest level that shares at least 5 trials with it (``level_trust``), its
+  with those of the highest level that shares at least 5 trials with it, on the latest 300
+  trials to reach that level (``level_trust``; a cost bounded at any study size), its
   agreement with R (ρ times the partner's own agreement when the partner is below R,
   ``agreement_with_top``), and ``q = max(agreement, 0)²``; unknown (too few pairs) counts as
   ``prior_trust`` (0.5);
