@@ -12,6 +12,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+from helpers import ctrl_c_delivered
 from hpod.client.local import LocalCluster
 from hpod.v1 import hpod_pb2 as pb
 
@@ -382,8 +383,10 @@ def test_ctrl_c_on_watch_says_the_study_goes_on(cluster) -> None:
         study = client.create_study({"name": "idle", "resource": {"max_resource": 9},
                                      "algorithm": "hyperband", "search_space": {
                                          "x": {"type": "float", "low": 0, "high": 1}}})
-    proc = subprocess.Popen([*CLI, "study", "watch", study.id, "--address", cluster.address],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    with ctrl_c_delivered():
+        proc = subprocess.Popen([*CLI, "study", "watch", study.id, "--address",
+                                 cluster.address], stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
     first = proc.stderr.readline()  # the watch is under way once it says so
     assert "Ctrl-C stops watching, not the study" in first
     proc.send_signal(signal.SIGINT)

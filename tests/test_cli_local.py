@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from helpers import wait_for
+from helpers import ctrl_c_delivered, wait_for
 from hpod.client.local import free_port
 from hpod.client.sdk import Client
 
@@ -91,7 +91,8 @@ def test_sigterm_then_restart_without_flags_finishes_the_study(tmp_path) -> None
     assert (tmp_path / ".hpod" / "redis" / "appendonly.aof").exists() or \
         (tmp_path / ".hpod" / "redis" / "appendonlydir").exists()
 
-    second = Local(tmp_path)
+    with ctrl_c_delivered():  # it is stopped with Ctrl-C below
+        second = Local(tmp_path)
     assert second.about["resumed_studies"] == [study.id]
     with Client(second.about["address"]) as client:
         info = client.study(study.id).wait(timeout=300)

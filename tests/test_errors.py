@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import grpc
 import pytest
+from helpers import ctrl_c_delivered
 from hpod.client import Client, HpodError
 from hpod.client.local import LocalCluster
 
@@ -174,7 +175,7 @@ def test_ctrl_c_ends_a_wait_not_the_study_and_the_client_goes_on(server) -> None
             watching.wait(60)
             os.kill(os.getpid(), signal.SIGINT)
         threading.Thread(target=ctrl_c, daemon=True).start()
-        with pytest.raises(KeyboardInterrupt):
+        with ctrl_c_delivered(), pytest.raises(KeyboardInterrupt):
             study.wait()
         assert followed_on and threading.main_thread() not in followed_on
         assert study._streams.halted and not study._streams.open  # its stream was ended
