@@ -386,23 +386,28 @@ class Study:
         if threading.current_thread() is not threading.main_thread():
             return self._wait(progress, timeout)
         outcome: dict[str, Any] = {}
+        # An event, not Thread.join: a join that a KeyboardInterrupt interrupts can mark the
+        # thread as ended while it still runs (CPython 3.11), and a second join then returns
+        # at once.
+        done = threading.Event()
 
         def run() -> None:
             try:
                 outcome["info"] = self._wait(progress, timeout)
             except BaseException as e:  # handed to the caller's thread
                 outcome["error"] = e
+            finally:
+                done.set()
 
-        waiter = threading.Thread(target=run, name=f"hpod-wait-{self.id}", daemon=True)
-        waiter.start()
+        threading.Thread(target=run, name=f"hpod-wait-{self.id}", daemon=True).start()
         try:
             # In slices: the OS may deliver SIGINT to another thread, and then only a wait that
             # returns lets the main thread run Python's handler.
-            while waiter.is_alive():
-                waiter.join(0.2)
+            while not done.wait(0.2):
+                pass
         except KeyboardInterrupt:
             self._streams.halt()
-            waiter.join(5.0)  # a read under way ends by its own deadline; none is waited for
+            done.wait(5.0)  # a read under way ends by its own deadline; none is waited for
             raise
         if "error" in outcome:
             raise outcome["error"]
