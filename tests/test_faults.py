@@ -29,12 +29,22 @@ def busy_worker_pid(r: redis.Redis) -> int | None:
     return None
 
 
-def assert_nothing_lost_or_doubled(study, info) -> None:
+def assert_nothing_lost_or_doubled(study, info, progress_may_be_lost: bool = False) -> None:
+    """Every trial completed, each step reported once and counted once. A Redis master
+    failover may lose a progress point acknowledged just before the master died (only final
+    results are replicated before a worker lets go of its job): ``progress_may_be_lost``
+    then allows gaps in a curve, never a repeat or a missing end."""
     trials = study.trials()
     assert len(trials) == info.plan.max_trials
     assert {t.state for t in trials} == {"completed"}
     for t in trials:
-        assert [r for r, _ in t.curve] == list(range(1, int(t.resource) + 1))
+        steps = [r for r, _ in t.curve]
+        whole = list(range(1, int(t.resource) + 1))
+        if progress_may_be_lost:
+            assert steps == sorted(set(steps)) and set(steps) <= set(whole), steps
+            assert steps[-1] == t.resource
+        else:
+            assert steps == whole
     # Each segment counted once: a lost job's partial work is not added to the total.
     assert info.resource_used == pytest.approx(info.plan.incremental_resource)
 
