@@ -69,7 +69,7 @@ class Local:
         assert len(started) >= 3  # redis-server, the server and a worker at least
         self.proc.send_signal(sig)
         rc = self.proc.wait(STOP_TIMEOUT)
-        wait_for(lambda: not alive(started), 10, "every process hpod local started to exit")
+        wait_for(lambda: not alive(started), 60, "every process hpod local started to exit")
         return rc, self.proc.stderr.read()
 
 

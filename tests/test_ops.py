@@ -53,7 +53,7 @@ def test_metrics_endpoint_during_a_running_study(tmp_path) -> None:
             cluster.client() as client:
         study = client.create_study(slow_spec(seed=5))
         wait_for(lambda: study.refresh().trials_finished >= 2, what="two finished trials")
-        wait_for(lambda: 'hpod_workers{status="busy"}' in scrape(port), timeout=10,
+        wait_for(lambda: 'hpod_workers{status="busy"}' in scrape(port), timeout=60,
                  what="worker gauges")
         text = scrape(port)
         for needle in ('hpod_studies{state="active"} 1.0', 'hpod_trials{state="completed"}',
