@@ -407,7 +407,8 @@ class Study:
                 pass
         except KeyboardInterrupt:
             self._streams.halt()
-            done.wait(5.0)  # a read under way ends by its own deadline; none is waited for
+            # A read under way ends by its own deadline: it is waited for 5 s at most.
+            done.wait(5.0)
             raise
         if "error" in outcome:
             raise outcome["error"]

@@ -404,21 +404,18 @@ def test_known_front_recovery_on_the_notebooks_function():
     problem = {"floor": 64.0}
     space = SearchSpace((Float("lr", 1e-5, 1e-1, log=True), Int("epoch", 2, 64, log=True)))
 
-    def notebook(config: dict, trial: int) -> tuple[float, float]:
+    def notebook(config: dict) -> tuple[float, float]:
         epochs = int(config["epoch"])
-        noise = float(np.random.default_rng([trial, epochs]).uniform()) * 0.1
+        # The noise of a configuration: keyed by it, so each draw is fixed.
+        key = [int(config["lr"] * 1e12) % 2**31, epochs]
+        noise = float(np.random.default_rng(key).uniform()) * 0.1
         return scaling.value(config["lr"], epochs, problem) + noise, float(epochs)
 
     for seed in range(5):
         ctx = Context(space, Resource(max_resource=64), seed=seed, max_trials=60, settings={
             "search_center": {"lr": 3e-4, "epoch": 6}, "scale": {"lr": 0.5}})
         alg = build("carbs", ctx)
-        proposed = {}
-        while not alg.done():
-            for job in alg.next_jobs(2):
-                proposed[job.trial_id] = job.config
-                value, cost = notebook(job.config, job.trial_id)
-                alg.on_job_end(job, Outcome(Status.COMPLETED, value, cost, cost))
+        proposed = run(alg, notebook, parallel=2)  # each trial trains its own epochs
         front, configs = alg.pareto_front(), alg.pareto_configs()
         excess = sorted(scaling.value(c["lr"], c["epoch"], problem)
                         / scaling.front(c["epoch"], problem) - 1 for c in configs)
