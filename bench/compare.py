@@ -23,7 +23,9 @@ a time, a report every resource unit, the same problem objects and cost model):
 * Optuna, in this process: HyperbandPruner and SuccessiveHalvingPruner, with RandomSampler and
   TPESampler (``optuna-{hyperband,sha}-{random,tpe}``);
 * Syne Tune, in its own interpreter (``--syne-python`` or ``$HPOD_SYNE_PYTHON``): ``syne-asha``,
-  ``syne-hyperband`` (asynchronous Hyperband), and by name ``syne-asha-cqr``, ``syne-cqr``;
+  ``syne-hyperband`` (asynchronous Hyperband), ``syne-bohb`` (BOHB on one ASHA bracket, its
+  default), ``syne-bohb-hyperband`` (on Hyperband's brackets), and by name ``syne-asha-cqr``,
+  ``syne-cqr``;
 * Ray Tune, in its own interpreter (``--ray-python`` or ``$HPOD_RAY_PYTHON``): ``ray-asha``,
   ``ray-hyperband`` (its synchronous HyperBandScheduler, with pause and resume).
 
@@ -157,7 +159,8 @@ OPTUNA = {f"optuna-{p}-{s}": (p, s) for p in ("hyperband", "sha") for s in ("ran
 # Peers run in interpreters of their own (bench/peers/driver.py). Asking for a peer by name runs
 # its default methods; any of its methods can be named (e.g. syne-asha-cqr). CQR is not in the
 # defaults: like hpod's CQR sampler it costs minutes per run at these budgets.
-PEER_METHODS = {"syne-tune": (["asha", "hyperband"], ["asha", "hyperband", "asha-cqr", "cqr"]),
+PEER_METHODS = {"syne-tune": (["asha", "hyperband", "bohb", "bohb-hyperband"],
+                              ["asha", "hyperband", "bohb", "bohb-hyperband", "asha-cqr", "cqr"]),
                 "ray-tune": (["asha", "hyperband"], ["asha", "hyperband"]),
                 "dehb": (["dehb"], ["dehb"])}
 PEER_PREFIX = {"syne-tune": "syne", "ray-tune": "ray", "dehb": "dehb"}

@@ -144,8 +144,8 @@ def test_missing_peers_are_skipped_with_the_reason(monkeypatch: pytest.MonkeyPat
     assert "not an executable interpreter" in skipped["syne-tune"] and not todo
 
 
-PEER_METHODS = [("syne-tune", "HPOD_SYNE_PYTHON", m) for m in ("asha", "hyperband", "asha-cqr",
-                                                               "cqr")]
+PEER_METHODS = [("syne-tune", "HPOD_SYNE_PYTHON", m)
+                for m in ("asha", "hyperband", "asha-cqr", "cqr", "bohb", "bohb-hyperband")]
 PEER_METHODS += [("ray-tune", "HPOD_RAY_PYTHON", m) for m in ("asha", "hyperband")]
 PEER_METHODS += [("dehb", "HPOD_DEHB_PYTHON", "dehb")]
 
@@ -183,3 +183,23 @@ def test_installed_peer_runs_deterministically(peer: str, var: str, method: str)
         drv.close_all()
     assert runs[0] == runs[1] and runs[0]
     assert all(a[1] < b[1] and a[2] > b[2] for a, b in zip(runs[0], runs[0][1:], strict=False))
+
+
+def test_rays_hyperband_pauses_and_resumes_trials() -> None:
+    """Ray's HyperBandScheduler halves a bracket once all its trials reached the rung: the
+    runner must keep trials pending as Ray's controller does, or no trial is ever paused."""
+    from hpod.server.problems import get_problem
+
+    drv = driver()
+    try:
+        python = drv.interpreter("ray-tune", os.environ.get("HPOD_RAY_PYTHON"))
+    except drv.PeerUnavailable as exc:
+        pytest.skip(f"ray-tune: {exc}")
+    stats: dict[str, Any] = {}
+    try:
+        drv.run_peer("ray-tune", python, "hyperband", get_problem("branin-mf"), 1, 0, 10 * 81,
+                     stats=stats)
+    finally:
+        drv.close_all()
+    # 10 full trainings' worth of resource: many more trials than 10, some of them resumed.
+    assert stats["trials"] > 30 and stats["resumes"] > 0, stats

@@ -12,11 +12,16 @@ its trials that offers what the schedulers read (``status``, ``is_saving``, ``ge
 or its natural end at ``max_t``, is followed by ``on_trial_complete`` with the last result, as in
 ``TuneController.stop_trial``.
 
-New trials: Ray's search algorithm creates trials ahead of the scheduler (up to its
-``max_pending_trials``); here one new pending trial is created whenever none is waiting, its
-configuration drawn as Ray's ``BasicVariantGenerator`` draws it (``Domain.sample`` with a
-generator seeded by the run's seed). The scheduler then chooses what runs, a pending trial or a
-paused one it wants resumed.
+New trials: Ray's search algorithm creates trials ahead of the scheduler, up to the
+controller's ``max_pending_trials``; for random search (``BasicVariantGenerator``) Ray 2.60
+allows ``max(200, 1.1 × cluster CPUs)`` of them (``tune_controller._get_max_pending_trials``),
+so this runner keeps ``MAX_PENDING`` (200) trials pending, each configuration drawn as
+``BasicVariantGenerator`` draws it (``Domain.sample`` with a generator seeded by the run's
+seed). The scheduler then chooses what runs, a pending trial or a paused one it wants resumed.
+That matters for ``HyperBandScheduler``: it assigns each trial to a bracket when the trial is
+added and halves a bracket once all its trials reached the rung, so with one trial pending at
+a time a bracket would hold one live trial, every halving would keep it, and every trial would
+train to ``max_t``.
 
 Methods: ``asha``: ``ASHAScheduler`` (asynchronous successive halving, stopping, one bracket,
 ``grace_period`` = min resource, ``reduction_factor`` = eta); ``hyperband``:
@@ -36,6 +41,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from runner_common import plain, serve  # noqa: E402
 
 METHODS = ["asha", "hyperband"]
+# Ray 2.60's pending-trial allowance for random search on a small cluster (see above).
+MAX_PENDING = 200
 
 
 def _space(space: list[dict[str, Any]]) -> dict[str, Any]:
@@ -74,6 +81,7 @@ class _Controller:
     def __init__(self) -> None:
         self.trials: list[_Trial] = []
         self.scheduler: Any = None
+        self.pending = 0  # trials added and neither started nor stopped
 
     def get_trials(self) -> list[_Trial]:
         return self.trials
@@ -84,6 +92,7 @@ class _Controller:
         if trial.status in (Trial.ERROR, Trial.TERMINATED):
             return
         if trial.status in (Trial.PENDING, Trial.PAUSED):
+            self.pending -= trial.status == Trial.PENDING
             self.scheduler.on_trial_remove(self, trial)
         elif trial.status == Trial.RUNNING:
             self.scheduler.on_trial_complete(self, trial, trial.last_result)
@@ -121,17 +130,20 @@ class Session:
         trial = _Trial(f"{tid:05d}", config, Trial.PENDING)
         self.by_id[tid] = trial
         self.ctrl.trials.append(trial)
+        self.ctrl.pending += 1
         self.scheduler.on_trial_add(self.ctrl, trial)
 
     def suggest(self) -> dict[str, Any]:
         from ray.tune.experiment import Trial
 
-        if not any(t.status == Trial.PENDING for t in self.ctrl.trials):
+        while self.ctrl.pending < MAX_PENDING:
             self._new_trial()
         trial = self.scheduler.choose_trial_to_run(self.ctrl)
         if trial is None:
             return {"trial": None}
         resume = trial.status == Trial.PAUSED
+        if not resume:
+            self.ctrl.pending -= 1
         trial.status = Trial.RUNNING
         return {"trial": int(trial.trial_id), "config": dict(trial.config), "resume": resume}
 

@@ -5,9 +5,10 @@
 Run in an interpreter that has ``syne-tune`` 0.14.2 or newer (the scheduler API driven here:
 ``suggest()`` returning a ``TrialSuggestion``, ``on_trial_add``, ``on_trial_result``,
 ``on_trial_complete``, ``on_trial_remove``, and the baselines ``ASHA``, ``ASHACQR`` and ``CQR``
-with ``time_attr``; measured with 0.16.0). The calls mirror what Syne Tune's own ``Tuner``
-makes: a STOP or PAUSE decision is followed by ``on_trial_remove``; a trial that ends by itself
-(it reached ``max_t`` and was not stopped) by ``on_trial_complete`` with its last result.
+with ``time_attr``; ``BOHB`` since 0.16; measured with 0.16.0). The calls mirror what Syne
+Tune's own ``Tuner`` makes: a STOP or PAUSE decision is followed by ``on_trial_remove``; a
+trial that ends by itself (it reached ``max_t`` and was not stopped) by ``on_trial_complete``
+with its last result.
 
 Methods (Syne Tune's baselines with their defaults, random seed = the run's seed; grace period
 = min resource, reduction factor = eta):
@@ -15,7 +16,11 @@ Methods (Syne Tune's baselines with their defaults, random seed = the run's seed
 * ``asha``: ``ASHA`` (asynchronous successive halving, stopping type, one bracket);
 * ``hyperband``: ``ASHA`` with ``brackets = s_max + 1``: asynchronous Hyperband, stopping type;
 * ``asha-cqr``: ``ASHACQR``, ASHA whose new trials come from conformal quantile regression;
-* ``cqr``: ``CQR``, single fidelity: every trial trains to ``max_t``.
+* ``cqr``: ``CQR``, single fidelity: every trial trains to ``max_t``;
+* ``bohb``: ``BOHB`` as Syne Tune ships it: BOHB's kernel-density proposals on asynchronous
+  successive halving (one bracket, its default);
+* ``bohb-hyperband``: the same with ``brackets = s_max + 1``, Hyperband's brackets as in the
+  BOHB paper (Falkner et al., ICML 2018), asynchronously.
 
 ``ASHA`` and ``ASHACQR`` are built as those baselines build themselves, an
 ``AsynchronousSuccessiveHalving`` with ``searcher="random_search"`` or ``"cqr"``, because
@@ -36,7 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from runner_common import n_brackets, plain, serve  # noqa: E402
 
-METHODS = ["asha", "hyperband", "asha-cqr", "cqr"]
+METHODS = ["asha", "hyperband", "asha-cqr", "cqr", "bohb", "bohb-hyperband"]
 MIN_VERSION = (0, 14, 2)
 
 
@@ -70,6 +75,13 @@ class Session:
         method = req["method"]
         if method == "cqr":
             self.scheduler = b.CQR(space, metric="value", do_minimize=True, random_seed=seed)
+        elif method.startswith("bohb"):
+            if not hasattr(b, "BOHB"):
+                raise ValueError(f"syne-tune {_version()} has no BOHB baseline (0.16 has)")
+            brackets = n_brackets(r_min, r_max, eta) if method == "bohb-hyperband" else 1
+            self.scheduler = b.BOHB(space, metric="value", time_attr="epoch", max_t=r_max,
+                                    do_minimize=True, random_seed=seed, grace_period=r_min,
+                                    reduction_factor=eta, brackets=brackets)
         else:  # what the baselines ASHA and ASHACQR build, with the grace period, reduction
             # factor and bracket count set (0.14.2's baselines do not take them)
             brackets = n_brackets(r_min, r_max, eta) if method == "hyperband" else 1
@@ -116,13 +128,19 @@ class Session:
         return {D.CONTINUE: "continue", D.STOP: "stop", D.PAUSE: "pause"}[decision]
 
 
+def _version() -> str:
+    import syne_tune
+
+    return str(syne_tune.__version__)
+
+
 def main() -> int:
     try:
-        import syne_tune
+        import syne_tune  # noqa: F401
     except ImportError as exc:
         print(f"syne-tune is not importable here: {exc}", file=sys.stderr)
         return 3
-    version = syne_tune.__version__
+    version = _version()
     parts = tuple(int(x) for x in version.split(".")[:3] if x.isdigit())
     if parts < MIN_VERSION:
         print(f"syne-tune {version} is older than 0.14.2, whose scheduler API this adapter "
@@ -136,6 +154,10 @@ def main() -> int:
               file=sys.stderr)
         return 5
     methods, unavailable = list(METHODS), {}
+    if not hasattr(syne_tune.optimizer.baselines, "BOHB"):
+        for m in ("bohb", "bohb-hyperband"):
+            methods.remove(m)
+            unavailable[m] = f"syne-tune {version} has no BOHB baseline (0.16.0 has)"
     try:  # CQR's searcher imports the blackbox repository, which needs huggingface_hub
         import syne_tune.optimizer.schedulers.searchers.conformal.conformal_quantile_regression_searcher  # noqa: E501, F401
     except ImportError as exc:
