@@ -76,8 +76,6 @@ class Session:
         if method == "cqr":
             self.scheduler = b.CQR(space, metric="value", do_minimize=True, random_seed=seed)
         elif method.startswith("bohb"):
-            if not hasattr(b, "BOHB"):
-                raise ValueError(f"syne-tune {_version()} has no BOHB baseline (0.16 has)")
             brackets = n_brackets(r_min, r_max, eta) if method == "bohb-hyperband" else 1
             self.scheduler = b.BOHB(space, metric="value", time_attr="epoch", max_t=r_max,
                                     do_minimize=True, random_seed=seed, grace_period=r_min,
@@ -128,19 +126,13 @@ class Session:
         return {D.CONTINUE: "continue", D.STOP: "stop", D.PAUSE: "pause"}[decision]
 
 
-def _version() -> str:
-    import syne_tune
-
-    return str(syne_tune.__version__)
-
-
 def main() -> int:
     try:
-        import syne_tune  # noqa: F401
+        import syne_tune
     except ImportError as exc:
         print(f"syne-tune is not importable here: {exc}", file=sys.stderr)
         return 3
-    version = _version()
+    version = syne_tune.__version__
     parts = tuple(int(x) for x in version.split(".")[:3] if x.isdigit())
     if parts < MIN_VERSION:
         print(f"syne-tune {version} is older than 0.14.2, whose scheduler API this adapter "
