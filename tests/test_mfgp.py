@@ -60,20 +60,24 @@ def _predicted_at_top(s: MultiFidelityGP, configs: list[dict]) -> np.ndarray:
 
 
 def test_a_level_that_ranks_like_r_speaks_for_r_and_a_backwards_one_does_not() -> None:
-    for sign in (1.0, -1.0):
-        s, configs = _told(sign)
-        unseen = configs[12:]  # known only at level 1
-        pred = _predicted_at_top(s, unseen)
-        rho = spearman(pred, np.array([bowl(c) for c in unseen]))
-        if sign > 0:
-            assert rho > 0.9, rho  # level 1 carries R's ranking to configurations never at R
-        else:
-            assert rho > 0.0, rho  # never the reversed ranking of level 1
-    agree, _ = _told(1.0)
-    backwards, _ = _told(-1.0)
-    # The learned correlation of level 1 with R: high when they agree, negative when not.
-    assert agree._top_correlation()[0] > 0.8
-    assert backwards._top_correlation()[0] < 0.0
+    reversed_fits = 0
+    for seed in range(5):
+        for sign in (1.0, -1.0):
+            s, configs = _told(sign, seed)
+            unseen = configs[12:]  # known only at level 1
+            pred = _predicted_at_top(s, unseen)
+            rho = spearman(pred, np.array([bowl(c) for c in unseen]))
+            corr = s._top_correlation()[0]  # the learned correlation of level 1 with R
+            if sign > 0:
+                assert rho > 0.9, (seed, rho)  # level 1 carries R's ranking to new points
+                assert corr > 0.8, (seed, corr)
+            else:
+                assert rho > 0.0, (seed, rho)  # never the reversed ranking of level 1
+                assert corr < 0.05, (seed, corr)
+                reversed_fits += corr < -0.8
+    # A backwards level is mostly learned as R reversed (it then still informs R); the rest of
+    # the time its own part explains it and it says nothing about R.
+    assert reversed_fits >= 4, reversed_fits
 
 
 def test_parallel_asks_spread_out() -> None:
