@@ -175,3 +175,23 @@ def test_a_state_saved_before_rows_were_kept_per_level_restores_to_the_same_rows
     again.restore(old)
     for a, b in zip(s._training_rows(), again._training_rows(), strict=True):
         assert np.array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_a_fit_saved_before_levels_had_own_parts_still_predicts_and_refits() -> None:
+    """A study saved with the shared-part-only hyperparameters restores: its model predicts
+    with them as they were (no own parts) and the next fit adds the own parts."""
+    s, configs = _told(1.0)
+    old = json_roundtrip(s.state())
+    # As the previous version saved it: the encoded map without the own parts' entries.
+    old["hyper"]["v"] = [kv for kv in old["hyper"]["v"] if not kv[0].startswith("own")]
+    again = sampler(Resource(9, 1, 3))
+    again.restore(old)
+    assert again.hyper is not None and "own" not in again.hyper
+    shared_only = _predicted_at_top(again, configs[:5])
+    assert np.all(np.isfinite(shared_only))
+    # A quarter more results than at the last fit: the next model-based suggestion refits.
+    for t, (a, b) in enumerate(np.random.default_rng(5).random((16, 2)), 40):
+        again.observe(t, {"x": float(a), "y": float(b)}, 9.0, bowl({"x": a, "y": b}))
+    again.suggest(SuggestContext(56))
+    assert again.last_fit["model"]
+    assert again.hyper is not None and len(again.hyper["own"]) == len(again.levels)

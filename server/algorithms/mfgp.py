@@ -23,7 +23,7 @@ The second term is each level's own departure from the shared part, with length 
 own (a linear model of coregionalisation with two components; in the spirit of Kennedy &
 O'Hagan's autoregressive co-kriging, Biometrika 2000, where R = ρ · lower level + a
 discrepancy with its own smoothness). Without it a level could only differ from R through
-``v`` at the shared, short length scales, so a smooth departure (an optimum that moves with
+``v`` at the shared length scales, so a smooth departure (an optimum that moves with
 the resource, as in the augmented Branin; a learning rate that speeds early epochs and hurts
 the end) was fitted as a near-perfect correlation and R predicted as a copy of the cheap
 level. Measured on the six analytic problems of ``bench/mf_suite.py`` (30 seeds, ``auto``), it
@@ -172,8 +172,8 @@ def _fit(x: np.ndarray, y: np.ndarray, n_levels: int, rng: np.random.Generator,
     same_level = (lvl[:, None] == lvl[None, :]).to(torch.float64)
     ls_mu, ls_sd = math.sqrt(2) + 0.5 * math.log(max(dims, 1)), math.sqrt(3)
     # Packed parameters: log length scales, the levels' factor (n_levels x rank), log of
-    # the levels' own variances, the levels' means, log noise per level (a cheap level is
-    # often noisier than R).
+    # v (B's diagonal), the levels' means, log noise per level (a cheap level is often
+    # noisier than R); then the levels' own parts (below).
     ls0 = (np.log(start["lengthscale"]) if start is not None
            else np.full(dims, ls_mu - ls_sd ** 2 / 2))  # the prior's mode
     # Every level starts fully correlated with every other: the data must show otherwise.
