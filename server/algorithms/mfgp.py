@@ -26,13 +26,10 @@ discrepancy with its own smoothness). Without it a level could only differ from 
 ``v`` at the shared length scales, so a smooth departure (an optimum that moves with
 the resource, as in the augmented Branin; a learning rate that speeds early epochs and hurts
 the end) was fitted as a near-perfect correlation and R predicted as a copy of the cheap
-level. Each level's own share of its variance has a log-normal prior with its mode at 1 %:
-the levels agree unless the data insist. Without it the sign of R's shared weight is barely
-identified when R's results are all promoted ones from one valley, and a fit could turn R
-against every level that ranks like it. Measured on the six analytic problems of
-``bench/mf_suite.py`` (30 seeds, ``auto``), the own parts cut the median regret at half the
-budget on four (0.030 → 0.003 where the learning rate changes the curve's shape, 0.39 → 0.16
-with noisy low levels), left one where it was and cost one (DESIGN.md, "auto").
+level. Measured on the six analytic problems of ``bench/mf_suite.py`` (30 seeds, ``auto``), the
+own parts cut the median regret at half the budget on four (0.030 → 0.002 where the learning
+rate changes the curve's shape, 0.39 → 0.21 with noisy low levels), left one where it was and
+cost one (DESIGN.md, "auto").
 
 Costs, so that it can sit behind a service: the hyperparameters are MAP estimates (BoTorch's
 dimension-scaled log-normal prior on the length scales, Gamma(1.1, 0.05) on each noise) by
@@ -92,10 +89,6 @@ LEVEL_RANK = 1
 # optimum moved, a hyperparameter that matters more late) before any fine ones.
 OWN_SMOOTHER = 1.0
 OWN_VARIANCE0 = 0.01
-# Log-normal prior on each level's own share of its variance (own / B's diagonal): its mode,
-# and its sd in e-folds.
-OWN_SHARE_MODE = 0.01
-OWN_SHARE_SD = 1.0
 
 
 @dataclass(frozen=True)
@@ -222,8 +215,6 @@ def _fit(x: np.ndarray, y: np.ndarray, n_levels: int, rng: np.random.Generator,
         log_ls = torch.cat([t[:dims], t[n_base:n_base + dims]])
         nll = nll + (0.5 * ((log_ls - ls_mu) / ls_sd) ** 2 + log_ls).sum()  # log-normal
         nll = nll - (0.1 * torch.log(noise) - 0.05 * noise).sum()  # Gamma(1.1, 0.05)
-        share = torch.log(own_var) - torch.log(torch.diagonal(levels))
-        nll = nll + (0.5 * ((share - math.log(OWN_SHARE_MODE)) / OWN_SHARE_SD) ** 2).sum()
         nll.backward()
         assert t.grad is not None
         return float(nll.detach()), t.grad.numpy().copy()
