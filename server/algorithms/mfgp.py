@@ -429,8 +429,9 @@ class MultiFidelityGP(Sampler):
         assert self.hyper is not None
         b = np.asarray(self.hyper["levels"])
         var = np.diag(b) + np.asarray(self.hyper.get("own", np.zeros(len(b))))
+        # R's own part is R's too: its correlation with itself is 1, not B's share of it.
         return [round(float(b[i, -1] / math.sqrt(var[i] * var[-1])), 4)
-                for i in range(len(b))]
+                for i in range(len(b) - 1)] + [1.0]
 
     def _at_top(self, raw: np.ndarray) -> np.ndarray:
         f = self._features(raw)
