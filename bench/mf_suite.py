@@ -329,10 +329,12 @@ def load_runs(path: str, budget_r: float) -> list[Run]:
 
 def suggestion_cost(method: str, trials: int = 500, problem: str = "ranks-well"
                     ) -> dict[str, float]:
-    """CPU milliseconds per new trial (the sampler's proposal and the scheduler's bracket
-    choice) while a study grows to ``trials`` trials on one simulated worker: the mean over
-    the whole run and the median and maximum over the last 50 trials; and the CPU the
-    algorithm spent on the reports (learning-curve points, job ends), per trial."""
+    """CPU milliseconds per new trial (the sampler's proposal, the scheduler's bracket choice
+    and its search for a promotion first) while a study grows to ``trials`` trials on one
+    simulated worker: the mean over the whole run and the median and maximum over the last
+    50 trials; and the CPU the algorithm spent on the reports (learning-curve points, job
+    ends), per trial. Any algorithm: the calls timed are those of the algorithm interface
+    (``next_jobs`` that started a trial, ``on_progress``, ``on_job_end``)."""
     import time
 
     from hpod.server.simulator import Simulator, study_config
@@ -343,14 +345,17 @@ def suggestion_cost(method: str, trials: int = 500, problem: str = "ranks-well"
                           None, None, None)
     sim = Simulator(prob, config, 1, None)
     alg = sim.engine.algorithm
-    start_trial, costs = alg._start_trial, []
+    next_jobs, costs = alg.next_jobs, []
+    started: set[int] = set()
 
-    def timed() -> Any:
+    def timed(free: int) -> Any:
         t0 = time.thread_time()
-        job = start_trial()
-        if job is not None:
-            costs.append((time.thread_time() - t0) * 1e3)
-        return job
+        jobs = next_jobs(free)
+        new = {j.trial_id for j in jobs} - started
+        if new:  # a call that only promoted is not a new trial's cost
+            costs.append((time.thread_time() - t0) * 1e3 / len(new))
+            started.update(new)
+        return jobs
 
     reports = [0.0]
 
@@ -363,7 +368,7 @@ def suggestion_cost(method: str, trials: int = 500, problem: str = "ranks-well"
                 reports[0] += (time.thread_time() - t0) * 1e3
         return run
 
-    alg._start_trial = timed
+    alg.next_jobs = timed
     alg.on_progress = counted(alg.on_progress)
     alg.on_job_end = counted(alg.on_job_end)
     sim.run()
