@@ -73,9 +73,10 @@ def test_a_level_that_ranks_like_r_speaks_for_r_and_a_backwards_one_does_not() -
                 assert corr > 0.8, (seed, corr)
             else:
                 assert rho > 0.0, (seed, rho)  # never the reversed ranking of level 1
+                assert corr < 0.05, (seed, corr)
                 reversed_fits += corr < -0.8
-    # A backwards level is mostly learned as R reversed (it then still informs R); where the
-    # fit ends elsewhere, R's own results still set the ranking at R (asserted above).
+    # A backwards level is mostly learned as R reversed (it then still informs R); the rest of
+    # the time its own part explains it and it says nothing about R.
     assert reversed_fits >= 4, reversed_fits
 
 
