@@ -353,7 +353,8 @@ def suggestion_cost(method: str, trials: int = 500, problem: str = "ranks-well"
         jobs = next_jobs(free)
         new = {j.trial_id for j in jobs} - started
         if new:  # a call that only promoted is not a new trial's cost
-            costs.append((time.thread_time() - t0) * 1e3 / len(new))
+            share = (time.thread_time() - t0) * 1e3 / len(new)
+            costs.extend([share] * len(new))  # one figure per trial it started
             started.update(new)
         return jobs
 
