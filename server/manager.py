@@ -60,7 +60,14 @@ from .engine import (
     StudyEngine,
 )
 from .ownership import Ownership
-from .residency import Residency, Resting, listing_command, restable, stored_resting
+from .residency import (
+    Residency,
+    Resting,
+    listing_command,
+    restable,
+    stored_resting,
+    trial_states,
+)
 from .store.redis_store import SNAPSHOT_EVERY, Batch, LeaseLost, RedisStore, dumps
 from .study import StudyConfig
 
@@ -1041,7 +1048,7 @@ class StudyManager:
                 eng = live.engine
                 listing = convert.study_to_pb(eng, live.created, fidelity=False)
                 rest = Resting(live.created, eng.config.tenant, listing.SerializeToString(),
-                               eng.inputs, eng.state)
+                               eng.inputs, eng.state, trial_states(eng))
                 try:
                     await self.store.execute(sid, [listing_command(sid, rest)], live.fence, 0)
                 except Exception:  # still in memory and answering; tried again next pass

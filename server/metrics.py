@@ -17,6 +17,8 @@ from typing import TYPE_CHECKING, Any
 
 import grpc
 
+from .residency import trial_states
+
 try:
     import prometheus_client as prom
     from prometheus_client.core import GaugeMetricFamily
@@ -81,8 +83,7 @@ class StudyCollector:
 
     def collect(self) -> Iterator[Any]:
         studies = GaugeMetricFamily("hpod_studies", "Studies by state", labels=["state"])
-        trials = GaugeMetricFamily("hpod_trials", "Trials by state, of the studies in memory",
-                                   labels=["state"])
+        trials = GaugeMetricFamily("hpod_trials", "Trials by state", labels=["state"])
         jobs = GaugeMetricFamily("hpod_jobs", "Jobs by state (queued|leased)", labels=["state"])
         by_study: dict[str, int] = {}
         by_trial: dict[str, int] = {}
@@ -90,14 +91,16 @@ class StudyCollector:
         for live in list(self.m.studies.values()):
             eng = live.engine
             by_study[eng.state] = by_study.get(eng.state, 0) + 1
-            for t in list(eng.trials.values()):
-                by_trial[t.state] = by_trial.get(t.state, 0) + 1
+            for state, n in trial_states(eng).items():
+                by_trial[state] = by_trial.get(state, 0) + n
             for j in list(eng.jobs.values()):
                 by_job["queued" if j.state == "queued" else "leased"] += 1
-        # Ended studies resting out of memory still count (their trials are not in memory:
-        # hpod_trials counts those of the studies held in memory).
+        # Ended studies resting out of memory still count, with the trial counts they were
+        # put to rest with.
         for rest in list(self.m.residency.resting.values()):
             by_study[rest.state] = by_study.get(rest.state, 0) + 1
+            for state, n in rest.trials.items():
+                by_trial[state] = by_trial.get(state, 0) + n
         for family, counts in ((studies, by_study), (trials, by_trial), (jobs, by_job)):
             for state, n in sorted(counts.items()):
                 family.add_metric([state], n)

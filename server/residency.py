@@ -6,7 +6,8 @@ state) would otherwise stay in memory for the server's lifetime. Once its final 
 Redis (nothing left to replay) and nobody has read it for ``rest_after`` seconds, or more than
 ``keep_ended`` ended studies are in memory (the least recently used go first), the manager
 drops its engine and keeps a *resting* entry: the owner's tenant, its creation time and its
-``Study`` message as the last engine rendered it, which is all ``ListStudies`` needs. Any other
+``Study`` message as the last engine rendered it, which is all ``ListStudies`` needs, and its
+trials' count by state, which is all the metrics need. Any other
 call loads the study again from its snapshot first (``StudyManager.wake``), so every answer is
 the one the engine gives.
 
@@ -42,6 +43,7 @@ class Resting:
     listing: bytes  # the serialized ``hpod.v1.Study`` of its last engine
     inputs: int  # the engine's input count when it was put to rest
     state: str  # how it ended (one of ENDED_STATES), for the metrics
+    trials: dict[str, int] = field(default_factory=dict)  # its trials by state, for the metrics
 
 
 @dataclass
@@ -92,10 +94,18 @@ def restable(live: Any) -> bool:
             and live.fence is not None)
 
 
+def trial_states(eng: StudyEngine) -> dict[str, int]:
+    """How many of a study's trials are in each state."""
+    out: dict[str, int] = {}
+    for t in list(eng.trials.values()):  # list: the metrics read it from their own thread
+        out[t.state] = out.get(t.state, 0) + 1
+    return out
+
+
 def listing_command(sid: str, rest: Resting) -> list[Any]:
     """The write of the ``listing`` field of the study hash."""
     return ["HSET", keys.study(sid), "listing", json.dumps(
-        {"inputs": rest.inputs, "created": rest.created,
+        {"inputs": rest.inputs, "created": rest.created, "trials": rest.trials,
          "study": base64.b64encode(rest.listing).decode()})]
 
 
@@ -115,7 +125,10 @@ async def stored_resting(r: Any, sid: str) -> Resting | None:
             return None
         # The creation time the study was listed with, so that it is listed the same after
         # a restart (the study hash holds one taken a moment before it).
+        # A listing written before trial counts were kept has none: the study's trials then
+        # go uncounted by the metrics until it is next loaded.
+        trials = {str(k): int(v) for k, v in (saved.get("trials") or {}).items()}
         return Resting(float(saved["created"]), str(json.loads(config).get("tenant", "") or ""),
-                       base64.b64decode(saved["study"]), inputs, state)
+                       base64.b64decode(saved["study"]), inputs, state, trials)
     except (ValueError, KeyError, TypeError):
         return None

@@ -89,11 +89,11 @@ async def reads(svc: HpodServicer, sid: str, late_job: str) -> dict[str, Any]:
             "best": best, "one": one, "late": (late.value.code, str(late.value))}
 
 
-def studies_gauge(m: StudyManager) -> dict[str, float]:
-    """What Prometheus would read as ``hpod_studies`` now, by state."""
+def gauge(m: StudyManager, name: str = "hpod_studies") -> dict[str, float]:
+    """What Prometheus would read as ``name`` (hpod_studies or hpod_trials) now, by state."""
     from hpod.server.metrics import StudyCollector
 
-    family = next(f for f in StudyCollector(m).collect() if f.name == "hpod_studies")
+    family = next(f for f in StudyCollector(m).collect() if f.name == name)
     return {sample.labels["state"]: sample.value for sample in family.samples}
 
 
@@ -119,10 +119,14 @@ def test_an_ended_study_rests_out_of_memory_and_reads_answer_as_before(redis_ser
             assert m.studies[sid].engine.state == "completed"
             before = await reads(svc, sid, late_job)
             assert before["late"][0] == grpc.StatusCode.FAILED_PRECONDITION
+            trials = gauge(m, "hpod_trials")
+            assert sum(trials.values()) == len(before["trials"]) > 0
 
             await rest(m)
             assert sid not in m.studies and sid in m.residency.resting
-            assert studies_gauge(m) == {"completed": 1.0}  # still counted, out of memory
+            # Still counted, out of memory, and its trials with it.
+            assert gauge(m) == {"completed": 1.0}
+            assert gauge(m, "hpod_trials") == trials
             listed = await svc.ListStudies(pb.ListStudiesRequest(), Context())
             assert list(listed.studies) == before["listed"]
             assert sid not in m.studies  # listed without loading it
@@ -135,7 +139,8 @@ def test_an_ended_study_rests_out_of_memory_and_reads_answer_as_before(redis_ser
         async with manager(redis_server.url) as m:
             svc = HpodServicer(m)
             assert sid not in m.studies and sid in m.residency.resting
-            assert studies_gauge(m) == {"completed": 1.0}
+            assert gauge(m) == {"completed": 1.0}
+            assert gauge(m, "hpod_trials") == trials
             assert await reads(svc, sid, late_job) == before
 
             # A write to a resting study loads it too: ID-HB raised, and work is handed out.
