@@ -359,6 +359,7 @@ def test_promotion_mode_done_when_nothing_can_be_promoted() -> None:
     ("asha", {"mode": "stopping"}),
     ("async-hyperband", {"quantile_rule": "linear_quantile"}),
     ("async-hyperband", {"mode": "stopping", "bracket_distribution": "softmax_rungs"}),
+    ("async-hyperband", {"duplicate_radius": 0.2}),
 ])
 def test_deterministic_and_state_round_trip(name: str, settings: dict[str, Any]) -> None:
     whole = Sim(make(name, max_resource=27, max_trials=25, seed=4, **settings), 3).run()

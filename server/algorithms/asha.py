@@ -20,7 +20,10 @@ levels. ``asha`` runs bracket 0 only unless ``brackets`` says more; ``async-hype
 ``softmax_rungs``: Ray, softmax over the number of rungs).
 
 Settings: ``mode``, ``quantile_rule`` (``asha_floor`` | ``linear_quantile`` | ``ray_percentile``),
-``brackets`` (a count or ``"all"``), ``bracket_distribution``, ``sampler``. The study's
+``brackets`` (a count or ``"all"``), ``bracket_distribution``, ``sampler``,
+``duplicate_radius`` (0: off; with ``asha_floor`` in promotion mode, a rung's top 1/eta counts
+configurations within this distance of a better one, in every parameter on the unit scale, as
+one entry: ``distinct.py``). The study's
 ``max_trials`` is how many new trials start in total. ``budget`` (resource units,
 optional) stops the study by resource instead, as the paper runs ASHA until a time budget is
 spent: new trials start whenever nothing can be promoted, with or without a ``max_trials``
@@ -57,6 +60,7 @@ from .base import (
     register_algorithm,
     rng_for,
 )
+from .distinct import DistinctRanks, unit_point
 from .hb_math import (  # noqa: F401 (the rules are re-exported: asha's public names)
     Order,
     _linear_quantile,
@@ -93,6 +97,7 @@ class ASHASettings:
     bracket_distribution: Distribution = "sync_proportional"
     sampler: str = "random"
     budget: float | None = None
+    duplicate_radius: float = 0.0
 
 
 # --- exact resource arithmetic ------------------------------------------------------------
@@ -160,6 +165,8 @@ class ASHA(Persistent, Algorithm):
                 "max_trials", f"{self.name} needs max_trials >= 1 (how many trials to start) "
                 "or algorithm.settings.budget (how much resource to spend)")
         self.max_trials: int | None = int(ctx.max_trials) if ctx.max_trials else None
+        self.radius = self._radius(st)
+        self.space = ctx.space
         self.handed = 0.0  # resource handed out in jobs (to - from), against ``budget``
         self.eta = int(ctx.resource.eta)
         r_min = to_fraction(ctx.resource.min_resource)
@@ -183,8 +190,9 @@ class ASHA(Persistent, Algorithm):
 
     def _derive(self) -> None:
         """Indexes kept beside the saved state (rebuilt by ``restore``): the running trials
-        with no rung yet, in id order (the sampler's pending list), and the best (value,
-        trial) at each resource level (the incumbent)."""
+        with no rung yet, in id order (the sampler's pending list), the best (value,
+        trial) at each resource level (the incumbent), and the rungs' distinct ranks
+        (``duplicate_radius``)."""
         self._fresh: dict[int, None] = {
             t: None for t, tr in self.trials.items() if t in self.running and tr.rung < 0}
         self._level_best: dict[float, tuple[float, int]] = {}
@@ -199,6 +207,22 @@ class ASHA(Persistent, Algorithm):
                 rung = self.rungs[trial.bracket][trial.rung]
                 if tid not in rung.promoted:
                     heapq.heappush(rung.candidates, (rung.values[tid], tid))
+
+        self._points: dict[int, np.ndarray] = {}  # trial -> unit point (duplicate_radius)
+        self._distinct: dict[tuple[int, int], DistinctRanks] = {}
+
+    @staticmethod
+    def _radius(st: ASHASettings) -> float:
+        r = st.duplicate_radius
+        if not 0.0 <= r < 1.0:
+            raise SettingsError("algorithm.settings.duplicate_radius",
+                                f"must be at least 0 (off) and below 1, the unit range of a "
+                                f"parameter (got {r!r})")
+        if r > 0 and (st.mode != "promotion" or st.quantile_rule != "asha_floor"):
+            raise SettingsError("algorithm.settings.duplicate_radius",
+                                "counts ranks in a rung, so it needs mode 'promotion' and "
+                                "quantile_rule 'asha_floor' (set it to 0 for other rules)")
+        return float(r)
 
     def _note_level(self, level: float, value: float, tid: int) -> None:
         best = self._level_best.get(level)
@@ -272,8 +296,19 @@ class ASHA(Persistent, Algorithm):
         if not heap:
             return None
         value, tid = heap[0]
+        if self.radius > 0:  # the top 1/eta of distinct configurations (distinct.py)
+            ranks = self._distinct.setdefault((b, k), DistinctRanks())
+            rank = ranks.rank(rung.order, rung.order.bisect_left((value, tid)), self._point,
+                              self.radius)
+            return (value, tid) if rank < len(rung.order) // self.eta else None
         return (value, tid) if in_top_sorted(self.rule, tid, value, rung.order,
                                              self.eta) else None
+
+    def _point(self, tid: int) -> np.ndarray:
+        point = self._points.get(tid)
+        if point is None:
+            point = self._points[tid] = unit_point(self.space, self.trials[tid].config)
+        return point
 
     def _start_trial(self) -> Job | None:
         if not self._trials_left():

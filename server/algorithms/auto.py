@@ -50,6 +50,10 @@ from .persist import encode
 from .samplers import sampler_options
 from .settings import parse
 
+# Configurations this close (in every parameter, unit scale) count as one in a rung's top
+# 1/eta (distinct.py): about the spread of the model's own local moves.
+DUPLICATE_RADIUS = 0.075
+
 
 @dataclass(frozen=True)
 class AutoSettings:
@@ -60,6 +64,7 @@ class AutoSettings:
     explore: float = 0.05
     prior_trust: float = 0.5
     chain: bool = True
+    duplicate_radius: float = DUPLICATE_RADIUS
 
 
 class Auto(AsyncHyperband):
@@ -80,7 +85,8 @@ class Auto(AsyncHyperband):
         self.explore, self.prior_trust, self.chain = st.explore, st.prior_trust, st.chain
         inner = {k: v for k, v in ctx.settings.items()
                  if k not in ("explore", "prior_trust", "chain")}
-        inner.update(mode="promotion", brackets="all", sampler=st.sampler)
+        inner.update(mode="promotion", brackets="all", sampler=st.sampler,
+                     duplicate_radius=st.duplicate_radius)
         super().__init__(replace(ctx, settings=inner))
         self.base = np.asarray(self.probabilities, dtype=float)
         # [trial, bracket, [agreement or None per bracket start level]] per new trial.
