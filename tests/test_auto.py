@@ -179,6 +179,7 @@ def test_plan_says_what_it_will_do() -> None:
     plan = alg.plan()
     text = " ".join(plan.notes)
     assert "rank agreement with R" in text and "current bracket weights" in text
+    assert "within 0.075 of a better one" in text
     assert len(plan.brackets) == 5
 
 
@@ -187,6 +188,7 @@ def test_plan_says_what_it_will_do() -> None:
     ({"prior_trust": -0.1}, "algorithm.settings.prior_trust"),
     ({"mode": "stopping"}, "algorithm.settings.mode"),
     ({"sampler": "nope"}, "algorithm.settings.sampler"),
+    ({"duplicate_radius": 2}, "algorithm.settings.duplicate_radius"),
 ])
 def test_bad_settings_are_named(settings: dict[str, Any], field_name: str) -> None:
     with pytest.raises(SettingsError) as err:

@@ -23,6 +23,12 @@ against a higher one and weight brackets and surrogates by it. ``auto`` does the
   last bracket (the one that starts closest to R) has q = 1: it is the fallback when nothing
   below can be trusted. The uniform share keeps every level receiving results, so a trust
   estimate can recover;
+* **rungs count near-copies once** (``duplicate_radius``, 0.075; ``distinct.py``): in a
+  rung's top 1/eta, configurations within that distance of a better one in every parameter
+  (unit scale) count as one entry. The model's local moves put many proposals a hair apart;
+  where a low level is biased among good configurations (its optimum a few per cent of the
+  range from R's), those copies would fill every cut with the low level's favourite, and the
+  configurations R prefers would never reach R;
 * **proposals**: ``mfgp`` (``mfgp.py``), one Gaussian process over (configuration, level)
   fitted on every result at every level, whose learned covariance between levels says how far
   each level speaks for R (it may be negative: a level that ranks backwards still informs R,
@@ -32,7 +38,8 @@ against a higher one and weight brackets and surrogates by it. ``auto`` does the
 Every bracket draw is recorded (trial, bracket, the trust it saw): :meth:`Auto.decision_log`
 reads them back with the reason in words; :meth:`Auto.fidelity_report` gives the current trust
 and bracket weights. Settings: ``budget`` (resource units; or the study's ``max_trials``),
-``sampler`` (default ``mfgp``), ``explore``, ``prior_trust``, ``chain``.
+``sampler`` (default ``mfgp``), ``explore``, ``prior_trust``, ``chain``,
+``duplicate_radius`` (0 turns the grouping off).
 """
 
 from __future__ import annotations
@@ -51,7 +58,8 @@ from .samplers import sampler_options
 from .settings import parse
 
 # Configurations this close (in every parameter, unit scale) count as one in a rung's top
-# 1/eta (distinct.py): about the spread of the model's own local moves.
+# 1/eta (distinct.py): a little over the model's middle local move (0.06), so a proposal made
+# as a refinement of a configuration mostly counts with it.
 DUPLICATE_RADIUS = 0.075
 
 
@@ -220,6 +228,9 @@ class Auto(AsyncHyperband):
             f"{self.prior_trust:g})",
             "trusted low levels -> cheap early stopping; misleading ones -> brackets that "
             "start near the maximum resource",
+            (f"a rung's top 1/eta counts configurations within {self.radius:g} of a better "
+             "one (every parameter, unit scale) as one entry" if self.radius else
+             "a rung's top 1/eta counts every configuration (duplicate_radius 0)"),
             "current bracket weights: " + ", ".join(
                 f"s={b} (r={self.levels[b]:g}) {w:.2f}" for b, w in enumerate(self.weights())),
         )
