@@ -207,7 +207,6 @@ class ASHA(Persistent, Algorithm):
                 rung = self.rungs[trial.bracket][trial.rung]
                 if tid not in rung.promoted:
                     heapq.heappush(rung.candidates, (rung.values[tid], tid))
-
         self._points: dict[int, np.ndarray] = {}  # trial -> unit point (duplicate_radius)
         self._distinct: dict[tuple[int, int], DistinctRanks] = {}
 
@@ -216,7 +215,7 @@ class ASHA(Persistent, Algorithm):
         r = st.duplicate_radius
         if not 0.0 <= r < 1.0:
             raise SettingsError("algorithm.settings.duplicate_radius",
-                                f"must be at least 0 (off) and below 1, the unit range of a "
+                                "must be at least 0 (off) and below 1, the unit range of a "
                                 f"parameter (got {r!r})")
         if r > 0 and (st.mode != "promotion" or st.quantile_rule != "asha_floor"):
             raise SettingsError("algorithm.settings.duplicate_radius",
