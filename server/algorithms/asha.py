@@ -296,7 +296,9 @@ class ASHA(Persistent, Algorithm):
             return None
         value, tid = heap[0]
         if self.radius > 0:  # the top 1/eta of distinct configurations (distinct.py)
-            ranks = self._distinct.setdefault((b, k), DistinctRanks())
+            ranks = self._distinct.get((b, k))
+            if ranks is None:
+                ranks = self._distinct[(b, k)] = DistinctRanks()
             rank = ranks.rank(rung.order, rung.order.bisect_left((value, tid)), self._point,
                               self.radius)
             return (value, tid) if rank < len(rung.order) // self.eta else None
