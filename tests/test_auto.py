@@ -92,6 +92,22 @@ def test_trust_reads_whole_curves_and_an_older_snapshot_restores() -> None:
     assert [dict(c) for c in again.curves] == [rungs[lv] for lv in alg.levels]
 
 
+def test_a_study_saved_before_the_grouping_keeps_its_ranking() -> None:
+    _, alg = run(Ranked(1.0), seed=2)
+    assert alg.radius == 0.075
+    saved = json.loads(json.dumps(alg.state()))
+    old = {k: v for k, v in saved.items() if k != "radius"} | {"version": 2}
+    again = build("auto", Context(SPACE, Resource(27, 1, 3), 2, {}, 2000))
+    again.restore(old)
+    assert again.radius == 0.0  # the rule its promotions followed, saved from now on
+    later = build("auto", Context(SPACE, Resource(27, 1, 3), 2, {}, 2000))
+    later.restore(json.loads(json.dumps(again.state())))
+    assert later.radius == 0.0
+    current = build("auto", Context(SPACE, Resource(27, 1, 3), 2, {}, 2000))
+    current.restore(saved)
+    assert current.radius == 0.075 and current.state() == alg.state()
+
+
 def test_correlated_low_levels_send_trials_to_the_cheapest_bracket() -> None:
     _, alg = run(Ranked(1.0), seed=0)
     report = alg.fidelity_report()

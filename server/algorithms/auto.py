@@ -78,8 +78,8 @@ class AutoSettings:
 class Auto(AsyncHyperband):
     """Asynchronous Hyperband with trust-weighted brackets; see the module docstring."""
 
-    saved = (*AsyncHyperband.saved, "decisions", "curves")
-    state_version = 2
+    saved = (*AsyncHyperband.saved, "decisions", "curves", "radius")
+    state_version = 3
     name = "auto"
     capabilities = frozenset({Capability.FIDELITY})
 
@@ -104,8 +104,13 @@ class Auto(AsyncHyperband):
         self.curves: list[dict[int, float]] = [{} for _ in self.levels]
 
     def restore(self, state: Mapping[str, Any]) -> None:
-        if state.get("version") == 1:  # saved before curves were kept: start from the rungs
-            super().restore({**state, "version": 2, "curves": encode(self.curves)})
+        version = state.get("version")
+        if version in (1, 2):
+            # Saved before rungs counted near-copies once: the study keeps the ranking its
+            # promotions so far followed (and saves it from now on).
+            state = {**state, "version": self.state_version, "radius": 0.0}
+        if version == 1:  # saved before curves were kept: start from the rungs
+            super().restore({**state, "curves": encode(self.curves)})
             for i, values in enumerate(self._rung_values().values()):
                 self.curves[i].update(values)
             return
