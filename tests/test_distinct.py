@@ -10,7 +10,8 @@ import pytest
 from hpod.server.algorithms import Context, Resource, SearchSpace, SettingsError, build
 from hpod.server.algorithms.asha import ASHA
 from hpod.server.algorithms.base import Outcome, Sampler, Status, SuggestContext
-from hpod.server.algorithms.distinct import WINDOW, DistinctRanks, group_starts, unit_point
+from hpod.server.algorithms.distinct import WINDOW, DistinctRanks, group_starts
+from hpod.server.algorithms.mfkde import to_raw
 from hpod.server.algorithms.ordered import SortedKeys
 from hpod.server.algorithms.space import Categorical, Float
 
@@ -29,8 +30,8 @@ def test_groups_start_at_the_first_entry_not_near_an_earlier_group() -> None:
 
 def test_unit_points_put_different_choices_apart() -> None:
     space = SearchSpace((Float("lr", 1e-4, 1.0, log=True), Categorical("opt", ("sgd", "adam"))))
-    a = unit_point(space, {"lr": 1e-2, "opt": "sgd"})
-    b = unit_point(space, {"lr": 1e-2, "opt": "adam"})
+    a = np.array(to_raw(space, {"lr": 1e-2, "opt": "sgd"}))
+    b = np.array(to_raw(space, {"lr": 1e-2, "opt": "adam"}))
     assert a[0] == pytest.approx(0.5) and abs(a[1] - b[1]) >= 1.0
     assert group_starts(np.array([a, b]), 0.5).tolist() == [True, True]
 

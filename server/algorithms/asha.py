@@ -60,7 +60,7 @@ from .base import (
     register_algorithm,
     rng_for,
 )
-from .distinct import DistinctRanks, unit_point
+from .distinct import DistinctRanks
 from .hb_math import (  # noqa: F401 (the rules are re-exported: asha's public names)
     Order,
     _linear_quantile,
@@ -74,6 +74,7 @@ from .hb_math import (  # noqa: F401 (the rules are re-exported: asha's public n
     rung_levels,
     to_fraction,
 )
+from .mfkde import to_raw
 from .ordered import SortedKeys
 from .persist import DERIVED, Persistent, record
 from .samplers import make_sampler, sampler_options
@@ -308,7 +309,7 @@ class ASHA(Persistent, Algorithm):
     def _point(self, tid: int) -> np.ndarray:
         point = self._points.get(tid)
         if point is None:
-            point = self._points[tid] = unit_point(self.space, self.trials[tid].config)
+            point = self._points[tid] = np.array(to_raw(self.space, self.trials[tid].config))
         return point
 
     def _start_trial(self) -> Job | None:

@@ -11,7 +11,8 @@ by what the top level can tell apart).
 
 A *group* is formed greedily in rank order: an entry starts a new group unless it lies within
 ``radius`` (in every parameter, on the unit scale of the search space; a different category is
-always apart) of an earlier group's first entry. An entry's *distinct rank* is the number of
+always apart: points are :func:`~.mfkde.to_raw`'s, a category as its choice's index) of an
+earlier group's first entry. An entry's *distinct rank* is the number of
 groups started before it. Only the rung's best ``WINDOW`` entries are grouped: beyond them
 each entry counts as its own group, so the cost of a ranking is bounded whatever the rung's
 size (and the rule can only be stricter there, never looser).
@@ -19,25 +20,15 @@ size (and the rule can only be stricter there, never looser).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from itertools import islice
-from typing import Any
 
 import numpy as np
 
 from .ordered import SortedKeys
-from .space import Categorical, SearchSpace
 
 # Entries of a rung that are grouped; the rest count one each (bounded cost per ranking).
 WINDOW = 300
-
-
-def unit_point(space: SearchSpace, config: Mapping[str, Any]) -> np.ndarray:
-    """A configuration on the unit scale of its space; a categorical as its choice's index
-    (two different choices are 1 or more apart, never within a radius below 1)."""
-    return np.array([float(p.index(config[n])) if isinstance(p, Categorical)
-                     else float(p.to_unit(config[n])) for n, p in zip(space.names, space.params,
-                                                                       strict=True)])
 
 
 def group_starts(points: np.ndarray, radius: float) -> np.ndarray:
