@@ -67,13 +67,15 @@ class Run:
 # ------------------------------------------------------------------ hpod
 
 
-def hpod_method(name: str) -> Callable[[Problem, int, int, float], Trace]:
-    """``algorithm`` or ``algorithm@sampler`` (e.g. ``asha@cqr``: ASHA with the CQR sampler)."""
+def hpod_method(name: str, extra: Mapping[str, Any] | None = None
+                ) -> Callable[[Problem, int, int, float], Trace]:
+    """``algorithm`` or ``algorithm@sampler`` (e.g. ``asha@cqr``: ASHA with the CQR sampler);
+    ``extra`` is added to the algorithm's settings (e.g. ``{"duplicate_radius": 0}``)."""
     algorithm, _, sampler = name.partition("@")
 
     def run(problem: Problem, workers: int, seed: int, budget: float) -> Trace:
         r_min = float(getattr(problem, "min_resource", 1.0))
-        settings: dict[str, Any] = {"sampler": sampler} if sampler else {}
+        settings: dict[str, Any] = {**(extra or {}), **({"sampler": sampler} if sampler else {})}
         if algorithm == "hyperband":  # enough iterations to spend the budget
             settings["iterations"] = math.ceil(budget / problem.max_resource) + 1
         trials = math.ceil(budget / r_min) + 1  # an upper bound: the budget stops the run
@@ -210,11 +212,14 @@ class PeerRunFailed(RuntimeError):
 def methods(algorithms: list[str], peers: list[str],
             pythons: Mapping[str, str | None] | None = None,
             versions: dict[str, str] | None = None,
+            hpod_settings: Mapping[str, Any] | None = None,
             ) -> tuple[dict[str, Callable[..., Trace]], dict[str, str]]:
     """The methods to run, and the peers (or peer methods) skipped with the reason.
     ``pythons`` maps a peer to its interpreter (else its environment variable, else this
-    interpreter if it has the peer); ``versions`` receives the version of each peer used."""
-    out: dict[str, Callable[..., Trace]] = {f"hpod-{a}": hpod_method(a) for a in algorithms}
+    interpreter if it has the peer); ``versions`` receives the version of each peer used;
+    ``hpod_settings`` is added to every hpod algorithm's settings."""
+    out: dict[str, Callable[..., Trace]] = {f"hpod-{a}": hpod_method(a, hpod_settings)
+                                            for a in algorithms}
     skipped: dict[str, str] = {}
     known = ["optuna", *OPTUNA, *PEER_METHODS,
              *(f"{PEER_PREFIX[p]}-{m}" for p, (_, ms) in PEER_METHODS.items() for m in ms)]

@@ -5,6 +5,8 @@ from ranking configurations perfectly to ranking them backwards.
         [--methods auto,asha,...] [--peers optuna,syne-tune,ray-tune,dehb] [--out bench/results]
     python bench/mf_suite.py --quick          # a smoke test in seconds
     python bench/mf_suite.py --cost auto,asha@cqr   # CPU per suggestion up to 500 trials
+    python bench/mf_suite.py --methods auto --peers none --seeds 30 --stem r0 \
+        --settings '{"duplicate_radius": 0}'   # a setting of hpod's methods changed
 
 Every method runs on the same simulated loop, problems and seeds as ``bench/compare.py`` (hpod's
 algorithms through the real engine in :mod:`hpod.server.simulator`; Optuna in process; Syne Tune,
@@ -196,15 +198,17 @@ class Run:
     error: str | None = None
 
 
-def _methods(names: list[str], peers: list[str]) -> tuple[dict[str, Any], dict[str, str]]:
-    return _bench("compare").methods(names, peers)
+def _methods(names: list[str], peers: list[str], settings: Mapping[str, Any] | None = None
+             ) -> tuple[dict[str, Any], dict[str, str]]:
+    return _bench("compare").methods(names, peers, hpod_settings=settings)
 
 
-def one_run(task: tuple[str, str, int, float, tuple[str, ...]]) -> Run:
-    problem_name, method, seed, budget_r, peers = task
+def one_run(task: tuple[str, str, int, float, tuple[str, ...], Mapping[str, Any] | None]
+            ) -> Run:
+    problem_name, method, seed, budget_r, peers, settings = task
     problem = Recorder(make_problem(problem_name))
     hpod = [m[len("hpod-"):] for m in [method] if m.startswith("hpod-")]
-    table, _ = _methods(hpod, [] if hpod else list(peers))
+    table, _ = _methods(hpod, [] if hpod else list(peers), settings)
     try:
         table[method](problem, 1, seed, budget_r * problem.max_resource)
     except Exception as exc:  # noqa: BLE001 (a peer's failure is reported, not fatal)
@@ -280,17 +284,19 @@ def markdown(res: Mapping[str, Any]) -> str:
 
 
 def run_suite(problems: list[str], methods: list[str], peers: list[str], seeds: int,
-              budget_r: float, jobs: int, reuse: list[Run] | None = None) -> dict[str, Any]:
+              budget_r: float, jobs: int, reuse: list[Run] | None = None,
+              settings: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Every method on every problem and seed. Runs found in ``reuse`` (an earlier result
     file's, same budget) are taken from it instead of run again, except those of the hpod
-    methods named here: those always run with the code as it is."""
-    table, skipped = _methods(methods, peers)
+    methods named here: those always run with the code as it is, and with ``settings``
+    added to their algorithm settings."""
+    table, skipped = _methods(methods, peers, settings)
     fresh = {f"hpod-{m}" for m in methods}
     kept = {(r.problem, r.method, r.seed): r for r in reuse or []
             if r.problem in problems and r.seed < seeds and not r.error
             and r.method not in fresh}
     names = sorted(set(table) | {m for _, m, _ in kept})
-    tasks = [(p, m, s, budget_r, tuple(peers)) for p in problems for m in table
+    tasks = [(p, m, s, budget_r, tuple(peers), settings) for p in problems for m in table
              for s in range(seeds) if (p, m, s) not in kept]
     if jobs > 1:
         with ProcessPoolExecutor(jobs) as pool:
@@ -310,6 +316,7 @@ def run_suite(problems: list[str], methods: list[str], peers: list[str], seeds: 
         refs[p] = (float(optimum), float(ref))
     return {"setup": {"problems": problems, "methods": names, "seeds": seeds,
                       "budget_full_trainings": budget_r, "workers": 1, "skipped": skipped,
+                      "hpod_settings": dict(settings or {}),
                       "errors": errors, "reused_runs": len(kept)},
             "problems": summarise(runs, budget_r, refs),
             "runs": [{"problem": r.problem, "method": r.method, "seed": r.seed,
@@ -379,6 +386,20 @@ def suggestion_cost(method: str, trials: int = 500, problem: str = "ranks-well"
             "reports_ms_per_trial": reports[0] / max(len(costs), 1)}
 
 
+def _settings_arg(text: str) -> dict[str, Any]:
+    """``--settings``: a JSON object (empty: none)."""
+    if not text:
+        return {}
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise argparse.ArgumentTypeError(f"not JSON ({exc.msg}): {text!r}") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"must be a JSON object such as "
+                                         f"'{{\"duplicate_radius\": 0}}', got {text!r}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--problems", default=",".join(ANALYTIC))
@@ -400,6 +421,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--reuse", default="",
                     help="earlier result files, comma-separated: their runs (same budget) are "
                     "reused, not run again (e.g. the peers' runs while hpod's methods change)")
+    ap.add_argument("--settings", default="", type=_settings_arg, metavar="JSON",
+                    help="added to every hpod method's algorithm settings, e.g. "
+                    "'{\"duplicate_radius\": 0}' (auto without grouping)")
     ap.add_argument("--quick", action="store_true",
                     help="two problems, two seeds, budget 3 R, auto and asha and optuna's HB+TPE")
     return ap
@@ -421,7 +445,7 @@ def main(argv: list[str] | None = None) -> int:
         peers = ["optuna-hyperband-tpe"] if importlib.util.find_spec("optuna") else []
     reuse = [run for path in args.reuse.split(",") if path
              for run in load_runs(path, budget)] or None
-    res = run_suite(problems, methods, peers, seeds, budget, args.jobs, reuse)
+    res = run_suite(problems, methods, peers, seeds, budget, args.jobs, reuse, args.settings)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     stem = "mf_suite-quick" if args.quick else (args.stem or "mf_suite")

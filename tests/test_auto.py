@@ -408,6 +408,17 @@ def test_the_suite_reuses_saved_peer_runs_but_runs_hpod_methods_afresh() -> None
     assert len(fresh) == 1 and fresh[0]["curve"] != [(1, -3.3)]
 
 
+def test_the_suite_passes_its_settings_to_hpods_algorithms() -> None:
+    # --settings reaches the algorithm: a radius auto refuses fails every run, and says why.
+    suite = _suite()
+    res = suite.run_suite(["ranks-well"], ["auto"], [], 1, 1.0, 1, None,
+                          {"duplicate_radius": 1.5})
+    assert res["setup"]["hpod_settings"] == {"duplicate_radius": 1.5}
+    assert len(res["setup"]["errors"]) == 1 and "duplicate_radius" in res["setup"]["errors"][0]
+    with pytest.raises(SystemExit):
+        suite.build_parser().parse_args(["--settings", "[0.1]"])
+
+
 @pytest.mark.parametrize("method", ["asha", "random"])
 def test_the_cost_measurement_counts_every_new_trial_of_any_algorithm(method: str) -> None:
     # A scheduler promotes between new trials; a single-fidelity algorithm only starts them:
