@@ -5,6 +5,7 @@
                         [--problems branin-curve,branin-mf,hartmann6-mf,mlp-digits]
                         [--out bench/results] [--quick]
                         [--peers syne-tune|none] [--syne-python PYTHON]
+                        [--methods cqr,syne-cqr,...] [--stem cqr]
 
 Two pairs, each like for like: ``cqr`` (single fidelity: every trial trains to R) against
 ``random`` (the same), and ``asha-cqr`` (ASHA whose new trials come from the CQR sampler)
@@ -304,7 +305,9 @@ def plot(res: Mapping[str, Any], path: Path) -> None:
 def run_all(problems: list[str], seeds: int, mlp_seeds: int, budget_r: float,
             mlp_budget_r: float, workers: int, jobs: int, r_max: float, quick: bool,
             log: Any = print, peers: Sequence[str] = ("syne-tune",),
-            syne_python: str | None = None) -> dict[str, Any]:
+            syne_python: str | None = None, only: Sequence[str] | None = None
+            ) -> dict[str, Any]:
+    """Every method (or those in ``only``) on every problem and seed."""
     methods = [m for pair in PAIRS for m in pair]
     peer_python, peer_info = syne_tune(list(peers), syne_python)
     if peer_python is None:
@@ -314,6 +317,8 @@ def run_all(problems: list[str], seeds: int, mlp_seeds: int, budget_r: float,
     else:
         skipped = {}
         methods += list(SYNE)
+    if only:
+        methods = [m for m in methods if m in only]
 
     def rmax(p: str) -> float | None:  # the MLP keeps its own R (9 epochs)
         return None if p == "mlp-digits" else r_max
@@ -353,6 +358,18 @@ def run_all(problems: list[str], seeds: int, mlp_seeds: int, budget_r: float,
     return res
 
 
+KNOWN_METHODS = (*(m for pair in PAIRS for m in pair), *SYNE)
+
+
+def _methods_arg(text: str) -> list[str]:
+    names = [m for m in text.split(",") if m]
+    unknown = [m for m in names if m not in KNOWN_METHODS]
+    if unknown:
+        raise argparse.ArgumentTypeError(f"unknown method(s) {', '.join(unknown)}; choose "
+                                         f"from {', '.join(KNOWN_METHODS)}")
+    return names
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description="cqr vs random and asha-cqr vs asha")
     ap.add_argument("--problems", default=",".join((*ANALYTIC, "mlp-digits")))
@@ -371,6 +388,11 @@ def build_parser() -> argparse.ArgumentParser:
                     help="syne-tune (its CQR and ASHACQR beside hpod's, when it runs) or none")
     ap.add_argument("--syne-python", default=None, metavar="PYTHON",
                     help="interpreter with syne-tune (else $HPOD_SYNE_PYTHON, else this one)")
+    ap.add_argument("--methods", default="", type=_methods_arg,
+                    help="only these, comma-separated (default: all of "
+                    f"{', '.join(KNOWN_METHODS)})")
+    ap.add_argument("--stem", default="",
+                    help="name of the result files (default cqr, or cqr-quick)")
     ap.add_argument("--quick", action="store_true",
                     help="CI smoke run: 2 seeds, budget 2 R, small CQR models")
     return ap
@@ -386,7 +408,8 @@ def main(argv: list[str] | None = None) -> int:
                   args.mlp_budget,
                   args.workers, args.jobs, args.max_resource, args.quick,
                   lambda s: print(s, file=sys.stderr, flush=True),
-                  [p for p in args.peers.split(",") if p and p != "none"], args.syne_python)
+                  [p for p in args.peers.split(",") if p and p != "none"], args.syne_python,
+                  args.methods)
     res["setup"].update({
         "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.system()}, "
@@ -394,7 +417,7 @@ def main(argv: list[str] | None = None) -> int:
         "wall_seconds": round(time.perf_counter() - started, 1)})
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    stem = "cqr-quick" if args.quick else "cqr"
+    stem = args.stem or ("cqr-quick" if args.quick else "cqr")
     (out / f"{stem}.json").write_text(json.dumps(res, indent=1))
     table = markdown(res)
     (out / f"{stem}.md").write_text(table)

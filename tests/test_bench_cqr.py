@@ -41,3 +41,17 @@ def test_quick_run_writes_its_table_and_plot(tmp_path: Path) -> None:
                 assert row[k]["q1"] <= row[k]["median"] <= row[k]["q3"], (problem, method)
             assert f"| {problem} | {method} |" in table
     assert (tmp_path / "cqr-quick.png").stat().st_size > 0
+
+
+def test_methods_picks_which_run_and_stem_names_the_files(tmp_path: Path) -> None:
+    pytest.importorskip("matplotlib")
+    subprocess.run([sys.executable, str(BENCH), "--quick", "--jobs", "1", "--peers", "none",
+                    "--problems", "branin-curve", "--methods", "cqr,random", "--out",
+                    str(tmp_path), "--stem", "two"], capture_output=True, text=True,
+                   timeout=600, check=True)
+    res = json.loads((tmp_path / "two.json").read_text())
+    assert (tmp_path / "two.md").exists() and not (tmp_path / "cqr-quick.json").exists()
+    assert set(res["regret"]["branin-curve"]) == {"cqr", "random"}
+    bad = subprocess.run([sys.executable, str(BENCH), "--methods", "cqr,tpe"],
+                         capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and "unknown method(s) tpe" in bad.stderr
