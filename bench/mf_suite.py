@@ -334,8 +334,8 @@ def load_runs(path: str, budget_r: float) -> list[Run]:
             for r in res.get("runs", [])]
 
 
-def suggestion_cost(method: str, trials: int = 500, problem: str = "ranks-well"
-                    ) -> dict[str, float]:
+def suggestion_cost(method: str, trials: int = 500, problem: str = "ranks-well",
+                    settings: Mapping[str, Any] | None = None) -> dict[str, float]:
     """CPU milliseconds per new trial (the sampler's proposal, the scheduler's bracket choice
     and its search for a promotion first) while a study grows to ``trials`` trials on one
     simulated worker: the mean over the whole run and the median and maximum over the last
@@ -348,7 +348,8 @@ def suggestion_cost(method: str, trials: int = 500, problem: str = "ranks-well"
 
     algorithm, _, sampler = method.partition("@")
     prob = make_problem(problem)
-    config = study_config(prob, algorithm, trials, 0, {"sampler": sampler} if sampler else {},
+    config = study_config(prob, algorithm, trials, 0,
+                          {**(settings or {}), **({"sampler": sampler} if sampler else {})},
                           None, None, None)
     sim = Simulator(prob, config, 1, None)
     alg = sim.engine.algorithm
@@ -422,7 +423,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="earlier result files, comma-separated: their runs (same budget) are "
                     "reused, not run again (e.g. the peers' runs while hpod's methods change)")
     ap.add_argument("--settings", default="", type=_settings_arg, metavar="JSON",
-                    help="added to every hpod method's algorithm settings, e.g. "
+                    help="added to every hpod method's algorithm settings (also with "
+                    "--cost), e.g. "
                     "'{\"duplicate_radius\": 0}' (auto without grouping)")
     ap.add_argument("--quick", action="store_true",
                     help="two problems, two seeds, budget 3 R, auto and asha and optuna's HB+TPE")
@@ -434,7 +436,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.cost:
         for method in args.cost.split(","):
             print(method, json.dumps({k: round(v, 2) for k, v in
-                                      suggestion_cost(method, args.cost_trials).items()}))
+                                      suggestion_cost(method, args.cost_trials,
+                                                      settings=args.settings).items()}))
         return 0
     problems = args.problems.split(",")
     methods = [] if args.methods == "none" else args.methods.split(",")

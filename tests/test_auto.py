@@ -417,6 +417,8 @@ def test_the_suite_passes_its_settings_to_hpods_algorithms() -> None:
     assert len(res["setup"]["errors"]) == 1 and "duplicate_radius" in res["setup"]["errors"][0]
     with pytest.raises(SystemExit):
         suite.build_parser().parse_args(["--settings", "[0.1]"])
+    with pytest.raises(SettingsError, match="duplicate_radius"):  # --cost takes them too
+        suite.suggestion_cost("auto", trials=5, settings={"duplicate_radius": 1.5})
 
 
 @pytest.mark.parametrize("method", ["asha", "random"])
