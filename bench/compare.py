@@ -67,15 +67,23 @@ class Run:
 # ------------------------------------------------------------------ hpod
 
 
+def hpod_settings(name: str, extra: Mapping[str, Any] | None = None
+                  ) -> tuple[str, dict[str, Any]]:
+    """The algorithm and its settings for ``algorithm`` or ``algorithm@sampler`` (e.g.
+    ``asha@cqr``: ASHA with the CQR sampler), ``extra`` added to the settings (e.g.
+    ``{"duplicate_radius": 0}``)."""
+    algorithm, _, sampler = name.partition("@")
+    return algorithm, {**(extra or {}), **({"sampler": sampler} if sampler else {})}
+
+
 def hpod_method(name: str, extra: Mapping[str, Any] | None = None
                 ) -> Callable[[Problem, int, int, float], Trace]:
-    """``algorithm`` or ``algorithm@sampler`` (e.g. ``asha@cqr``: ASHA with the CQR sampler);
-    ``extra`` is added to the algorithm's settings (e.g. ``{"duplicate_radius": 0}``)."""
-    algorithm, _, sampler = name.partition("@")
+    """An hpod method for the simulated loop (names as :func:`hpod_settings` reads them)."""
+    algorithm, chosen = hpod_settings(name, extra)
 
     def run(problem: Problem, workers: int, seed: int, budget: float) -> Trace:
         r_min = float(getattr(problem, "min_resource", 1.0))
-        settings: dict[str, Any] = {**(extra or {}), **({"sampler": sampler} if sampler else {})}
+        settings = dict(chosen)
         if algorithm == "hyperband":  # enough iterations to spend the budget
             settings["iterations"] = math.ceil(budget / problem.max_resource) + 1
         trials = math.ceil(budget / r_min) + 1  # an upper bound: the budget stops the run

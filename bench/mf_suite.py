@@ -346,11 +346,9 @@ def suggestion_cost(method: str, trials: int = 500, problem: str = "ranks-well",
 
     from hpod.server.simulator import Simulator, study_config
 
-    algorithm, _, sampler = method.partition("@")
+    algorithm, chosen = _bench("compare").hpod_settings(method, settings)
     prob = make_problem(problem)
-    config = study_config(prob, algorithm, trials, 0,
-                          {**(settings or {}), **({"sampler": sampler} if sampler else {})},
-                          None, None, None)
+    config = study_config(prob, algorithm, trials, 0, chosen, None, None, None)
     sim = Simulator(prob, config, 1, None)
     alg = sim.engine.algorithm
     next_jobs, costs = alg.next_jobs, []
