@@ -67,6 +67,38 @@ class Run:
 # ------------------------------------------------------------------ hpod
 
 
+def environment() -> dict[str, Any]:
+    """What a result's numbers depend on besides the code: the model-based methods' studies
+    are deterministic per seed on one machine and library set, but a different BLAS kernel or
+    numpy, scipy or torch release rounds a model fit differently in its last bits, and a study
+    of hundreds of fits then takes another path (its seed's regret, and so a median over seeds,
+    moves)."""
+    import platform
+    from importlib.metadata import PackageNotFoundError, version
+
+    out: dict[str, Any] = {"python": platform.python_version(), "machine": platform.machine()}
+    for package in ("numpy", "scipy", "torch", "optuna", "botorch", "scikit-learn"):
+        try:
+            out[package] = version(package)
+        except PackageNotFoundError:
+            out[package] = None
+    try:
+        with open("/proc/cpuinfo") as f:
+            out["cpu"] = next((line.split(":", 1)[1].strip() for line in f
+                               if line.startswith("model name")), None)
+    except OSError:
+        out["cpu"] = platform.processor() or None
+    try:
+        from threadpoolctl import threadpool_info
+
+        out["blas"] = sorted({f"{i.get('internal_api')} {i.get('version')} "
+                              f"{i.get('architecture')}" for i in threadpool_info()
+                              if i.get("user_api") == "blas"})
+    except ImportError:
+        out["blas"] = None
+    return out
+
+
 def hpod_settings(name: str, extra: Mapping[str, Any] | None = None
                   ) -> tuple[str, dict[str, Any]]:
     """The algorithm and its settings for ``algorithm`` or ``algorithm@sampler`` (e.g.

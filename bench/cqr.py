@@ -153,6 +153,13 @@ def _driver() -> Any:
     return load()
 
 
+def _environment() -> dict[str, Any]:
+    """compare.py's record of the libraries and machine the numbers depend on."""
+    from compare import environment
+
+    return environment()
+
+
 def one_run(task: tuple[str, str, int, float, int, float | None, bool, str | None]) -> Run:
     problem_name, method, seed, budget_r, workers, r_max, quick, peer_python = task
     problem = _problem(problem_name)
@@ -415,7 +422,8 @@ def main(argv: list[str] | None = None) -> int:
         "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.system()}, "
                    f"Python {platform.python_version()}",
-        "wall_seconds": round(time.perf_counter() - started, 1)})
+        "wall_seconds": round(time.perf_counter() - started, 1),
+        "environment": _environment()})
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     stem = args.stem or ("cqr-quick" if args.quick else "cqr")

@@ -317,6 +317,7 @@ def run_suite(problems: list[str], methods: list[str], peers: list[str], seeds: 
     return {"setup": {"problems": problems, "methods": names, "seeds": seeds,
                       "budget_full_trainings": budget_r, "workers": 1, "skipped": skipped,
                       "hpod_settings": dict(settings or {}),
+                      "environment": _bench("compare").environment(),
                       "errors": errors, "reused_runs": len(kept)},
             "problems": summarise(runs, budget_r, refs),
             "runs": [{"problem": r.problem, "method": r.method, "seed": r.seed,

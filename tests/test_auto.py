@@ -406,6 +406,11 @@ def test_the_suite_reuses_saved_peer_runs_but_runs_hpod_methods_afresh() -> None
     assert set(rows) == {"peer-x", "hpod-random"}
     fresh = [r for r in res["runs"] if r["method"] == "hpod-random"]
     assert len(fresh) == 1 and fresh[0]["curve"] != [(1, -3.3)]
+    # What the model-based rows depend on besides the code is recorded with them.
+    import numpy
+
+    env = res["setup"]["environment"]
+    assert env["numpy"] == numpy.__version__ and env["python"] and "blas" in env
 
 
 def test_the_suite_passes_its_settings_to_hpods_algorithms() -> None:
