@@ -17,7 +17,7 @@ from __future__ import annotations
 import math
 from array import array
 from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, NamedTuple
 
 from .algorithms import Decision, Job, Outcome, Status
@@ -184,6 +184,9 @@ class StudyEngine:
         self.cost_used = 0.0
         self.inputs = 0
         self.effects: list[Effect] = []
+        # Trials whose replayed proposal differed from the logged one (the logged one kept),
+        # and whether the algorithm took it too: read by the service after a rebuild.
+        self.adopted: list[tuple[int, bool]] = []
         self.state_counts: dict[str, int] = {}  # trials per state, kept as states change
         self._best: tuple[int | None] | None = None  # the incumbent's id, until an input changes it
 
@@ -250,17 +253,33 @@ class StudyEngine:
         self._finish(STUDY_FAILED)
 
     def _op_ask(self, free: int, external: bool = False, client: str = "",
-                ready: bool = False) -> list[JobRec]:
+                ready: bool = False, configs: Mapping[str, Mapping[str, Any]] | None = None
+                ) -> list[JobRec]:
         """Jobs for idle workers (queued on their stream), or for the ask/tell ``client``
         (running from now on), or with ``ready`` for the next ask/tell clients (queued until
-        one is handed out: a ``start`` input)."""
+        one is handed out: a ``start`` input). ``configs`` (trial id -> configuration) is
+        what the live ask handed out, logged with it (:func:`ask_record`): a replay keeps
+        those, whatever the algorithm proposes now."""
         if self.state != ACTIVE or free <= 0:
             return []
         out = []
         for job in self.algorithm.next_jobs(free):
+            if configs is not None and job.trial_id not in self.trials:
+                job = self._as_logged(job, configs)
             rec = self._new_job(job, external, client, queued=not external or ready)
             out.append(rec)
         return out
+
+    def _as_logged(self, job: Job, configs: Mapping[str, Mapping[str, Any]]) -> Job:
+        """A new trial as the live study handed it out. A model fit rounds differently on
+        another CPU or library release, so a replayed proposal may differ from the logged
+        one, which is what the workers train and the user saw."""
+        logged = configs.get(str(job.trial_id))
+        if logged is None or dict(logged) == job.config:
+            return job
+        took = self.algorithm.adopt_config(job.trial_id, logged)
+        self.adopted.append((job.trial_id, bool(took)))
+        return replace(job, config=dict(logged))
 
     def _op_start(self, job_id: str, worker: str = "") -> None:
         job = self._live_job(job_id)
@@ -416,6 +435,8 @@ class StudyEngine:
         else:
             trial.rung = job.rung if job.rung is not None else trial.rung
             event = "promoted"
+            if job.config != trial.config:  # the study's record is what the trial runs
+                job = replace(job, config=trial.config)
         state = QUEUED if queued else RUNNING
         rec = self._job_record(job, external, client, 0, state)
         self._set_trial_state(trial.id, state, event=event)
@@ -599,6 +620,13 @@ class StudyEngine:
 _HANDLERS = {name[4:]: fn for name, fn in vars(StudyEngine).items() if name.startswith("_op_")}
 
 # Inputs after which the incumbent is what it was: they hand out or start work, no result.
+def ask_record(inp: Mapping[str, Any], jobs: Iterable[JobRec]) -> dict[str, Any]:
+    """The ask input as logged: with the configuration of every job it handed out, so that a
+    replay on another machine gives the trials what they were given here
+    (:meth:`StudyEngine._as_logged`)."""
+    return {**inp, "configs": {str(j.trial_id): j.config for j in jobs}}
+
+
 _KEEPS_BEST = frozenset({"ask", "start"})
 
 

@@ -58,6 +58,7 @@ from .engine import (
     EngineError,
     JobRec,
     StudyEngine,
+    ask_record,
 )
 from .ownership import Ownership
 from .residency import (
@@ -589,8 +590,10 @@ class StudyManager:
 
     async def _mutate(self, sid: str, live: Live, inp: Mapping[str, Any]) -> Any:
         result = await self._run(sid, live, live.engine.apply, inp)
-        logged = not (inp["op"] == "ask" and not result)  # an empty ask changed nothing
-        await self._commit(sid, live, [inp] if logged else [], [])
+        if inp["op"] == "ask":  # an empty ask changed nothing; a full one logs what it gave
+            await self._commit(sid, live, [ask_record(inp, result)] if result else [], [])
+        else:
+            await self._commit(sid, live, [inp], [])
         return result
 
     async def _run(self, sid: str, live: Live, fn: Callable[..., Any], *args: Any) -> Any:
@@ -1131,6 +1134,13 @@ def _rebuild(sid: str, config: StudyConfig, snap: Mapping[str, Any] | None,
             return engine, (f"its stored log does not replay: input {engine.inputs + 1} "
                             f"({inp.get('op')!r}) was refused: {getattr(e, 'message', e)}")
     engine.take_effects()  # already carried out before the crash
+    for trial, took in engine.adopted:
+        log.warning("study %s: replaying its log proposed another configuration for trial %d "
+                    "than the one handed out (a model fit rounds differently on this machine "
+                    "or library release); the trial keeps the one handed out%s", sid, trial,
+                    "" if took else ", but its algorithm keeps its own copy",
+                    extra={"study_id": sid})
+    engine.adopted.clear()
     return engine, ""
 
 

@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import heapq
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, get_args
 
@@ -434,6 +435,12 @@ class ASHA(Persistent, Algorithm):
             return None
         value, tid = self._level_best[max(self._level_best)]
         return tid, value
+
+    def adopt_config(self, trial_id: int, config: Mapping[str, Any]) -> bool:
+        self.trials[trial_id].config = dict(config)
+        self._points.pop(trial_id, None)  # its unit point is read again from the new one
+        self.sampler.adopt_config(trial_id, config)
+        return True
 
     def plan(self) -> Plan:
         """Expected rung sizes: max_trials split by the bracket distribution, then 1/eta per

@@ -234,6 +234,11 @@ class Sampler(abc.ABC):
     ) -> None:
         """A trial will get no more resource (completed, stopped, failed or lost)."""
 
+    def adopt_config(self, trial_id: int, config: Mapping[str, Any]) -> None:  # noqa: B027
+        """Trial ``trial_id`` runs ``config``, not what :meth:`suggest` just returned for it
+        (see :meth:`Algorithm.adopt_config`). Only a sampler that keeps its own copy of a
+        proposal has anything to do."""
+
     @abc.abstractmethod
     def state(self) -> dict[str, Any]: ...
 
@@ -348,6 +353,15 @@ class Algorithm(abc.ABC):
     @abc.abstractmethod
     def best(self) -> tuple[int, float] | None:
         """(trial id, value) of the incumbent by the algorithm's documented rule, or None."""
+
+    def adopt_config(self, trial_id: int, config: Mapping[str, Any]) -> bool:
+        """The new trial ``trial_id`` of the latest ``next_jobs`` runs ``config``, not the
+        configuration that call proposed for it. The service calls it when it replays a
+        logged ask on another machine or library release: a model fit rounds differently
+        there, so a proposal can differ from the one the live study handed out, and the
+        workers train the logged one. Returns False if the algorithm cannot take it (it
+        keeps its own copy; the service's records still hold the logged one)."""
+        return False
 
     @abc.abstractmethod
     def state(self) -> dict[str, Any]: ...

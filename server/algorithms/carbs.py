@@ -635,6 +635,10 @@ class CarbsCore:
         self._count(info["kind"])
         return config, info
 
+    def adopt(self, trial: int, config: Mapping[str, Any]) -> None:
+        """Pending ``trial`` runs ``config``, not the one :meth:`suggest` chose."""
+        self.outstanding[trial] = Obs(trial, dict(config), self.to_basic(config))
+
     def observe(self, trial: int, config: Mapping[str, Any], value: float, cost: float) -> None:
         self.outstanding.pop(trial, None)
         obs = Obs(trial, dict(config), self.to_basic(config), float(value), float(cost))
@@ -884,6 +888,13 @@ class Carbs(Persistent, Algorithm):
             jobs.append(Job(tid, config, 0.0, to, bracket=0, rung=0))
         return jobs
 
+    def adopt_config(self, trial_id: int, config: Mapping[str, Any]) -> bool:
+        if self.resource_param:  # the job's length came from the proposal: not only its config
+            return False
+        self.running[trial_id] = dict(config)
+        self.core.adopt(trial_id, config)
+        return True
+
     def on_progress(self, trial_id: int, resource: float, value: float) -> Decision:
         return Decision.CONTINUE  # CARBS never stops a trial early
 
@@ -993,6 +1004,12 @@ class CarbsSampler(Persistent, Sampler):
     def suggest(self, ctx: SuggestContext) -> dict[str, Any]:
         config = self.core.suggest(ctx.trial_id)[0]  # the core tracks its own pending trials
         return {k: v for k, v in config.items() if k != self.resource_name}
+
+    def adopt_config(self, trial_id: int, config: Mapping[str, Any]) -> None:
+        pending = self.core.outstanding.get(trial_id)
+        if pending is not None:  # the core's copy carries the resource it was proposed at
+            self.core.adopt(trial_id, {**config,
+                                       self.resource_name: pending.config[self.resource_name]})
 
     def observe(self, trial_id: int, config: Mapping[str, Any], resource: float,
                 value: float) -> None:

@@ -275,6 +275,11 @@ class Hyperband(Persistent, Algorithm):
         self.configs[tid] = dict(self.sampler.suggest(ctx))
         return tid
 
+    def adopt_config(self, trial_id: int, config: Mapping[str, Any]) -> bool:
+        self.configs[trial_id] = dict(config)
+        self.sampler.adopt_config(trial_id, config)
+        return True
+
     # --- telling ---
 
     def on_progress(self, trial_id: int, resource: float, value: float) -> Decision:

@@ -255,6 +255,12 @@ class IDHyperband(Persistent, Algorithm):
         trial = self.trials[tid]
         return not trial.failed and len(trial.values) <= i
 
+    def adopt_config(self, trial_id: int, config: Mapping[str, Any]) -> bool:
+        trial = self.trials[trial_id]
+        trial.config = dict(config)
+        self.samplers[trial.bracket].adopt_config(trial_id, config)
+        return True
+
     def _new_trial(self, j: int) -> int:
         br = self.brackets[j]
         tid = len(self.trials)

@@ -6,6 +6,7 @@ exactly this). Settings: ``sampler`` (default ``random``).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -69,6 +70,11 @@ class RandomSearch(Persistent, Algorithm):
             self.started += 1
             jobs.append(Job(tid, config, 0.0, self.max_resource, bracket=0, rung=0))
         return jobs
+
+    def adopt_config(self, trial_id: int, config: Mapping[str, Any]) -> bool:
+        self.running[trial_id] = dict(config)
+        self.sampler.adopt_config(trial_id, config)
+        return True
 
     def on_progress(self, trial_id: int, resource: float, value: float) -> Decision:
         if not self._observes:
