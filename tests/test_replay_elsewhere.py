@@ -9,14 +9,20 @@ less than two builds of the same library differ by.
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
 from collections.abc import Callable
 from typing import Any
 
 import pytest
+from hpod.client.spec import build_spec
 from hpod.server.algorithms import offload
+from hpod.server.algorithms.samplers import RandomSampler
 from hpod.server.engine import StudyEngine, ask_record
+from hpod.server.manager import Settings, StudyManager
 from hpod.server.problems import get_problem
+from hpod.server.service.convert import config_from_spec
 from hpod.server.simulator import Simulator, study_config
 
 
@@ -109,3 +115,43 @@ def test_every_scheduler_takes_an_adopted_configuration(algorithm: str) -> None:
     assert engine.algorithm.adopt_config(first.trial_id, other)
     saved = json.dumps(engine.algorithm.state())
     assert "0.123456789" in saved  # its saved state holds the adopted configuration
+
+
+def test_a_restarted_server_keeps_what_the_log_says_was_handed_out(redis_server, monkeypatch,
+                                                                   caplog) -> None:
+    """Through the service, on a real Redis: the ask is logged with its configuration, and a
+    server whose algorithm now proposes something else rebuilds the study with the logged one
+    (instead of quarantining it) and takes the job's result."""
+    spec = {"name": "elsewhere", "objective": {"metric": "loss", "direction": "minimize"},
+            "resource": {"name": "epoch", "max_resource": 9, "eta": 3},
+            "algorithm": {"name": "asha"}, "seed": 5, "max_trials": 4,
+            "search_space": {"x": {"type": "float", "low": 0.0, "high": 1.0}}}
+
+    async def go() -> None:
+        m = StudyManager(Settings(redis_url=redis_server.url))
+        await m.start()
+        live = await m.create(config_from_spec(build_spec(spec)))
+        sid = live.engine.study_id
+        (job,) = await m.submit(sid, {"op": "ask", "free": 1, "external": True})
+        _, _, tail = await m.store.load_study(sid)
+        assert [i["configs"] for i in tail if i["op"] == "ask"] == [
+            {str(job.trial_id): job.config}]
+        await m.stop()
+
+        # The other machine: its sampler proposes another point for the same trial.
+        monkeypatch.setattr(RandomSampler, "suggest", lambda self, ctx: {"x": 0.5})
+        m = StudyManager(Settings(redis_url=redis_server.url))
+        await m.start()
+        await m.ready()
+        eng = m.studies[sid].engine
+        assert eng.state == "active"
+        assert eng.trials[job.trial_id].config == job.config != {"x": 0.5}
+        assert eng.algorithm.trials[job.trial_id].config == job.config
+        await m.submit(sid, {"op": "complete", "job_id": job.job_id, "value": 0.25,
+                             "resource": 1.0})
+        assert eng.trials[job.trial_id].value == 0.25
+        await m.stop()
+
+    with caplog.at_level(logging.WARNING, logger="hpod.server"):
+        asyncio.run(go())
+    assert any("keeps the one handed out" in r.getMessage() for r in caplog.records)
