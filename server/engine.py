@@ -619,7 +619,7 @@ class StudyEngine:
 # Input name -> handler, looked up once: an f-string and getattr per input showed in profiles.
 _HANDLERS = {name[4:]: fn for name, fn in vars(StudyEngine).items() if name.startswith("_op_")}
 
-# Inputs after which the incumbent is what it was: they hand out or start work, no result.
+
 def ask_record(inp: Mapping[str, Any], jobs: Iterable[JobRec]) -> dict[str, Any]:
     """The ask input as logged: with the configuration of every job it handed out, so that a
     replay on another machine gives the trials what they were given here
@@ -627,6 +627,7 @@ def ask_record(inp: Mapping[str, Any], jobs: Iterable[JobRec]) -> dict[str, Any]
     return {**inp, "configs": {str(j.trial_id): j.config for j in jobs}}
 
 
+# Inputs after which the incumbent is what it was: they hand out or start work, no result.
 _KEEPS_BEST = frozenset({"ask", "start"})
 
 
