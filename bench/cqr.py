@@ -153,13 +153,6 @@ def _driver() -> Any:
     return load()
 
 
-def _environment() -> dict[str, Any]:
-    """compare.py's record of the libraries and machine the numbers depend on."""
-    from compare import environment
-
-    return environment()
-
-
 def one_run(task: tuple[str, str, int, float, int, float | None, bool, str | None]) -> Run:
     problem_name, method, seed, budget_r, workers, r_max, quick, peer_python = task
     problem = _problem(problem_name)
@@ -411,6 +404,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.quick:
         args.seeds, args.mlp_seeds, args.budget, args.max_resource = 2, 1, 2.0, 9.0
         args.mlp_budget = 1.0
+    from compare import environment  # this script's folder is on the path (see _driver)
+
     started = time.perf_counter()
     res = run_all(args.problems.split(","), args.seeds, args.mlp_seeds, args.budget,
                   args.mlp_budget,
@@ -423,7 +418,7 @@ def main(argv: list[str] | None = None) -> int:
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.system()}, "
                    f"Python {platform.python_version()}",
         "wall_seconds": round(time.perf_counter() - started, 1),
-        "environment": _environment()})
+        "environment": environment()})
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     stem = args.stem or ("cqr-quick" if args.quick else "cqr")
